@@ -1,0 +1,243 @@
+"""Command line: ``python -m harness {exec,seed,doctor,shell} ...``.
+
+Exit status of ``exec``: the guest command's own status; 254 when the harness
+could not get that far (kernel, build, boot or module load failed; the message
+says which); 255 when the guest died while the command ran (panic, QEMU exit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
+from .errors import HarnessError, LostGuestError
+from .kernel import resolve_kernel
+from .session import KernelSession
+
+EXIT_HARNESS = 254
+EXIT_GUEST_DIED = 255
+
+
+class Output:
+    """Progress on stderr unless quiet; results on stdout."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def progress(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[knh] {message}", file=sys.stderr, flush=True)
+
+    def error(self, message: str) -> None:
+        print(f"knetlink-harness: error: {message}", file=sys.stderr, flush=True)
+
+
+def _add_guest_options(p: argparse.ArgumentParser, *, module: bool = True) -> None:
+    def opt(name: str, **kw: Any) -> None:
+        s = SETTINGS_BY_NAME[name]
+        p.add_argument(s.option, dest=name, help=f"{s.help} [env {s.env}]", **kw)
+
+    opt("kernels", action="append", default=None, metavar="KERNEL")
+    opt("accel", default=None, choices=("auto", "kvm", "tcg"))
+    opt("boot_timeout", default=None, metavar="SECONDS")
+    opt("boot_retries", default=None, metavar="N")
+    opt("command_timeout", default=None, metavar="SECONDS")
+    opt("memory", default=None)
+    opt("cpus", default=None)
+    opt("results_dir", default=None, metavar="DIR")
+    if module:
+        opt("module_dir", default=None, metavar="DIR")
+        opt("make_targets", action="append", default=None, metavar="TARGET")
+        opt("module_params", action="append", default=None, metavar="NAME=VALUE")
+        p.add_argument("--no-module", action="store_true", help="boot without building or loading the module")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("exec", help="build the module, boot, load it, run a command in the guest")
+    _add_guest_options(p)
+    p.add_argument("--dmesg", action="store_true", help="print the guest kernel log after the command")
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARG...] (argv, not a shell string)")
+
+    p = sub.add_parser("seed", help="replay the seed scenario: load, send 'hello world!', show the link: line")
+    _add_guest_options(p)
+
+    p = sub.add_parser("shell", help="interactive guest shell with the module loaded")
+    _add_guest_options(p)
+
+    p = sub.add_parser("doctor", help="check host dependencies and print install commands")
+    p.add_argument("--kernel", dest="kernels", action="append", default=None)
+    p.add_argument("--no-kvm-probe", action="store_true", help="skip booting a KVM probe guest")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> HarnessConfig:
+    names = ("kernels", "accel", "boot_timeout", "boot_retries", "command_timeout", "memory", "cpus",
+             "results_dir", "module_dir", "make_targets", "module_params")  # fmt: skip
+    options = {n: getattr(args, n, None) for n in names}
+    cfg = resolve(options, ini=_project_ini())
+    from dataclasses import replace
+
+    return replace(cfg, results_dir=cfg.results_dir.resolve())
+
+
+def _project_ini() -> dict[str, Any]:
+    """ini keys from pyproject.toml of the current directory, so CLI and pytest agree."""
+    path = Path("pyproject.toml")
+    if not path.exists():
+        return {}
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    section = data.get("tool", {}).get("pytest", {}).get("ini_options", {})
+    return {k: v for k, v in section.items() if k.startswith("knh_")}
+
+
+def open_session(cfg: HarnessConfig, out: Output) -> KernelSession:
+    if len(cfg.kernels) > 1:
+        raise HarnessError("this command takes one --kernel")
+    kernel = resolve_kernel(cfg.kernels[0] if cfg.kernels else None)
+    run_root = cfg.results_dir / time.strftime("cli-%Y%m%d-%H%M%S")
+    return KernelSession(cfg, kernel, run_root, notify=out.progress)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    out = Output(args.quiet)
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        out.error("exec needs a command: python -m harness exec [options] -- CMD [ARG...]")
+        return 2
+    try:
+        cfg = config_from_args(args)
+        session = open_session(cfg, out)
+    except HarnessError as e:
+        out.error(str(e))
+        return EXIT_HARNESS
+    try:
+        try:
+            if not args.no_module:
+                build = session.build()
+            ops = session.ops()
+            if not args.no_module:
+                ops.insmod(build.module(), module_params_dict(cfg.module_params))
+                out.progress(f"loaded {build.module().name}")
+        except HarnessError as e:
+            out.error(str(e))
+            return EXIT_HARNESS
+        try:
+            result = session.guest().run(argv, timeout=cfg.command_timeout)
+        except LostGuestError as e:
+            out.error(str(e))
+            return EXIT_GUEST_DIED
+        except HarnessError as e:
+            out.error(str(e))
+            return EXIT_HARNESS
+        sys.stdout.write(result.output)
+        sys.stdout.flush()
+        if args.dmesg:
+            sys.stdout.write("--- guest kernel log ---\n")
+            sys.stdout.write("".join(line.raw + "\n" for line in ops.log()))
+        return result.status
+    finally:
+        session.close()
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    """The seed's scenario: Init OK!, then link:hello world! for one message, acked with 0."""
+    from .dmesg import parse_link_lines
+    from .senders import CSender
+
+    out = Output(args.quiet)
+    try:
+        cfg = config_from_args(args)
+        session = open_session(cfg, out)
+    except HarnessError as e:
+        out.error(str(e))
+        return EXIT_HARNESS
+    try:
+        build = session.build()
+        ops = session.ops()
+        mark = ops.mark()
+        params = {"proto": "21", **module_params_dict(cfg.module_params)}
+        ops.insmod(build.module(), params)
+        sender = CSender(session.guest(), build.directory / "sender" / "knl_send", int(params["proto"]))
+        sent = sender.send("hello world!")
+        lines = ops.lines_since(mark)
+        print(f"kernel {session.kernel.release}, accelerator {session.accel().accel}, "
+              f"boot {session.stats.boot_times_s[-1]:.1f} s")  # fmt: skip
+        print("sender: " + sent.output.strip())
+        print("kernel log:")
+        for line in lines:
+            if "Init OK!" in line.text or line.text.startswith("link:"):
+                print(f"  {line.text}")
+        links = [link.payload for link in parse_link_lines(lines)]
+        ok = sent.status == 0 and [a.error for a in sent.acks] == [0] and links == [b"hello world!"]
+        print("seed scenario: " + ("OK" if ok else "FAILED"))
+        return 0 if ok else 1
+    except LostGuestError as e:
+        out.error(str(e))
+        return EXIT_GUEST_DIED
+    except HarnessError as e:
+        out.error(str(e))
+        return EXIT_HARNESS
+    finally:
+        session.close()
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    out = Output(args.quiet)
+    try:
+        cfg = config_from_args(args)
+        session = open_session(cfg, out)
+        if not args.no_module:
+            build = session.build()
+            session.ops().insmod(build.module(), module_params_dict(cfg.module_params))
+            out.progress(f"loaded {build.module().name}; exit the shell with 'exit' or Ctrl-D")
+        guest = session.guest()
+    except HarnessError as e:
+        out.error(str(e))
+        return EXIT_HARNESS
+    try:
+        child = guest.console.child
+        child.logfile_read = None
+        child.send("PS1='knh-guest# '\n")
+        child.interact(escape_character=None)
+    finally:
+        session.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "exec":
+        return cmd_exec(args)
+    if args.command == "seed":
+        return cmd_seed(args)
+    if args.command == "shell":
+        return cmd_shell(args)
+    if args.command == "doctor":
+        from .doctor import run_doctor
+
+        return run_doctor(args.kernels[0] if args.kernels else None, probe_kvm=not args.no_kvm_probe)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    os._exit(main())

@@ -1,0 +1,177 @@
+"""Settings: what can be configured, from where, and in which order.
+
+Every setting has a command-line option, an environment variable and a pytest
+ini key. Precedence is option > environment > ini > default, and a bad value
+is reported together with the place it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .accel import ACCEL_CHOICES
+from .errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+GUEST_SCRIPTS = PROJECT_ROOT / "guest_scripts"
+DEFAULT_MODULE_DIR = PROJECT_ROOT / "module"
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _accel(text: str) -> str:
+    if text not in ACCEL_CHOICES:
+        raise ValueError(f"must be one of {', '.join(ACCEL_CHOICES)}")
+    return text
+
+
+def _memory(text: str) -> str:
+    digits = text[:-1] if text[-1:].upper() in ("M", "G") else text
+    if not digits.isdigit() or int(digits) <= 0:
+        raise ValueError("must look like 512M or 2G")
+    return text
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(w for w in text.replace(",", " ").split() if w)
+
+
+def _param(text: str) -> str:
+    name, sep, _ = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise ValueError("must be NAME=VALUE")
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configurable value and the three places it can be set."""
+
+    name: str  # attribute of HarnessConfig
+    option: str  # command-line option (pytest and CLI)
+    env: str  # environment variable
+    ini: str  # pytest ini key
+    default: str
+    help: str
+    parse: Callable[[str], Any] = str
+    multi: bool = False  # option may repeat; env/ini hold a space/comma separated list
+    item_parse: Callable[[str], Any] | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("kernels", "--kernel", "KNH_KERNEL", "knh_kernels", "",
+            "kernel to boot: installed release, path to a kernel image; repeat for a matrix "
+            "(default: newest installed kernel with headers)", multi=True),
+    Setting("accel", "--accel", "KNH_ACCEL", "knh_accel", "auto",
+            "QEMU accelerator: auto (KVM if a probe guest runs on it, else TCG), kvm or tcg", _accel),
+    Setting("boot_timeout", "--boot-timeout", "KNH_BOOT_TIMEOUT", "knh_boot_timeout", "120",
+            "seconds from QEMU start to a usable guest shell", _positive_float),
+    Setting("boot_retries", "--boot-retries", "KNH_BOOT_RETRIES", "knh_boot_retries", "1",
+            "fresh boots tried after a boot misses its deadline", _non_negative_int),
+    Setting("command_timeout", "--command-timeout", "KNH_COMMAND_TIMEOUT", "knh_command_timeout", "60",
+            "default seconds a guest command may run", _positive_float),
+    Setting("memory", "--guest-memory", "KNH_MEMORY", "knh_memory", "1G",
+            "guest memory (QEMU -m)", _memory),
+    Setting("cpus", "--guest-cpus", "KNH_CPUS", "knh_cpus", "2",
+            "guest CPUs", _positive_int),
+    Setting("results_dir", "--results-dir", "KNH_RESULTS_DIR", "knh_results_dir", "results",
+            "directory for console transcripts, kernel logs and reports (the only path the guest may write)",
+            lambda s: Path(s)),
+    Setting("module_dir", "--module-dir", "KNH_MODULE_DIR", "knh_module_dir", str(DEFAULT_MODULE_DIR),
+            "out-of-tree module source directory (Kbuild + Makefile taking KDIR)", lambda s: Path(s)),
+    Setting("make_targets", "--make-targets", "KNH_MAKE_TARGETS", "knh_make_targets", "",
+            "make targets for the module build (default: the Makefile's default goal)", multi=True),
+    Setting("module_params", "--module-param", "KNH_MODULE_PARAMS", "knh_module_params", "",
+            "NAME=VALUE passed to insmod; repeatable", multi=True, item_parse=_param),
+)  # fmt: skip
+
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    """Resolved settings; `sources` says where each value came from."""
+
+    kernels: tuple[str, ...] = ()
+    accel: str = "auto"
+    boot_timeout: float = 120.0
+    boot_retries: int = 1
+    command_timeout: float = 60.0
+    memory: str = "1G"
+    cpus: int = 2
+    results_dir: Path = Path("results")
+    module_dir: Path = DEFAULT_MODULE_DIR
+    make_targets: tuple[str, ...] = ()
+    module_params: tuple[str, ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+def _parse(setting: Setting, raw: str | Sequence[str], where: str) -> Any:
+    try:
+        if setting.multi:
+            items = _words(raw) if isinstance(raw, str) else tuple(raw)
+            check = setting.item_parse or str
+            return tuple(check(item) for item in items)
+        assert isinstance(raw, str)
+        return setting.parse(raw.strip())
+    except ValueError as e:
+        raise ConfigError(f"invalid {setting.name.replace('_', ' ')} {raw!r} from {where}: {e}") from None
+
+
+def resolve(
+    options: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    ini: Mapping[str, Any] | None = None,
+) -> HarnessConfig:
+    """Build a HarnessConfig from option values (None = not given), env and ini values."""
+    environ = os.environ if environ is None else environ
+    ini = ini or {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for s in SETTINGS:
+        opt = options.get(s.name)
+        if opt not in (None, [], ()):
+            raw, where = opt, f"option {s.option}"
+        elif environ.get(s.env, "").strip():
+            raw, where = environ[s.env], f"environment variable {s.env}"
+        elif ini.get(s.ini) not in (None, "", []):
+            raw, where = ini[s.ini], f"ini key {s.ini}"
+        else:
+            raw, where = s.default, "default"
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            raw = str(raw)
+        values[s.name] = _parse(s, raw, where)
+        sources[s.name] = where
+    return HarnessConfig(**values, sources=sources)
+
+
+def module_params_dict(params: Sequence[str]) -> dict[str, str]:
+    """["proto=31", "require_cap=1"] -> {"proto": "31", "require_cap": "1"}."""
+    out: dict[str, str] = {}
+    for p in params:
+        name, _, value = _param(p).partition("=")
+        out[name] = value
+    return out

@@ -1,0 +1,110 @@
+"""Exceptions raised by the harness.
+
+Every error carries the context needed to act on it (a command, a log tail,
+an install command) in its message, so a failing test or CLI run explains
+itself without a rerun.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HarnessError(Exception):
+    """Base class of every error the harness raises on purpose."""
+
+
+class ConfigError(HarnessError):
+    """A setting has an invalid value; the message names where it came from."""
+
+
+class MissingDependencyError(HarnessError):
+    """A host tool or package is missing; the message holds the install command."""
+
+    def __init__(self, what: str, install: str) -> None:
+        super().__init__(f"{what} is missing; install it with:\n    {install}")
+        self.what = what
+        self.install = install
+
+
+class KernelNotFoundError(HarnessError):
+    """No usable kernel image (or no headers for it) matches the request."""
+
+
+class BuildError(HarnessError):
+    """Building the module (or a sender) failed."""
+
+    def __init__(self, message: str, log: str) -> None:
+        tail = "\n".join(log.splitlines()[-30:])
+        super().__init__(f"{message}\n--- build output (last 30 lines) ---\n{tail}")
+        self.log = log
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class GuestError(HarnessError):
+    """Something went wrong with a guest; carries the console and kernel log tails."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        console_tail: str = "",
+        kernel_log: Path | None = None,
+        transcript: Path | None = None,
+    ) -> None:
+        parts = [message]
+        if console_tail.strip():
+            parts.append("--- console (last lines) ---\n" + _tail(console_tail, 25))
+        if kernel_log is not None and kernel_log.exists():
+            text = kernel_log.read_text(errors="replace")
+            if text.strip():
+                parts.append(f"--- guest kernel console {kernel_log} (last lines) ---\n" + _tail(text, 40))
+        if transcript is not None:
+            parts.append(f"full console transcript: {transcript}")
+        super().__init__("\n".join(parts))
+        self.console_tail = console_tail
+        self.kernel_log = kernel_log
+        self.transcript = transcript
+
+
+class BootError(GuestError):
+    """The guest did not reach a usable shell before its deadline, or QEMU exited."""
+
+
+class LostGuestError(GuestError):
+    """The guest died (panic, QEMU exit) while a command was running."""
+
+
+class CommandTimeout(GuestError):
+    """A guest command did not return to the prompt in time."""
+
+
+class GuestCommandError(HarnessError):
+    """A guest command exited non-zero where success was required."""
+
+    def __init__(self, command: str, status: int, output: str) -> None:
+        super().__init__(f"guest command failed with status {status}: {command}\n{_tail(output, 30)}")
+        self.command = command
+        self.status = status
+        self.output = output
+
+
+class ModuleLoadError(HarnessError):
+    """insmod or rmmod failed inside the guest."""
+
+    def __init__(self, message: str, output: str, kernel_lines: list[str]) -> None:
+        detail = [message]
+        if output.strip():
+            detail.append("--- insmod/rmmod output ---\n" + _tail(output, 10))
+        if kernel_lines:
+            detail.append("--- new kernel log lines ---\n" + "\n".join(kernel_lines[-20:]))
+        super().__init__("\n".join(detail))
+        self.output = output
+        self.kernel_lines = kernel_lines
+
+
+class HostKernelRefused(HarnessError):
+    """An attempt to load a module where the target is the host kernel."""

@@ -1,0 +1,117 @@
+"""Kernel-side operations on a running guest: load and unload modules, read the
+kernel log between two points, read the taint value.
+
+Bulk data (the kernel log) goes through the shared results directory, not the
+serial console: the guest writes a file, the host reads it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dmesg import KernelLine, parse_lines
+from .errors import HarnessError, HostKernelRefused, ModuleLoadError
+from .vm import Guest
+
+HOST_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+@dataclass(frozen=True)
+class LogMark:
+    """A point in the guest kernel log (a unique line written to /dev/kmsg)."""
+
+    text: str
+
+
+def host_boot_id() -> str:
+    return HOST_BOOT_ID.read_text().strip()
+
+
+class GuestKernel:
+    """Module and kernel-log operations on one guest; `scratch` is a guest-writable host dir."""
+
+    def __init__(self, guest: Guest, scratch: Path) -> None:
+        self.guest = guest
+        self.scratch = scratch
+        self._token = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+        self._verified_not_host = False
+
+    # -- safety ------------------------------------------------------------
+    def ensure_not_host(self) -> None:
+        """Refuse to load anything unless the target kernel is provably not the host's.
+
+        The guest's boot_id (random per boot) must differ from the host's; the
+        same value means the "guest" is the host kernel itself.
+        """
+        if self._verified_not_host:
+            return
+        guest_id = self.guest.run(["cat", str(HOST_BOOT_ID)], check=True).output.strip()
+        check_not_host(guest_id, host_boot_id())
+        self._verified_not_host = True
+
+    # -- kernel log ----------------------------------------------------------
+    def mark(self) -> LogMark:
+        text = f"knh-mark:{self._token}:{next(self._counter)}"
+        self.guest.run(f"echo {text} > /dev/kmsg", check=True)
+        return LogMark(text)
+
+    def log(self) -> list[KernelLine]:
+        """The whole kernel log of the guest, parsed."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        path = self.scratch / f"dmesg-{self._token}-{next(self._counter)}.txt"
+        self.guest.run(f"dmesg -r > {path}", check=True)
+        try:
+            return parse_lines(path.read_text(errors="replace"))
+        finally:
+            path.unlink(missing_ok=True)
+
+    def lines_since(self, mark: LogMark) -> list[KernelLine]:
+        """Kernel log lines after `mark` (the mark line itself excluded)."""
+        return lines_after_mark(self.log(), mark)
+
+    # -- taint -----------------------------------------------------------------
+    def taint(self) -> int:
+        return int(self.guest.run(["cat", "/proc/sys/kernel/tainted"], check=True).output.strip())
+
+    # -- modules -----------------------------------------------------------------
+    def insmod(self, ko: Path, params: Mapping[str, str] | None = None) -> str:
+        """Load `ko` in the guest; returns the module name. Raises ModuleLoadError with the kernel's words."""
+        self.ensure_not_host()
+        mark = self.mark()
+        argv = ["insmod", str(ko)] + [f"{k}={v}" for k, v in (params or {}).items()]
+        result = self.guest.run(argv)
+        if result.status != 0:
+            lines = [ln.text for ln in self.lines_since(mark)]
+            raise ModuleLoadError(f"insmod {ko.name} failed (status {result.status})", result.output, lines)
+        return ko.stem.replace("-", "_")
+
+    def rmmod(self, name: str) -> None:
+        result = self.guest.run(["rmmod", name])
+        if result.status != 0:
+            raise ModuleLoadError(f"rmmod {name} failed (status {result.status})", result.output, [])
+
+    def loaded(self, name: str) -> bool:
+        return self.guest.run(["test", "-d", f"/sys/module/{name}"]).status == 0
+
+
+def check_not_host(guest_boot_id: str, host_id: str) -> None:
+    if not guest_boot_id:
+        raise HostKernelRefused("cannot read the target's boot_id: refusing to load a module")
+    if guest_boot_id == host_id:
+        raise HostKernelRefused(
+            "the target kernel has the host's boot_id: refusing to load a module into the host kernel"
+        )
+
+
+def lines_after_mark(lines: list[KernelLine], mark: LogMark) -> list[KernelLine]:
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].text.strip() == mark.text:
+            return lines[i + 1 :]
+    raise HarnessError(
+        f"kernel log mark {mark.text!r} not found: the ring buffer wrapped or the log was cleared"
+    )

@@ -1,0 +1,135 @@
+"""Build an out-of-tree module against a kernel's build directory, with a cache.
+
+Sources are copied to a private directory first (Kbuild writes its objects
+next to the sources, and two kernels must not share them). The result is kept
+under a key made of the source contents and the kernel, so an unchanged module
+is never rebuilt and an edited one always is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BuildError
+from .kernel import Kernel
+
+IGNORED_SUFFIXES = (".o", ".ko", ".mod", ".mod.c", ".cmd", ".symvers", ".order", ".swp")
+BUILD_LOG = "build.log"
+DONE_MARK = ".knh-built"
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "knetlink-harness"
+
+
+@dataclass(frozen=True)
+class BuiltModule:
+    """Artifacts of one module build for one kernel."""
+
+    kernel: Kernel
+    directory: Path  # the build copy, visible to the guest through the shared root
+    modules: tuple[Path, ...]  # every .ko produced
+    warnings: tuple[str, ...]  # compiler warning lines from the build log
+    cached: bool
+
+    def module(self, name: str | None = None) -> Path:
+        """The .ko called `name` (without .ko), or the only one built."""
+        if name is None:
+            if len(self.modules) != 1:
+                raise BuildError(f"build produced {len(self.modules)} modules; name one", "")
+            return self.modules[0]
+        for ko in self.modules:
+            if ko.stem == name:
+                return ko
+        raise BuildError(f"no {name}.ko among {[m.name for m in self.modules]}", "")
+
+
+def source_files(src: Path) -> list[Path]:
+    files = []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_file() and not path.name.endswith(IGNORED_SUFFIXES) and not any(
+            part.startswith(".") for part in rel.parts
+        ):
+            files.append(path)
+    return files
+
+
+def source_key(src: Path, kernel: Kernel, targets: Sequence[str]) -> str:
+    """Hash of every source file (path + bytes), the kernel and the make targets."""
+    h = hashlib.sha256()
+    for path in source_files(src):
+        h.update(str(path.relative_to(src)).encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    h.update(f"{kernel.release}\0{kernel.build_dir}\0{' '.join(targets)}".encode())
+    return h.hexdigest()[:16]
+
+
+def make_argv(build_copy: Path, kernel: Kernel, targets: Sequence[str], jobs: int | None = None) -> list[str]:
+    argv = ["make", "-C", str(build_copy), f"KDIR={kernel.build_dir}"]
+    if jobs:
+        argv.append(f"-j{jobs}")
+    return argv + list(targets)
+
+
+def warning_lines(log: str) -> tuple[str, ...]:
+    return tuple(line for line in log.splitlines() if "warning:" in line.lower())
+
+
+def build_module(
+    src: Path,
+    kernel: Kernel,
+    *,
+    cache_root: Path | None = None,
+    targets: Sequence[str] = (),
+) -> BuiltModule:
+    """Build `src` for `kernel` (or reuse an identical earlier build)."""
+    src = src.resolve()
+    if not (src / "Makefile").exists() and not (src / "Kbuild").exists():
+        raise BuildError(f"{src} has no Makefile or Kbuild: not a module source directory", "")
+    cache_root = cache_root or default_cache_root()
+    key = source_key(src, kernel, targets)
+    final = cache_root / "modules" / kernel.release / f"{src.name}-{key}"
+    if (final / DONE_MARK).exists():
+        return _result(kernel, final, cached=True)
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{src.name}-", dir=final.parent))
+    try:
+        shutil.copytree(src, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*(f"*{s}" for s in IGNORED_SUFFIXES)))
+        argv = make_argv(work, kernel, targets, jobs=os.cpu_count())
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        log = f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}"
+        (work / BUILD_LOG).write_text(log)
+        if proc.returncode != 0:
+            raise BuildError(f"module build failed for {kernel.release} (exit {proc.returncode}): {' '.join(argv)}", log)
+        if not list(work.glob("*.ko")):
+            raise BuildError(f"module build for {kernel.release} produced no .ko", log)
+        (work / DONE_MARK).write_text(key + "\n")
+        if final.exists():  # a concurrent build won the race
+            shutil.rmtree(work)
+        else:
+            work.rename(final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return _result(kernel, final, cached=False)
+
+
+def _result(kernel: Kernel, directory: Path, cached: bool) -> BuiltModule:
+    log = (directory / BUILD_LOG).read_text() if (directory / BUILD_LOG).exists() else ""
+    return BuiltModule(
+        kernel=kernel,
+        directory=directory,
+        modules=tuple(sorted(directory.glob("*.ko"))),
+        warnings=warning_lines(log),
+        cached=cached,
+    )

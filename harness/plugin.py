@@ -1,0 +1,268 @@
+"""pytest plugin: options, markers and fixtures for kernel-module tests in guests.
+
+Registered through the ``pytest11`` entry point ``knetlink_harness``. Settings
+come from options, environment variables or ini keys (see harness.config);
+option > environment > ini > default.
+
+Fixtures (function scope unless noted):
+    knh_config            resolved HarnessConfig (session)
+    knh_kernel_session    KernelSession for one kernel; parametrized over the kernel matrix (session)
+    built_module          the module built for that kernel (session)
+    guest                 the kernel's live guest, booted on first use, replaced after it dies
+    guest_kernel          kernel log / module operations on that guest
+    kernel_log            a kernel log window opened at the start of the test
+    kmod                  the module loaded with the test's parameters, unloaded afterwards
+    py_sender, c_sender   in-guest netlink senders bound to the module's protocol
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .config import SETTINGS, HarnessConfig, module_params_dict, resolve
+from .dmesg import KernelLine, parse_link_lines
+from .errors import HarnessError
+from .kernel import Kernel, resolve_kernel
+from .kernelops import GuestKernel, LogMark
+from .kmod import BuiltModule
+from .senders import CSender, PySender
+from .session import KernelSession
+from .vm import Guest
+
+CONFIG_KEY = pytest.StashKey[HarnessConfig]()
+RUN_ROOT_KEY = pytest.StashKey[Path]()
+SESSIONS_KEY = pytest.StashKey[list[KernelSession]]()
+NOTES_KEY = pytest.StashKey[list[str]]()
+
+KERNEL_FIXTURES = {"knh_kernel_session", "built_module", "guest", "guest_kernel", "kernel_log", "kmod",
+                   "py_sender", "c_sender"}  # fmt: skip
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("knetlink-harness", "kernel module tests in throwaway guests")
+    for s in SETTINGS:
+        extra = f" [env {s.env}, ini {s.ini}, default: {s.default or 'none'}]"
+        if s.multi:
+            group.addoption(s.option, action="append", dest=f"knh_{s.name}", default=None, help=s.help + extra)
+            parser.addini(s.ini, s.help, type="args", default=[])
+        else:
+            group.addoption(s.option, dest=f"knh_{s.name}", default=None, help=s.help + extra)
+            parser.addini(s.ini, s.help, default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kernel: test boots a guest kernel (added automatically to tests using guest fixtures)")
+    config.addinivalue_line("markers", "module_params(**params): insmod parameters for the kmod fixture, e.g. proto=31")
+    config.addinivalue_line("markers", "no_module: the test does not want the module loaded by default fixtures")
+    options = {s.name: config.getoption(f"knh_{s.name}") for s in SETTINGS}
+    ini = {s.ini: config.getini(s.ini) for s in SETTINGS}
+    try:
+        cfg = resolve(options, ini=ini)
+    except HarnessError as e:
+        raise pytest.UsageError(str(e)) from None
+    if not cfg.results_dir.is_absolute():
+        cfg = _with_results_dir(cfg, config.rootpath / cfg.results_dir)
+    config.stash[CONFIG_KEY] = cfg
+    config.stash[RUN_ROOT_KEY] = cfg.results_dir / time.strftime("run-%Y%m%d-%H%M%S")
+    config.stash[SESSIONS_KEY] = []
+    config.stash[NOTES_KEY] = []
+
+
+def _with_results_dir(cfg: HarnessConfig, path: Path) -> HarnessConfig:
+    from dataclasses import replace
+
+    return replace(cfg, results_dir=path)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if KERNEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kernel)
+
+
+@dataclass(frozen=True)
+class _KernelParam:
+    spec: str
+    kernel: Kernel | None
+    error: str | None
+
+    @property
+    def label(self) -> str:
+        return self.kernel.label if self.kernel else (self.spec or "default-kernel")
+
+
+def _kernel_params(cfg: HarnessConfig) -> list[_KernelParam]:
+    params = []
+    for spec in cfg.kernels or ("",):
+        try:
+            params.append(_KernelParam(spec, resolve_kernel(spec or None), None))
+        except HarnessError as e:
+            params.append(_KernelParam(spec, None, str(e)))
+    return params
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "knh_kernel_session" in metafunc.fixturenames:
+        params = _kernel_params(metafunc.config.stash[CONFIG_KEY])
+        metafunc.parametrize("knh_kernel_session", params, indirect=True, scope="session",
+                             ids=[p.label for p in params])  # fmt: skip
+
+
+def _notify(config: pytest.Config) -> Any:
+    def notify(message: str) -> None:
+        config.stash[NOTES_KEY].append(message)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and not config.getoption("quiet", 0) > 1:
+            reporter.write_line(f"[knh] {message}")
+
+    return notify
+
+
+@pytest.fixture(scope="session")
+def knh_config(pytestconfig: pytest.Config) -> HarnessConfig:
+    return pytestconfig.stash[CONFIG_KEY]
+
+
+@pytest.fixture(scope="session")
+def knh_kernel_session(request: pytest.FixtureRequest, knh_config: HarnessConfig) -> Iterator[KernelSession]:
+    param: _KernelParam = request.param
+    if param.error is not None or param.kernel is None:
+        pytest.fail(f"kernel {param.spec or '(default)'} unusable: {param.error}", pytrace=False)
+    session = KernelSession(knh_config, param.kernel, request.config.stash[RUN_ROOT_KEY],
+                            notify=_notify(request.config))  # fmt: skip
+    request.config.stash[SESSIONS_KEY].append(session)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def _fail_on_harness_error(e: HarnessError) -> None:
+    pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def built_module(knh_kernel_session: KernelSession) -> BuiltModule:
+    try:
+        return knh_kernel_session.build()
+    except HarnessError as e:
+        _fail_on_harness_error(e)
+        raise
+
+
+@pytest.fixture
+def guest(knh_kernel_session: KernelSession) -> Guest:
+    try:
+        return knh_kernel_session.guest()
+    except HarnessError as e:
+        _fail_on_harness_error(e)
+        raise
+
+
+@pytest.fixture
+def guest_kernel(guest: Guest, knh_kernel_session: KernelSession) -> GuestKernel:
+    return knh_kernel_session.ops()
+
+
+class KernelLogWindow:
+    """Kernel log lines written since the window opened."""
+
+    def __init__(self, ops: GuestKernel, mark: LogMark) -> None:
+        self.ops = ops
+        self.mark = mark
+
+    def lines(self) -> list[KernelLine]:
+        return self.ops.lines_since(self.mark)
+
+    def texts(self) -> list[str]:
+        return [ln.text for ln in self.lines()]
+
+    def links(self) -> list[bytes]:
+        """Payloads of the module's link: lines, unescaped, in order."""
+        return [link.payload for link in parse_link_lines(self.lines())]
+
+    def assert_links(self, expected: Sequence[str | bytes]) -> None:
+        want = [e.encode() if isinstance(e, str) else e for e in expected]
+        got = self.links()
+        if got != want:
+            shown = "\n".join(self.texts()[-40:])
+            raise AssertionError(
+                f"link: lines differ\n expected ({len(want)}): {want[:10]!r}{' ...' if len(want) > 10 else ''}\n"
+                f"      got ({len(got)}): {got[:10]!r}{' ...' if len(got) > 10 else ''}\n"
+                f"--- kernel log window ---\n{shown}"
+            )
+
+    def restart(self) -> None:
+        self.mark = self.ops.mark()
+
+
+@pytest.fixture
+def kernel_log(guest_kernel: GuestKernel) -> KernelLogWindow:
+    return KernelLogWindow(guest_kernel, guest_kernel.mark())
+
+
+@dataclass(frozen=True)
+class LoadedModule:
+    name: str
+    path: Path
+    params: dict[str, str]
+
+    @property
+    def proto(self) -> int:
+        return int(self.params.get("proto", "21"))
+
+
+def module_params_for(item: pytest.Item, cfg: HarnessConfig) -> dict[str, str]:
+    params = module_params_dict(cfg.module_params)
+    for mark in reversed(list(item.iter_markers("module_params"))):
+        params.update({k: str(v) for k, v in mark.kwargs.items()})
+    return params
+
+
+@pytest.fixture
+def kmod(
+    request: pytest.FixtureRequest, knh_config: HarnessConfig, built_module: BuiltModule,
+    guest_kernel: GuestKernel, kernel_log: KernelLogWindow,
+) -> Iterator[LoadedModule]:  # fmt: skip
+    params = module_params_for(request.node, knh_config)
+    ko = built_module.module()
+    try:
+        name = guest_kernel.insmod(ko, params)
+    except HarnessError as e:
+        _fail_on_harness_error(e)
+        raise
+    yield LoadedModule(name, ko, params)
+    if guest_kernel.guest.alive and guest_kernel.loaded(name):
+        guest_kernel.rmmod(name)
+
+
+@pytest.fixture
+def py_sender(guest: Guest, kmod: LoadedModule) -> Iterator[PySender]:
+    sender = PySender(guest, kmod.proto)
+    yield sender
+    sender.close()
+
+
+@pytest.fixture
+def c_sender(guest: Guest, kmod: LoadedModule, built_module: BuiltModule) -> CSender:
+    return CSender(guest, built_module.directory / "sender" / "knl_send", kmod.proto)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    sessions = config.stash.get(SESSIONS_KEY, [])
+    if not sessions:
+        return
+    terminalreporter.section("knetlink-harness")
+    for s in sessions:
+        accel = s._accel.notice() if s._accel else "accelerator not chosen"
+        times = ", ".join(f"{t:.1f}s" for t in s.stats.boot_times_s) or "none"
+        terminalreporter.write_line(
+            f"{s.kernel.release}: boots {s.stats.boots} (boot times {times}), boot retries {s.stats.retries}; {accel}"
+        )
+    terminalreporter.write_line(f"results: {config.stash[RUN_ROOT_KEY]}")

@@ -1,0 +1,124 @@
+"""Host-side clients of the in-guest senders.
+
+PySender keeps one `guest_scripts/nl_send.py persistent` process in the guest's
+foreground and exchanges one JSON line per request over the console, so a
+message costs a console round trip instead of a Python start. CSender runs the
+C sender (`knl_send`) as a normal guest command.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import GUEST_SCRIPTS
+from .errors import HarnessError
+from .vm import Guest
+
+READY = "NLSEND READY"
+
+
+@dataclass(frozen=True)
+class Ack:
+    """One netlink ack: the request's sequence number and the errno (0 = success)."""
+
+    seq: int
+    error: int
+
+
+class SenderError(HarnessError):
+    """The sender reported an error instead of acks."""
+
+
+def parse_acks(reply: dict[str, Any]) -> list[Ack]:
+    if "error" in reply and "acks" not in reply:
+        raise SenderError(f"sender error: {reply['error']}")
+    return [Ack(int(a["seq"]), int(a["error"])) for a in reply.get("acks", [])]
+
+
+class PySender:
+    """Persistent Python sender in the guest. Starts on first use."""
+
+    def __init__(self, guest: Guest, proto: int, *, python: str | None = None, script: Path | None = None) -> None:
+        self.guest = guest
+        self.proto = proto
+        self.python = python or sys.executable
+        self.script = script or GUEST_SCRIPTS / "nl_send.py"
+
+    def _ensure(self) -> None:
+        if not self.guest.foreground_active:
+            self.guest.start_foreground(
+                [self.python, str(self.script), "--proto", str(self.proto), "persistent"], re.escape(READY)
+            )
+
+    def request(self, obj: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        self._ensure()
+        line = self.guest.foreground_request(json.dumps(obj, separators=(",", ":")), r"\{.*\}", timeout)
+        reply = json.loads(line)
+        assert isinstance(reply, dict)
+        return reply
+
+    def send(self, text: str | None = None, *, data: bytes | None = None, **fields: Any) -> list[Ack]:
+        """Send one message (text, or raw payload bytes) and return its acks."""
+        req: dict[str, Any] = {"op": "send", **fields}
+        if data is not None:
+            req["hex"] = data.hex()
+        elif text is not None:
+            req["text"] = text
+        return parse_acks(self.request(req))
+
+    def batch(self, messages: Sequence[dict[str, Any]]) -> list[Ack]:
+        """Several messages in one datagram."""
+        return parse_acks(self.request({"op": "batch", "messages": list(messages)}))
+
+    def raw(self, datagram: bytes, *, expect: int = 1, wait_ms: int = 200) -> list[Ack]:
+        """A hand-made (possibly malformed) datagram; collects up to `expect` acks."""
+        return parse_acks(self.request({"op": "raw", "hex": datagram.hex(), "expect": expect, "wait_ms": wait_ms}))
+
+    def bench(self, count: int, text: str = "bench") -> dict[str, Any]:
+        return self.request({"op": "bench", "count": count, "text": text}, timeout=max(60.0, count / 500))
+
+    def close(self) -> None:
+        if self.guest.foreground_active and self.guest.alive:
+            self.guest.end_foreground(json.dumps({"op": "quit"}))
+
+
+_ACK_LINE = re.compile(r"^ack seq=(\d+) error=(\d+)$", re.M)
+_SUMMARY = re.compile(r"sent=(\d+) acked=(\d+) failed=(\d+) elapsed_us=(\d+)")
+
+
+@dataclass(frozen=True)
+class CSendResult:
+    status: int
+    acks: list[Ack]
+    output: str
+
+    def summary(self) -> dict[str, int] | None:
+        m = _SUMMARY.search(self.output)
+        if not m:
+            return None
+        return dict(zip(("sent", "acked", "failed", "elapsed_us"), map(int, m.groups()), strict=True))
+
+
+class CSender:
+    """The C sender built next to the module (module/sender/knl_send.c)."""
+
+    def __init__(self, guest: Guest, binary: Path, proto: int) -> None:
+        self.guest = guest
+        self.binary = binary
+        self.proto = proto
+
+    def send(self, *messages: str, count: int | None = None, quiet: bool = False) -> CSendResult:
+        argv = [str(self.binary), "-p", str(self.proto)]
+        if count is not None:
+            argv += ["-n", str(count)]
+        if quiet:
+            argv.append("-q")
+        result = self.guest.run(argv + ["--", *messages])
+        acks = [Ack(int(s), int(e)) for s, e in _ACK_LINE.findall(result.output)]
+        return CSendResult(result.status, acks, result.output)

@@ -1,0 +1,155 @@
+"""Orchestration: from settings to a live guest with the module built for it.
+
+A KernelSession owns everything for one kernel: the module build, the
+accelerator decision and, booted on first use, one guest that is reused by
+every test until it dies (then the next user gets a fresh one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .accel import AccelDecision, choose_accel
+from .cmdline import VngSpec
+from .config import GUEST_SCRIPTS, HarnessConfig
+from .errors import BootError
+from .kernel import Kernel
+from .kernelops import GuestKernel
+from .kmod import BuiltModule, build_module
+from .vm import Guest, new_guest_name
+
+Notify = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def vng_executable() -> str:
+    """virtme-ng from the running interpreter's environment, else from PATH."""
+    import shutil
+    import sys
+
+    local = Path(sys.executable).parent / "vng"
+    return str(local) if local.exists() else (shutil.which("vng") or "vng")
+
+
+@dataclass
+class BootStats:
+    boots: int = 0
+    retries: int = 0
+    boot_times_s: list[float] = field(default_factory=list)
+
+
+class KernelSession:
+    """Module build, accelerator and a lazily booted, reusable guest for one kernel."""
+
+    def __init__(
+        self,
+        config: HarnessConfig,
+        kernel: Kernel,
+        run_root: Path,
+        *,
+        notify: Notify = _silent,
+    ) -> None:
+        self.config = config
+        self.kernel = kernel
+        self.run_root = run_root
+        self.notify = notify
+        self.stats = BootStats()
+        self._build: BuiltModule | None = None
+        self._accel: AccelDecision | None = None
+        self._guest: Guest | None = None
+        self._ops: GuestKernel | None = None
+        self._boot_error: BootError | None = None
+
+    @property
+    def results_dir(self) -> Path:
+        return self.config.results_dir.resolve()
+
+    def build(self) -> BuiltModule:
+        if self._build is None:
+            self.notify(f"building {self.config.module_dir} for {self.kernel.release} ...")
+            start = time.monotonic()
+            self._build = build_module(self.config.module_dir, self.kernel, targets=self.config.make_targets)
+            how = "cached" if self._build.cached else f"built in {time.monotonic() - start:.1f} s"
+            self.notify(f"module for {self.kernel.release}: {how} ({self._build.directory})")
+        return self._build
+
+    def accel(self) -> AccelDecision:
+        if self._accel is None:
+            self._accel = choose_accel(self.config.accel, self.kernel.image)
+            self.notify(self._accel.notice())
+        return self._accel
+
+    def guest_spec(self) -> VngSpec:
+        return VngSpec(
+            kernel=self.kernel,
+            accel=self.accel().accel,
+            shell=GUEST_SCRIPTS / "guest-shell",
+            rw_dirs=(self.results_dir,),
+            memory=self.config.memory,
+            cpus=self.config.cpus,
+            name=new_guest_name(),
+            vng=vng_executable(),
+        )
+
+    def guest(self) -> Guest:
+        """The live guest, booting one (with retries) if there is none or it died."""
+        if self._guest is not None and self._guest.alive:
+            return self._guest
+        if self._guest is not None:
+            self.notify(f"guest {self._guest.spec.name} is gone ({self._guest.dead_reason or 'exited'}); booting a fresh one")
+            self._guest.close()
+            self._guest, self._ops = None, None
+        if self._boot_error is not None:
+            raise self._boot_error
+        attempts = self.config.boot_retries + 1
+        last: BootError | None = None
+        for attempt in range(1, attempts + 1):
+            spec = self.guest_spec()
+            run_dir = self.run_root / self.kernel.label / f"{spec.name}"
+            self.notify(f"booting {self.kernel.release} ({spec.accel}) as {spec.name}, attempt {attempt}/{attempts} ...")
+            guest = Guest(spec, run_dir, command_timeout=self.config.command_timeout)
+            try:
+                guest.start(self.config.boot_timeout)
+            except BootError as e:
+                last = e
+                self.notify(f"boot attempt {attempt} failed: {e.args[0].splitlines()[0]} (logs in {run_dir})")
+                if attempt < attempts:
+                    self.stats.retries += 1
+                continue
+            self.stats.boots += 1
+            assert guest.boot_time_s is not None
+            self.stats.boot_times_s.append(guest.boot_time_s)
+            self.notify(f"guest ready in {guest.boot_time_s:.1f} s")
+            self._guest = guest
+            self._ops = GuestKernel(guest, self.results_dir / ".scratch")
+            return guest
+        assert last is not None
+        self._boot_error = last  # do not boot again for every remaining test
+        raise last
+
+    def ops(self) -> GuestKernel:
+        self.guest()
+        assert self._ops is not None
+        return self._ops
+
+    @property
+    def current_guest(self) -> Guest | None:
+        return self._guest
+
+    def recycle(self, reason: str) -> None:
+        """Throw the guest away so the next user boots a fresh one."""
+        if self._guest is not None:
+            self.notify(f"discarding guest {self._guest.spec.name}: {reason}")
+            self._guest.close()
+            self._guest, self._ops = None, None
+
+    def close(self) -> None:
+        if self._guest is not None:
+            self._guest.close()
+            self._guest, self._ops = None, None

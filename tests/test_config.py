@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from harness.config import module_params_dict, resolve
+from harness.errors import ConfigError
+
+
+def test_defaults_when_nothing_set() -> None:
+    cfg = resolve({}, environ={}, ini={})
+    assert cfg.kernels == ()
+    assert cfg.accel == "auto"
+    assert cfg.boot_timeout == 120.0
+    assert cfg.sources["accel"] == "default"
+
+
+def test_option_beats_env_beats_ini() -> None:
+    env = {"KNH_ACCEL": "kvm", "KNH_BOOT_TIMEOUT": "30"}
+    ini = {"knh_accel": "auto", "knh_boot_timeout": "10", "knh_memory": "2G"}
+    cfg = resolve({"accel": "tcg"}, environ=env, ini=ini)
+    assert cfg.accel == "tcg" and cfg.sources["accel"] == "option --accel"
+    assert cfg.boot_timeout == 30.0 and cfg.sources["boot_timeout"] == "environment variable KNH_BOOT_TIMEOUT"
+    assert cfg.memory == "2G" and cfg.sources["memory"] == "ini key knh_memory"
+
+
+def test_multi_values_from_each_source() -> None:
+    assert resolve({"kernels": ["a", "b"]}, environ={}, ini={}).kernels == ("a", "b")
+    assert resolve({}, environ={"KNH_KERNEL": "6.1.0-56-amd64, 6.12.117+deb12-amd64"}, ini={}).kernels == (
+        "6.1.0-56-amd64",
+        "6.12.117+deb12-amd64",
+    )
+    assert resolve({}, environ={}, ini={"knh_kernels": ["x"]}).kernels == ("x",)
+
+
+@pytest.mark.parametrize(
+    ("options", "env", "ini", "fragment"),
+    [
+        ({"accel": "fast"}, {}, {}, "from option --accel"),
+        ({}, {"KNH_BOOT_TIMEOUT": "-3"}, {}, "from environment variable KNH_BOOT_TIMEOUT"),
+        ({}, {}, {"knh_cpus": "zero"}, "from ini key knh_cpus"),
+        ({}, {}, {"knh_memory": "lots"}, "from ini key knh_memory"),
+        ({"module_params": ["proto"]}, {}, {}, "from option --module-param"),
+    ],
+)
+def test_invalid_value_names_its_source(options: dict, env: dict, ini: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        resolve(options, environ=env, ini=ini)
+
+
+def test_results_dir_is_a_path() -> None:
+    assert resolve({}, environ={"KNH_RESULTS_DIR": "/tmp/r"}, ini={}).results_dir == Path("/tmp/r")
+
+
+def test_module_params_dict() -> None:
+    assert module_params_dict(["proto=31", "require_cap=1", "x="]) == {"proto": "31", "require_cap": "1", "x": ""}
+    with pytest.raises(ValueError):
+        module_params_dict(["1bad=3"])

@@ -1,0 +1,61 @@
+"""The console protocol against a real local shell (guest_scripts/guest-shell, no VM)."""
+
+from collections.abc import Iterator
+
+import pexpect
+import pytest
+
+from harness.config import GUEST_SCRIPTS
+from harness.console import Console, check_command, normalize_output
+from harness.errors import CommandTimeout, HarnessError, LostGuestError
+
+
+@pytest.fixture
+def console() -> Iterator[Console]:
+    child = pexpect.spawn(str(GUEST_SCRIPTS / "guest-shell"), encoding="utf-8", echo=False, env={"PATH": "/usr/bin:/bin"})
+    child.delaybeforesend = None
+    c = Console(child)
+    c.wait_ready(10)
+    c.install_prompt(10)
+    yield c
+    child.close(force=True)
+
+
+def test_status_and_output(console: Console) -> None:
+    r = console.run("echo hello; echo world", 5)
+    assert (r.status, r.output) == (0, "hello\nworld\n")
+    assert console.run("exit_with() { return $1; }; exit_with 7", 5).status == 7
+
+
+def test_output_without_trailing_newline(console: Console) -> None:
+    assert console.run("printf abc", 5).output == "abc"
+
+
+def test_fake_prompt_in_output_does_not_end_command(console: Console) -> None:
+    r = console.run("echo '__KNH_0000000000000000:0:# '; echo after", 5)
+    assert r.output.endswith("after\n") and r.status == 0
+
+
+def test_timeout_interrupts_and_keeps_shell(console: Console) -> None:
+    with pytest.raises(CommandTimeout, match="interrupted; the guest is usable"):
+        console.run("sleep 30", 0.5)
+    assert console.run("echo alive", 5).output == "alive\n"
+
+
+def test_incomplete_input_is_an_error(console: Console) -> None:
+    with pytest.raises(HarnessError, match="incomplete shell input"):
+        console.run("echo 'unbalanced", 5)
+    assert console.run("echo ok", 5).output == "ok\n"
+
+
+def test_shell_exit_is_lost_guest(console: Console) -> None:
+    with pytest.raises(LostGuestError):
+        console.run("exit 3", 5)
+
+
+def test_command_checks() -> None:
+    with pytest.raises(HarnessError, match="control character"):
+        check_command("echo \x01x")
+    with pytest.raises(HarnessError, match="at most"):
+        check_command("x" * 5000)
+    assert normalize_output("a\r\r\nb\r\n") == "a\nb\n"

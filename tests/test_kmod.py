@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from harness.errors import BuildError, HostKernelRefused
+from harness.kernel import Kernel
+from harness.kernelops import check_not_host
+from harness.kmod import make_argv, source_key, warning_lines, build_module
+
+K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/kdir"))
+
+
+def tree(tmp: Path) -> Path:
+    src = tmp / "mod"
+    src.mkdir()
+    (src / "Makefile").write_text("all:\n")
+    (src / "m.c").write_text("int x;\n")
+    return src
+
+
+def test_key_changes_with_sources_and_kernel(tmp_path: Path) -> None:
+    src = tree(tmp_path)
+    k1 = source_key(src, K, ())
+    (src / "m.o").write_text("object files do not count")
+    assert source_key(src, K, ()) == k1
+    (src / "m.c").write_text("int y;\n")
+    k2 = source_key(src, K, ())
+    assert k2 != k1
+    assert source_key(src, Kernel("6.12", K.image, K.build_dir), ()) != k2
+    assert source_key(src, K, ("sender",)) != k2
+
+
+def test_make_argv() -> None:
+    assert make_argv(Path("/b"), K, ["all", "sender"], jobs=2) == ["make", "-C", "/b", "KDIR=/kdir", "-j2", "all", "sender"]
+
+
+def test_warning_lines() -> None:
+    log = "CC m.o\nm.c:3:1: warning: unused variable 'x'\nLD m.ko\n"
+    assert warning_lines(log) == ("m.c:3:1: warning: unused variable 'x'",)
+
+
+def test_failed_build_raises_with_log_and_leaves_no_cache(tmp_path: Path) -> None:
+    src = tmp_path / "bad"
+    src.mkdir()
+    (src / "Makefile").write_text("all:\n\t@echo 'm.c:1: error: boom'; exit 1\n")
+    with pytest.raises(BuildError, match="m.c:1: error: boom"):
+        build_module(src, K, cache_root=tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "modules" / K.release).glob("bad-*"))
+
+
+def test_build_is_cached(tmp_path: Path) -> None:
+    src = tmp_path / "ok"
+    src.mkdir()
+    (src / "Makefile").write_text("all:\n\t@echo built >> count.txt; touch ok.ko\n")
+    first = build_module(src, K, cache_root=tmp_path / "cache")
+    second = build_module(src, K, cache_root=tmp_path / "cache")
+    assert (first.cached, second.cached) == (False, True)
+    assert second.module().name == "ok.ko"
+    assert (second.directory / "count.txt").read_text() == "built\n"
+
+
+def test_host_kernel_refused() -> None:
+    with pytest.raises(HostKernelRefused, match="host kernel"):
+        check_not_host("abc", "abc")
+    with pytest.raises(HostKernelRefused):
+        check_not_host("", "abc")
+    check_not_host("guest-id", "host-id")
