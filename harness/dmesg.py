@@ -794,8 +794,9 @@ def parse_allowlist(text: str, source: str = "<string>") -> tuple[AllowEntry, ..
     """Parse allowlist text: one ``<regex> ## <reason>`` entry per line.
 
     Blank lines and lines whose first non-blank character is ``#`` are
-    comments. The regex (surrounding blanks stripped) is searched in every
-    line of a splat. The reason is mandatory. Errors raise
+    comments. The first ``##`` ends the regex (surrounding blanks stripped),
+    which is searched in every line of a splat. The reason is mandatory.
+    Errors raise
     :class:`AllowlistError` naming ``source`` and the line number.
     """
     entries: list[AllowEntry] = []
@@ -810,8 +811,6 @@ def parse_allowlist(text: str, source: str = "<string>") -> tuple[AllowEntry, ..
             raise AllowlistError(source, line_no, "missing '## <reason>'")
         if not reason:
             raise AllowlistError(source, line_no, "empty reason after '##'")
-        if not regex:
-            raise AllowlistError(source, line_no, "empty regex")
         try:
             compiled = re.compile(regex)
         except re.error as exc:
