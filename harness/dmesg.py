@@ -796,8 +796,7 @@ def parse_allowlist(text: str, source: str = "<string>") -> tuple[AllowEntry, ..
     Blank lines and lines whose first non-blank character is ``#`` are
     comments. The first ``##`` ends the regex (surrounding blanks stripped),
     which is searched in every line of a splat. The reason is mandatory.
-    Errors raise
-    :class:`AllowlistError` naming ``source`` and the line number.
+    Errors raise :class:`AllowlistError` naming ``source`` and the line.
     """
     entries: list[AllowEntry] = []
     for line_no, line in enumerate(text.splitlines(), start=1):
