@@ -1,0 +1,20 @@
+"""Project-level pytest setup.
+
+The harness plugin itself is registered by the package's ``pytest11`` entry
+point (``pip install -e .``); this file only checks that it is active, so a
+run without the package installed fails with the fix instead of collecting
+nothing useful.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("knetlink_harness"):
+        raise pytest.UsageError(
+            "the knetlink-harness pytest plugin is not active: install the project with\n"
+            "    python3 -m pip install -e .\n"
+            "(or run through tox, which does it)"
+        )

@@ -1,0 +1,37 @@
+#!/bin/sh
+# Install everything knetlink-harness needs on a fresh Debian 12 or Ubuntu machine:
+# QEMU, busybox, build tools, bpftrace, kernels with matching headers, and a
+# Python virtual environment (.venv) with the harness and its dependencies.
+# Usage: scripts/setup.sh   (as root, or with sudo available)
+set -eu
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+. /etc/os-release
+
+PKGS="qemu-system-x86 busybox-static build-essential kmod bpftrace cpio python3-venv"
+case "${ID:-}" in
+  debian)
+    # Debian 12: 6.1 from bookworm, 6.12 LTS from bookworm-security, each with headers.
+    PKGS="$PKGS linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64" ;;
+  ubuntu)
+    PKGS="$PKGS linux-image-generic linux-headers-generic" ;;
+  *)
+    echo "setup.sh: unsupported distribution '${ID:-unknown}'; install the equivalent of: $PKGS" >&2
+    exit 1 ;;
+esac
+
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends $PKGS
+
+# Ubuntu installs kernel images readable by root only; QEMU run as a user must read them.
+if [ "${ID:-}" = ubuntu ]; then $SUDO chmod 0644 /boot/vmlinuz-*; fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m harness doctor
