@@ -32,13 +32,16 @@ from .kernel import Kernel, resolve_kernel
 from .kernelops import GuestKernel, LogMark
 from .kmod import BuiltModule
 from .senders import CSender, PySender
-from .session import KernelSession
+from .session import KernelSession, ModuleSource
 from .vm import Guest
 
 CONFIG_KEY = pytest.StashKey[HarnessConfig]()
 RUN_ROOT_KEY = pytest.StashKey[Path]()
 SESSIONS_KEY = pytest.StashKey[list[KernelSession]]()
 NOTES_KEY = pytest.StashKey[list[str]]()
+
+# Modules whose fixtures are part of the plugin (registered in pytest_configure).
+FIXTURE_MODULES: tuple[str, ...] = ()
 
 KERNEL_FIXTURES = {"knh_kernel_session", "built_module", "guest", "guest_kernel", "kernel_log", "kmod",
                    "py_sender", "c_sender"}  # fmt: skip
@@ -72,6 +75,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN_ROOT_KEY] = cfg.results_dir / time.strftime("run-%Y%m%d-%H%M%S")
     config.stash[SESSIONS_KEY] = []
     config.stash[NOTES_KEY] = []
+    import importlib
+
+    for name in FIXTURE_MODULES:
+        if not config.pluginmanager.has_plugin(name):
+            config.pluginmanager.register(importlib.import_module(name), name)
 
 
 def _with_results_dir(cfg: HarnessConfig, path: Path) -> HarnessConfig:
@@ -148,9 +156,16 @@ def _fail_on_harness_error(e: HarnessError) -> None:
 
 
 @pytest.fixture(scope="session")
-def built_module(knh_kernel_session: KernelSession) -> BuiltModule:
+def knh_module_source(knh_config: HarnessConfig) -> ModuleSource:
+    """The module under test. Override this fixture in a conftest.py to test another module."""
+    return ModuleSource(knh_config.module_dir.resolve(), knh_config.make_targets)
+
+
+@pytest.fixture
+def built_module(knh_kernel_session: KernelSession, knh_module_source: ModuleSource) -> BuiltModule:
+    """The module built for the current kernel (built once per session and source)."""
     try:
-        return knh_kernel_session.build()
+        return knh_kernel_session.build(knh_module_source)
     except HarnessError as e:
         _fail_on_harness_error(e)
         raise

@@ -37,6 +37,14 @@ def vng_executable() -> str:
     return str(local) if local.exists() else (shutil.which("vng") or "vng")
 
 
+@dataclass(frozen=True)
+class ModuleSource:
+    """An out-of-tree module source directory and the make targets that build it."""
+
+    directory: Path
+    targets: tuple[str, ...] = ()
+
+
 @dataclass
 class BootStats:
     boots: int = 0
@@ -60,7 +68,7 @@ class KernelSession:
         self.run_root = run_root
         self.notify = notify
         self.stats = BootStats()
-        self._build: BuiltModule | None = None
+        self._builds: dict[ModuleSource, BuiltModule] = {}
         self._accel: AccelDecision | None = None
         self._guest: Guest | None = None
         self._ops: GuestKernel | None = None
@@ -70,14 +78,20 @@ class KernelSession:
     def results_dir(self) -> Path:
         return self.config.results_dir.resolve()
 
-    def build(self) -> BuiltModule:
-        if self._build is None:
-            self.notify(f"building {self.config.module_dir} for {self.kernel.release} ...")
+    def default_source(self) -> ModuleSource:
+        return ModuleSource(self.config.module_dir.resolve(), self.config.make_targets)
+
+    def build(self, source: ModuleSource | None = None) -> BuiltModule:
+        """Build `source` (default: the configured module) for this kernel, once per session."""
+        source = source or self.default_source()
+        if source not in self._builds:
+            self.notify(f"building {source.directory} for {self.kernel.release} ...")
             start = time.monotonic()
-            self._build = build_module(self.config.module_dir, self.kernel, targets=self.config.make_targets)
-            how = "cached" if self._build.cached else f"built in {time.monotonic() - start:.1f} s"
-            self.notify(f"module for {self.kernel.release}: {how} ({self._build.directory})")
-        return self._build
+            built = build_module(source.directory, self.kernel, targets=source.targets)
+            how = "cached" if built.cached else f"built in {time.monotonic() - start:.1f} s"
+            self.notify(f"module for {self.kernel.release}: {how} ({built.directory})")
+            self._builds[source] = built
+        return self._builds[source]
 
     def accel(self) -> AccelDecision:
         if self._accel is None:
