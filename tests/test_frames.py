@@ -1,0 +1,287 @@
+"""Host unit tests for guest_scripts/nlframes.py (no kernel, no guest)."""
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+GUEST_SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             'guest_scripts')
+if GUEST_SCRIPTS not in sys.path:
+    sys.path.insert(0, GUEST_SCRIPTS)
+
+import nlframes as nf  # noqa: E402
+
+HDR = struct.Struct('=IHHII')
+
+# The 2009 sender's frame for "hello world!": nlmsg_len = NLMSG_SPACE(12) = 28,
+# type 0, flags 0, seq 0, pid 0, payload without NUL.
+SEED_FRAME = bytes.fromhex('1c000000' '0000' '0000' '00000000' '00000000') + b'hello world!'
+
+
+def ack_bytes(err, orig, seq=None, flags=0, pid=4242, echo_payload=False):
+    """Build an NLMSG_ERROR message the way the kernel does."""
+    olen, otype, oflags, oseq, opid = HDR.unpack_from(orig, 0)
+    echoed = orig[:olen] if echo_payload else orig[:16]
+    body = struct.pack('=i', err) + echoed
+    length = 16 + len(body)
+    msg = HDR.pack(length, nf.NLMSG_ERROR, flags, oseq if seq is None else seq, pid) + body
+    return msg + b'\0' * (nf.nlmsg_align(length) - length)
+
+
+# ---- sizes -----------------------------------------------------------------
+
+@pytest.mark.parametrize('n,align,length,space', [
+    (0, 0, 16, 16), (1, 4, 17, 20), (3, 4, 19, 20), (4, 4, 20, 20),
+    (12, 12, 28, 28), (13, 16, 29, 32), (60000, 60000, 60016, 60016),
+])
+def test_sizes(n, align, length, space):
+    assert nf.nlmsg_align(n) == align
+    assert nf.nlmsg_length(n) == length
+    assert nf.nlmsg_space(n) == space
+
+
+# ---- encoding --------------------------------------------------------------
+
+def test_seed_frame_exact():
+    frame = nf.encode_message('hello world!', type=0, flags=0, seq=0, seed_len=True)
+    assert frame == SEED_FRAME
+
+
+def test_default_frame_is_kernel_style():
+    frame = nf.encode_message(b'hello world!', seq=7)
+    length, mtype, flags, seq, pid = HDR.unpack_from(frame, 0)
+    assert (length, mtype, flags, seq, pid) == (28, 0, nf.NLM_F_REQUEST | nf.NLM_F_ACK, 7, 0)
+    frame = nf.encode_message(b'hello', seq=1)
+    assert HDR.unpack_from(frame, 0)[0] == 21          # NLMSG_LENGTH, unpadded
+    assert len(frame) == 24 and frame[21:] == b'\0\0\0'  # datagram padded
+
+
+def test_nul_is_counted():
+    frame = nf.encode_message(b'abc', nul=True, flags=0)
+    assert HDR.unpack_from(frame, 0)[0] == 20
+    assert frame[16:20] == b'abc\0'
+
+
+def test_empty_payload():
+    assert nf.encode_message(b'', flags=0) == HDR.pack(16, 0, 0, 0, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=st.binary(max_size=300), mtype=st.integers(0, 0xFFFF),
+       flags=st.integers(0, 0xFFFF), seq=st.integers(0, 0xFFFFFFFF),
+       pid=st.integers(0, 0xFFFFFFFF), seed_len=st.booleans())
+def test_pyroute2_encoding_matches_struct(payload, mtype, flags, seq, pid, seed_len):
+    """The pyroute2-based encoder agrees with a plain struct layout."""
+    frame = nf.encode_message(payload, type=mtype, flags=flags, seq=seq, pid=pid,
+                              seed_len=seed_len)
+    length = nf.nlmsg_space(len(payload)) if seed_len else nf.nlmsg_length(len(payload))
+    expect = nf.encode_header(length, mtype, flags, seq, pid) + payload
+    expect += b'\0' * (nf.nlmsg_space(len(payload)) - len(expect))
+    assert frame == expect
+    assert len(frame) % 4 == 0
+
+
+@pytest.mark.parametrize('kwargs', [
+    {'type': -1}, {'type': 0x10000}, {'flags': 0x10000}, {'seq': 1 << 32},
+    {'pid': -5}, {'type': True}, {'seq': 1.5},
+])
+def test_encode_rejects_out_of_range(kwargs):
+    with pytest.raises(nf.FrameError):
+        nf.encode_message(b'x', **kwargs)
+
+
+def test_encode_header_allows_lying_length():
+    hdr = nf.encode_header(0xFFFFFFFF, 5, 1, 2, 3)
+    assert HDR.unpack(hdr) == (0xFFFFFFFF, 5, 1, 2, 3)
+    with pytest.raises(nf.FrameError):
+        nf.encode_header(1 << 32)
+
+
+# ---- payload specs ---------------------------------------------------------
+
+def test_build_payload_variants():
+    assert nf.build_payload({'text': 'h\u00e9'}) == b'h\xc3\xa9'
+    assert nf.build_payload({'hex': '00ff41'}) == b'\x00\xffA'
+    assert nf.build_payload({'fill': 'AB', 'len': 5}) == b'ABABA'
+    assert len(nf.build_payload({'fill': 'A', 'len': 60000})) == 60000
+    assert nf.build_payload({'fill': 'A', 'len': 0}) == b''
+    assert nf.build_payload({}) == b''
+    # precedence: hex > fill > text
+    assert nf.build_payload({'hex': '41', 'fill': 'B', 'len': 2, 'text': 'C'}) == b'A'
+    assert nf.build_payload({'fill': 'B', 'len': 2, 'text': 'C'}) == b'BB'
+
+
+@pytest.mark.parametrize('spec', [
+    {'hex': 'zz'}, {'hex': '123'}, {'fill': 'A'}, {'fill': 'A', 'len': -1},
+    {'fill': '', 'len': 3}, {'text': 5}, {'fill': 'A', 'len': True},
+])
+def test_build_payload_errors(spec):
+    with pytest.raises(nf.FrameError):
+        nf.build_payload(spec)
+
+
+def test_batch_layout_and_seq_numbering():
+    data, seqs = nf.encode_batch([{'text': 'a'}, {'text': 'bb', 'seq': 99, 'type': 16},
+                                  {'fill': 'x', 'len': 5, 'nul': True}], first_seq=10)
+    assert seqs == [10, 99, 11]
+    msgs, rest = nf.split_messages(data)
+    assert rest is None
+    assert [(m[0], m[1], m[2], m[4]) for m in msgs] == [
+        (0, 17, 0, 10), (20, 18, 16, 99), (40, 22, 0, 11)]
+    assert len(data) == 64
+
+
+def test_batch_rejects_non_dicts():
+    with pytest.raises(nf.FrameError):
+        nf.encode_batch(['text'])
+
+
+# ---- walking datagrams like the module ---------------------------------------
+
+@pytest.mark.parametrize('data,count,rest', [
+    (b'', 0, 'empty'),
+    (b'\x01\x02\x03', 0, 'short'),
+    (HDR.pack(8, 0, 0, 0, 0) + b'AAAA', 0, 'bad_len'),          # below header size
+    (HDR.pack(255, 0, 0, 0, 0) + b'AAAA', 0, 'bad_len'),        # beyond datagram
+    (HDR.pack(20, 0, 0, 0, 0) + b'AAAA' + b'\xff' * 6, 1, None),  # short tail ignored
+    (HDR.pack(20, 0, 0, 0, 0) + b'AAAA' + HDR.pack(32, 0, 0, 1, 0) + b'BBBB', 1, 'bad_len'),
+    (HDR.pack(21, 0, 0, 0, 0) + b'AAAAA', 1, None),              # unpadded last message
+])
+def test_split_messages(data, count, rest):
+    msgs, why = nf.split_messages(data)
+    assert len(msgs) == count
+    assert why == rest
+
+
+# ---- acks ------------------------------------------------------------------
+
+def test_decode_success_ack():
+    orig = nf.encode_message(b'hello world!', seq=5)
+    acks = nf.decode_acks(ack_bytes(0, orig, flags=nf.NLM_F_CAPPED))
+    assert acks == [{'type': nf.NLMSG_ERROR, 'seq': 5, 'flags': nf.NLM_F_CAPPED,
+                     'pid': 4242, 'len': 36, 'error': 0, 'orig_len': 28,
+                     'orig_type': 0, 'orig_flags': 5, 'orig_seq': 5, 'orig_pid': 0}]
+
+
+def test_decode_error_ack_with_echo_is_positive_errno():
+    orig = nf.encode_message(b'A' * 1000, seq=9)
+    acks = nf.decode_acks(ack_bytes(-22, orig, echo_payload=True))
+    assert len(acks) == 1
+    assert acks[0]['error'] == 22
+    assert acks[0]['orig_len'] == 1016
+    assert acks[0]['len'] == 16 + 4 + 1016
+
+
+def test_decode_several_acks_and_truncation():
+    a = ack_bytes(0, nf.encode_message(b'a', seq=1))
+    b = ack_bytes(-1, nf.encode_message(b'b', seq=2))
+    acks = nf.decode_acks(a + b + HDR.pack(100, 2, 0, 3, 0))
+    assert [x.get('seq') for x in acks] == [1, 2, None]
+    assert [x.get('error') for x in acks] == [0, 1, None]
+    assert acks[2]['truncated'] is True
+
+
+def test_decode_short_error_and_other_types():
+    short = HDR.pack(20, nf.NLMSG_ERROR, 0, 4, 0) + struct.pack('=i', -95)
+    done = HDR.pack(16, nf.NLMSG_DONE, 0, 5, 0)
+    acks = nf.decode_acks(short + done)
+    assert acks[0]['error'] == 95 and 'orig_len' not in acks[0]
+    assert acks[1] == {'type': nf.NLMSG_DONE, 'seq': 5, 'flags': 0, 'pid': 0, 'len': 16}
+
+
+# ---- the module's log line ---------------------------------------------------
+
+def test_expected_line_seed():
+    assert nf.expected_link_line(SEED_FRAME[16:]) == 'link:hello world!'
+    # the seed zero-pads: bytes after the first NUL never show up
+    assert nf.expected_link_line(b'hello\0world') == 'link:hello'
+
+
+def test_expected_line_escaping():
+    body = b'a\\b\nc\r\x1b[31m\x7f\xff "%s"'
+    assert nf.expected_link_line(body) == 'link:a\\\\b\\x0ac\\x0d\\x1b[31m\\x7f\\xff "%s"'
+
+
+def test_expected_line_truncation():
+    assert nf.expected_link_line(b'A' * 60000) == 'link:' + 'A' * 128 + '...[+59872 bytes]'
+    assert nf.expected_link_line(b'abcdefgh', print_max=4) == 'link:abcd...[+4 bytes]'
+    assert nf.expected_link_line(b'abc', print_max=0) == 'link:...[+3 bytes]'
+    assert nf.expected_link_line(b'A' * 128) == 'link:' + 'A' * 128
+    with pytest.raises(nf.FrameError):
+        nf.expected_link_line(b'x', print_max=201)
+
+
+def _unescape(text):
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == '\\':
+            if text[i + 1] == '\\':
+                out.append(0x5C)
+                i += 2
+            else:
+                assert text[i + 1] == 'x'
+                out.append(int(text[i + 2:i + 4], 16))
+                i += 4
+        else:
+            out.append(ord(text[i]))
+            i += 1
+    return bytes(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_escape_is_single_line_and_reversible(data):
+    text = nf.escape_payload(data)
+    assert re.fullmatch(r'[\x20-\x7e]*', text)
+    assert _unescape(text) == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.integers(0, nf.PRINT_MAX_LIMIT))
+def test_line_length_bound(data, print_max):
+    line = nf.expected_link_line(data, print_max)
+    # the module's bound: 5 + 4 * 200 + len("...[+4294967295 bytes]")
+    assert len(line) <= 5 + 4 * print_max + 22
+    assert '\n' not in line
+
+
+# ---- nl_send.py, as a separate process (host has no knetlink) ---------------
+
+def test_nl_send_persistent_errors_without_module():
+    script = os.path.join(GUEST_SCRIPTS, 'nl_send.py')
+    requests = '\n'.join([
+        'not json',
+        '{"op":"zap"}',
+        '',
+        '{"op":"send","text":"x"}',
+        '{"op":"quit"}',
+        '{"op":"send","text":"never read"}',
+    ]) + '\n'
+    proc = subprocess.run([sys.executable, script, '--proto', '31', 'persistent'],
+                          input=requests, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert lines[0] == 'NLSEND READY'
+    replies = [json.loads(line) for line in lines[1:]]
+    assert len(replies) == 3
+    assert replies[0]['error'].startswith('bad json')
+    assert replies[1]['error'].startswith('unknown op')
+    assert replies[2]['error'].startswith('socket: ')
+    assert all(line.isascii() for line in lines)
+
+
+def test_nl_send_send_exits_2_without_module():
+    script = os.path.join(GUEST_SCRIPTS, 'nl_send.py')
+    proc = subprocess.run([sys.executable, script, '--proto', '31', 'send', 'x'],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == ''
+    assert 'socket:' in proc.stderr
