@@ -81,7 +81,8 @@ def probe_kvm(image: Path, qemu: str = "qemu-system-x86_64", deadline_s: float =
     except subprocess.TimeoutExpired:
         return ProbeResult(
             False,
-            f"/dev/kvm opens but a probe guest did not boot within {deadline_s:.0f} s under KVM (nested or emulated KVM?)",
+            f"/dev/kvm opens but a probe guest did not boot within {deadline_s:.0f} s under KVM"
+            " (nested or emulated KVM?)",
             time.monotonic() - start,
         )
     except FileNotFoundError:

@@ -45,6 +45,7 @@ def _add_guest_options(p: argparse.ArgumentParser, *, module: bool = True) -> No
 
     opt("kernels", action="append", default=None, metavar="KERNEL")
     opt("accel", default=None, choices=("auto", "kvm", "tcg"))
+    opt("engine", default=None, choices=("vng", "qemu"))
     opt("boot_timeout", default=None, metavar="SECONDS")
     opt("boot_retries", default=None, metavar="N")
     opt("command_timeout", default=None, metavar="SECONDS")
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> HarnessConfig:
-    names = ("kernels", "accel", "boot_timeout", "boot_retries", "command_timeout", "memory", "cpus",
+    names = ("kernels", "accel", "engine", "boot_timeout", "boot_retries", "command_timeout", "memory", "cpus",
              "results_dir", "module_dir", "make_targets", "module_params")  # fmt: skip
     options = {n: getattr(args, n, None) for n in names}
     cfg = resolve(options, ini=_project_ini())

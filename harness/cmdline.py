@@ -31,6 +31,7 @@ class VngSpec:
     name: str = "knh"
     kernel_args: tuple[str, ...] = field(default=BASE_KERNEL_ARGS)
     vng: str = "vng"
+    extra_args: tuple[str, ...] = ()  # appended verbatim (experiments, user overrides)
 
 
 def vng_argv(spec: VngSpec) -> list[str]:
@@ -55,7 +56,73 @@ def vng_argv(spec: VngSpec) -> list[str]:
         argv.append("--disable-kvm")
     for d in spec.rw_dirs:
         argv += ["--rwdir", str(d)]
-    return argv
+    return argv + list(spec.extra_args)
+
+
+@dataclass(frozen=True)
+class QemuSpec:
+    """The fast engine: QEMU started directly on an uncompressed kernel and a busybox initramfs."""
+
+    kernel: Kernel
+    image: Path  # uncompressed vmlinux (PVH entry) when available, else the bzImage
+    initrd: Path
+    accel: str
+    shell: Path
+    rw_dirs: tuple[Path, ...]
+    fresh_dirs: tuple[Path, ...]  # read-only, uncached: the host writes there during the run
+    kernel_log: Path
+    channel: Path | None = None  # unix socket of the virtio-serial data channel
+    memory: str = "1G"
+    cpus: int = 2
+    name: str = "knh"
+    cwd: Path = Path("/")
+    kernel_args: tuple[str, ...] = field(default=BASE_KERNEL_ARGS)
+    qemu: str = "qemu-system-x86_64"
+
+
+def qemu_argv(spec: QemuSpec) -> list[str]:
+    """Direct QEMU boot. ttyS0 is the interactive console (stdio), ttyS1 the kernel console (a file).
+
+    q35 rather than microvm: under TCG microvm hangs in calibrate_delay() in a few
+    percent of boots unless tsc_early_khz= is given; q35 did not hang.
+    """
+    accel = ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+    argv = [
+        spec.qemu, "-name", spec.name, "-M", "q35", *accel,
+        "-m", spec.memory, "-smp", str(spec.cpus),
+        "-nodefaults", "-no-reboot", "-display", "none", "-vga", "none", "-net", "none",
+        "-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
+        "-serial", f"file:{spec.kernel_log}",
+        "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+        "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
+    ]  # fmt: skip
+    for i, d in enumerate(spec.rw_dirs):
+        argv += ["-fsdev", f"local,id=knhrw{i},path={d},security_model=none,multidevs=remap",
+                 "-device", f"virtio-9p-pci,fsdev=knhrw{i},mount_tag=knhrw{i}"]  # fmt: skip
+    for i, d in enumerate(spec.fresh_dirs):
+        argv += ["-fsdev", f"local,id=knhro{i},path={d},security_model=none,readonly=on,multidevs=remap",
+                 "-device", f"virtio-9p-pci,fsdev=knhro{i},mount_tag=knhro{i}"]  # fmt: skip
+    if spec.channel is not None:
+        argv += channel_qemu_args(spec.channel)
+    args = [
+        "console=ttyS1", "rdinit=/init", *spec.kernel_args,
+        f"knh.shell={spec.shell}", f"knh.cwd={spec.cwd}",
+        "knh.rw=" + ",".join(str(d) for d in spec.rw_dirs),
+        "knh.fresh=" + ",".join(str(d) for d in spec.fresh_dirs),
+    ]  # fmt: skip
+    return [*argv, "-kernel", str(spec.image), "-initrd", str(spec.initrd), "-append", " ".join(args)]
+
+
+CHANNEL_NAME = "knh.0"
+
+
+def channel_qemu_args(socket_path: Path) -> list[str]:
+    """A virtio-serial port named knh.0 whose host end is a unix socket (QEMU listens)."""
+    return [
+        "-device", "virtio-serial-pci,id=knhser",
+        "-chardev", f"socket,id=knhch,path={socket_path},server=on,wait=off",
+        "-device", f"virtserialport,bus=knhser.0,chardev=knhch,name={CHANNEL_NAME}",
+    ]  # fmt: skip
 
 
 def shell_join(argv: Sequence[str]) -> str:

@@ -19,6 +19,7 @@ from .errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GUEST_SCRIPTS = PROJECT_ROOT / "guest_scripts"
 DEFAULT_MODULE_DIR = PROJECT_ROOT / "module"
+ENGINES = ("vng", "qemu")
 
 
 def _positive_float(text: str) -> float:
@@ -45,6 +46,12 @@ def _non_negative_int(text: str) -> int:
 def _accel(text: str) -> str:
     if text not in ACCEL_CHOICES:
         raise ValueError(f"must be one of {', '.join(ACCEL_CHOICES)}")
+    return text
+
+
+def _engine(text: str) -> str:
+    if text not in ENGINES:
+        raise ValueError(f"must be one of {', '.join(ENGINES)}")
     return text
 
 
@@ -87,6 +94,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(default: newest installed kernel with headers)", multi=True),
     Setting("accel", "--accel", "KNH_ACCEL", "knh_accel", "auto",
             "QEMU accelerator: auto (KVM if a probe guest runs on it, else TCG), kvm or tcg", _accel),
+    Setting("engine", "--engine", "KNH_ENGINE", "knh_engine", "vng",
+            "how guests boot: vng (virtme-ng) or qemu (direct QEMU boot of the same kernel with a busybox "
+            "initramfs; much faster under TCG)", _engine),
     Setting("boot_timeout", "--boot-timeout", "KNH_BOOT_TIMEOUT", "knh_boot_timeout", "120",
             "seconds from QEMU start to a usable guest shell", _positive_float),
     Setting("boot_retries", "--boot-retries", "KNH_BOOT_RETRIES", "knh_boot_retries", "1",
@@ -117,6 +127,7 @@ class HarnessConfig:
 
     kernels: tuple[str, ...] = ()
     accel: str = "auto"
+    engine: str = "vng"
     boot_timeout: float = 120.0
     boot_retries: int = 1
     command_timeout: float = 60.0

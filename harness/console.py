@@ -12,6 +12,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pexpect
 
@@ -53,7 +54,7 @@ def check_command(command: str) -> None:
 class Console:
     """A prompt-synchronised shell on a pexpect child. Create, then call setup()."""
 
-    def __init__(self, child: pexpect.spawn, *, token: str | None = None) -> None:
+    def __init__(self, child: pexpect.spawn[str], *, token: str | None = None) -> None:
         self.child = child
         self.token = token or secrets.token_hex(8)
         self.prompt_re = re.compile(rf"__KNH_{self.token}:(\d+):# ")
@@ -65,12 +66,13 @@ class Console:
         buf = self.child.buffer if isinstance(self.child.buffer, str) else ""
         return normalize_output((before + buf)[-chars:])
 
-    def _expect(self, patterns: list[object], timeout: float, what: str) -> int:
+    def _expect(self, patterns: list[Any], timeout: float, what: str) -> int:
         try:
             return int(self.child.expect(patterns, timeout=timeout))
         except pexpect.EOF:
-            raise LostGuestError(f"guest console closed while {what} (QEMU exited: panic or crash?)",
-                                 console_tail=self.tail()) from None
+            raise LostGuestError(
+                f"guest console closed while {what} (QEMU exited: panic or crash?)", console_tail=self.tail()
+            ) from None
 
     # -- setup -------------------------------------------------------------
     def wait_ready(self, timeout: float) -> None:
@@ -108,7 +110,9 @@ class Console:
             status, output = self.wait_prompt(timeout, what=f"running {command[:120]!r}")
         except CommandTimeout as e:
             recovered = self.interrupt()
-            note = "the command was interrupted; the guest is usable" if recovered else "the guest did not answer Ctrl-C"
+            note = (
+                "the command was interrupted; the guest is usable" if recovered else "the guest did not answer Ctrl-C"
+            )
             raise CommandTimeout(f"{e.args[0].splitlines()[0]} ({note})", console_tail=self.tail()) from None
         return CommandResult(command, status, output, time.monotonic() - start)
 

@@ -112,6 +112,4 @@ def lines_after_mark(lines: list[KernelLine], mark: LogMark) -> list[KernelLine]
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].text.strip() == mark.text:
             return lines[i + 1 :]
-    raise HarnessError(
-        f"kernel log mark {mark.text!r} not found: the ring buffer wrapped or the log was cleared"
-    )
+    raise HarnessError(f"kernel log mark {mark.text!r} not found: the ring buffer wrapped or the log was cleared")

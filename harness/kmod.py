@@ -56,8 +56,10 @@ def source_files(src: Path) -> list[Path]:
     files = []
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
-        if path.is_file() and not path.name.endswith(IGNORED_SUFFIXES) and not any(
-            part.startswith(".") for part in rel.parts
+        if (
+            path.is_file()
+            and not path.name.endswith(IGNORED_SUFFIXES)
+            and not any(part.startswith(".") for part in rel.parts)
         ):
             files.append(path)
     return files
@@ -104,13 +106,17 @@ def build_module(
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{src.name}-", dir=final.parent))
     try:
-        shutil.copytree(src, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*(f"*{s}" for s in IGNORED_SUFFIXES)))
+        shutil.copytree(
+            src, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*(f"*{s}" for s in IGNORED_SUFFIXES))
+        )
         argv = make_argv(work, kernel, targets, jobs=os.cpu_count())
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         log = f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}"
         (work / BUILD_LOG).write_text(log)
         if proc.returncode != 0:
-            raise BuildError(f"module build failed for {kernel.release} (exit {proc.returncode}): {' '.join(argv)}", log)
+            raise BuildError(
+                f"module build failed for {kernel.release} (exit {proc.returncode}): {' '.join(argv)}", log
+            )
         if not list(work.glob("*.ko")):
             raise BuildError(f"module build for {kernel.release} produced no .ko", log)
         (work / DONE_MARK).write_text(key + "\n")

@@ -60,7 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "kernel: test boots a guest kernel (added automatically to tests using guest fixtures)")
+    config.addinivalue_line(
+        "markers", "kernel: test boots a guest kernel (added automatically to tests using guest fixtures)"
+    )
     config.addinivalue_line("markers", "module_params(**params): insmod parameters for the kmod fixture, e.g. proto=31")
     config.addinivalue_line("markers", "no_module: the test does not want the module loaded by default fixtures")
     options = {s.name: config.getoption(f"knh_{s.name}") for s in SETTINGS}
@@ -258,10 +260,10 @@ def kmod(
 
 
 @pytest.fixture
-def py_sender(guest: Guest, kmod: LoadedModule) -> Iterator[PySender]:
-    sender = PySender(guest, kmod.proto)
+def py_sender(guest: Guest, kmod: LoadedModule, knh_kernel_session: KernelSession) -> Iterator[PySender]:
+    sender = PySender(guest, kmod.proto, stderr=knh_kernel_session.results_dir / ".scratch" / "nl_send.stderr")
     yield sender
-    sender.close()
+    sender.release()
 
 
 @pytest.fixture

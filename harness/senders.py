@@ -1,8 +1,8 @@
 """Host-side clients of the in-guest senders.
 
-PySender keeps one `guest_scripts/nl_send.py persistent` process in the guest's
-foreground and exchanges one JSON line per request over the console, so a
-message costs a console round trip instead of a Python start. CSender runs the
+PySender keeps one `guest_scripts/nl_send.py persistent` process in the guest,
+attached to the virtio-serial data channel, and exchanges one JSON line per
+request, so a message costs a channel round trip instead of a Python start. CSender runs the
 C sender (`knl_send`) as a normal guest command.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .channel import Channel, ChannelError
 from .config import GUEST_SCRIPTS
 from .errors import HarnessError
 from .vm import Guest
@@ -42,25 +43,40 @@ def parse_acks(reply: dict[str, Any]) -> list[Ack]:
 
 
 class PySender:
-    """Persistent Python sender in the guest. Starts on first use."""
+    """The persistent Python sender in the guest, on the virtio-serial data channel.
 
-    def __init__(self, guest: Guest, proto: int, *, python: str | None = None, script: Path | None = None) -> None:
+    One sender process per guest and protocol lives across tests: starting
+    Python (and importing pyroute2) in a TCG guest costs seconds. Between tests
+    it closes its netlink socket ("close" request), because an open socket of
+    the module's protocol holds a reference on the module and rmmod would fail.
+    """
+
+    def __init__(self, guest: Guest, proto: int, *, stderr: Path, python: str | None = None,
+                 script: Path | None = None) -> None:  # fmt: skip
         self.guest = guest
         self.proto = proto
+        self.stderr = stderr
         self.python = python or sys.executable
         self.script = script or GUEST_SCRIPTS / "nl_send.py"
+        self._owner = f"nl_send:{self.proto}:{self.python}:{self.script}"
+        self._channel: Channel | None = None
 
-    def _ensure(self) -> None:
-        if not self.guest.foreground_active:
-            self.guest.start_foreground(
-                [self.python, str(self.script), "--proto", str(self.proto), "persistent"], re.escape(READY)
-            )
+    def _ensure(self) -> Channel:
+        if self._channel is None or self.guest.channel_owner != self._owner or not self.guest.channel_program_running:
+            argv = [self.python, str(self.script), "--proto", str(self.proto), "persistent"]
+            self._channel = self.guest.start_on_channel(argv, READY, stderr=self.stderr, owner=self._owner, timeout=180)
+        return self._channel
 
-    def request(self, obj: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        self._ensure()
-        line = self.guest.foreground_request(json.dumps(obj, separators=(",", ":")), r"\{.*\}", timeout)
-        reply = json.loads(line)
-        assert isinstance(reply, dict)
+    def request(self, obj: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+        channel = self._ensure()
+        channel.send_line(json.dumps(obj, separators=(",", ":")))
+        try:
+            reply = json.loads(channel.read_line(timeout))
+        except ChannelError as e:
+            err = self.stderr.read_text(errors="replace")[-1500:] if self.stderr.exists() else ""
+            raise SenderError(f"{e}\n--- sender stderr ---\n{err}") from None
+        if not isinstance(reply, dict):
+            raise SenderError(f"sender replied {reply!r}")
         return reply
 
     def send(self, text: str | None = None, *, data: bytes | None = None, **fields: Any) -> list[Ack]:
@@ -83,9 +99,16 @@ class PySender:
     def bench(self, count: int, text: str = "bench") -> dict[str, Any]:
         return self.request({"op": "bench", "count": count, "text": text}, timeout=max(60.0, count / 500))
 
-    def close(self) -> None:
-        if self.guest.foreground_active and self.guest.alive:
-            self.guest.end_foreground(json.dumps({"op": "quit"}))
+    def release(self) -> None:
+        """Close the sender's netlink socket (the process stays for the next test)."""
+        if self._channel is not None and self.guest.alive and self.guest.channel_owner == self._owner:
+            reply = self.request({"op": "close"})
+            if "error" in reply:
+                raise SenderError(f"sender could not close its socket: {reply['error']}")
+
+    def stop(self) -> None:
+        if self.guest.alive and self.guest.channel_owner == self._owner:
+            self.guest.stop_channel_program()
 
 
 _ACK_LINE = re.compile(r"^ack seq=(\d+) error=(\d+)$", re.M)
@@ -119,6 +142,6 @@ class CSender:
             argv += ["-n", str(count)]
         if quiet:
             argv.append("-q")
-        result = self.guest.run(argv + ["--", *messages])
+        result = self.guest.run([*argv, "--", *messages])
         acks = [Ack(int(s), int(e)) for s, e in _ACK_LINE.findall(result.output)]
         return CSendResult(result.status, acks, result.output)

@@ -7,19 +7,23 @@ every test until it dies (then the next user gets a fresh one).
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .accel import AccelDecision, choose_accel
-from .cmdline import VngSpec
+from .cmdline import QemuSpec, VngSpec, channel_qemu_args, qemu_argv, vng_argv
 from .config import GUEST_SCRIPTS, HarnessConfig
-from .errors import BootError
+from .errors import BootError, MissingDependencyError
+from .initramfs import build_initramfs, cached_vmlinux
 from .kernel import Kernel
 from .kernelops import GuestKernel
-from .kmod import BuiltModule, build_module
-from .vm import Guest, new_guest_name
+from .kmod import BuiltModule, build_module, default_cache_root
+from .vm import Guest, Launch, new_guest_name
 
 Notify = Callable[[str], None]
 
@@ -99,24 +103,42 @@ class KernelSession:
             self.notify(self._accel.notice())
         return self._accel
 
-    def guest_spec(self) -> VngSpec:
-        return VngSpec(
-            kernel=self.kernel,
-            accel=self.accel().accel,
-            shell=GUEST_SCRIPTS / "guest-shell",
-            rw_dirs=(self.results_dir,),
-            memory=self.config.memory,
-            cpus=self.config.cpus,
-            name=new_guest_name(),
-            vng=vng_executable(),
-        )
+    def launch(self, name: str, run_dir: Path) -> Launch:
+        """The command that boots this kernel with the configured engine."""
+        accel = self.accel().accel
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        channel = Path(tempfile.mkdtemp(prefix="knh-")) / "channel.sock"  # unix socket paths must be short
+        shell = GUEST_SCRIPTS / "guest-shell"
+        if self.config.engine == "qemu":
+            qemu = shutil.which("qemu-system-x86_64")
+            if qemu is None:
+                raise MissingDependencyError("qemu-system-x86_64", "apt-get install qemu-system-x86")
+            cache = default_cache_root()
+            image = cached_vmlinux(self.kernel, cache) or self.kernel.image
+            initrd = build_initramfs(self.kernel, GUEST_SCRIPTS / "fast-init", cache)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            argv = qemu_argv(QemuSpec(
+                kernel=self.kernel, image=image, initrd=initrd, accel=accel, shell=shell,
+                rw_dirs=(self.results_dir,), fresh_dirs=(cache,), kernel_log=run_dir / "kernel.log",
+                channel=channel, memory=self.config.memory, cpus=self.config.cpus, name=name,
+                cwd=Path(os.getcwd()), qemu=qemu,
+            ))  # fmt: skip
+        else:
+            argv = vng_argv(VngSpec(
+                kernel=self.kernel, accel=accel, shell=shell, rw_dirs=(self.results_dir,),
+                memory=self.config.memory, cpus=self.config.cpus, name=name, vng=vng_executable(),
+                extra_args=tuple(f"--qemu-opts={a}" for a in channel_qemu_args(channel)),
+            ))  # fmt: skip
+        return Launch(tuple(argv), name, self.kernel.release, accel, self.config.engine, channel)
 
     def guest(self) -> Guest:
         """The live guest, booting one (with retries) if there is none or it died."""
         if self._guest is not None and self._guest.alive:
             return self._guest
         if self._guest is not None:
-            self.notify(f"guest {self._guest.spec.name} is gone ({self._guest.dead_reason or 'exited'}); booting a fresh one")
+            self.notify(
+                f"guest {self._guest.launch.name} is gone ({self._guest.dead_reason or 'exited'}); booting a fresh one"
+            )
             self._guest.close()
             self._guest, self._ops = None, None
         if self._boot_error is not None:
@@ -124,10 +146,14 @@ class KernelSession:
         attempts = self.config.boot_retries + 1
         last: BootError | None = None
         for attempt in range(1, attempts + 1):
-            spec = self.guest_spec()
-            run_dir = self.run_root / self.kernel.label / f"{spec.name}"
-            self.notify(f"booting {self.kernel.release} ({spec.accel}) as {spec.name}, attempt {attempt}/{attempts} ...")
-            guest = Guest(spec, run_dir, command_timeout=self.config.command_timeout)
+            name = new_guest_name()
+            run_dir = self.run_root / self.kernel.label / name
+            launch = self.launch(name, run_dir)
+            self.notify(
+                f"booting {self.kernel.release} ({launch.engine}, {launch.accel}) as {name}, "
+                f"attempt {attempt}/{attempts} ..."
+            )
+            guest = Guest(launch, run_dir, command_timeout=self.config.command_timeout)
             try:
                 guest.start(self.config.boot_timeout)
             except BootError as e:
@@ -141,6 +167,7 @@ class KernelSession:
             self.stats.boot_times_s.append(guest.boot_time_s)
             self.notify(f"guest ready in {guest.boot_time_s:.1f} s")
             self._guest = guest
+            (self.results_dir / ".scratch").mkdir(parents=True, exist_ok=True)
             self._ops = GuestKernel(guest, self.results_dir / ".scratch")
             return guest
         assert last is not None
@@ -159,7 +186,7 @@ class KernelSession:
     def recycle(self, reason: str) -> None:
         """Throw the guest away so the next user boots a fresh one."""
         if self._guest is not None:
-            self.notify(f"discarding guest {self._guest.spec.name}: {reason}")
+            self.notify(f"discarding guest {self._guest.launch.name}: {reason}")
             self._guest.close()
             self._guest, self._ops = None, None
 

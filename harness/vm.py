@@ -22,9 +22,10 @@ from typing import IO
 
 import pexpect
 
-from .cmdline import VngSpec, shell_join, vng_argv
+from .channel import FIND_PORT, Channel, ChannelError
+from .cmdline import CHANNEL_NAME, shell_join
 from .console import CommandResult, Console
-from .errors import BootError, GuestCommandError, GuestError, HarnessError, LostGuestError
+from .errors import BootError, GuestCommandError, GuestError, LostGuestError
 
 _PR_SET_PDEATHSIG = 1
 
@@ -44,6 +45,18 @@ def _child_setup(kernel_log: str) -> None:
 
 
 @dataclass(frozen=True)
+class Launch:
+    """How to start one guest: the exact argv and what it is, for messages."""
+
+    argv: tuple[str, ...]
+    name: str  # unique per guest; also QEMU's -name, so `pgrep -f NAME` finds it
+    release: str
+    accel: str
+    engine: str  # "vng" or "qemu"
+    channel: Path | None = None  # host socket of the virtio-serial data channel, if any
+
+
+@dataclass(frozen=True)
 class GuestPaths:
     run_dir: Path
 
@@ -59,24 +72,27 @@ class GuestPaths:
 class Guest:
     """One booted guest. Use as a context manager, or call start()/close()."""
 
-    def __init__(self, spec: VngSpec, run_dir: Path, *, command_timeout: float = 60.0) -> None:
-        self.spec = spec
+    def __init__(self, launch: Launch, run_dir: Path, *, command_timeout: float = 60.0) -> None:
+        self.launch = launch
         self.paths = GuestPaths(run_dir)
         self.command_timeout = command_timeout
         self.boot_time_s: float | None = None
-        self._child: pexpect.spawn | None = None
+        self._child: pexpect.spawn[str] | None = None
         self._console: Console | None = None
         self._transcript: IO[str] | None = None
-        self._foreground: str | None = None  # description of a running foreground program
         self.dead_reason: str | None = None
+        self._channel: Channel | None = None
+        self._channel_pid: int | None = None
+        self.channel_owner: str | None = None  # what the running channel program is (see start_on_channel)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, boot_timeout: float) -> None:
         self.paths.run_dir.mkdir(parents=True, exist_ok=True)
-        argv = vng_argv(self.spec)
+        argv = list(self.launch.argv)
         (self.paths.run_dir / "vng-argv.txt").write_text(shlex.join(argv) + "\n")
         env = dict(os.environ)
         # virtme-ng starts its helpers (virtme-run) through PATH: keep its own bin dir first.
+        # A virtual environment's bin directory also holds the vng the session chose.
         vng_dir = str(Path(argv[0]).parent) if os.sep in argv[0] else ""
         if vng_dir:
             env["PATH"] = vng_dir + os.pathsep + env.get("PATH", "")
@@ -103,8 +119,11 @@ class Guest:
         except GuestError as e:
             self.close()
             raise BootError(
-                f"guest {self.spec.name} ({self.spec.kernel.release}, {self.spec.accel}) did not boot: {e.args[0].splitlines()[0]}",
-                console_tail=e.console_tail, kernel_log=self.paths.kernel_log, transcript=self.paths.transcript,
+                f"guest {self.launch.name} ({self.launch.release}, {self.launch.engine}/{self.launch.accel}) "
+                f"did not boot: {e.args[0].splitlines()[0]}",
+                console_tail=e.console_tail,
+                kernel_log=self.paths.kernel_log,
+                transcript=self.paths.transcript,
             ) from None
         except BaseException:
             self.close()
@@ -121,6 +140,9 @@ class Guest:
 
     def close(self) -> None:
         """Stop the guest: kill QEMU and virtme-ng (the whole process group)."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         child, self._child, self._console = self._child, None, None
         if child is not None:
             pid = child.pid
@@ -136,6 +158,12 @@ class Guest:
         if self._transcript is not None:
             self._transcript.close()
             self._transcript = None
+        if self.launch.channel is not None:
+            self.launch.channel.unlink(missing_ok=True)
+            try:
+                self.launch.channel.parent.rmdir()
+            except OSError:
+                pass
 
     def __enter__(self) -> Guest:
         return self
@@ -149,23 +177,23 @@ class Guest:
         if self._console is None or self.dead_reason is not None:
             raise LostGuestError(
                 f"guest is not running ({self.dead_reason or 'not started or closed'})",
-                kernel_log=self.paths.kernel_log, transcript=self.paths.transcript,
+                kernel_log=self.paths.kernel_log,
+                transcript=self.paths.transcript,
             )
         return self._console
 
-    def run(
-        self, command: Sequence[str] | str, *, timeout: float | None = None, check: bool = False
-    ) -> CommandResult:
+    def run(self, command: Sequence[str] | str, *, timeout: float | None = None, check: bool = False) -> CommandResult:
         """Run a command in the guest shell. An argv list is quoted; a string is shell syntax."""
         text = command if isinstance(command, str) else shell_join(command)
-        self.end_foreground()
         try:
             result = self.console.run(text, timeout or self.command_timeout)
         except LostGuestError as e:
             self.dead_reason = "QEMU exited"
             raise LostGuestError(
-                e.args[0].splitlines()[0], console_tail=e.console_tail,
-                kernel_log=self.paths.kernel_log, transcript=self.paths.transcript,
+                e.args[0].splitlines()[0],
+                console_tail=e.console_tail,
+                kernel_log=self.paths.kernel_log,
+                transcript=self.paths.transcript,
             ) from None
         if check and result.status != 0:
             raise GuestCommandError(text, result.status, result.output)
@@ -174,43 +202,45 @@ class Guest:
     def mark_dead(self, reason: str) -> None:
         self.dead_reason = reason
 
-    # -- foreground programs (e.g. a persistent sender reading the console) --
-    def start_foreground(self, argv: Sequence[str], ready_pattern: str, timeout: float | None = None) -> str:
-        """Start a program that talks line by line over the console; returns its ready line."""
-        self.end_foreground()
-        console = self.console
-        console.start(shell_join(argv))
-        self._foreground = shell_join(argv)
-        try:
-            return console.expect_line(ready_pattern, timeout or self.command_timeout, f"starting {argv[0]}").group(1)
-        except HarnessError:
-            self._foreground = None
-            console.interrupt()
-            raise
+    # -- the data channel ---------------------------------------------------
+    def start_on_channel(
+        self, argv: Sequence[str], ready_line: str, *, stderr: Path, owner: str, timeout: float = 60.0
+    ) -> Channel:
+        """Start `argv` in the guest with stdin/stdout on the data channel; wait for `ready_line`.
 
-    def foreground_request(self, line: str, reply_pattern: str, timeout: float | None = None) -> str:
-        if self._foreground is None:
-            raise HarnessError("no foreground program is running in the guest")
-        self.console.send_line(line)
-        return self.console.expect_line(reply_pattern, timeout or self.command_timeout, "waiting for a reply").group(1)
+        Only one program owns the channel at a time: a running one is stopped first.
+        """
+        if self.launch.channel is None:
+            raise ChannelError(f"the {self.launch.engine} engine guest has no data channel")
+        self.stop_channel_program()
+        port = self.run(FIND_PORT.format(name=CHANNEL_NAME), check=True).output.strip()
+        if not port.startswith("/dev/"):
+            raise ChannelError(f"virtio-serial port {CHANNEL_NAME} not found in the guest (virtio_console missing?)")
+        if self._channel is None:
+            self._channel = Channel(self.launch.channel)
+        self._channel.connect()
+        self._channel.drain()
+        cmd = f"{shell_join(argv)} <>{port} >&0 2>>{shlex.quote(str(stderr))} & echo $!"
+        self._channel_pid = int(self.run(cmd, check=True).output.strip().splitlines()[-1])
+        try:
+            line = self._channel.read_line(timeout)
+        except ChannelError as e:
+            err = stderr.read_text(errors="replace")[-2000:] if stderr.exists() else ""
+            raise ChannelError(f"{argv[0]} did not get ready on the channel: {e}\n{err}") from None
+        if line.strip() != ready_line:
+            raise ChannelError(f"{argv[0]} said {line!r} instead of {ready_line!r} on the channel")
+        self.channel_owner = owner
+        return self._channel
+
+    def stop_channel_program(self) -> None:
+        pid, self._channel_pid = self._channel_pid, None
+        self.channel_owner = None
+        if pid is not None and self.alive:
+            self.run(f"kill {pid} 2>/dev/null; wait {pid} 2>/dev/null; true")
 
     @property
-    def foreground_active(self) -> bool:
-        return self._foreground is not None
-
-    def end_foreground(self, quit_line: str | None = None) -> None:
-        """Stop the foreground program (with `quit_line`, else end of input) and get the shell back."""
-        if self._foreground is None:
-            return
-        self._foreground = None
-        console = self.console
-        console.child.send((quit_line + "\n") if quit_line else "\x04")
-        try:
-            console.wait_prompt(self.command_timeout, what="ending a foreground program")
-        except GuestError:
-            if not console.interrupt():
-                self.dead_reason = "guest stopped answering"
-                raise
+    def channel_program_running(self) -> bool:
+        return self._channel_pid is not None
 
 
 def new_guest_name() -> str:

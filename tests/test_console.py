@@ -12,7 +12,9 @@ from harness.errors import CommandTimeout, HarnessError, LostGuestError
 
 @pytest.fixture
 def console() -> Iterator[Console]:
-    child = pexpect.spawn(str(GUEST_SCRIPTS / "guest-shell"), encoding="utf-8", echo=False, env={"PATH": "/usr/bin:/bin"})
+    child = pexpect.spawn(
+        str(GUEST_SCRIPTS / "guest-shell"), encoding="utf-8", echo=False, env={"PATH": "/usr/bin:/bin"}
+    )
     child.delaybeforesend = None
     c = Console(child)
     c.wait_ready(10)

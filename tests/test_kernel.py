@@ -28,7 +28,11 @@ def make_install(root: Path, release: str, headers: bool = True) -> None:
 
 def test_release_sort_is_numeric() -> None:
     rels = ["6.1.0-9-amd64", "6.12.117+deb12-amd64", "6.1.0-56-amd64"]
-    assert sorted(rels, key=release_sort_key, reverse=True) == ["6.12.117+deb12-amd64", "6.1.0-56-amd64", "6.1.0-9-amd64"]
+    assert sorted(rels, key=release_sort_key, reverse=True) == [
+        "6.12.117+deb12-amd64",
+        "6.1.0-56-amd64",
+        "6.1.0-9-amd64",
+    ]
 
 
 def test_image_release_reads_bzimage_header(tmp_path: Path) -> None:
@@ -47,7 +51,7 @@ def test_default_is_newest_with_headers(tmp_path: Path) -> None:
 
 def test_release_without_headers_names_package(tmp_path: Path) -> None:
     make_install(tmp_path, "6.12.117+deb12-amd64", headers=False)
-    with pytest.raises(KernelNotFoundError, match="apt-get install linux-headers-6.12.117"):
+    with pytest.raises(KernelNotFoundError, match=r"apt-get install linux-headers-6\.12\.117"):
         resolve_kernel("6.12.117+deb12-amd64", tmp_path / "boot", tmp_path / "modules")
 
 

@@ -5,7 +5,7 @@ import pytest
 from harness.errors import BuildError, HostKernelRefused
 from harness.kernel import Kernel
 from harness.kernelops import check_not_host
-from harness.kmod import make_argv, source_key, warning_lines, build_module
+from harness.kmod import build_module, make_argv, source_key, warning_lines
 
 K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/kdir"))
 
@@ -31,7 +31,15 @@ def test_key_changes_with_sources_and_kernel(tmp_path: Path) -> None:
 
 
 def test_make_argv() -> None:
-    assert make_argv(Path("/b"), K, ["all", "sender"], jobs=2) == ["make", "-C", "/b", "KDIR=/kdir", "-j2", "all", "sender"]
+    assert make_argv(Path("/b"), K, ["all", "sender"], jobs=2) == [
+        "make",
+        "-C",
+        "/b",
+        "KDIR=/kdir",
+        "-j2",
+        "all",
+        "sender",
+    ]
 
 
 def test_warning_lines() -> None:
@@ -43,7 +51,7 @@ def test_failed_build_raises_with_log_and_leaves_no_cache(tmp_path: Path) -> Non
     src = tmp_path / "bad"
     src.mkdir()
     (src / "Makefile").write_text("all:\n\t@echo 'm.c:1: error: boom'; exit 1\n")
-    with pytest.raises(BuildError, match="m.c:1: error: boom"):
+    with pytest.raises(BuildError, match=r"m\.c:1: error: boom"):
         build_module(src, K, cache_root=tmp_path / "cache")
     assert not list((tmp_path / "cache" / "modules" / K.release).glob("bad-*"))
 

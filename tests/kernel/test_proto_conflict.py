@@ -33,8 +33,8 @@ def test_taken_protocol_fails_clearly_and_31_works(
 
     guest_kernel.insmod(ko, {"proto": "31"})
     try:
-        sender = PySender(guest, 31)
+        sender = PySender(guest, 31, stderr=guest.paths.run_dir / "nl_send.stderr")
         assert [a.error for a in sender.send("after conflict")] == [0]
-        sender.close()
+        sender.release()
     finally:
         guest_kernel.rmmod("knetlink")
