@@ -274,7 +274,17 @@ def op_bench(link, req):
             'rate': round(count / elapsed, 1) if elapsed > 0 else None}
 
 
-OPS = {'send': op_send, 'batch': op_batch, 'raw': op_raw, 'bench': op_bench}
+def op_close(link, req):
+    """Close the netlink socket; the next request opens a new one.
+
+    An open socket of the module's protocol holds a reference on the module,
+    so a long-lived sender closes it before the module is unloaded.
+    """
+    link.close()
+    return {'closed': True}
+
+
+OPS = {'send': op_send, 'batch': op_batch, 'raw': op_raw, 'bench': op_bench, 'close': op_close}
 
 
 def handle(link, line):

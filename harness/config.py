@@ -20,6 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GUEST_SCRIPTS = PROJECT_ROOT / "guest_scripts"
 DEFAULT_MODULE_DIR = PROJECT_ROOT / "module"
 ENGINES = ("vng", "qemu")
+DEFAULT_ALLOWLIST = Path(__file__).resolve().parent / "splat_allowlist.txt"
 
 
 def _positive_float(text: str) -> float:
@@ -46,6 +47,16 @@ def _non_negative_int(text: str) -> int:
 def _accel(text: str) -> str:
     if text not in ACCEL_CHOICES:
         raise ValueError(f"must be one of {', '.join(ACCEL_CHOICES)}")
+    return text
+
+
+def _taint_letters(text: str) -> str:
+    from .dmesg import TAINT_FLAGS
+
+    known = {f.letter for f in TAINT_FLAGS}
+    bad = sorted(set(text) - known)
+    if bad:
+        raise ValueError(f"unknown taint letters {''.join(bad)} (known: {''.join(sorted(known))})")
     return text
 
 
@@ -114,6 +125,11 @@ SETTINGS: tuple[Setting, ...] = (
             "out-of-tree module source directory (Kbuild + Makefile taking KDIR)", lambda s: Path(s)),
     Setting("make_targets", "--make-targets", "KNH_MAKE_TARGETS", "knh_make_targets", "",
             "make targets for the module build (default: the Makefile's default goal)", multi=True),
+    Setting("splat_allowlist", "--splat-allowlist", "KNH_SPLAT_ALLOWLIST", "knh_splat_allowlist",
+            str(DEFAULT_ALLOWLIST), "file of '<regex> ## <reason>' lines: kernel splats that do not fail a test",
+            lambda s: Path(s)),
+    Setting("allowed_taint", "--allowed-taint", "KNH_ALLOWED_TAINT", "knh_allowed_taint", "OE",
+            "taint letters a test may add (O: out-of-tree module, E: unsigned module)", _taint_letters),
     Setting("module_params", "--module-param", "KNH_MODULE_PARAMS", "knh_module_params", "",
             "NAME=VALUE passed to insmod; repeatable", multi=True, item_parse=_param),
 )  # fmt: skip
@@ -136,6 +152,8 @@ class HarnessConfig:
     results_dir: Path = Path("results")
     module_dir: Path = DEFAULT_MODULE_DIR
     make_targets: tuple[str, ...] = ()
+    splat_allowlist: Path = DEFAULT_ALLOWLIST
+    allowed_taint: str = "OE"
     module_params: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 

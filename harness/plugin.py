@@ -18,15 +18,16 @@ Fixtures (function scope unless noted):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .config import SETTINGS, HarnessConfig, module_params_dict, resolve
-from .dmesg import KernelLine, parse_link_lines
+from .checks import KernelVerdict, judge
+from .config import DEFAULT_MODULE_DIR, SETTINGS, HarnessConfig, module_params_dict, resolve
+from .dmesg import AllowEntry, KernelLine, load_allowlist, parse_link_lines
 from .errors import HarnessError
 from .kernel import Kernel, resolve_kernel
 from .kernelops import GuestKernel, LogMark
@@ -269,6 +270,141 @@ def py_sender(guest: Guest, kmod: LoadedModule, knh_kernel_session: KernelSessio
 @pytest.fixture
 def c_sender(guest: Guest, kmod: LoadedModule, built_module: BuiltModule) -> CSender:
     return CSender(guest, built_module.directory / "sender" / "knl_send", kmod.proto)
+
+
+# -- after-test kernel checks, artifacts and reproduction ----------------------
+
+_STATE_KEY = pytest.StashKey[dict[str, Any]]()
+
+
+def _uses_guest(item: pytest.Item) -> bool:
+    return bool({"guest", "guest_kernel", "kernel_log", "kmod", "py_sender", "c_sender"} & set(
+        getattr(item, "fixturenames", ())))  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _knh_kernel_watch(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For guest tests: remember the log position and taint before the test, check them after."""
+    if not _uses_guest(request.node):
+        yield
+        return
+    session: KernelSession = request.getfixturevalue("knh_kernel_session")
+    try:
+        ops = session.ops()
+        state = {"session": session, "ops": ops, "mark": ops.mark(), "taint": ops.taint()}
+    except HarnessError:
+        yield  # the guest fixture itself reports the boot failure
+        return
+    request.node.stash[_STATE_KEY] = state
+    yield
+    # Teardown: fixtures of the test (rmmod among them) are gone; check what they left.
+    verdict = _check_kernel(request.node, state, phase="teardown")
+    if verdict is not None and not verdict.ok:
+        pytest.fail(verdict.message(), pytrace=False)
+
+
+def _allowlist(config: pytest.Config) -> Sequence[AllowEntry]:
+    cache = config.stash.get(_ALLOW_KEY, None)
+    if cache is None:
+        cache = load_allowlist(config.stash[CONFIG_KEY].splat_allowlist)
+        config.stash[_ALLOW_KEY] = cache
+    return cache
+
+
+_ALLOW_KEY = pytest.StashKey[Sequence[AllowEntry]]()
+
+
+def _check_kernel(item: pytest.Item, state: dict[str, Any], phase: str) -> KernelVerdict | None:
+    session: KernelSession = state["session"]
+    ops: GuestKernel = state["ops"]
+    guest = session.current_guest
+    if guest is None or not guest.alive or ops.guest is not guest:
+        return None
+    cfg = item.config.stash[CONFIG_KEY]
+    try:
+        lines = ops.lines_since(state["mark"])
+        taint = ops.taint()
+    except HarnessError:
+        return None
+    state.setdefault("lines", []).extend(lines)
+    verdict = judge(lines, state["taint"], taint, _allowlist(item.config), cfg.allowed_taint)
+    state["mark"] = ops.mark()
+    state["taint"] = taint
+    if verdict.guest_suspect:
+        session.recycle(f"{phase} of {item.nodeid}: {verdict.message().splitlines()[0]}")
+    return verdict
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        result = yield
+    except BaseException:
+        state = item.stash.get(_STATE_KEY, None)
+        if state is not None:
+            verdict = _check_kernel(item, state, phase="call")
+            if verdict is not None and not verdict.ok:
+                item.add_report_section("call", "kernel checks", verdict.message())
+        raise
+    state = item.stash.get(_STATE_KEY, None)
+    if state is not None:
+        verdict = _check_kernel(item, state, phase="call")
+        if verdict is not None and not verdict.ok:
+            pytest.fail(verdict.message(), pytrace=False)
+    return result
+
+
+def reproduce_command(item: pytest.Item, release: str | None) -> str:
+    """One command that reruns this test on the same kernel, engine and parameters."""
+    cfg = item.config.stash[CONFIG_KEY]
+    argv = ["python", "-m", "pytest", item.nodeid, "-p", "no:randomly"]
+    if release:
+        argv += ["--kernel", release]
+    argv += ["--engine", cfg.engine, "--accel", cfg.accel]
+    for p in cfg.module_params:
+        argv += ["--module-param", p]
+    if cfg.module_dir.resolve() != DEFAULT_MODULE_DIR.resolve():
+        argv += ["--module-dir", str(cfg.module_dir)]
+    import shlex
+
+    return shlex.join(argv)
+
+
+def _artifact_dir(item: pytest.Item, release: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in item.nodeid)[-150:]
+    return item.config.stash[RUN_ROOT_KEY] / release / "tests" / safe
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if not _uses_guest(item) or not report.failed:
+        return report
+    state = item.stash.get(_STATE_KEY, None)
+    session: KernelSession | None = state["session"] if state else None
+    release = session.kernel.release if session else None
+    lines = []
+    if session is not None:
+        directory = _artifact_dir(item, session.kernel.release)
+        directory.mkdir(parents=True, exist_ok=True)
+        kernel_lines = list(state.get("lines", [])) if state else []
+        guest = session.current_guest
+        if guest is not None and guest.alive and state is not None:
+            try:
+                kernel_lines += state["ops"].lines_since(state["mark"])
+            except HarnessError:
+                pass
+        (directory / "kernel-window.log").write_text("".join(ln.raw + "\n" for ln in kernel_lines))
+        last = guest or session.last_guest
+        if last is not None:
+            lines.append(f"console transcript: {last.paths.transcript}")
+            lines.append(f"guest kernel console: {last.paths.kernel_log}")
+        lines.append(f"kernel log of this test: {directory / 'kernel-window.log'}")
+    lines.append("reproduce: " + reproduce_command(item, release))
+    report.sections.append(("knetlink-harness", "\n".join(lines)))
+    return report
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -75,6 +75,7 @@ class KernelSession:
         self._builds: dict[ModuleSource, BuiltModule] = {}
         self._accel: AccelDecision | None = None
         self._guest: Guest | None = None
+        self.last_guest: Guest | None = None  # kept after it died, for its logs
         self._ops: GuestKernel | None = None
         self._boot_error: BootError | None = None
 
@@ -166,7 +167,7 @@ class KernelSession:
             assert guest.boot_time_s is not None
             self.stats.boot_times_s.append(guest.boot_time_s)
             self.notify(f"guest ready in {guest.boot_time_s:.1f} s")
-            self._guest = guest
+            self._guest = self.last_guest = guest
             (self.results_dir / ".scratch").mkdir(parents=True, exist_ok=True)
             self._ops = GuestKernel(guest, self.results_dir / ".scratch")
             return guest
