@@ -101,8 +101,8 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("kernels", "--kernel", "KNH_KERNEL", "knh_kernels", "",
-            "kernel to boot: installed release, path to a kernel image; repeat for a matrix "
-            "(default: newest installed kernel with headers)", multi=True),
+            "kernel to boot: installed release, path to a kernel image, or 'all' (every installed kernel "
+            "with headers); repeat for a matrix (default: newest installed kernel with headers)", multi=True),
     Setting("accel", "--accel", "KNH_ACCEL", "knh_accel", "auto",
             "QEMU accelerator: auto (KVM if a probe guest runs on it, else TCG), kvm or tcg", _accel),
     Setting("engine", "--engine", "KNH_ENGINE", "knh_engine", "vng",

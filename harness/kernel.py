@@ -129,6 +129,22 @@ def resolve_kernel(spec: str | None, boot: Path = BOOT_DIR, modules: Path = MODU
     return kernel
 
 
+ALL_KERNELS = "all"
+
+
+def expand_kernel_specs(specs: tuple[str, ...], boot: Path = BOOT_DIR, modules: Path = MODULES_DIR) -> list[str]:
+    """Turn the user's list into specs: () -> [""] (the default kernel); "all" -> every installed
+    kernel with headers, oldest first; duplicates dropped."""
+    out: list[str] = []
+    for spec in specs or ("",):
+        if spec == ALL_KERNELS:
+            found = [k.release for k in reversed(installed_kernels(boot, modules))]
+            out += found or [""]  # nothing installed: the default spec reports what is missing
+        else:
+            out.append(spec)
+    return list(dict.fromkeys(out))
+
+
 def _build_dir_for_image(image: Path, release: str, modules: Path) -> Path | None:
     candidate = modules / release / "build"
     if (candidate / "Makefile").exists():

@@ -29,7 +29,7 @@ from .checks import KernelVerdict, judge
 from .config import DEFAULT_MODULE_DIR, SETTINGS, HarnessConfig, module_params_dict, resolve
 from .dmesg import AllowEntry, KernelLine, load_allowlist, parse_link_lines
 from .errors import HarnessError
-from .kernel import Kernel, resolve_kernel
+from .kernel import Kernel, expand_kernel_specs, resolve_kernel
 from .kernelops import GuestKernel, LogMark
 from .kmod import BuiltModule
 from .senders import CSender, PySender
@@ -110,7 +110,7 @@ class _KernelParam:
 
 def _kernel_params(cfg: HarnessConfig) -> list[_KernelParam]:
     params = []
-    for spec in cfg.kernels or ("",):
+    for spec in expand_kernel_specs(cfg.kernels):
         try:
             params.append(_KernelParam(spec, resolve_kernel(spec or None), None))
         except HarnessError as e:

@@ -72,3 +72,14 @@ def test_no_kernel_at_all(tmp_path: Path) -> None:
     (tmp_path / "boot").mkdir()
     with pytest.raises(KernelNotFoundError, match="linux-image-amd64 linux-headers-amd64"):
         resolve_kernel(None, tmp_path / "boot", tmp_path / "modules")
+
+
+def test_all_expands_to_installed_kernels_oldest_first(tmp_path: Path) -> None:
+    from harness.kernel import expand_kernel_specs
+
+    make_install(tmp_path, "6.12.117+deb12-amd64")
+    make_install(tmp_path, "6.1.0-56-amd64")
+    boot, mods = tmp_path / "boot", tmp_path / "modules"
+    assert expand_kernel_specs(("all",), boot, mods) == ["6.1.0-56-amd64", "6.12.117+deb12-amd64"]
+    assert expand_kernel_specs(("6.1.0-56-amd64", "all"), boot, mods) == ["6.1.0-56-amd64", "6.12.117+deb12-amd64"]
+    assert expand_kernel_specs((), boot, mods) == [""]
