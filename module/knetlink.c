@@ -84,6 +84,7 @@ static const struct kernel_param_ops knl_print_max_ops = {
 	.get = knl_print_max_get,
 };
 module_param_cb(print_max, &knl_print_max_ops, &print_max, 0644);
+__MODULE_PARM_TYPE(print_max, "uint");
 MODULE_PARM_DESC(print_max, "max payload bytes printed per message, 0..200 (default 128)");
 
 /* ---- statistics, read-only parameters ---------------------------------- */
