@@ -93,7 +93,7 @@ class Link:
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, self.proto)
         except OSError as exc:
-            raise SocketError('socket: %s' % exc)
+            raise SocketError(f'socket: {exc}') from exc
         try:
             sock.bind((0, 0))               # the kernel picks the port id
             sock.connect((0, 0))            # peer: the kernel, so send() works
@@ -105,7 +105,7 @@ class Link:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
         except OSError as exc:
             sock.close()
-            raise SocketError('socket: %s' % exc)
+            raise SocketError(f'socket: {exc}') from exc
         self.sock = sock
         return sock
 
@@ -138,7 +138,7 @@ class Link:
         except OSError as exc:
             # e.g. ECONNREFUSED once the module is gone: start afresh next time
             self.close()
-            raise SocketError('socket: send: %s' % exc)
+            raise SocketError(f'socket: send: {exc}') from exc
 
     def collect(self, expect, wait_ms):
         """Receive acks until ``expect`` arrived (expect > 0) or ``wait_ms``
@@ -162,7 +162,7 @@ class Link:
                     # the kernel dropped acks: say so in place of them
                     acks.append({'type': None, 'overrun': True})
                     continue
-                raise SocketError('socket: recv: %s' % exc)
+                raise SocketError(f'socket: recv: {exc}') from exc
             acks.extend(nlframes.decode_acks(self.view[:n]))
         return acks
 
@@ -172,7 +172,7 @@ class Link:
 def _int_field(req, name, default, maximum):
     value = req.get(name, default)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
-        raise RequestError('"%s" must be an integer 0..%d' % (name, maximum))
+        raise RequestError(f'"{name}" must be an integer 0..{maximum}')
     return value
 
 
@@ -216,7 +216,7 @@ def op_raw(link, req):
     try:
         datagram = bytes.fromhex(req.get('hex', ''))
     except (TypeError, ValueError) as exc:
-        raise RequestError('bad hex: %s' % exc)
+        raise RequestError(f'bad hex: {exc}') from exc
     link.send(datagram)
     acks = link.collect(_int_field(req, 'expect', 1, 1 << 20),
                         _int_field(req, 'wait_ms', 200, 600000))
@@ -246,7 +246,7 @@ def op_bench(link, req):
             send(frame)
         except OSError as exc:
             link.close()
-            raise SocketError('socket: send: %s' % exc)
+            raise SocketError(f'socket: send: {exc}') from exc
         while True:
             try:
                 n = recv_into(buf)
@@ -291,7 +291,7 @@ def handle(link, line):
     try:
         req = json.loads(line)
     except ValueError as exc:
-        return {'error': 'bad json: %s' % exc}
+        return {'error': f'bad json: {exc}'}
     if not isinstance(req, dict):
         return {'error': 'request must be a JSON object'}
     op = req.get('op')
@@ -299,15 +299,15 @@ def handle(link, line):
         return None
     func = OPS.get(op)
     if func is None:
-        return {'error': 'unknown op: %r' % (op,)}
+        return {'error': f'unknown op: {op!r}'}
     try:
         return func(link, req)
     except SocketError as exc:
         return {'error': str(exc)}
     except (RequestError, nlframes.FrameError) as exc:
-        return {'error': 'bad request: %s' % exc}
+        return {'error': f'bad request: {exc}'}
     except Exception as exc:  # keep serving; report instead of dying
-        return {'error': 'internal: %s: %s' % (type(exc).__name__, exc)}
+        return {'error': f'internal: {type(exc).__name__}: {exc}'}
 
 
 def run_persistent(link):
@@ -330,13 +330,13 @@ def run_send(link, messages):
     try:
         link.open()
     except SocketError as exc:
-        sys.stderr.write('%s\n' % exc)
+        sys.stderr.write(f'{exc}\n')
         return 2
     status = 0
     for text in messages:
         resp = handle(link, json.dumps({'op': 'send', 'text': text}))
         if 'error' in resp:
-            sys.stderr.write('%s\n' % resp['error'])
+            sys.stderr.write('{}\n'.format(resp['error']))
             emit({'seq': None, 'error': errno.EIO, 'len': None})
             status = 1
             continue

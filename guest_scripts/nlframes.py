@@ -15,15 +15,35 @@ import struct
 from pyroute2.netlink import nlmsg
 
 __all__ = [
-    'NLMSG_ALIGNTO', 'NLMSG_HDRLEN', 'NLMSG_NOOP', 'NLMSG_ERROR',
-    'NLMSG_DONE', 'NLMSG_OVERRUN', 'NLMSG_MIN_TYPE',
-    'NLM_F_REQUEST', 'NLM_F_MULTI', 'NLM_F_ACK', 'NLM_F_ECHO',
-    'NLM_F_CAPPED', 'NLM_F_ACK_TLVS', 'DEFAULT_PROTO', 'DEFAULT_PRINT_MAX',
-    'PRINT_MAX_LIMIT', 'FrameError',
-    'nlmsg_align', 'nlmsg_length', 'nlmsg_space',
-    'encode_header', 'encode_message', 'encode_batch', 'build_payload',
-    'split_messages', 'decode_acks', 'escape_payload', 'visible_payload',
+    'DEFAULT_PRINT_MAX',
+    'DEFAULT_PROTO',
+    'NLMSG_ALIGNTO',
+    'NLMSG_DONE',
+    'NLMSG_ERROR',
+    'NLMSG_HDRLEN',
+    'NLMSG_MIN_TYPE',
+    'NLMSG_NOOP',
+    'NLMSG_OVERRUN',
+    'NLM_F_ACK',
+    'NLM_F_ACK_TLVS',
+    'NLM_F_CAPPED',
+    'NLM_F_ECHO',
+    'NLM_F_MULTI',
+    'NLM_F_REQUEST',
+    'PRINT_MAX_LIMIT',
+    'FrameError',
+    'build_payload',
+    'decode_acks',
+    'encode_batch',
+    'encode_header',
+    'encode_message',
+    'escape_payload',
     'expected_link_line',
+    'nlmsg_align',
+    'nlmsg_length',
+    'nlmsg_space',
+    'split_messages',
+    'visible_payload',
 ]
 
 # <linux/netlink.h>
@@ -74,9 +94,9 @@ def nlmsg_space(n):
 
 def _check_range(name, value, maximum):
     if not isinstance(value, int) or isinstance(value, bool):
-        raise FrameError('%s must be an integer, got %r' % (name, value))
+        raise FrameError(f'{name} must be an integer, got {value!r}')
     if not 0 <= value <= maximum:
-        raise FrameError('%s=%d out of range 0..%d' % (name, value, maximum))
+        raise FrameError(f'{name}={value} out of range 0..{maximum}')
 
 
 def encode_header(length, type=0, flags=0, seq=0, pid=0):
@@ -163,7 +183,7 @@ def build_payload(spec):
         try:
             return bytes.fromhex(spec['hex'])
         except (TypeError, ValueError) as exc:
-            raise FrameError('bad hex: %s' % exc)
+            raise FrameError(f'bad hex: {exc}') from exc
     if spec.get('fill') is not None:
         fill = spec['fill']
         if isinstance(fill, str):
@@ -296,7 +316,7 @@ def escape_payload(data):
         elif 0x20 <= c <= 0x7E:
             out.append(chr(c))
         else:
-            out.append('\\x%02x' % c)
+            out.append(f'\\x{c:02x}')
     return ''.join(out)
 
 
@@ -304,9 +324,9 @@ def expected_link_line(body, print_max=DEFAULT_PRINT_MAX):
     """The exact log line knetlink writes for a message body (the bytes
     after the header up to nlmsg_len), e.g. 'link:hello world!'."""
     if not 0 <= print_max <= PRINT_MAX_LIMIT:
-        raise FrameError('print_max out of range 0..%d' % PRINT_MAX_LIMIT)
+        raise FrameError(f'print_max out of range 0..{PRINT_MAX_LIMIT}')
     shown = visible_payload(body)
     line = 'link:' + escape_payload(shown[:print_max])
     if len(shown) > print_max:
-        line += '...[+%d bytes]' % (len(shown) - print_max)
+        line += f'...[+{len(shown) - print_max} bytes]'
     return line

@@ -27,7 +27,7 @@ SEED_FRAME = bytes.fromhex('1c000000' '0000' '0000' '00000000' '00000000') + b'h
 
 def ack_bytes(err, orig, seq=None, flags=0, pid=4242, echo_payload=False):
     """Build an NLMSG_ERROR message the way the kernel does."""
-    olen, otype, oflags, oseq, opid = HDR.unpack_from(orig, 0)
+    olen, _otype, _oflags, oseq, _opid = HDR.unpack_from(orig, 0)
     echoed = orig[:olen] if echo_payload else orig[:16]
     body = struct.pack('=i', err) + echoed
     length = 16 + len(body)
