@@ -10,6 +10,11 @@ from typing import Any
 
 from harness.vm import Guest
 
+# pyroute2's GenericNetlinkSocket imports asyncio: a Python start costs about
+# 1 s under KVM but 20-30 s under TCG on a busy machine (the guest reads the
+# interpreter's files over 9p), more than the default command timeout.
+SENDER_TIMEOUT_S = 180.0
+
 
 @dataclass(frozen=True)
 class EchoResult:
@@ -29,16 +34,20 @@ class EchoResult:
 
 
 class EchoClient:
-    """Runs sender/genl_echo_send.py in the guest with the test process's Python.
+    """Runs sender/genl_echo_send.py in the guest with the test process's Python,
+    once per call (all messages of a call share one process).
 
     The guest shares the host's root file system (read-only), so the venv's
     interpreter and pyroute2 are there under the same paths.
     """
 
-    def __init__(self, guest: Guest, script: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self, guest: Guest, script: Path, python: str = sys.executable, timeout: float = SENDER_TIMEOUT_S
+    ) -> None:
         self.guest = guest
         self.script = script
         self.python = python
+        self.timeout = timeout
 
     def send(self, *messages: str, family: str | None = None, no_attr: bool = False) -> EchoResult:
         argv = [self.python, str(self.script)]
@@ -46,6 +55,6 @@ class EchoClient:
             argv += ["--family", family]
         if no_attr:
             argv.append("--no-attr")
-        result = self.guest.run([*argv, "--", *messages])
+        result = self.guest.run([*argv, "--", *messages], timeout=self.timeout)
         replies = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
         return EchoResult(result.status, replies, result.output)
