@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("shell", help="interactive guest shell with the module loaded")
     _add_guest_options(p)
 
+    p = sub.add_parser("bench", help="measure boot, console, load and sender costs against the machine's floor")
+    _add_guest_options(p)
+    p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--boots", type=int, default=3, help="boots per engine and raw boots (default 3)")
+    p.add_argument("--messages", type=int, default=20000, help="messages per sender rate run (default 20000)")
+    p.add_argument("--no-suite", action="store_true", help="skip suite_s/naive_suite_s")
+
     p = sub.add_parser("doctor", help="check host dependencies and print install commands")
     p.add_argument("--kernel", dest="kernels", action="append", default=None)
     p.add_argument("--no-kvm-probe", action="store_true", help="skip booting a KVM probe guest")
@@ -225,6 +232,31 @@ def cmd_shell(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import BenchOptions, format_table, run_bench
+
+    out = Output(args.quiet)
+    try:
+        cfg = config_from_args(args)
+        run_root = cfg.results_dir / time.strftime("bench-%Y%m%d-%H%M%S")
+
+        def session_for(c: HarnessConfig) -> KernelSession:
+            kernel = resolve_kernel(c.kernels[0] if c.kernels else None)
+            return KernelSession(c, kernel, run_root, notify=out.progress)
+
+        opts = BenchOptions(boots=args.boots, messages=args.messages, suite=not args.no_suite)
+        result = run_bench(cfg, session_for, opts, out.progress)
+    except HarnessError as e:
+        out.error(str(e))
+        return EXIT_HARNESS
+    print(format_table(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "exec":
@@ -233,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_seed(args)
     if args.command == "shell":
         return cmd_shell(args)
+    if args.command == "bench":
+        return cmd_bench(args)
     if args.command == "doctor":
         from .doctor import run_doctor
 

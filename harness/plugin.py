@@ -357,7 +357,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 def reproduce_command(item: pytest.Item, release: str | None) -> str:
     """One command that reruns this test on the same kernel, engine and parameters."""
     cfg = item.config.stash[CONFIG_KEY]
-    argv = ["python", "-m", "pytest", item.nodeid, "-p", "no:randomly"]
+    argv = ["python", "-m", "pytest", item.nodeid]
     if release:
         argv += ["--kernel", release]
     argv += ["--engine", cfg.engine, "--accel", cfg.accel]

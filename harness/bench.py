@@ -1,0 +1,314 @@
+"""`python -m harness bench`: measure the harness against the machine's limits.
+
+Every figure comes from this run on this machine, with the accelerator and
+kernel recorded next to it, so ratios between figures are meaningful even on
+a noisy host. Each figure is a median of repeated runs with min and max.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .config import PROJECT_ROOT, HarnessConfig
+from .errors import HarnessError, MissingDependencyError
+from .initramfs import cached_vmlinux, cpio_newc
+from .kmod import default_cache_root
+from .senders import CSender, PySender
+from .session import KernelSession
+
+RAW_MARKER = "KNH-RAW-BOOT-DONE"
+RAW_INIT = f"""#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox echo {RAW_MARKER}
+/bin/busybox echo o > /proc/sysrq-trigger
+""".encode()
+
+KEYS = ("raw_boot_s", "boot_to_ready_s", "console_rtt_ms", "insmod_s", "rmmod_s", "py_sender_rate",
+        "c_sender_rate", "suite_s", "naive_suite_s")  # fmt: skip
+
+
+@dataclass
+class Figure:
+    values: list[float] = field(default_factory=list)
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, v: float) -> None:
+        self.values.append(v)
+
+    def as_dict(self) -> dict[str, Any]:
+        if not self.values:
+            return {
+                "median": None,
+                "min": None,
+                "max": None,
+                "runs": 0,
+                "note": self.note or "not measured",
+                **self.extra,
+            }
+        d: dict[str, Any] = {
+            "median": round(statistics.median(self.values), 6),
+            "min": round(min(self.values), 6),
+            "max": round(max(self.values), 6),
+            "runs": len(self.values),
+        }
+        if self.note:
+            d["note"] = self.note
+        d.update(self.extra)
+        return d
+
+
+def tsc_khz() -> int | None:
+    """Host TSC frequency estimate for tsc_early_khz= (microvm has no other early clock under TCG)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return int(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def raw_initramfs(cache: Path) -> Path:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise MissingDependencyError("busybox", "apt-get install busybox-static")
+    out = cache / "initramfs" / "raw-boot.cpio"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = cpio_newc([("bin", 0o040755, b""), ("proc", 0o040755, b""), ("dev", 0o040755, b""),
+                      ("bin/busybox", 0o100755, Path(busybox).read_bytes()), ("init", 0o100755, RAW_INIT)])  # fmt: skip
+    out.write_bytes(data)
+    return out
+
+
+def raw_boot_argv(qemu: str, image: Path, initrd: Path, accel: str, memory: str, cpus: int) -> list[str]:
+    """The floor: microvm, direct kernel entry, an init that prints and powers off."""
+    khz = tsc_khz()
+    append = "console=ttyS0 rdinit=/init panic=-1 loglevel=1" + (f" tsc_early_khz={khz}" if khz else "")
+    acc = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+    return [qemu, "-M", "microvm", *acc, "-m", memory, "-smp", str(cpus), "-nodefaults", "-no-reboot",
+            "-display", "none", "-vga", "none", "-serial", "stdio", "-net", "none",
+            "-kernel", str(image), "-initrd", str(initrd), "-append", append]  # fmt: skip
+
+
+def time_raw_boot(argv: Sequence[str], timeout: float = 120.0) -> float:
+    start = time.monotonic()
+    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    seen = b""
+    try:
+        while True:
+            if time.monotonic() - start > timeout:
+                raise HarnessError(f"raw boot did not print its marker within {timeout:.0f} s")
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                raise HarnessError(f"raw boot exited without its marker: {seen[-500:]!r}")
+            seen += chunk
+            if RAW_MARKER.encode() in seen:
+                return time.monotonic() - start
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _median_of(fn: Callable[[], float], n: int) -> Figure:
+    fig = Figure()
+    for _ in range(n):
+        fig.add(fn())
+    return fig
+
+
+@dataclass
+class BenchOptions:
+    boots: int = 3
+    cycles: int = 5
+    rtt_samples: int = 50
+    messages: int = 20000
+    suite: bool = True
+    engines: tuple[str, ...] = ("vng", "qemu")
+
+
+def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelSession], opts: BenchOptions,
+              progress: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    figs = {k: Figure() for k in KEYS}
+    main_session = session_for(cfg)
+    kernel = main_session.kernel
+    accel = main_session.accel().accel
+    build = main_session.build()
+    cache = default_cache_root()
+
+    # raw_boot_s
+    qemu = shutil.which("qemu-system-x86_64")
+    image = cached_vmlinux(kernel, cache)
+    if qemu and image:
+        argv = raw_boot_argv(qemu, image, raw_initramfs(cache), accel, cfg.memory, cfg.cpus)
+        progress(f"raw boot x{opts.boots}: {' '.join(argv[:4])} ...")
+        figs["raw_boot_s"] = _median_of(lambda: time_raw_boot(argv), opts.boots)
+        figs[
+            "raw_boot_s"
+        ].note = "plain QEMU microvm, uncompressed vmlinux (PVH), busybox init that prints and powers off"
+    else:
+        figs["raw_boot_s"].note = "no qemu or no extractable vmlinux"
+
+    # boot_to_ready_s per engine (fresh guests), the configured engine's figure first
+    by_engine: dict[str, Any] = {}
+    sessions: dict[str, KernelSession] = {}
+    for engine in dict.fromkeys((cfg.engine, *opts.engines)):
+        fig = Figure()
+        for i in range(opts.boots):
+            s = session_for(replace(cfg, engine=engine, boot_retries=0))
+            progress(f"boot {engine} {i + 1}/{opts.boots} ...")
+            s.guest()
+            assert s.current_guest is not None and s.current_guest.boot_time_s is not None
+            fig.add(s.current_guest.boot_time_s)
+            if i < opts.boots - 1:
+                s.close()
+            else:
+                sessions[engine] = s
+        by_engine[engine] = fig.as_dict()
+        if engine == cfg.engine:
+            figs["boot_to_ready_s"] = fig
+    figs["boot_to_ready_s"].extra = {"engine": cfg.engine, "by_engine": by_engine}
+    for engine, s in sessions.items():
+        if engine != cfg.engine:
+            s.close()
+    session = sessions[cfg.engine]
+    guest = session.guest()
+    ops = session.ops()
+
+    # console_rtt_ms
+    rtt = Figure(note=f"median of {opts.rtt_samples} `true` round trips over the serial console")
+    for _ in range(opts.rtt_samples):
+        rtt.add(guest.run("true").elapsed_s * 1000)
+    figs["console_rtt_ms"] = rtt
+
+    # insmod_s / rmmod_s
+    ko = build.module()
+    for _ in range(opts.cycles):
+        t = time.monotonic()
+        ops.insmod(ko, {"proto": "30"})
+        figs["insmod_s"].add(time.monotonic() - t)
+        t = time.monotonic()
+        ops.rmmod(ko.stem)
+        figs["rmmod_s"].add(time.monotonic() - t)
+    figs["insmod_s"].note = "insmod over the console, including a kernel log mark and the host-kernel guard"
+    figs["rmmod_s"].note = "rmmod over the console"
+
+    # sender rates
+    ops.insmod(ko, {"proto": "30"})
+    scratch = session.results_dir / ".scratch"
+    py = PySender(guest, 30, stderr=scratch / "bench-nl_send.stderr")
+    c = CSender(guest, build.directory / "sender" / "knl_send", 30)
+    for _ in range(3):
+        reply = py.bench(opts.messages)
+        if reply.get("errors"):
+            raise HarnessError(f"python sender bench had errors: {reply}")
+        figs["py_sender_rate"].add(float(reply["rate"]))
+        res = c.send("bench", count=opts.messages, quiet=True)
+        summary = res.summary()
+        if res.status != 0 or summary is None or summary["failed"]:
+            raise HarnessError(f"C sender bench failed: {res.output}")
+        figs["c_sender_rate"].add(summary["acked"] / (summary["elapsed_us"] / 1e6))
+    note = f"send+ack round trips per second, {opts.messages} messages per run, one process in one guest"
+    figs["py_sender_rate"].note = figs["c_sender_rate"].note = note
+    latency = _handler_latency(session, py, opts.messages, progress)
+    if latency is not None:
+        figs["py_sender_rate"].extra["handler_latency_us"] = latency
+    py.release()
+    py.stop()
+    ops.rmmod(ko.stem)
+    main_session.close()
+    session.close()
+
+    # suite_s / naive_suite_s
+    if opts.suite:
+        progress("kernel suite through one persistent guest ...")
+        suite_s, tests = _run_suite(cfg, kernel.release)
+        figs["suite_s"].add(suite_s)
+        figs["suite_s"].note = f"pytest -m kernel, {tests} tests, one guest, wall time including the boot"
+        boot = statistics.median(figs["boot_to_ready_s"].values)
+        figs["naive_suite_s"].add(suite_s + (tests - 1) * boot)
+        figs["naive_suite_s"].note = (f"estimated: suite_s + (tests - 1) x boot_to_ready_s median ({boot:.2f} s): "
+                                      "one boot per test")  # fmt: skip
+    result: dict[str, Any] = {k: figs[k].as_dict() for k in KEYS}
+    result.update({"accel": accel, "kernel": kernel.release, "cpus": os.cpu_count() or 0})
+    return result
+
+
+def _handler_latency(session: KernelSession, py: PySender, messages: int, progress: Callable[[str], None]) -> Any:
+    """In-kernel handling time per message, from the eBPF latency probe (None when unavailable)."""
+    try:
+        from . import ebpf
+    except ImportError:
+        return None
+    fn = getattr(ebpf, "measure_handler_latency", None)
+    if fn is None:
+        return None
+    progress("in-kernel latency with eBPF ...")
+    count = min(messages, 5000)
+    try:
+        report = fn(session.guest(), session.results_dir / ".scratch", lambda: py.bench(count))
+    except HarnessError as e:
+        return {"error": str(e).splitlines()[0]}
+    return {"median_us": report.median_us, "messages": count, "histogram": report.render()}
+
+
+def _run_suite(cfg: HarnessConfig, release: str) -> tuple[float, int]:
+    junit = cfg.results_dir / ".scratch" / "bench-suite.xml"
+    argv = [sys.executable, "-m", "pytest", "-q", "-m", "kernel", "--kernel", release, "--engine", cfg.engine,
+            "--accel", cfg.accel, f"--junitxml={junit}", str(PROJECT_ROOT / "tests")]  # fmt: skip
+    t = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=PROJECT_ROOT, check=False)
+    elapsed = time.monotonic() - t
+    if proc.returncode != 0:
+        raise HarnessError(f"kernel suite failed during the benchmark (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(junit).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root)
+    tests = sum(int(s.get("tests", 0)) for s in suites)
+    return elapsed, tests
+
+
+def format_table(result: dict[str, Any]) -> str:
+    rows = [f"knetlink-harness bench: kernel {result['kernel']}, accelerator {result['accel']}, {result['cpus']} cpus"]
+    rows.append(f"{'figure':<16} {'median':>12} {'min':>12} {'max':>12} runs  note")
+    for k in KEYS:
+        d = result[k]
+
+        def fmt(v: Any) -> str:
+            return "-" if v is None else f"{v:.4g}"
+
+        rows.append(
+            f"{k:<16} {fmt(d['median']):>12} {fmt(d['min']):>12} {fmt(d['max']):>12} {d['runs']:>4}"
+            f"  {d.get('note', '')}"
+        )
+        if k == "boot_to_ready_s":
+            for engine, e in d.get("by_engine", {}).items():
+                rows.append(
+                    f"  engine {engine:<7} {fmt(e['median']):>12} {fmt(e['min']):>12} {fmt(e['max']):>12}"
+                    f" {e['runs']:>4}"
+                )
+        if "handler_latency_us" in d:
+            lat = d["handler_latency_us"]
+            if "histogram" in lat:
+                rows.extend("  " + line for line in str(lat["histogram"]).splitlines())
+            else:
+                rows.append(f"  in-kernel handler latency (eBPF): {json.dumps(lat)}")
+    r, b = result["raw_boot_s"]["median"], result["boot_to_ready_s"]["median"]
+    if r and b:
+        rows.append(f"boot_to_ready / raw_boot = {b / r:.2f}")
+    p, c = result["py_sender_rate"]["median"], result["c_sender_rate"]["median"]
+    if p and c:
+        rows.append(f"py_sender_rate / c_sender_rate = {p / c:.2f}")
+    return "\n".join(rows)
