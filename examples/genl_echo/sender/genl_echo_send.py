@@ -59,7 +59,7 @@ class echomsg(genlmsg):
     )
 
 
-def echo(sock: GenericNetlinkSocket, text: "str | None") -> dict:
+def echo(sock: GenericNetlinkSocket, text: "str | None") -> "dict[str, object]":
     msg = echomsg()
     msg["cmd"] = GENL_ECHO_CMD_ECHO
     msg["version"] = GENL_ECHO_VERSION
