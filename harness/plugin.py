@@ -42,7 +42,7 @@ SESSIONS_KEY = pytest.StashKey[list[KernelSession]]()
 NOTES_KEY = pytest.StashKey[list[str]]()
 
 # Modules whose fixtures are part of the plugin (registered in pytest_configure).
-FIXTURE_MODULES: tuple[str, ...] = ()
+FIXTURE_MODULES: tuple[str, ...] = ("harness.ebpf",)
 
 KERNEL_FIXTURES = {"knh_kernel_session", "built_module", "guest", "guest_kernel", "kernel_log", "kmod",
                    "py_sender", "c_sender"}  # fmt: skip

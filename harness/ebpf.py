@@ -1,0 +1,682 @@
+"""eBPF observation: run bpftrace programs in the guest around a test and read what the kernel executed.
+
+dmesg shows what the module chose to print; a bpftrace program shows which
+functions actually ran, with which arguments, and how long they took.
+
+Flow (BpfRunner.start / BpfTrace.stop):
+  1. `bpftrace -f json PROGRAM ARGS...` starts in the background of the guest
+     shell, stdout and stderr going to files in the shared results directory
+     (the guest writes them, the host reads them directly).
+  2. The program's BEGIN probe prints READY_MARKER. bpftrace fires BEGIN only
+     after every other probe is attached, so seeing the marker in the output
+     file confirms attach; start() returns only then (or raises).
+  3. stop() sends SIGINT, waits for the process to exit (bpftrace then prints
+     every map) and parses the JSON lines into typed results.
+
+Programs are files: guest_scripts/bpf/<name>.bt, or any path the guest can
+read (the guest sees the host filesystem read-only). See docs/ebpf.md.
+
+The `ebpf` fixture hands out a BpfRunner for the test's guest, after the
+module is loaded; it skips the test, with the reason, when the guest has no
+bpftrace or no kernel BTF, and stops leftover programs afterwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import shlex
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .config import GUEST_SCRIPTS
+from .errors import HarnessError
+from .vm import Guest
+
+if TYPE_CHECKING:
+    from .kernelops import GuestKernel
+    from .plugin import LoadedModule
+
+PROGRAMS_DIR = GUEST_SCRIPTS / "bpf"
+READY_MARKER = "KNH-BPF-READY"
+BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
+
+DEFAULT_ATTACH_TIMEOUT = 180.0  # compiling and attaching under TCG on a busy host took 25 s
+DEFAULT_STOP_TIMEOUT = 60.0
+_POLL_S = 0.1
+
+
+class EbpfError(HarnessError):
+    """Base class of eBPF observation errors."""
+
+
+class EbpfUnavailable(EbpfError):
+    """The guest cannot run bpftrace programs (the reason says why); tests skip."""
+
+
+class BpfOutputError(EbpfError):
+    """bpftrace wrote something the parser does not understand."""
+
+
+class BpfProcessError(EbpfError):
+    """bpftrace failed to start, to attach, or died while running."""
+
+
+# ---- parsed output ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One histogram bucket: values from `low` to `high`, both inclusive (None = unbounded)."""
+
+    low: int | None
+    high: int | None
+    count: int
+
+    def __str__(self) -> str:
+        lo = "-inf" if self.low is None else str(self.low)
+        hi = "inf" if self.high is None else str(self.high)
+        return f"[{lo}, {hi}]"
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A bpftrace hist() or lhist(): the buckets bpftrace printed, in order."""
+
+    buckets: tuple[Bucket, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(b.count for b in self.buckets)
+
+    def nonzero(self) -> tuple[Bucket, ...]:
+        return tuple(b for b in self.buckets if b.count)
+
+    def count_above(self, value: int) -> int:
+        """Samples in buckets whose lower bound is above `value` (buckets straddling it not counted)."""
+        return sum(b.count for b in self.buckets if b.low is not None and b.low > value)
+
+    def max_bound(self) -> int | None:
+        """Upper bound of the highest non-empty bucket (None when that bucket is unbounded or all are empty)."""
+        filled = self.nonzero()
+        return filled[-1].high if filled else None
+
+    def quantile_bucket(self, q: float) -> Bucket | None:
+        """The bucket holding the q-quantile (0 < q <= 1), None for an empty histogram."""
+        if not 0 < q <= 1:
+            raise ValueError("q must be in (0, 1]")
+        total = self.total
+        if total == 0:
+            return None
+        target = q * total
+        seen = 0
+        for b in self.buckets:
+            seen += b.count
+            if b.count and seen >= target:
+                return b
+        return self.nonzero()[-1]
+
+    def quantile(self, q: float) -> float | None:
+        """Estimate of the q-quantile, interpolated linearly inside its bucket.
+
+        Bucket [low, high] of integer samples is taken as the interval
+        [low, high + 1). None when the histogram is empty or the quantile falls
+        into an unbounded bucket.
+        """
+        bucket = self.quantile_bucket(q)
+        if bucket is None or bucket.low is None or bucket.high is None:
+            return None
+        target = q * self.total
+        before = 0
+        for b in self.buckets:
+            if b is bucket:
+                break
+            before += b.count
+        frac = (target - before) / bucket.count
+        return bucket.low + max(0.0, min(1.0, frac)) * (bucket.high + 1 - bucket.low)
+
+    def render(self, unit: str = "", width: int = 40) -> str:
+        """Text rendering like bpftrace's, non-empty range only."""
+        filled = [i for i, b in enumerate(self.buckets) if b.count]
+        if not filled:
+            return "(empty)"
+        shown = self.buckets[filled[0] : filled[-1] + 1]
+        peak = max(b.count for b in shown)
+        lines = []
+        for b in shown:
+            bar = "@" * (round(width * b.count / peak) if peak else 0)
+            lines.append(f"{b!s:>22} {unit:<3}{b.count:>9} |{bar:<{width}}|")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A bpftrace stats(): count, average and total (integers, as bpftrace prints them)."""
+
+    count: int
+    average: int
+    total: int
+
+
+MapValue = int | dict[str, int]
+HistValue = Histogram | dict[str, Histogram]
+StatsValue = Stats | dict[str, Stats]
+
+
+@dataclass(frozen=True)
+class BpfResults:
+    """Everything a bpftrace run printed, by kind. Map names are given without the '@'.
+
+    maps:   count()/sum()/min()/max()/avg() maps; a scalar map is an int, a keyed
+            map a dict from key text (bpftrace joins several keys with ',') to int.
+            A count() map that never fired is printed as 0 (scalar) by bpftrace.
+    hists:  hist()/lhist() maps (a Histogram, or a dict of them for keyed maps).
+    stats:  stats() maps.
+    """
+
+    maps: Mapping[str, MapValue] = field(default_factory=dict)
+    hists: Mapping[str, HistValue] = field(default_factory=dict)
+    stats: Mapping[str, StatsValue] = field(default_factory=dict)
+    printfs: tuple[str, ...] = ()
+    attached_probes: int | None = None
+    lost_events: int = 0
+    other: tuple[Mapping[str, Any], ...] = ()
+    stderr: str = ""
+
+    # -- lookups with messages that say what was there ------------------------
+    def _missing(self, kind: str, name: str) -> KeyError:
+        have = ", ".join("@" + h for h in sorted({*self.maps, *self.hists, *self.stats})) or "none"
+        return KeyError(f"no {kind} @{name} in the bpftrace output (maps printed: {have})")
+
+    def count(self, name: str, key: str | int | None = None, *, default: int | None = 0) -> int:
+        """Value of a count()-like map; a map that never fired is not printed and counts as `default`.
+
+        Pass default=None to insist that the map was printed.
+        """
+        name = name.lstrip("@")
+        if name not in self.maps:
+            if default is None:
+                raise self._missing("map", name)
+            return default
+        value = self.maps[name]
+        if key is None:
+            if isinstance(value, dict):
+                return sum(value.values())
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"@{name} has no keys")
+        return value.get(str(key), 0)
+
+    def keyed(self, name: str) -> dict[str, int]:
+        """A keyed map as a dict (empty when the map never fired)."""
+        value = self.maps.get(name.lstrip("@"), {})
+        if isinstance(value, int):
+            raise TypeError(f"@{name.lstrip('@')} is a scalar map ({value}), not a keyed one")
+        return dict(value)
+
+    def int_keyed(self, name: str) -> dict[int, int]:
+        """A map keyed by one integer, e.g. @ack[errno] -> {0: 20, 22: 1}."""
+        return {int(k): v for k, v in sorted(self.keyed(name).items(), key=lambda kv: int(kv[0]))}
+
+    def hist(self, name: str, key: str | int | None = None) -> Histogram:
+        """A hist()/lhist() map; an empty Histogram when the map never fired."""
+        value = self.hists.get(name.lstrip("@"))
+        if value is None:
+            return Histogram(())
+        if isinstance(value, dict):
+            if key is None:
+                raise TypeError(f"@{name.lstrip('@')} is keyed ({', '.join(value)}): pass key=")
+            return value.get(str(key), Histogram(()))
+        return value
+
+    def stat(self, name: str) -> Stats | None:
+        value = self.stats.get(name.lstrip("@"))
+        if isinstance(value, dict):
+            raise TypeError(f"@{name.lstrip('@')} is keyed: use .stats[name][key]")
+        return value
+
+    def summary(self) -> str:
+        """Short text of all maps, for assertion messages."""
+        parts = [f"@{k}: {v}" for k, v in sorted(self.maps.items())]
+        for k, h in sorted(self.hists.items()):
+            if isinstance(h, Histogram):
+                parts.append(f"@{k}: hist of {h.total}")
+            else:
+                parts.append(f"@{k}: " + ", ".join(f"[{kk}] hist of {hh.total}" for kk, hh in h.items()))
+        for k, s in sorted(self.stats.items()):
+            parts.append(f"@{k}: {s}")
+        if self.lost_events:
+            parts.append(f"lost events: {self.lost_events}")
+        return "; ".join(parts) or "(no maps printed)"
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BpfOutputError(f"{where}: expected an integer, got {value!r}")
+    return value
+
+
+def _histogram(value: Any, where: str) -> Histogram:
+    if not isinstance(value, list):
+        raise BpfOutputError(f"{where}: expected a list of buckets, got {type(value).__name__}")
+    buckets = []
+    for item in value:
+        if not isinstance(item, dict) or "count" not in item:
+            raise BpfOutputError(f"{where}: bad bucket {item!r}")
+        low = _int(item["min"], where) if "min" in item else None
+        high = _int(item["max"], where) if "max" in item else None
+        buckets.append(Bucket(low, high, _int(item["count"], where)))
+    return Histogram(tuple(buckets))
+
+
+def _stats(value: Any, where: str) -> Stats:
+    if not isinstance(value, dict) or not {"count", "average", "total"} <= set(value):
+        raise BpfOutputError(f"{where}: bad stats value {value!r}")
+    return Stats(_int(value["count"], where), _int(value["average"], where), _int(value["total"], where))
+
+
+def _map_value(value: Any, where: str) -> MapValue:
+    if isinstance(value, dict):
+        return {str(k): _int(v, where) for k, v in value.items()}
+    return _int(value, where)
+
+
+def _is_stats(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"count", "average", "total"}
+
+
+def parse_output(stdout: str, stderr: str = "") -> BpfResults:
+    """Parse `bpftrace -f json` standard output (one JSON object per line; blank lines ignored)."""
+    maps: dict[str, MapValue] = {}
+    hists: dict[str, HistValue] = {}
+    stats: dict[str, StatsValue] = {}
+    printfs: list[str] = []
+    other: list[Mapping[str, Any]] = []
+    attached: int | None = None
+    lost = 0
+    for lineno, line in enumerate(stdout.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"bpftrace output line {lineno}"
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise BpfOutputError(f"{where} is not JSON ({e}): {line[:300]!r}") from None
+        if not isinstance(obj, dict) or "type" not in obj:
+            raise BpfOutputError(f"{where} is not a bpftrace JSON record: {line[:300]!r}")
+        kind, data = obj["type"], obj.get("data")
+        if kind == "printf":
+            printfs.append(str(data))
+        elif kind == "attached_probes":
+            attached = _int(data.get("probes") if isinstance(data, dict) else None, where)
+        elif kind == "lost_events":
+            lost += _int(data.get("events") if isinstance(data, dict) else None, where)
+        elif kind in ("map", "hist", "stats"):
+            if not isinstance(data, dict):
+                raise BpfOutputError(f"{where}: {kind} record without a map: {line[:300]!r}")
+            for raw_name, value in data.items():
+                name = str(raw_name).lstrip("@")
+                w = f"{where} (@{name})"
+                if kind == "map":
+                    maps[name] = _map_value(value, w)
+                elif kind == "hist":
+                    if isinstance(value, dict):
+                        hists[name] = {str(k): _histogram(v, w) for k, v in value.items()}
+                    else:
+                        hists[name] = _histogram(value, w)
+                elif _is_stats(value):
+                    stats[name] = _stats(value, w)
+                elif isinstance(value, dict) and value and all(_is_stats(v) for v in value.values()):
+                    stats[name] = {str(k): _stats(v, w) for k, v in value.items()}
+                else:  # avg() is printed as a "stats" record holding plain numbers
+                    maps[name] = _map_value(value, w)
+        else:
+            other.append(obj)
+    return BpfResults(maps, hists, stats, tuple(printfs), attached, lost, tuple(other), stderr)
+
+
+# ---- running programs in the guest ----------------------------------------------
+
+
+def resolve_program(program: str | Path, programs_dir: Path = PROGRAMS_DIR) -> Path:
+    """A program name ("knetlink", "knetlink.bt") from `programs_dir`, or a path to a .bt file."""
+    path = Path(program)
+    if not path.is_absolute() and path.parent == Path("."):
+        path = programs_dir / (path.name if path.suffix == ".bt" else path.name + ".bt")
+    path = path.resolve()
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in programs_dir.glob("*.bt"))) or "none"
+        raise EbpfError(f"bpftrace program {program} not found ({path}); programs in {programs_dir}: {available}")
+    if READY_MARKER not in path.read_text(errors="replace"):
+        raise EbpfError(
+            f"{path} does not print {READY_MARKER!r} in BEGIN: without it the harness cannot confirm attach "
+            f'(add: BEGIN {{ printf("{READY_MARKER}\\n"); }})'
+        )
+    return path
+
+
+class BpfTrace:
+    """One running bpftrace program in the guest. stop() returns its parsed results."""
+
+    def __init__(self, runner: BpfRunner, program: Path, base: Path) -> None:
+        self.runner = runner
+        self.program = program
+        self.out = base.with_suffix(".out")
+        self.err = base.with_suffix(".err")
+        self.pidfile = base.with_suffix(".pid")
+        self.rcfile = base.with_suffix(".rc")
+        self.pid: int | None = None
+        self.attach_s: float | None = None
+        self.results: BpfResults | None = None
+
+    # -- files the guest writes ---------------------------------------------------
+    def _read(self, path: Path) -> str:
+        try:
+            return path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def exit_status(self) -> int | None:
+        """bpftrace's exit status once it ended, None while it runs."""
+        text = self._read(self.rcfile).strip()
+        return int(text) if text.isdigit() else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None and self.exit_status() is None
+
+    def output(self) -> str:
+        """Both output files, for error messages."""
+        out, err = self._read(self.out).rstrip(), self._read(self.err).rstrip()
+        return f"--- bpftrace stdout ({self.out}) ---\n{out[-4000:] or '(empty)'}\n" \
+               f"--- bpftrace stderr ({self.err}) ---\n{err[-4000:] or '(empty)'}"  # fmt: skip
+
+    def _fail(self, what: str) -> BpfProcessError:
+        return BpfProcessError(f"bpftrace {self.program.name}: {what}\n{self.output()}")
+
+    # -- lifecycle ------------------------------------------------------------------
+    def wait_attached(self, timeout: float) -> None:
+        start = time.monotonic()
+        while True:
+            if self.pid is None:
+                text = self._read(self.pidfile).strip()
+                self.pid = int(text) if text.isdigit() else None
+            if READY_MARKER in self._read(self.out):
+                self.attach_s = time.monotonic() - start
+                return
+            status = self.exit_status()
+            if status is not None:
+                raise self._fail(f"exited with status {status} before attaching")
+            if time.monotonic() - start > timeout:
+                self.kill()
+                raise self._fail(f"not attached after {timeout:.0f} s (killed)")
+            time.sleep(_POLL_S)
+
+    def kill(self) -> None:
+        if self.pid is not None and self.runner.guest.alive:
+            self.runner.guest.run(f"kill -KILL {self.pid} 2>/dev/null")
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> BpfResults:
+        """SIGINT, wait for the exit (maps are printed then), parse. Raises if bpftrace died early."""
+        if self.results is not None:
+            return self.results
+        died_before = self.exit_status()
+        if died_before is None:
+            if self.pid is None:
+                text = self._read(self.pidfile).strip()
+                self.pid = int(text) if text.isdigit() else None
+            if self.pid is None:
+                raise self._fail(f"no pid in {self.pidfile}: cannot stop it")
+            self.runner.guest.run(f"kill -INT {self.pid} 2>/dev/null")
+            deadline = time.monotonic() + timeout
+            while self.exit_status() is None:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise self._fail(f"still running {timeout:.0f} s after SIGINT (killed)")
+                time.sleep(_POLL_S)
+        self.runner._forget(self)
+        status = self.exit_status()
+        if died_before is not None:
+            raise self._fail(f"died while the test ran (exit status {died_before}): results are incomplete")
+        if status != 0:
+            raise self._fail(f"exited with status {status} after SIGINT")
+        try:
+            results = parse_output(self._read(self.out), self._read(self.err))
+        except BpfOutputError as e:
+            raise BpfOutputError(f"{e}\n{self.output()}") from None
+        self.results = results
+        if not self.runner.keep_files:
+            for p in (self.out, self.err, self.pidfile, self.rcfile):
+                p.unlink(missing_ok=True)
+        return results
+
+    def __enter__(self) -> BpfTrace:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if et is None:
+            self.stop()
+        elif self.running:
+            try:
+                self.stop()
+            except HarnessError:
+                pass  # the test's own exception is the one to report
+
+
+class BpfRunner:
+    """Starts bpftrace programs in one guest. `scratch` must be the guest-writable shared directory."""
+
+    def __init__(
+        self, guest: Guest, scratch: Path, *, attach_timeout: float = DEFAULT_ATTACH_TIMEOUT,
+        programs_dir: Path = PROGRAMS_DIR, keep_files: bool = False,
+    ) -> None:  # fmt: skip
+        self.guest = guest
+        self.scratch = scratch
+        self.attach_timeout = attach_timeout
+        self.programs_dir = programs_dir
+        self.keep_files = keep_files
+        self._token = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+        self._running: list[BpfTrace] = []
+        self._unavailable: str | None = None
+        self._checked = False
+
+    def unavailable_reason(self) -> str | None:
+        """Why this guest cannot run the programs (no bpftrace, no BTF), None when it can. Checked once."""
+        if not self._checked:
+            result = self.guest.run(
+                f"command -v bpftrace || echo NO-BPFTRACE; test -r {BTF_VMLINUX} || echo NO-BTF; uname -r"
+            )
+            lines = result.output.split()
+            release = lines[-1] if lines else "?"
+            if "NO-BPFTRACE" in lines:
+                self._unavailable = f"bpftrace not found in the guest ({release}): `command -v bpftrace` failed"
+            elif "NO-BTF" in lines:
+                self._unavailable = (
+                    f"guest kernel {release} has no {BTF_VMLINUX} (CONFIG_DEBUG_INFO_BTF off): "
+                    "bpftrace programs here need kernel BTF"
+                )
+            self._checked = True
+        return self._unavailable
+
+    def check(self) -> None:
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise EbpfUnavailable(reason)
+
+    def start(
+        self, program: str | Path, *args: str | int, env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> BpfTrace:  # fmt: skip
+        """Start `program` (positional parameters `args` are its $1, $2, ...) and return once it is attached."""
+        self.check()
+        path = resolve_program(program, self.programs_dir)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        trace = BpfTrace(self, path, self.scratch / f"bpf-{self._token}-{next(self._counter)}-{path.stem}")
+        argv = ["bpftrace", "-f", "json", str(path), *map(str, args)]
+        if env:
+            argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
+        q = shlex.quote
+        # Inner subshell: records bpftrace's pid and, when it ends, its exit status.
+        # Outer subshell: keeps the job out of the interactive shell's job table (no "[1] 123").
+        command = (
+            f"( ( {shlex.join(argv)} > {q(str(trace.out))} 2> {q(str(trace.err))} & "
+            f"echo $! > {q(str(trace.pidfile))}; wait $!; echo $? > {q(str(trace.rcfile))} ) & )"
+        )
+        self.guest.run(command, check=True)
+        self._running.append(trace)
+        try:
+            trace.wait_attached(timeout or self.attach_timeout)
+        except BaseException:
+            self._forget(trace)
+            raise
+        return trace
+
+    @contextmanager
+    def trace(
+        self, program: str | Path, *args: str | int, env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[BpfTrace]:  # fmt: skip
+        """`with runner.trace("knetlink") as t: ...`, then t.results (stopped at the end of the block)."""
+        with self.start(program, *args, env=env, timeout=timeout) as t:
+            yield t
+
+    def _forget(self, trace: BpfTrace) -> None:
+        if trace in self._running:
+            self._running.remove(trace)
+
+    def stop_all(self) -> None:
+        """Stop programs a test left running (results discarded, errors ignored)."""
+        for trace in list(self._running):
+            try:
+                if self.guest.alive:
+                    trace.stop()
+            except HarnessError:
+                pass
+            self._forget(trace)
+
+
+# ---- the knetlink programs ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnetlinkCounts:
+    """What knetlink.bt saw: calls of the receive path and acks by errno (0 = success, 22 = EINVAL)."""
+
+    datagrams: int  # knetlink_rcv calls
+    messages: int  # knetlink_handle_msg calls
+    acks: dict[int, int]  # netlink_ack calls from inside knetlink_rcv, by -err
+
+    @property
+    def acks_total(self) -> int:
+        return sum(self.acks.values())
+
+    @classmethod
+    def from_results(cls, results: BpfResults) -> KnetlinkCounts:
+        return cls(results.count("rcv"), results.count("handle_msg"), results.int_keyed("ack"))
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """knetlink_rcv entry-to-return time from knetlink_latency.bt (one sample per datagram)."""
+
+    log2_ns: Histogram
+    fine_us: Histogram  # 1 us buckets up to 99 us
+    coarse_us: Histogram  # 10 us buckets up to 9999 us
+    stats_ns: Stats | None
+
+    @classmethod
+    def from_results(cls, results: BpfResults) -> LatencyReport:
+        return cls(results.hist("lat_ns"), results.hist("lat_us_fine"), results.hist("lat_us"),
+                   results.stat("lat_stats_ns"))  # fmt: skip
+
+    @property
+    def count(self) -> int:
+        return self.log2_ns.total
+
+    @property
+    def mean_us(self) -> float | None:
+        return self.stats_ns.average / 1000 if self.stats_ns and self.stats_ns.count else None
+
+    def quantile_us(self, q: float) -> float | None:
+        """q-quantile in µs from the finest histogram that bounds it (None when there are no samples)."""
+        for hist, scale in ((self.fine_us, 1.0), (self.coarse_us, 1.0), (self.log2_ns, 1e-3)):
+            value = hist.quantile(q)
+            if value is not None:
+                return value * scale
+        return None
+
+    @property
+    def median_us(self) -> float | None:
+        return self.quantile_us(0.5)
+
+    def render(self) -> str:
+        """A few text lines for a benchmark report."""
+        if not self.count:
+            return "in-kernel knetlink_rcv latency: no samples"
+
+        def fmt(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.1f} us"
+
+        head = (
+            f"in-kernel knetlink_rcv latency (eBPF, {self.count} calls): median {fmt(self.median_us)}, "
+            f"p90 {fmt(self.quantile_us(0.9))}, p99 {fmt(self.quantile_us(0.99))}, mean {fmt(self.mean_us)}"
+        )
+        return head + "\n" + self.log2_ns.render("ns")
+
+
+def measure_handler_latency(
+    guest: Guest, scratch: Path, send: Callable[[], object], *, program: str | Path = "knetlink_latency",
+    timeout: float | None = None,
+) -> LatencyReport:  # fmt: skip
+    """Run `send()` (e.g. `lambda: py_sender.bench(20000)`) under knetlink_latency.bt and return the latency.
+
+    `scratch` is a guest-writable shared directory, e.g. `guest_kernel.scratch`. The module must be
+    loaded. Raises EbpfUnavailable when the guest cannot run bpftrace. `report.median_us` is the
+    in-kernel median per datagram; `report.render()` is the text for a report.
+    """
+    runner = BpfRunner(guest, scratch)
+    with runner.trace(program, timeout=timeout) as t:
+        send()
+    assert t.results is not None
+    return LatencyReport.from_results(t.results)
+
+
+# ---- pytest fixture (registered through harness.plugin.FIXTURE_MODULES) ----------------
+
+
+@pytest.fixture
+def ebpf(guest: Guest, guest_kernel: GuestKernel, kmod: LoadedModule) -> Iterator[BpfRunner]:
+    """A BpfRunner for the test's guest, after the module under test is loaded.
+
+    Skips the test, with the reason, when the guest has no bpftrace or no kernel BTF.
+    Programs still running at the end of the test are stopped before the module unloads.
+    """
+    runner = _runner_for(guest, guest_kernel.scratch)
+    reason = runner.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"eBPF observation unavailable: {reason}")
+    try:
+        yield runner
+    finally:
+        runner.stop_all()
+
+
+_RUNNERS: weakref.WeakKeyDictionary[Guest, BpfRunner] = weakref.WeakKeyDictionary()
+
+
+def _runner_for(guest: Guest, scratch: Path) -> BpfRunner:
+    """One runner per guest, so the availability check runs once per boot."""
+    runner = _RUNNERS.get(guest)
+    if runner is None:
+        runner = _RUNNERS[guest] = BpfRunner(guest, scratch)
+    return runner
