@@ -127,6 +127,7 @@ class KernelSession:
         else:
             argv = vng_argv(VngSpec(
                 kernel=self.kernel, accel=accel, shell=shell, rw_dirs=(self.results_dir,),
+                image=cached_vmlinux(self.kernel, default_cache_root()),
                 memory=self.config.memory, cpus=self.config.cpus, name=name, vng=vng_executable(),
                 extra_args=tuple(f"--qemu-opts={a}" for a in channel_qemu_args(channel)),
             ))  # fmt: skip

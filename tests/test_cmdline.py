@@ -13,7 +13,7 @@ def spec(**kw: object) -> VngSpec:
 
 
 def test_tcg_argv_is_exact() -> None:
-    assert vng_argv(spec()) == [
+    assert vng_argv(spec(blacklist=())) == [
         "vng", "--run", "/boot/vmlinuz-6.1.0-56-amd64", "--name", "knh-1", "--memory", "1G", "--cpus", "2",
         "--shell", "/g/guest-shell", "--force-9p", "--append", "panic=-1 loglevel=7 log_buf_len=8M",
         "--qemu-opts=-no-reboot", "--disable-kvm", "--rwdir", "/r",
@@ -37,3 +37,27 @@ def test_panic_ends_the_guest() -> None:
 
 def test_shell_join_quotes_metacharacters() -> None:
     assert shell_join(["echo", "a b", "$(x)", "it's"]) == "echo 'a b' '$(x)' 'it'\"'\"'s'"
+
+
+def test_blacklist_and_image_override() -> None:
+    argv = vng_argv(spec(blacklist=("kvm", "ahci"), image=Path("/c/vmlinux")))
+    assert argv[argv.index("--run") + 1] == "/c/vmlinux"
+    assert argv[argv.index("--append") + 1] == "panic=-1 loglevel=7 log_buf_len=8M module_blacklist=kvm,ahci"
+
+
+def test_qemu_engine_argv() -> None:
+    from harness.cmdline import QemuSpec, qemu_argv
+
+    q = QemuSpec(kernel=K, image=Path("/c/vmlinux"), initrd=Path("/c/i.cpio"), accel="tcg", shell=Path("/g/sh"),
+                 rw_dirs=(Path("/r"),), fresh_dirs=(Path("/c"),), kernel_log=Path("/r/k.log"),
+                 channel=Path("/tmp/x/ch.sock"), name="knh-2")  # fmt: skip
+    argv = qemu_argv(q)
+    assert argv[:4] == ["qemu-system-x86_64", "-name", "knh-2", "-M"]
+    assert ["-accel", "tcg", "-cpu", "max"] == argv[5:9]
+    assert "-no-reboot" in argv and "file:/r/k.log" in argv
+    assert "local,id=knhrw0,path=/r,security_model=none,multidevs=remap" in argv
+    assert "local,id=knhro0,path=/c,security_model=none,readonly=on,multidevs=remap" in argv
+    assert "socket,id=knhch,path=/tmp/x/ch.sock,server=on,wait=off" in argv
+    append = argv[argv.index("-append") + 1].split()
+    assert append[:2] == ["console=ttyS1", "rdinit=/init"]
+    assert {"panic=-1", "knh.shell=/g/sh", "knh.rw=/r", "knh.fresh=/c"} <= set(append)
