@@ -17,7 +17,13 @@ from .accel import ACCEL_CHOICES
 from .errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-GUEST_SCRIPTS = PROJECT_ROOT / "guest_scripts"
+# In a checkout guest_scripts/ sits next to harness/; an installed package carries it as
+# harness/guest_scripts (see pyproject.toml).
+GUEST_SCRIPTS = (
+    PROJECT_ROOT / "guest_scripts"
+    if (PROJECT_ROOT / "guest_scripts").is_dir()
+    else Path(__file__).resolve().parent / "guest_scripts"
+)
 DEFAULT_MODULE_DIR = PROJECT_ROOT / "module"
 ENGINES = ("vng", "qemu")
 DEFAULT_ALLOWLIST = Path(__file__).resolve().parent / "splat_allowlist.txt"

@@ -65,7 +65,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "kernel: test boots a guest kernel (added automatically to tests using guest fixtures)"
     )
     config.addinivalue_line("markers", "module_params(**params): insmod parameters for the kmod fixture, e.g. proto=31")
-    config.addinivalue_line("markers", "no_module: the test does not want the module loaded by default fixtures")
     options = {s.name: config.getoption(f"knh_{s.name}") for s in SETTINGS}
     ini = {s.ini: config.getini(s.ini) for s in SETTINGS}
     try:
@@ -129,7 +128,13 @@ def _notify(config: pytest.Config) -> Any:
     def notify(message: str) -> None:
         config.stash[NOTES_KEY].append(message)
         reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and not config.getoption("quiet", 0) > 1:
+        if reporter is None or config.getoption("quiet", 0) > 1:
+            return
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"[knh] {message}")
+        else:
             reporter.write_line(f"[knh] {message}")
 
     return notify

@@ -10,7 +10,8 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 . /etc/os-release
 
-PKGS="qemu-system-x86 busybox-static build-essential kmod bpftrace cpio python3-venv"
+# shellcheck: actionlint runs it on the workflow's shell steps (tests/test_workflow.py).
+PKGS="qemu-system-x86 busybox-static build-essential kmod bpftrace cpio zstd python3-venv shellcheck"
 case "${ID:-}" in
   debian)
     # Debian 12: 6.1 from bookworm, 6.12 LTS from bookworm-security, each with headers.
