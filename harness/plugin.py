@@ -40,6 +40,8 @@ CONFIG_KEY = pytest.StashKey[HarnessConfig]()
 RUN_ROOT_KEY = pytest.StashKey[Path]()
 SESSIONS_KEY = pytest.StashKey[list[KernelSession]]()
 NOTES_KEY = pytest.StashKey[list[str]]()
+SPLATS_KEY = pytest.StashKey[list[dict[str, Any]]]()
+OUTCOMES_KEY = pytest.StashKey[dict[str, dict[str, str]]]()
 
 # Modules whose fixtures are part of the plugin (registered in pytest_configure).
 FIXTURE_MODULES: tuple[str, ...] = ("harness.ebpf",)
@@ -77,6 +79,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN_ROOT_KEY] = cfg.results_dir / time.strftime("run-%Y%m%d-%H%M%S")
     config.stash[SESSIONS_KEY] = []
     config.stash[NOTES_KEY] = []
+    config.stash[SPLATS_KEY] = []
+    config.stash[OUTCOMES_KEY] = {}
     import importlib
 
     for name in FIXTURE_MODULES:
@@ -333,6 +337,14 @@ def _check_kernel(item: pytest.Item, state: dict[str, Any], phase: str) -> Kerne
         return None
     state.setdefault("lines", []).extend(lines)
     verdict = judge(lines, state["taint"], taint, _allowlist(item.config), cfg.allowed_taint)
+    record = item.config.stash[SPLATS_KEY]
+    for splat in verdict.splats.failures:
+        record.append({"test": item.nodeid, "kernel": session.kernel.release, "phase": phase,
+                       "kind": splat.kind, "fingerprint": splat.fingerprint, "allowed": False})  # fmt: skip
+    for allowed in verdict.splats.allowed:
+        record.append({"test": item.nodeid, "kernel": session.kernel.release, "phase": phase,
+                       "kind": allowed.splat.kind, "fingerprint": allowed.splat.fingerprint,
+                       "allowed": True, "reason": allowed.reason})  # fmt: skip
     state["mark"] = ops.mark()
     state["taint"] = taint
     if verdict.guest_suspect:
@@ -385,6 +397,10 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
+    if _uses_guest(item):
+        outcomes = item.config.stash[OUTCOMES_KEY].setdefault(item.nodeid, {})
+        if report.when == "call" or report.failed or report.skipped:
+            outcomes[report.when] = report.outcome
     if not _uses_guest(item) or not report.failed:
         return report
     state = item.stash.get(_STATE_KEY, None)
@@ -412,6 +428,51 @@ def pytest_runtest_makereport(
     return report
 
 
+def summary_dict(config: pytest.Config) -> dict[str, Any]:
+    """The run's JSON summary: kernels, accelerators, boots, test outcomes and splats."""
+    sessions = config.stash.get(SESSIONS_KEY, [])
+    tests: dict[str, str] = {}
+    for nodeid, phases in config.stash.get(OUTCOMES_KEY, {}).items():
+        if any(v == "failed" for v in phases.values()):
+            tests[nodeid] = "error" if phases.get("call") in (None, "passed") else "failed"
+        elif "skipped" in phases.values():
+            tests[nodeid] = "skipped"
+        else:
+            tests[nodeid] = phases.get("call", "unknown")
+    counts: dict[str, int] = {}
+    for outcome in tests.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    cfg = config.stash[CONFIG_KEY]
+    return {
+        "engine": cfg.engine,
+        "kernels": [
+            {
+                "release": s.kernel.release,
+                "accel": s._accel.accel if s._accel else None,
+                "accel_reason": s._accel.reason if s._accel else None,
+                "boots": s.stats.boots,
+                "boot_retries": s.stats.retries,
+                "boot_times_s": [round(t, 3) for t in s.stats.boot_times_s],
+            }
+            for s in sessions
+        ],
+        "tests": {"total": len(tests), **counts},
+        "outcomes": tests,
+        "splats": config.stash.get(SPLATS_KEY, []),
+    }
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if not config.stash.get(SESSIONS_KEY, []):
+        return
+    import json
+
+    run_root = config.stash[RUN_ROOT_KEY]
+    run_root.mkdir(parents=True, exist_ok=True)
+    (run_root / "summary.json").write_text(json.dumps(summary_dict(config), indent=2) + "\n")
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     sessions = config.stash.get(SESSIONS_KEY, [])
     if not sessions:
@@ -423,4 +484,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(
             f"{s.kernel.release}: boots {s.stats.boots} (boot times {times}), boot retries {s.stats.retries}; {accel}"
         )
-    terminalreporter.write_line(f"results: {config.stash[RUN_ROOT_KEY]}")
+    splats = [s for s in config.stash.get(SPLATS_KEY, []) if not s["allowed"]]
+    terminalreporter.write_line(
+        f"kernel splats: {len(splats)}" + "".join(f"\n  {s['test']}: {s['fingerprint']}" for s in splats)
+    )
+    terminalreporter.write_line(f"results: {config.stash[RUN_ROOT_KEY]} (summary.json)")
