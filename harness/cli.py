@@ -83,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--messages", type=int, default=20000, help="messages per sender rate run (default 20000)")
     p.add_argument("--no-suite", action="store_true", help="skip suite_s/naive_suite_s")
 
+    p = sub.add_parser("bisect-run", help="git bisect run step: build the tree's kernel, run tests, exit 0/1/125",
+                       description="Exit 0 good, 1 bad, 125 skip (kernel build failed, or boot failed: see "
+                       "--on-boot-failure), 128 abort (no tests collected, pytest usage/internal error, "
+                       "missing tool). Use as: git bisect run PYTHON -m harness bisect-run -- TESTS...")  # fmt: skip
+    p.add_argument("--kernel-tree", default=".", metavar="DIR", help="kernel source tree (default: .)")
+    p.add_argument("--on-boot-failure", choices=("skip", "bad", "abort"), default="skip",
+                   help="verdict when the built kernel does not boot (default skip: exit 125)")  # fmt: skip
+    p.add_argument("--btf", action="store_true", help="build with DEBUG_INFO_BTF (slower; for eBPF tests)")
+    p.add_argument("--configitem", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra kernel config item, e.g. CONFIG_PREEMPT_RT=y (repeatable)")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=None, metavar="N", help="make -j (default: number of cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="-- PYTEST_ARGS... (test paths, -k, --engine)")
+
     p = sub.add_parser("doctor", help="check host dependencies and print install commands")
     p.add_argument("--kernel", dest="kernels", action="append", default=None)
     p.add_argument("--no-kvm-probe", action="store_true", help="skip booting a KVM probe guest")
@@ -257,6 +271,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bisect_run(args: argparse.Namespace) -> int:
+    """One `git bisect run` step; see harness/bisect.py for the exit-status contract."""
+    from .bisect import EXIT_ABORT, absolutize_args, bisect_run, default_build_step
+    from .kernel_build import BuildOptions
+
+    out = Output(args.quiet)
+    pytest_args = list(args.pytest_args)
+    if pytest_args and pytest_args[0] == "--":
+        pytest_args = pytest_args[1:]
+    if not pytest_args:
+        out.error("bisect-run needs tests: python -m harness bisect-run [--kernel-tree DIR] -- PYTEST_ARGS...")
+        return EXIT_ABORT
+    tree = Path(args.kernel_tree).resolve()
+    try:
+        env_options = BuildOptions.from_env()
+        options = BuildOptions(btf=args.btf or env_options.btf,
+                               extra_config=(*env_options.extra_config, *args.configitem),
+                               jobs=args.jobs or env_options.jobs, vng=env_options.vng)  # fmt: skip
+    except HarnessError as e:
+        out.error(str(e))
+        return EXIT_ABORT
+
+    def notify(message: str) -> None:
+        print(f"[knh] {message}", file=sys.stderr, flush=True)
+
+    return bisect_run(tree, absolutize_args(pytest_args, Path.cwd()), build=default_build_step(options, out.progress),
+                      on_infra=args.on_boot_failure, notify=notify)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "exec":
@@ -267,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_shell(args)
     if args.command == "bench":
         return cmd_bench(args)
+    if args.command == "bisect-run":
+        return cmd_bisect_run(args)
     if args.command == "doctor":
         from .doctor import run_doctor
 
