@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check host dependencies and print install commands")
     p.add_argument("--kernel", dest="kernels", action="append", default=None)
     p.add_argument("--no-kvm-probe", action="store_true", help="skip booting a KVM probe guest")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -315,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         from .doctor import run_doctor
 
-        return run_doctor(args.kernels[0] if args.kernels else None, probe_kvm=not args.no_kvm_probe)
+        return run_doctor(args.kernels[0] if args.kernels else None, probe_kvm=not args.no_kvm_probe, as_json=args.json)
     raise AssertionError(args.command)
 
 
