@@ -1,0 +1,181 @@
+"""Hostile input: hand-made, often malformed datagrams against the module.
+
+One row per datagram: the acks it must get (sequence number and errno, in
+order, and never more), the exact `link:` lines it must produce (the escaped
+text, which must decode back to the payload bytes) and the module's counters
+afterwards. After every row a well-formed message is still acked with 0 and
+printed. That no row splats or taints the kernel is checked for every guest
+test by the plugin.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from harness.config import GUEST_SCRIPTS
+from harness.dmesg import parse_link_lines
+from harness.plugin import KernelLogWindow, LoadedModule
+from harness.senders import PySender, SenderError
+from harness.vm import Guest
+
+sys.path.insert(0, str(GUEST_SCRIPTS))
+import nlframes  # guest_scripts is not a package
+from nlframes import (
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_NOOP,
+    NLMSG_OVERRUN,
+    encode_header,
+    encode_message,
+    expected_link_line,
+)
+
+EINVAL = errno.EINVAL
+REQ_ACK = NLM_F_REQUEST | NLM_F_ACK
+WAIT_MS = 300  # acks are queued synchronously inside sendmsg(); this only bounds a straggler
+
+
+def msg(payload: bytes, seq: int, type: int = 0, flags: int = REQ_ACK) -> bytes:
+    return bytes(encode_message(payload, type=type, flags=flags, seq=seq))
+
+
+@dataclass(frozen=True)
+class Row:
+    datagram: bytes
+    acks: list[tuple[int, int]]  # (seq, errno) in order
+    links: list[bytes] = field(default_factory=list)  # message bodies whose link: line must appear, in order
+    received: int = 0  # well-formed messages the module must count
+
+
+LONG = b"A" * (60 * 1024)
+CONTROLS = bytes(range(1, 0x20)) + b"\x7f"
+HIGH = bytes(range(0x80, 0x100))  # exactly print_max (128) bytes: no truncation
+ANSI = b"\x1b[31mRED\x1b[0m \x1b]0;title\x07 \x1b[2J\x1b[H\r\x08\x08done"
+PRINTF = b"%s%s%s%n%n%x%p%pK%.*s%c%%%d%lu%-99999s"
+NEWLINES = b"first\nlink:forged line\n<0>knetlink: fake\r\n"
+BACKSLASHES = b"a\\b\\\\c\\x41\\"
+
+ROWS: dict[str, Row] = {
+    # framing errors
+    "5-byte datagram": Row(b"\x01\x02\x03\x04\x05", [(0, EINVAL)]),
+    "15-byte datagram (seq present)": Row(encode_header(16, 0, REQ_ACK, seq=77)[:15], [(77, EINVAL)]),
+    "nlmsg_len 0": Row(encode_header(0, seq=11) + b"abcd", [(11, EINVAL)]),
+    "nlmsg_len 8 below header": Row(encode_header(8, seq=12) + b"abcdefgh", [(12, EINVAL)]),
+    "nlmsg_len 15 below header": Row(encode_header(15, seq=13) + b"abcd", [(13, EINVAL)]),
+    "nlmsg_len beyond datagram": Row(encode_header(100, seq=14) + b"hello\0\0\0", [(14, EINVAL)]),
+    "nlmsg_len 0xffffffff": Row(encode_header(0xFFFFFFFF, seq=15) + b"x" * 16, [(15, EINVAL)]),
+    # payload contents
+    "empty payload": Row(msg(b"", 20), [(20, 0)], [b""], 1),
+    "payload without NUL": Row(msg(b"hello", 21), [(21, 0)], [b"hello"], 1),
+    "NUL in the middle cuts": Row(msg(b"abc\0def", 22), [(22, 0)], [b"abc\0def"], 1),
+    "newlines cannot forge lines": Row(msg(NEWLINES, 23), [(23, 0)], [NEWLINES], 1),
+    "control characters": Row(msg(CONTROLS, 24), [(24, 0)], [CONTROLS], 1),
+    "high bytes": Row(msg(HIGH, 25), [(25, 0)], [HIGH], 1),
+    "ANSI escapes": Row(msg(ANSI, 26), [(26, 0)], [ANSI], 1),
+    "printf conversions": Row(msg(PRINTF, 27), [(27, 0)], [PRINTF], 1),
+    "backslashes": Row(msg(BACKSLASHES, 28), [(28, 0)], [BACKSLASHES], 1),
+    "60 KiB payload": Row(msg(LONG, 29), [(29, 0)], [LONG], 1),
+    # several messages per datagram
+    "three messages": Row(
+        msg(b"one", 31) + msg(b"two", 32, type=16, flags=0) + msg(b"three", 33, type=0xFFFF, flags=NLM_F_ACK),
+        [(31, 0), (32, 0), (33, 0)], [b"one", b"two", b"three"], 3),
+    "truncated second message": Row(
+        msg(b"first", 41) + encode_header(64, seq=42) + b"partial", [(41, 0), (42, EINVAL)], [b"first"], 1),
+    "bad middle message drops the rest": Row(
+        msg(b"first", 43) + encode_header(8, seq=44) + msg(b"never", 45), [(43, 0), (44, EINVAL)], [b"first"], 1),
+    "trailing bytes after a message ignored": Row(msg(b"tail", 46) + b"\x01" * 12, [(46, 0)], [b"tail"], 1),
+    # control types: no line, an ack only with NLM_F_ACK
+    "NOOP with ACK": Row(msg(b"x", 51, type=NLMSG_NOOP), [(51, 0)], [], 1),
+    "NOOP without ACK": Row(msg(b"x", 52, type=NLMSG_NOOP, flags=NLM_F_REQUEST), [], [], 1),
+    "DONE with ACK": Row(msg(b"x", 53, type=NLMSG_DONE), [(53, 0)], [], 1),
+    "DONE without ACK": Row(msg(b"x", 54, type=NLMSG_DONE, flags=0), [], [], 1),
+    "ERROR with ACK": Row(msg(b"\xea\xff\xff\xff", 55, type=NLMSG_ERROR), [(55, 0)], [], 1),
+    "ERROR without ACK": Row(msg(b"\xea\xff\xff\xff", 56, type=NLMSG_ERROR, flags=0), [], [], 1),
+    "OVERRUN with ACK": Row(msg(b"x", 57, type=NLMSG_OVERRUN), [(57, 0)], [], 1),
+    "reserved type 15 without ACK": Row(msg(b"x", 58, type=15, flags=NLM_F_REQUEST), [], [], 1),
+    "control then data": Row(
+        msg(b"c", 59, type=NLMSG_NOOP, flags=0) + msg(b"d", 60), [(60, 0)], [b"d"], 2),
+    # flags
+    "no flags at all": Row(msg(b"noflags", 61, flags=0), [(61, 0)], [b"noflags"], 1),
+    "ACK without REQUEST": Row(msg(b"ackonly", 62, flags=NLM_F_ACK), [(62, 0)], [b"ackonly"], 1),
+    "all flags": Row(msg(b"allflags", 63, flags=0xFFFF), [(63, 0)], [b"allflags"], 1),
+}
+
+
+def raw_full(sender: PySender, datagram: bytes, expect: int) -> list[dict[str, Any]]:
+    """Send one datagram; collect every ack that comes (full ack dicts)."""
+    reply = sender.request({"op": "raw", "hex": datagram.hex(), "expect": expect, "wait_ms": WAIT_MS})
+    if "acks" not in reply:
+        raise SenderError(f"sender error: {reply.get('error')}")
+    acks: list[dict[str, Any]] = reply["acks"]
+    return acks
+
+
+def module_stats(guest: Guest, name: str = "knetlink") -> dict[str, int]:
+    out = guest.run(f"grep . /sys/module/{name}/parameters/stat_*", check=True).output
+    stats = {}
+    for line in out.splitlines():
+        path, _, value = line.strip().rpartition(":")
+        stats[path.rsplit("/", 1)[-1].removeprefix("stat_")] = int(value)
+    return stats
+
+
+def link_texts(kernel_log: KernelLogWindow) -> list[str]:
+    return [t for t in kernel_log.texts() if t.startswith("link:")]
+
+
+@pytest.mark.parametrize("case", list(ROWS), ids=list(ROWS))
+def test_hostile_row(case: str, kmod: LoadedModule, kernel_log: KernelLogWindow, py_sender: PySender,
+                     guest: Guest) -> None:  # fmt: skip
+    row = ROWS[case]
+    # ask for one ack more than expected: an extra ack would show up, a missing one too
+    acks = raw_full(py_sender, row.datagram, expect=len(row.acks) + 1)
+    assert [a.get("type") for a in acks] == [NLMSG_ERROR] * len(acks), acks
+    assert [(a["seq"], a["error"]) for a in acks] == row.acks, f"{case}: acks {acks}"
+    for a in acks:
+        if a["error"] == EINVAL:
+            # sanitised header: the ack echoes 16 bytes, whatever nlmsg_len claimed
+            assert a["orig_len"] == 16, a
+
+    # the still-alive message after the row
+    alive = f"still alive after {case}"
+    assert [(a.seq, a.error) for a in py_sender.send(alive, seq=1000)] == [(1000, 0)]
+
+    want = [*row.links, alive.encode()]
+    texts = link_texts(kernel_log)
+    assert texts == [expected_link_line(b) for b in want], "\n".join(kernel_log.texts()[-20:])
+    decoded = parse_link_lines(kernel_log.lines())
+    assert [d.payload for d in decoded] == [nlframes.visible_payload(b)[:128] for b in want]
+    assert [d.truncated_bytes for d in decoded] == [max(0, len(nlframes.visible_payload(b)) - 128) for b in want]
+
+    stats = module_stats(guest)
+    errors = sum(1 for a in acks if a["error"])
+    assert stats == {"received": row.received + 1, "printed": len(want), "acked": len(acks) + 1,
+                     "errors": errors}, stats  # fmt: skip
+    if errors:
+        assert any("knetlink: malformed message at offset" in t for t in kernel_log.texts())
+
+
+def test_sixty_kib_is_one_truncated_line(kernel_log: KernelLogWindow, py_sender: PySender) -> None:
+    acks = raw_full(py_sender, msg(LONG, 7), expect=2)
+    assert [(a["seq"], a["error"]) for a in acks] == [(7, 0)]
+    [line] = link_texts(kernel_log)
+    assert line == "link:" + "A" * 128 + f"...[+{len(LONG) - 128} bytes]"
+    assert not any("WARNING" in t for t in kernel_log.texts())
+
+
+def test_zero_length_datagram_is_refused_by_the_kernel(kmod: LoadedModule, kernel_log: KernelLogWindow,
+                                                        py_sender: PySender, guest: Guest) -> None:  # fmt: skip
+    """sendto() of 0 bytes fails with ENODATA on these kernels: it never reaches the module."""
+    with pytest.raises(SenderError, match=r"\[Errno 61\] No data available"):
+        raw_full(py_sender, b"", expect=1)
+    assert [(a.seq, a.error) for a in py_sender.send("after zero length", seq=5)] == [(5, 0)]
+    assert link_texts(kernel_log) == ["link:after zero length"]
+    assert module_stats(guest) == {"received": 1, "printed": 1, "acked": 1, "errors": 0}
