@@ -1,0 +1,104 @@
+"""Property-based fuzzing inside the guest (guest_scripts/fuzz_frames.py, hypothesis).
+
+The guest script generates at least 10,000 datagrams, checks every ack
+against the module's rules and prints a JSON summary. The host then checks
+that the kernel log holds exactly the link: lines the script expected (same
+count, same text, same order), that the module's counters agree, and that the
+module still answers. A splat or new taint fails the test through the plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from typing import Any
+
+import pytest
+
+from harness.config import GUEST_SCRIPTS
+from harness.kernelops import GuestKernel
+from harness.plugin import KernelLogWindow, LoadedModule
+from harness.senders import PySender
+from harness.vm import Guest
+
+FRAMES = int(os.environ.get("KNH_FUZZ_FRAMES", "10000"))
+SCRIPT = GUEST_SCRIPTS / "fuzz_frames.py"
+
+
+def module_stats(guest: Guest, name: str = "knetlink") -> dict[str, int]:
+    out = guest.run(f"grep . /sys/module/{name}/parameters/stat_*", check=True).output
+    stats = {}
+    for line in out.splitlines():
+        path, _, value = line.strip().rpartition(":")
+        stats[path.rsplit("/", 1)[-1].removeprefix("stat_")] = int(value)
+    return stats
+
+
+def last_json(output: str) -> dict[str, Any]:
+    for line in reversed(output.splitlines()):
+        if line.startswith("{"):
+            summary: dict[str, Any] = json.loads(line)
+            return summary
+    raise AssertionError(f"no JSON summary from {SCRIPT.name}:\n{output[-3000:]}")
+
+
+def test_fuzz_frames(kmod: LoadedModule, kernel_log: KernelLogWindow, guest: Guest, guest_kernel: GuestKernel,
+                     py_sender: PySender, record_property: Any) -> None:  # fmt: skip
+    expect_file = guest_kernel.scratch / f"fuzz-expected-{secrets.token_hex(4)}.txt"
+    argv = [sys.executable, str(SCRIPT), "--proto", str(kmod.proto), "--examples", str(FRAMES),
+            "--expect-out", str(expect_file)]  # fmt: skip
+    if os.environ.get("KNH_FUZZ_SEED"):
+        argv += ["--seed", os.environ["KNH_FUZZ_SEED"]]
+    result = guest.run(argv, timeout=max(1800.0, FRAMES / 5))
+    summary = last_json(result.output)
+    record_property("fuzz_summary", summary)
+    print(f"fuzz: {summary['frames']} frames, {summary['messages']} messages, {summary['data_messages']} data, "
+          f"{summary['malformed']} malformed, acks {summary['acks_by_errno']}, {summary['frames_per_s']} frames/s, "
+          f"seed {summary['seed']}")  # fmt: skip
+    reproduce = f"KNH_FUZZ_SEED={summary['seed']} KNH_FUZZ_FRAMES={FRAMES}"
+    assert summary["violations"] == {}, f"{reproduce}: {json.dumps(summary, indent=1)}"
+    assert result.status == 0, result.output[-2000:]
+    assert summary["frames"] >= FRAMES
+    assert summary["malformed"] > 0 and summary["data_messages"] > 0  # both sides of the rules were exercised
+
+    try:
+        expected = expect_file.read_text(encoding="ascii").splitlines()
+    finally:
+        expect_file.unlink(missing_ok=True)
+    got = [t for t in kernel_log.texts() if t.startswith("link:")]
+    assert len(expected) == summary["data_messages"]
+    assert len(got) == len(expected), f"{reproduce}: {len(got)} link: lines, {len(expected)} data messages"
+    first_diff = next((i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if g != e), None)
+    assert first_diff is None, f"{reproduce}: line {first_diff}: got {got[first_diff]!r}, want {expected[first_diff]!r}"
+
+    acks = sum(summary["acks_by_errno"].values())
+    stats = module_stats(guest)
+    assert stats == {"received": summary["messages"] - summary["malformed"], "printed": summary["data_messages"],
+                     "acked": acks, "errors": summary["malformed"]}, (stats, summary)  # fmt: skip
+
+    assert [(a.seq, a.error) for a in py_sender.send("alive after fuzzing", seq=9)] == [(9, 0)]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_fuzz_model_on_host(seed: int) -> None:
+    """The script's rules agree with nlframes.split_messages on host-generated frames (no guest)."""
+    sys.path.insert(0, str(GUEST_SCRIPTS))
+    import fuzz_frames
+    import nlframes
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as hseed
+
+    @hseed(seed)
+    @settings(max_examples=300, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(fuzz_frames.datagram())
+    def check(data: bytes) -> None:
+        acks, links, messages = fuzz_frames.model(data)
+        msgs, rest = nlframes.split_messages(data)
+        assert messages == len(msgs) + (rest is not None)
+        assert sum(1 for _, e in acks if e) == (rest is not None)
+        assert len(links) == sum(1 for m in msgs if m[2] == 0 or m[2] >= 16)
+        assert len(acks) <= messages
+
+    check()
