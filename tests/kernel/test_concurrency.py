@@ -1,0 +1,127 @@
+"""Concurrency: parallel senders, and unloading/reloading the module under load.
+
+The guest-side loops are shell scripts written into the results directory
+(the only path the guest can write and the host can read), so a long loop is
+one console command. A splat or new taint fails the test through the plugin.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from harness.kernelops import GuestKernel
+from harness.plugin import KernelLogWindow, LoadedModule
+from harness.senders import CSender
+from harness.vm import Guest
+
+SENDERS = 8
+PER_SENDER = 1000
+CYCLES = 20
+HAMMERS = 3
+_SUMMARY = re.compile(r"^sent=(\d+) acked=(\d+) failed=(\d+) elapsed_us=(\d+)$", re.M)
+
+
+def scratch_dir(guest_kernel: GuestKernel, what: str) -> Path:
+    d = guest_kernel.scratch / f"{what}-{secrets.token_hex(4)}"
+    d.mkdir(parents=True)
+    return d
+
+
+def summaries(text: str) -> list[tuple[int, int, int]]:
+    return [(int(s), int(a), int(f)) for s, a, f, _ in _SUMMARY.findall(text)]
+
+
+def test_eight_senders_in_parallel(kmod: LoadedModule, kernel_log: KernelLogWindow, c_sender: CSender,
+                                   guest: Guest, guest_kernel: GuestKernel) -> None:  # fmt: skip
+    work = scratch_dir(guest_kernel, "parallel")
+    payloads = [f"par{i}-{secrets.token_hex(3)}" for i in range(SENDERS)]
+    lines = ["#!/bin/bash", f"cd {work}"]
+    for i, p in enumerate(payloads):
+        lines.append(f"{c_sender.binary} -p {kmod.proto} -n {PER_SENDER} -q -- {p} > out{i} 2> err{i} &")
+    lines += ["wait", "echo done"]
+    (work / "run.sh").write_text("\n".join(lines) + "\n")
+
+    result = guest.run(["bash", str(work / "run.sh")], timeout=900)
+    assert result.status == 0 and "done" in result.output, result.output
+    per_sender = []
+    for i in range(SENDERS):
+        out = (work / f"out{i}").read_text()
+        err = (work / f"err{i}").read_text()
+        assert summaries(out) == [(PER_SENDER, PER_SENDER, 0)], f"sender {i}: {out!r} {err!r}"
+        per_sender.append(summaries(out)[0])
+    assert sum(a for _, a, _ in per_sender) == SENDERS * PER_SENDER
+
+    links = kernel_log.links()
+    assert len(links) == SENDERS * PER_SENDER
+    assert Counter(links) == {p.encode(): PER_SENDER for p in payloads}
+
+
+@pytest.mark.module_params(proto=31)  # unassigned: a sender while unloaded cannot autoload crypto_user (21)
+def test_rmmod_insmod_while_senders_hammer(kmod: LoadedModule, kernel_log: KernelLogWindow, c_sender: CSender,
+                                           guest: Guest, guest_kernel: GuestKernel) -> None:  # fmt: skip
+    guest_kernel.ensure_not_host()
+    work = scratch_dir(guest_kernel, "reload")
+    params = " ".join(f"{k}={v}" for k, v in kmod.params.items())
+    send = f"{c_sender.binary} -p {kmod.proto}"
+    (work / "hammer.sh").write_text(f"""#!/bin/bash
+# one sender loop: short-lived senders (an open socket pins the module, so rmmod needs gaps)
+cd {work}
+while [ ! -e stop ]; do
+  {send} -n 20 -q -- "hammer$1" >> out$1 2>> err$1
+done
+""")
+    (work / "cycle.sh").write_text(f"""#!/bin/bash
+cd {work}
+for i in $(seq {HAMMERS}); do bash hammer.sh $i & done
+sleep 1
+ok=0
+for c in $(seq {CYCLES}); do
+  tries=0
+  until rmmod {kmod.name} 2>/dev/null; do
+    tries=$((tries + 1))
+    [ $tries -gt 3000 ] && {{ echo "rmmod never succeeded in cycle $c"; break; }}
+    sleep 0.01
+  done
+  echo "cycle $c rmmod after $tries retries"
+  sleep 0.2
+  insmod {kmod.path} {params} || {{ echo "insmod failed in cycle $c"; break; }}
+  sleep 0.2
+  ok=$((ok + 1))
+done
+touch stop
+wait
+echo "cycles ok: $ok"
+""")
+    result = guest.run(["bash", str(work / "cycle.sh")], timeout=1800)
+    assert f"cycles ok: {CYCLES}" in result.output, result.output[-3000:]
+
+    # the module is loaded again and answers
+    assert guest_kernel.loaded(kmod.name)
+    after = c_sender.send("after reload cycles")
+    assert [(a.seq, a.error) for a in after.acks] == [(1, 0)], after.output
+
+    runs = []
+    refused = 0
+    for i in range(1, HAMMERS + 1):
+        runs += summaries((work / f"out{i}").read_text())
+        refused += (work / f"err{i}").read_text().count("socket")
+    sent = sum(s for s, _, _ in runs)
+    acked = sum(a for _, a, _ in runs)
+    failed = sum(f for _, _, f in runs)
+    print(f"reload: {CYCLES} cycles, {len(runs)} sender runs, sent {sent}, acked {acked}, failed {failed}, "
+          f"{refused} runs refused a socket while unloaded")  # fmt: skip
+    assert acked > 0, "no sender ever got an ack"
+    assert failed == 0, "a sender that had a socket (which pins the module) missed an ack"
+    # every acked message was printed exactly once; nothing else was
+    links = kernel_log.links()
+    hammer = [ln for ln in links if ln.startswith(b"hammer")]
+    assert len(hammer) == acked, (len(hammer), acked, sent, failed)
+    assert links[-1] == b"after reload cycles"
+    texts = kernel_log.texts()
+    assert sum("knetlink: Init OK!" in t for t in texts) == CYCLES + 1  # the fixture's load + one per cycle
+    assert sum("knetlink: Release OK!" in t for t in texts) == CYCLES
