@@ -1,0 +1,104 @@
+"""Security: require_cap, and what the guest may touch on the host.
+
+With require_cap=1 a sender without CAP_NET_ADMIN gets an EPERM ack and
+nothing is logged; root (and only a holder of the capability) is served.
+The guest sees the host filesystem read-only except the results directory.
+(The host-kernel refusal is tested without a guest in tests/test_reliability.py.)
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from harness.config import GUEST_SCRIPTS
+from harness.kernelops import GuestKernel
+from harness.plugin import KernelLogWindow, LoadedModule
+from harness.senders import CSender
+from harness.vm import Guest
+
+NOBODY = "--reuid=65534 --regid=65534 --clear-groups"
+REPO = GUEST_SCRIPTS.parent
+
+
+def guest_copy(guest: Guest, binary: Path) -> str:
+    """A copy of the sender in the guest's own /tmp: the build cache under /root is not readable by nobody."""
+    dst = f"/tmp/knl_send-{secrets.token_hex(3)}"
+    guest.run(f"cp {binary} {dst} && chmod 755 {dst}", check=True)
+    return dst
+
+
+def send_as(guest: Guest, setpriv: str, sender: str, proto: int, message: str) -> tuple[int, str]:
+    result = guest.run(f"setpriv {setpriv} {sender} -p {proto} -- {message}")
+    return result.status, result.output.strip()
+
+
+def stats(guest: Guest) -> dict[str, int]:
+    out = guest.run("grep . /sys/module/knetlink/parameters/stat_*", check=True).output
+    return {ln.rpartition("/stat_")[2].split(":")[0]: int(ln.rpartition(":")[2]) for ln in out.split()}
+
+
+@pytest.mark.module_params(require_cap=1)
+def test_require_cap_unprivileged_gets_eperm_root_served(kmod: LoadedModule, kernel_log: KernelLogWindow,
+                                                         c_sender: CSender, guest: Guest) -> None:  # fmt: skip
+    assert guest.run("cat /sys/module/knetlink/parameters/require_cap").output.strip() == "Y"
+    sender = guest_copy(guest, c_sender.binary)
+    p = kmod.proto
+
+    # nobody, no capabilities
+    status, out = send_as(guest, f"{NOBODY} --inh-caps=-all", sender, p, "from-nobody")
+    assert (status, out) == (1, "ack seq=1 error=1"), out
+    # root without CAP_NET_ADMIN in its bounding set: it is the capability that counts, not the uid
+    status, out = send_as(guest, "--bounding-set=-net_admin", sender, p, "from-root-without-cap")
+    assert (status, out) == (1, "ack seq=1 error=1"), out
+    # nobody holding CAP_NET_ADMIN (ambient) is served
+    status, out = send_as(guest, f"{NOBODY} --inh-caps=+net_admin --ambient-caps=+net_admin", sender, p,
+                          "from-nobody-with-cap")  # fmt: skip
+    assert (status, out) == (0, "ack seq=1 error=0"), out
+    # root is served
+    result = c_sender.send("from-root")
+    assert [(a.seq, a.error) for a in result.acks] == [(1, 0)], result.output
+
+    kernel_log.assert_links(["from-nobody-with-cap", "from-root"])
+    assert not any("from-nobody" in t and "with-cap" not in t for t in kernel_log.texts())
+    assert stats(guest) == {"received": 4, "printed": 2, "acked": 4, "errors": 2}
+
+    # require_cap is 0644: switching it off at run time serves everybody again
+    guest.run("echo 0 > /sys/module/knetlink/parameters/require_cap", check=True)
+    status, out = send_as(guest, f"{NOBODY} --inh-caps=-all", sender, p, "nobody-after-switch")
+    assert (status, out) == (0, "ack seq=1 error=0"), out
+    assert kernel_log.links()[-1] == b"nobody-after-switch"
+
+
+def test_require_cap_off_by_default(kmod: LoadedModule, kernel_log: KernelLogWindow, c_sender: CSender,
+                                    guest: Guest) -> None:  # fmt: skip
+    assert guest.run("cat /sys/module/knetlink/parameters/require_cap").output.strip() == "N"
+    sender = guest_copy(guest, c_sender.binary)
+    status, out = send_as(guest, f"{NOBODY} --inh-caps=-all", sender, kmod.proto, "nobody-default")
+    assert (status, out) == (0, "ack seq=1 error=0"), out
+    kernel_log.assert_links(["nobody-default"])
+
+
+def test_host_filesystem_is_read_only_except_results(guest: Guest, guest_kernel: GuestKernel) -> None:
+    token = secrets.token_hex(6)
+    # under the repository (the host root as the guest sees it)
+    in_repo = REPO / f".knh-guest-write-{token}"
+    wrote = guest.run(f"echo {token} > {in_repo} && cat {in_repo}")
+    try:
+        assert not in_repo.exists(), "a file written in the guest under the repository reached the host"
+    finally:
+        in_repo.unlink(missing_ok=True)
+    # either the write failed (read-only mount) or it landed in the guest's throwaway overlay
+    print(f"guest write under the repo: status {wrote.status}, output {wrote.output.strip()!r}")
+
+    # the results directory is shared read-write
+    shared = guest_kernel.scratch / f"guest-write-{token}.txt"
+    try:
+        guest.run(f"echo {token} > {shared}", check=True)
+        assert shared.read_text().strip() == token
+        shared.write_text(f"host-{token}\n")
+        assert guest.run(["cat", str(shared)], check=True).output.strip() == f"host-{token}"
+    finally:
+        shared.unlink(missing_ok=True)
