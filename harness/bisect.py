@@ -157,13 +157,17 @@ def bisect_run(
     except KernelBuildError as e:
         notify(f"bisect-run: {head}: skip (125): the kernel did not build\n{e}")
         return EXIT_SKIP
-    except HarnessError as e:
+    except (HarnessError, OSError) as e:  # a missing tool, not a tree: nothing to do with the commit
         notify(f"bisect-run: {head}: abort ({EXIT_ABORT}): {e}")
         return EXIT_ABORT
     notify(f"bisect-run: {head}: kernel {kernel.release} ({kernel.image}); running pytest {' '.join(pytest_args)}")
     with tempfile.TemporaryDirectory(prefix="knh-bisect-") as tmp:
         junit = Path(tmp) / "junit.xml"
-        status = test(kernel, list(pytest_args), junit)
+        try:
+            status = test(kernel, list(pytest_args), junit)
+        except OSError as e:
+            notify(f"bisect-run: {head}: abort ({EXIT_ABORT}): could not run pytest: {e}")
+            return EXIT_ABORT
         code, reason = verdict(status, read_junit(junit), on_infra)
     notify(f"bisect-run: {head}: {reason} -> exit {code}")
     return code

@@ -34,10 +34,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import HarnessError
+from .errors import HarnessError, KernelNotFoundError, MissingDependencyError
 from .kernel import Kernel, image_release, resolve_kernel
 
 KIMG = Path("arch/x86/boot/bzImage")
+BUILD_TOOLS_HINT = "apt-get install build-essential flex bison bc libelf-dev libssl-dev zstd"
 LOCALVERSION = "-virtme"  # what `vng --build` passes to make
 
 # Symbol -> value the built kernel must have (checked in .config after configuration).
@@ -136,7 +137,11 @@ def run_logged(argv: Sequence[str], cwd: Path, log: Path) -> int:
     with log.open("a") as out:
         out.write(f"\n$ (cd {cwd} && {' '.join(argv)})\n")
         out.flush()
-        proc = subprocess.run(list(argv), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+        try:
+            proc = subprocess.run(list(argv), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+        except FileNotFoundError:
+            hint = "pip install virtme-ng" if "vng" in Path(argv[0]).name else BUILD_TOOLS_HINT
+            raise MissingDependencyError(argv[0], hint) from None
         return proc.returncode
 
 
@@ -309,8 +314,8 @@ def build_kernel(
 ) -> BuiltKernel:
     """Configure (if needed) and build `tree`; cached by tree state + config (see module docstring)."""
     tree = tree.resolve()
-    if not is_kernel_tree(tree):
-        raise KernelBuildError(f"{tree} is not a kernel source tree (no Makefile, Kconfig and arch/)")
+    if not is_kernel_tree(tree):  # not a build failure of this commit: bisect-run aborts on it
+        raise KernelNotFoundError(f"{tree} is not a kernel source tree (no Makefile, Kconfig and arch/)")
     options = options or BuildOptions()
     cache_root = cache_root or default_cache_root()
     record_path, log, lock, modules_root = _state_paths(tree, cache_root)
@@ -478,8 +483,6 @@ def resolve_kernel_spec(
     if spec and Path(spec).is_dir():
         path = Path(spec)
         if not is_kernel_tree(path):
-            from .errors import KernelNotFoundError
-
             raise KernelNotFoundError(
                 f"{spec} is a directory but not a kernel source tree (it needs Makefile, Kconfig and arch/); "
                 "name a release, a vmlinuz path or a tree"

@@ -122,6 +122,21 @@ def test_other_harness_error_while_building_aborts() -> None:
     assert run(build, fake_test(0, JUNIT_PASS)) == 128
 
 
+def test_not_a_kernel_tree_aborts(tmp_path: Path) -> None:
+    assert b.bisect_run(tmp_path, ["t.py"], build=lambda tree: build_kernel(tree, cache_root=tmp_path / "c"),
+                        test=fake_test(0, JUNIT_PASS), notify=lambda m: None) == 128  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_missing_vng_aborts(tmp_path: Path) -> None:
+    tree = make_fake_tree(tmp_path, git=False)
+    options = BuildOptions(vng=str(tmp_path / "no-such-vng"))
+    with pytest.raises(HarnessError, match="pip install virtme-ng"):
+        build_kernel(tree, options=options, cache_root=tmp_path / "c")
+    assert b.bisect_run(tree, ["t.py"], build=lambda t: build_kernel(t, options=options, cache_root=tmp_path / "c"),
+                        test=fake_test(0, JUNIT_PASS), notify=lambda m: None) == 128  # fmt: skip
+
+
 def test_read_junit_counts(tmp_path: Path) -> None:
     p = tmp_path / "j.xml"
     p.write_text(JUNIT_FAIL)
