@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
 from .errors import HarnessError, LostGuestError
-from .kernel import resolve_kernel
+from .kernel_build import resolve_kernel_spec
 from .session import KernelSession
 
 EXIT_HARNESS = 254
@@ -134,9 +134,10 @@ def _project_ini() -> dict[str, Any]:
 def open_session(cfg: HarnessConfig, out: Output) -> KernelSession:
     if len(cfg.kernels) > 1:
         raise HarnessError("this command takes one --kernel")
-    kernel = resolve_kernel(cfg.kernels[0] if cfg.kernels else None)
+    spec = cfg.kernels[0] if cfg.kernels else None
+    kernel = resolve_kernel_spec(spec, notify=out.progress)
     run_root = cfg.results_dir / time.strftime("cli-%Y%m%d-%H%M%S")
-    return KernelSession(cfg, kernel, run_root, notify=out.progress)
+    return KernelSession(cfg, kernel, run_root, notify=out.progress, spec=spec)
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -240,7 +241,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
     try:
         child = guest.console.child
         child.logfile_read = None
-        child.send("PS1='knh-guest# '\n")
+        # The harness shell runs without echo and line editing; a human gets both back.
+        child.send("stty echo; PS1='knh-guest# ' exec /bin/bash --norc --noprofile -i\n")
         child.interact(escape_character=None)
     finally:
         session.close()
@@ -258,7 +260,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_root = cfg.results_dir / time.strftime("bench-%Y%m%d-%H%M%S")
 
         def session_for(c: HarnessConfig) -> KernelSession:
-            kernel = resolve_kernel(c.kernels[0] if c.kernels else None)
+            kernel = resolve_kernel_spec(c.kernels[0] if c.kernels else None, notify=out.progress)
             return KernelSession(c, kernel, run_root, notify=out.progress)
 
         opts = BenchOptions(boots=args.boots, messages=args.messages, suite=not args.no_suite)

@@ -87,6 +87,7 @@ class QemuSpec:
     fresh_dirs: tuple[Path, ...]  # read-only, uncached: the host writes there during the run
     kernel_log: Path
     channel: Path | None = None  # unix socket of the virtio-serial data channel
+    mapped_dirs: tuple[tuple[Path, Path], ...] = ()  # (guest path, host path), read-only, uncached
     memory: str = "1G"
     cpus: int = 2
     name: str = "knh"
@@ -117,6 +118,9 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     for i, d in enumerate(spec.fresh_dirs):
         argv += ["-fsdev", f"local,id=knhro{i},path={d},security_model=none,readonly=on,multidevs=remap",
                  "-device", f"virtio-9p-pci,fsdev=knhro{i},mount_tag=knhro{i}"]  # fmt: skip
+    for i, (_, host) in enumerate(spec.mapped_dirs):
+        argv += ["-fsdev", f"local,id=knhmap{i},path={host},security_model=none,readonly=on,multidevs=remap",
+                 "-device", f"virtio-9p-pci,fsdev=knhmap{i},mount_tag=knhmap{i}"]  # fmt: skip
     if spec.channel is not None:
         argv += channel_qemu_args(spec.channel)
     args = [
@@ -124,6 +128,7 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
         f"knh.shell={spec.shell}", f"knh.cwd={spec.cwd}",
         "knh.rw=" + ",".join(str(d) for d in spec.rw_dirs),
         "knh.fresh=" + ",".join(str(d) for d in spec.fresh_dirs),
+        "knh.map=" + ",".join(str(guest) for guest, _ in spec.mapped_dirs),
     ]  # fmt: skip
     return [*argv, "-kernel", str(spec.image), "-initrd", str(spec.initrd), "-append", " ".join(args)]
 

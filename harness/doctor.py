@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .accel import kvm_device_usable, probe_kvm
 from .errors import HarnessError
-from .kernel import resolve_kernel
+from .kernel_build import resolve_kernel_spec
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def checks(kernel_spec: str | None, probe: bool) -> list[Check]:
         _python_module("hypothesis", f"{venv_bin} hypothesis"),
     ]
     try:
-        kernel = resolve_kernel(kernel_spec)
+        kernel = resolve_kernel_spec(kernel_spec)
         result.append(Check("kernel + headers", True, f"{kernel.release}: {kernel.image}, {kernel.build_dir}"))
     except HarnessError as e:
         kernel = None

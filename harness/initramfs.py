@@ -168,7 +168,9 @@ def build_initramfs(kernel: Kernel, init_script: Path, cache_root: Path, busybox
     busybox = busybox or shutil.which("busybox")
     if busybox is None:
         raise MissingDependencyError("busybox", "apt-get install busybox-static")
-    moddir = Path("/lib/modules") / kernel.release
+    from .kernel_build import modules_dir_for
+
+    moddir = modules_dir_for(kernel) or Path("/lib/modules") / kernel.release
     dep_file = moddir / "modules.dep"
     if not dep_file.exists():
         raise HarnessError(f"{dep_file} is missing: the fast engine needs the kernel's modules installed on the host")

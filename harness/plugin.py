@@ -29,7 +29,8 @@ from .checks import KernelVerdict, judge
 from .config import DEFAULT_MODULE_DIR, SETTINGS, HarnessConfig, module_params_dict, resolve
 from .dmesg import AllowEntry, KernelLine, load_allowlist, parse_link_lines
 from .errors import HarnessError
-from .kernel import Kernel, expand_kernel_specs, resolve_kernel
+from .kernel import Kernel, expand_kernel_specs
+from .kernel_build import resolve_kernel_spec
 from .kernelops import GuestKernel, LogMark
 from .kmod import BuiltModule
 from .senders import CSender, PySender
@@ -60,6 +61,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         else:
             group.addoption(s.option, dest=f"knh_{s.name}", default=None, help=s.help + extra)
             parser.addini(s.ini, s.help, default="")
+    group.addoption("--run-kernel-build", action="store_true", dest="run_kernel_build", default=False,
+                    help="also run tests marked kernel_build (build a kernel from source: tens of minutes) "
+                         "[env KNH_RUN_KERNEL_BUILD=1]")  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -67,6 +71,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "kernel: test boots a guest kernel (added automatically to tests using guest fixtures)"
     )
     config.addinivalue_line("markers", "module_params(**params): insmod parameters for the kmod fixture, e.g. proto=31")
+    config.addinivalue_line(
+        "markers", "kernel_build: builds a kernel from a source tree; opt-in with --run-kernel-build"
+    )
     options = {s.name: config.getoption(f"knh_{s.name}") for s in SETTINGS}
     ini = {s.ini: config.getini(s.ini) for s in SETTINGS}
     try:
@@ -111,11 +118,13 @@ class _KernelParam:
         return self.kernel.label if self.kernel else (self.spec or "default-kernel")
 
 
-def _kernel_params(cfg: HarnessConfig) -> list[_KernelParam]:
+def _kernel_params(config: pytest.Config) -> list[_KernelParam]:
+    cfg = config.stash[CONFIG_KEY]
     params = []
     for spec in expand_kernel_specs(cfg.kernels):
         try:
-            params.append(_KernelParam(spec, resolve_kernel(spec or None), None))
+            # A source tree is built here (once, then cached): say so, it takes minutes.
+            params.append(_KernelParam(spec, resolve_kernel_spec(spec or None, notify=_notify(config)), None))
         except HarnessError as e:
             params.append(_KernelParam(spec, None, str(e)))
     return params
@@ -123,7 +132,7 @@ def _kernel_params(cfg: HarnessConfig) -> list[_KernelParam]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "knh_kernel_session" in metafunc.fixturenames:
-        params = _kernel_params(metafunc.config.stash[CONFIG_KEY])
+        params = _kernel_params(metafunc.config)
         metafunc.parametrize("knh_kernel_session", params, indirect=True, scope="session",
                              ids=[p.label for p in params])  # fmt: skip
 
@@ -155,7 +164,7 @@ def knh_kernel_session(request: pytest.FixtureRequest, knh_config: HarnessConfig
     if param.error is not None or param.kernel is None:
         pytest.fail(f"kernel {param.spec or '(default)'} unusable: {param.error}", pytrace=False)
     session = KernelSession(knh_config, param.kernel, request.config.stash[RUN_ROOT_KEY],
-                            notify=_notify(request.config))  # fmt: skip
+                            notify=_notify(request.config), spec=param.spec)  # fmt: skip
     request.config.stash[SESSIONS_KEY].append(session)
     try:
         yield session
@@ -371,12 +380,12 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     return result
 
 
-def reproduce_command(item: pytest.Item, release: str | None) -> str:
+def reproduce_command(item: pytest.Item, kernel_spec: str | None) -> str:
     """One command that reruns this test on the same kernel, engine and parameters."""
     cfg = item.config.stash[CONFIG_KEY]
     argv = ["python", "-m", "pytest", item.nodeid]
-    if release:
-        argv += ["--kernel", release]
+    if kernel_spec:
+        argv += ["--kernel", kernel_spec]
     argv += ["--engine", cfg.engine, "--accel", cfg.accel]
     for p in cfg.module_params:
         argv += ["--module-param", p]
@@ -405,7 +414,7 @@ def pytest_runtest_makereport(
         return report
     state = item.stash.get(_STATE_KEY, None)
     session: KernelSession | None = state["session"] if state else None
-    release = session.kernel.release if session else None
+    kernel_spec = session.spec_for_reproduction if session else None
     lines = []
     if session is not None:
         directory = _artifact_dir(item, session.kernel.release)
@@ -423,7 +432,7 @@ def pytest_runtest_makereport(
             lines.append(f"console transcript: {last.paths.transcript}")
             lines.append(f"guest kernel console: {last.paths.kernel_log}")
         lines.append(f"kernel log of this test: {directory / 'kernel-window.log'}")
-    lines.append("reproduce: " + reproduce_command(item, release))
+    lines.append("reproduce: " + reproduce_command(item, kernel_spec))
     report.sections.append(("knetlink-harness", "\n".join(lines)))
     return report
 

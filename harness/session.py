@@ -21,6 +21,7 @@ from .config import GUEST_SCRIPTS, HarnessConfig
 from .errors import BootError, MissingDependencyError
 from .initramfs import build_initramfs, cached_vmlinux
 from .kernel import Kernel
+from .kernel_build import modules_dir_for
 from .kernelops import GuestKernel
 from .kmod import BuiltModule, build_module, default_cache_root
 from .vm import Guest, Launch, new_guest_name
@@ -66,11 +67,13 @@ class KernelSession:
         run_root: Path,
         *,
         notify: Notify = _silent,
+        spec: str | None = None,
     ) -> None:
         self.config = config
         self.kernel = kernel
         self.run_root = run_root
         self.notify = notify
+        self.spec = spec  # what the user named (release, image path or tree), if anything
         self.stats = BootStats()
         self._builds: dict[ModuleSource, BuiltModule] = {}
         self._accel: AccelDecision | None = None
@@ -82,6 +85,15 @@ class KernelSession:
     @property
     def results_dir(self) -> Path:
         return self.config.results_dir.resolve()
+
+    @property
+    def spec_for_reproduction(self) -> str:
+        """A --kernel value naming this kernel: the user's spec, else the release if installed, else the image."""
+        if self.spec and self.spec != "all":
+            return self.spec
+        if Path(f"/boot/vmlinuz-{self.kernel.release}").exists():
+            return self.kernel.release
+        return str(self.kernel.image)
 
     def default_source(self) -> ModuleSource:
         return ModuleSource(self.config.module_dir.resolve(), self.config.make_targets)
@@ -110,6 +122,7 @@ class KernelSession:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         channel = Path(tempfile.mkdtemp(prefix="knh-")) / "channel.sock"  # unix socket paths must be short
         shell = GUEST_SCRIPTS / "guest-shell"
+        tree_modules = modules_dir_for(self.kernel)
         if self.config.engine == "qemu":
             qemu = shutil.which("qemu-system-x86_64")
             if qemu is None:
@@ -123,13 +136,16 @@ class KernelSession:
                 rw_dirs=(self.results_dir,), fresh_dirs=(cache,), kernel_log=run_dir / "kernel.log",
                 channel=channel, memory=self.config.memory, cpus=self.config.cpus, name=name,
                 cwd=Path(os.getcwd()), qemu=qemu,
+                mapped_dirs=((Path("/lib/modules") / self.kernel.release, tree_modules),) if tree_modules else (),
             ))  # fmt: skip
         else:
             argv = vng_argv(VngSpec(
                 kernel=self.kernel, accel=accel, shell=shell, rw_dirs=(self.results_dir,),
                 image=cached_vmlinux(self.kernel, default_cache_root()),
                 memory=self.config.memory, cpus=self.config.cpus, name=name, vng=vng_executable(),
-                extra_args=tuple(f"--qemu-opts={a}" for a in channel_qemu_args(channel)),
+                extra_args=tuple(f"--qemu-opts={a}" for a in channel_qemu_args(channel))
+                # A kernel built from a tree has its modules in the cache, not in /lib/modules.
+                + ((f"--rodir=/lib/modules/{self.kernel.release}={tree_modules}",) if tree_modules else ()),
             ))  # fmt: skip
         return Launch(tuple(argv), name, self.kernel.release, accel, self.config.engine, channel)
 
