@@ -68,12 +68,14 @@ def private_session(knh_kernel_session: KernelSession, tmp_path: Path) -> Iterat
 # -- (a) Ctrl-C or a crashed pytest leaves no QEMU process ---------------------
 
 BOOTER = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
     from harness.config import resolve
     from harness.kernel import resolve_kernel
     from harness.session import KernelSession
 
+    # Ctrl-C semantics even when the test run itself ignores SIGINT (started in the background)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     release, engine, accel, results, run_root = sys.argv[1:6]
     cfg = resolve({"engine": engine, "accel": accel, "results_dir": results}, environ={})
     session = KernelSession(cfg, resolve_kernel(release), Path(run_root), notify=lambda m: print(m, flush=True))
