@@ -15,7 +15,7 @@ def spec(**kw: object) -> VngSpec:
 def test_tcg_argv_is_exact() -> None:
     assert vng_argv(spec(blacklist=())) == [
         "vng", "--run", "/boot/vmlinuz-6.1.0-56-amd64", "--name", "knh-1", "--memory", "1G", "--cpus", "2",
-        "--shell", "/g/guest-shell", "--force-9p", "--append", "panic=-1 loglevel=7 log_buf_len=8M",
+        "--shell", "/g/guest-shell", "--force-9p", "--append", "panic=-1 loglevel=5 log_buf_len=8M",
         "--qemu-opts=-no-reboot", "--disable-kvm", "--rwdir", "/r",
     ]  # fmt: skip
 
@@ -42,7 +42,7 @@ def test_shell_join_quotes_metacharacters() -> None:
 def test_blacklist_and_image_override() -> None:
     argv = vng_argv(spec(blacklist=("kvm", "ahci"), image=Path("/c/vmlinux")))
     assert argv[argv.index("--run") + 1] == "/c/vmlinux"
-    assert argv[argv.index("--append") + 1] == "panic=-1 loglevel=7 log_buf_len=8M module_blacklist=kvm,ahci"
+    assert argv[argv.index("--append") + 1] == "panic=-1 loglevel=5 log_buf_len=8M module_blacklist=kvm,ahci"
 
 
 def test_qemu_engine_argv() -> None:
