@@ -113,7 +113,9 @@ class Console:
             note = (
                 "the command was interrupted; the guest is usable" if recovered else "the guest did not answer Ctrl-C"
             )
-            raise CommandTimeout(f"{e.args[0].splitlines()[0]} ({note})", console_tail=self.tail()) from None
+            err = CommandTimeout(f"{e.args[0].splitlines()[0]} ({note})", console_tail=self.tail())
+            err.recovered = recovered
+            raise err from None
         return CommandResult(command, status, output, time.monotonic() - start)
 
     def start(self, command: str) -> None:

@@ -81,6 +81,8 @@ class LostGuestError(GuestError):
 class CommandTimeout(GuestError):
     """A guest command did not return to the prompt in time."""
 
+    recovered: bool = True  # False: Ctrl-C did not bring the prompt back, the guest is unusable
+
 
 class GuestCommandError(HarnessError):
     """A guest command exited non-zero where success was required."""

@@ -67,6 +67,8 @@ class GuestKernel:
         self.guest.run(f"dmesg -r > {path}", check=True)
         try:
             return parse_lines(path.read_text(errors="replace"))
+        except OSError as e:
+            raise HarnessError(f"the guest's kernel log copy {path} is unreadable: {e}") from None
         finally:
             path.unlink(missing_ok=True)
 

@@ -27,7 +27,7 @@ import pytest
 
 from .checks import KernelVerdict, judge
 from .config import DEFAULT_MODULE_DIR, SETTINGS, HarnessConfig, module_params_dict, resolve
-from .dmesg import AllowEntry, KernelLine, load_allowlist, parse_link_lines
+from .dmesg import AllowEntry, KernelLine, SplatReport, load_allowlist, parse_lines, parse_link_lines, scan_splats
 from .errors import HarnessError
 from .kernel import Kernel, expand_kernel_specs
 from .kernel_build import resolve_kernel_spec
@@ -309,7 +309,10 @@ def _knh_kernel_watch(request: pytest.FixtureRequest) -> Iterator[None]:
     session: KernelSession = request.getfixturevalue("knh_kernel_session")
     try:
         ops = session.ops()
-        state = {"session": session, "ops": ops, "mark": ops.mark(), "taint": ops.taint()}
+        guest = ops.guest
+        klog = guest.paths.kernel_log
+        state = {"session": session, "ops": ops, "mark": ops.mark(), "taint": ops.taint(), "guest": guest,
+                 "klog_offset": klog.stat().st_size if klog.exists() else 0}  # fmt: skip
     except HarnessError:
         yield  # the guest fixture itself reports the boot failure
         return
@@ -416,25 +419,57 @@ def pytest_runtest_makereport(
     session: KernelSession | None = state["session"] if state else None
     kernel_spec = session.spec_for_reproduction if session else None
     lines = []
-    if session is not None:
-        directory = _artifact_dir(item, session.kernel.release)
-        directory.mkdir(parents=True, exist_ok=True)
-        kernel_lines = list(state.get("lines", [])) if state else []
-        guest = session.current_guest
-        if guest is not None and guest.alive and state is not None:
-            try:
-                kernel_lines += state["ops"].lines_since(state["mark"])
-            except HarnessError:
-                pass
-        (directory / "kernel-window.log").write_text("".join(ln.raw + "\n" for ln in kernel_lines))
-        last = guest or session.last_guest
-        if last is not None:
-            lines.append(f"console transcript: {last.paths.transcript}")
-            lines.append(f"guest kernel console: {last.paths.kernel_log}")
-        lines.append(f"kernel log of this test: {directory / 'kernel-window.log'}")
+    try:
+        if session is not None and state is not None:
+            lines += _collect_artifacts(item, session, state)
+    except Exception as e:  # never let evidence gathering hide the test's own failure
+        lines.append(f"(collecting artifacts failed: {type(e).__name__}: {e})")
     lines.append("reproduce: " + reproduce_command(item, kernel_spec))
     report.sections.append(("knetlink-harness", "\n".join(lines)))
     return report
+
+
+def _dead_guest_splats(item: pytest.Item, state: dict[str, Any]) -> SplatReport | None:
+    """Splats the dead guest's kernel printed on its console during this test (the only record left)."""
+    guest: Guest = state["guest"]
+    if guest.alive:
+        return None
+    try:
+        with guest.paths.kernel_log.open("rb") as f:
+            f.seek(state["klog_offset"])
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    report = scan_splats(parse_lines(text), _allowlist(item.config))
+    record = item.config.stash[SPLATS_KEY]
+    for splat in report.failures:
+        record.append({"test": item.nodeid, "kernel": state["session"].kernel.release, "phase": "guest died",
+                       "kind": splat.kind, "fingerprint": splat.fingerprint, "allowed": False})  # fmt: skip
+    return report
+
+
+def _collect_artifacts(item: pytest.Item, session: KernelSession, state: dict[str, Any]) -> list[str]:
+    """Write this test's kernel log window next to the run's logs; return the report lines."""
+    directory = _artifact_dir(item, session.kernel.release)
+    directory.mkdir(parents=True, exist_ok=True)
+    kernel_lines = list(state.get("lines", []))
+    guest = session.current_guest
+    if guest is not None and guest.alive:
+        try:
+            kernel_lines += state["ops"].lines_since(state["mark"])
+        except HarnessError:
+            pass
+    (directory / "kernel-window.log").write_text("".join(ln.raw + "\n" for ln in kernel_lines))
+    lines = []
+    dead = _dead_guest_splats(item, state)
+    if dead is not None and dead.failures:
+        lines.append(f"the guest died; its kernel console shows:\n{dead.summary()}")
+    last = guest or session.last_guest
+    if last is not None:
+        lines.append(f"console transcript: {last.paths.transcript}")
+        lines.append(f"guest kernel console: {last.paths.kernel_log}")
+    lines.append(f"kernel log of this test: {directory / 'kernel-window.log'}")
+    return lines
 
 
 def summary_dict(config: pytest.Config) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import pexpect
 from .channel import FIND_PORT, Channel, ChannelError
 from .cmdline import CHANNEL_NAME, shell_join
 from .console import CommandResult, Console
-from .errors import BootError, GuestCommandError, GuestError, LostGuestError
+from .errors import BootError, CommandTimeout, GuestCommandError, GuestError, LostGuestError
 
 _PR_SET_PDEATHSIG = 1
 
@@ -187,6 +187,11 @@ class Guest:
         text = command if isinstance(command, str) else shell_join(command)
         try:
             result = self.console.run(text, timeout or self.command_timeout)
+        except CommandTimeout as e:
+            if not e.recovered:
+                # The console is out of step with the shell: nothing it says can be trusted now.
+                self.dead_reason = "unresponsive after a command timeout"
+            raise
         except LostGuestError as e:
             self.dead_reason = "QEMU exited"
             raise LostGuestError(
