@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,47 +140,49 @@ def open_session(cfg: HarnessConfig, out: Output) -> KernelSession:
     return KernelSession(cfg, kernel, run_root, notify=out.progress, spec=spec)
 
 
-def cmd_exec(args: argparse.Namespace) -> int:
+def run_with_session(args: argparse.Namespace, body: Callable[[KernelSession, Output], int]) -> int:
+    """Open a session from the arguments, run `body`, map harness failures to exit codes, clean up."""
     out = Output(args.quiet)
-    argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if not argv:
-        out.error("exec needs a command: python -m harness exec [options] -- CMD [ARG...]")
-        return 2
     try:
-        cfg = config_from_args(args)
-        session = open_session(cfg, out)
+        session = open_session(config_from_args(args), out)
     except HarnessError as e:
         out.error(str(e))
         return EXIT_HARNESS
     try:
-        try:
-            if not args.no_module:
-                build = session.build()
-            ops = session.ops()
-            if not args.no_module:
-                ops.insmod(build.module(), module_params_dict(cfg.module_params))
-                out.progress(f"loaded {build.module().name}")
-        except HarnessError as e:
-            out.error(str(e))
-            return EXIT_HARNESS
-        try:
-            result = session.guest().run(argv, timeout=cfg.command_timeout)
-        except LostGuestError as e:
-            out.error(str(e))
-            return EXIT_GUEST_DIED
-        except HarnessError as e:
-            out.error(str(e))
-            return EXIT_HARNESS
+        return body(session, out)
+    except LostGuestError as e:
+        out.error(str(e))
+        return EXIT_GUEST_DIED
+    except HarnessError as e:
+        out.error(str(e))
+        return EXIT_HARNESS
+    finally:
+        session.close()
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        Output(args.quiet).error("exec needs a command: python -m harness exec [options] -- CMD [ARG...]")
+        return 2
+
+    def body(session: KernelSession, out: Output) -> int:
+        build = None if args.no_module else session.build()  # a build failure should not cost a boot
+        ops = session.ops()
+        if build is not None:
+            ops.insmod(build.module(), module_params_dict(session.config.module_params))
+            out.progress(f"loaded {build.module().name}")
+        result = session.guest().run(argv, timeout=session.config.command_timeout)
         sys.stdout.write(result.output)
         sys.stdout.flush()
         if args.dmesg:
             sys.stdout.write("--- guest kernel log ---\n")
             sys.stdout.write("".join(line.raw + "\n" for line in ops.log()))
         return result.status
-    finally:
-        session.close()
+
+    return run_with_session(args, body)
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
@@ -188,18 +190,11 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from .dmesg import parse_link_lines
     from .senders import CSender
 
-    out = Output(args.quiet)
-    try:
-        cfg = config_from_args(args)
-        session = open_session(cfg, out)
-    except HarnessError as e:
-        out.error(str(e))
-        return EXIT_HARNESS
-    try:
+    def body(session: KernelSession, out: Output) -> int:
         build = session.build()
         ops = session.ops()
         mark = ops.mark()
-        params = {"proto": "21", **module_params_dict(cfg.module_params)}
+        params = {"proto": "21", **module_params_dict(session.config.module_params)}
         ops.insmod(build.module(), params)
         sender = CSender(session.guest(), build.directory / "sender" / "knl_send", int(params["proto"]))
         sent = sender.send("hello world!")
@@ -215,14 +210,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
         ok = sent.status == 0 and [a.error for a in sent.acks] == [0] and links == [b"hello world!"]
         print("seed scenario: " + ("OK" if ok else "FAILED"))
         return 0 if ok else 1
-    except LostGuestError as e:
-        out.error(str(e))
-        return EXIT_GUEST_DIED
-    except HarnessError as e:
-        out.error(str(e))
-        return EXIT_HARNESS
-    finally:
-        session.close()
+
+    return run_with_session(args, body)
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
