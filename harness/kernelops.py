@@ -60,11 +60,14 @@ class GuestKernel:
         self.guest.run(f"echo {text} > /dev/kmsg", check=True)
         return LogMark(text)
 
-    def log(self) -> list[KernelLine]:
-        """The whole kernel log of the guest, parsed."""
+    def log(self, since: LogMark | None = None) -> list[KernelLine]:
+        """The kernel log of the guest, parsed: all of it, or from the line holding `since` on."""
         self.scratch.mkdir(parents=True, exist_ok=True)
         path = self.scratch / f"dmesg-{self._token}-{next(self._counter)}.txt"
-        self.guest.run(f"dmesg -r > {path}", check=True)
+        # Marks are [a-z0-9:-] only, so they are safe in a sed address; cutting in the guest
+        # keeps the copy small however long the log has grown (fuzzing writes ~20k lines).
+        cut = f" | sed -n '\\|{since.text}$|,$p'" if since is not None else ""
+        self.guest.run(f"dmesg -r{cut} > {path}", check=True)
         try:
             return parse_lines(path.read_text(errors="replace"))
         except OSError as e:
@@ -74,7 +77,7 @@ class GuestKernel:
 
     def lines_since(self, mark: LogMark) -> list[KernelLine]:
         """Kernel log lines after `mark` (the mark line itself excluded)."""
-        return lines_after_mark(self.log(), mark)
+        return lines_after_mark(self.log(since=mark), mark)
 
     # -- taint -----------------------------------------------------------------
     def taint(self) -> int:

@@ -62,7 +62,10 @@ class PySender:
         self._channel: Channel | None = None
 
     def _ensure(self) -> Channel:
-        if self._channel is None or self.guest.channel_owner != self._owner or not self.guest.channel_program_running:
+        running = self.guest.channel if self.guest.channel_owner == self._owner else None
+        if running is not None and self.guest.channel_program_running:
+            self._channel = running  # the sender an earlier test started: reuse it
+        else:
             argv = [self.python, str(self.script), "--proto", str(self.proto), "persistent"]
             self._channel = self.guest.start_on_channel(argv, READY, stderr=self.stderr, owner=self._owner, timeout=180)
         return self._channel

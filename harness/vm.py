@@ -244,6 +244,11 @@ class Guest:
             self.run(f"kill {pid} 2>/dev/null; wait {pid} 2>/dev/null; true")
 
     @property
+    def channel(self) -> Channel | None:
+        """The host end of the data channel, once a program was started on it."""
+        return self._channel
+
+    @property
     def channel_program_running(self) -> bool:
         return self._channel_pid is not None
 
