@@ -285,3 +285,12 @@ def test_nl_send_send_exits_2_without_module():
     assert proc.returncode == 2
     assert proc.stdout == ''
     assert 'socket:' in proc.stderr
+
+
+@given(st.binary(max_size=300))
+def test_guest_and_host_escaping_agree(data):
+    """nlframes (guest side, cannot import the harness) and harness.dmesg escape identically."""
+    from harness.dmesg import escape_payload, unescape_payload
+
+    assert nf.escape_payload(data) == escape_payload(data)
+    assert unescape_payload(nf.escape_payload(data)) == data
