@@ -118,27 +118,6 @@ class Console:
             raise err from None
         return CommandResult(command, status, output, time.monotonic() - start)
 
-    def start(self, command: str) -> None:
-        """Start a foreground command without waiting for the prompt."""
-        check_command(command)
-        self.child.send(command + "\n")
-
-    def send_line(self, line: str) -> None:
-        check_command(line)
-        self.child.send(line + "\n")
-
-    def expect_line(self, pattern: str, timeout: float, what: str) -> re.Match[str]:
-        """Wait for a full output line matching `pattern`; a prompt first means the command ended."""
-        line_re = re.compile(rf"({pattern})\r*\n")
-        idx = self._expect([line_re, self.prompt_re, pexpect.TIMEOUT], timeout, what)
-        if idx == 1:
-            raise HarnessError(f"command ended while {what}: {normalize_output(str(self.child.before))[-2000:]}")
-        if idx == 2:
-            raise CommandTimeout(f"timed out after {timeout:.1f} s {what}", console_tail=self.tail())
-        match = self.child.match
-        assert isinstance(match, re.Match)
-        return match
-
     def interrupt(self, timeout: float = 5.0) -> bool:
         """Send Ctrl-C; True when the prompt came back."""
         self.child.send("\x03")
