@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+# shellcheck source=/dev/null
 . /etc/os-release
 
-# shellcheck: actionlint runs it on the workflow's shell steps (tests/test_workflow.py).
+# The shellcheck package: actionlint runs it on the workflow's shell steps (tests/test_workflow.py).
 PKGS="qemu-system-x86 busybox-static build-essential kmod bpftrace cpio zstd python3-venv shellcheck"
 case "${ID:-}" in
   debian)
