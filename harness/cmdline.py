@@ -48,6 +48,15 @@ class VngSpec:
     blacklist: tuple[str, ...] = GUEST_NOISE_MODULES
 
 
+def vng_executable() -> str:
+    """virtme-ng from the running interpreter's environment, else from PATH."""
+    import shutil
+    import sys
+
+    local = Path(sys.executable).parent / "vng"
+    return str(local) if local.exists() else (shutil.which("vng") or "vng")
+
+
 def vng_argv(spec: VngSpec) -> list[str]:
     """The argv that boots `spec` with an interactive shell on the console.
 

@@ -34,8 +34,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cmdline import vng_executable
 from .errors import HarnessError, KernelNotFoundError, MissingDependencyError
 from .kernel import Kernel, image_release, resolve_kernel
+from .kmod import default_cache_root
 
 KIMG = Path("arch/x86/boot/bzImage")
 BUILD_TOOLS_HINT = "apt-get install build-essential flex bison bc libelf-dev libssl-dev zstd"
@@ -201,12 +203,6 @@ class BuildOptions:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def vng_executable() -> str:
-    from .session import vng_executable as find
-
-    return find()
-
-
 def is_kernel_tree(path: Path) -> bool:
     """A directory that looks like a Linux source tree (Makefile, Kconfig, arch/)."""
     return path.is_dir() and (path / "Makefile").is_file() and (path / "Kconfig").is_file() and (path / "arch").is_dir()
@@ -244,12 +240,6 @@ def tree_state(tree: Path) -> str:
 
 def cache_key(tree: Path, options: BuildOptions) -> str:
     return f"{tree_state(tree)}|config:{options.fingerprint()}"
-
-
-def default_cache_root() -> Path:
-    from .kmod import default_cache_root as root
-
-    return root()
 
 
 @dataclass(frozen=True)

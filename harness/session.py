@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .accel import AccelDecision, choose_accel
-from .cmdline import QemuSpec, VngSpec, channel_qemu_args, qemu_argv, vng_argv
+from .cmdline import QemuSpec, VngSpec, channel_qemu_args, qemu_argv, vng_argv, vng_executable
 from .config import GUEST_SCRIPTS, HarnessConfig
 from .errors import BootError, MissingDependencyError
 from .initramfs import build_initramfs, cached_vmlinux
@@ -31,15 +31,6 @@ Notify = Callable[[str], None]
 
 def _silent(_: str) -> None:
     pass
-
-
-def vng_executable() -> str:
-    """virtme-ng from the running interpreter's environment, else from PATH."""
-    import shutil
-    import sys
-
-    local = Path(sys.executable).parent / "vng"
-    return str(local) if local.exists() else (shutil.which("vng") or "vng")
 
 
 @dataclass(frozen=True)

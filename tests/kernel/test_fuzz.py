@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 import pytest
+from knetlink_stats import module_stats  # tests/kernel/knetlink_stats.py
 
 from harness.config import GUEST_SCRIPTS
 from harness.kernelops import GuestKernel
@@ -25,15 +26,6 @@ from harness.vm import Guest
 
 FRAMES = int(os.environ.get("KNH_FUZZ_FRAMES", "10000"))
 SCRIPT = GUEST_SCRIPTS / "fuzz_frames.py"
-
-
-def module_stats(guest: Guest, name: str = "knetlink") -> dict[str, int]:
-    out = guest.run(f"grep . /sys/module/{name}/parameters/stat_*", check=True).output
-    stats = {}
-    for line in out.splitlines():
-        path, _, value = line.strip().rpartition(":")
-        stats[path.rsplit("/", 1)[-1].removeprefix("stat_")] = int(value)
-    return stats
 
 
 def last_json(output: str) -> dict[str, Any]:

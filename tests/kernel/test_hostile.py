@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from knetlink_stats import module_stats  # tests/kernel/knetlink_stats.py
 
 from harness.config import GUEST_SCRIPTS
 from harness.dmesg import parse_link_lines
@@ -116,15 +117,6 @@ def raw_full(sender: PySender, datagram: bytes, expect: int) -> list[dict[str, A
         raise SenderError(f"sender error: {reply.get('error')}")
     acks: list[dict[str, Any]] = reply["acks"]
     return acks
-
-
-def module_stats(guest: Guest, name: str = "knetlink") -> dict[str, int]:
-    out = guest.run(f"grep . /sys/module/{name}/parameters/stat_*", check=True).output
-    stats = {}
-    for line in out.splitlines():
-        path, _, value = line.strip().rpartition(":")
-        stats[path.rsplit("/", 1)[-1].removeprefix("stat_")] = int(value)
-    return stats
 
 
 def link_texts(kernel_log: KernelLogWindow) -> list[str]:
