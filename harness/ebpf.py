@@ -52,6 +52,11 @@ BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
 
 DEFAULT_ATTACH_TIMEOUT = 180.0  # compiling and attaching under TCG on a busy host took 25 s
 DEFAULT_STOP_TIMEOUT = 60.0
+# bpftrace (0.17 at least) leaves its poll loop only when epoll_wait() returns EINTR.
+# A SIGINT that lands while it is between two epoll_wait() calls sets its exit flag
+# but interrupts nothing, and a program that prints nothing more then runs forever.
+# A clean stop takes ~0.6 s under TCG, so SIGINT is sent again this often until it exits.
+SIGINT_RESEND_S = 3.0
 _POLL_S = 0.1
 
 
@@ -376,6 +381,8 @@ class BpfTrace:
         self.rcfile = base.with_suffix(".rc")
         self.pid: int | None = None
         self.attach_s: float | None = None
+        self.stop_s: float | None = None  # first SIGINT to exit, seconds
+        self.sigints = 0  # SIGINTs it took (more than one: see SIGINT_RESEND_S)
         self.results: BpfResults | None = None
 
     # -- files the guest writes ---------------------------------------------------
@@ -421,6 +428,21 @@ class BpfTrace:
                 raise self._fail(f"not attached after {timeout:.0f} s (killed)")
             time.sleep(_POLL_S)
 
+    def _sigint(self) -> None:
+        self.sigints += 1
+        self.runner.guest.run(f"kill -INT {self.pid} 2>/dev/null")
+
+    def _process_state(self) -> str:
+        """Where a bpftrace that does not stop sits: scheduler state, wait channel, kernel stack."""
+        if self.pid is None or not self.runner.guest.alive:
+            return ""
+        d = f"/proc/{self.pid}"
+        result = self.runner.guest.run(
+            f"grep -E '^(State|SigPnd|ShdPnd|SigBlk|SigCgt):' {d}/status; echo wchan: $(cat {d}/wchan); "
+            f"echo syscall: $(cat {d}/syscall); cat {d}/stack",
+        )
+        return f"--- bpftrace process {self.pid} before the kill ---\n{result.output.strip()}"
+
     def kill(self) -> None:
         if self.pid is not None and self.runner.guest.alive:
             self.runner.guest.run(f"kill -KILL {self.pid} 2>/dev/null")
@@ -436,13 +458,21 @@ class BpfTrace:
                 self.pid = int(text) if text.isdigit() else None
             if self.pid is None:
                 raise self._fail(f"no pid in {self.pidfile}: cannot stop it")
-            self.runner.guest.run(f"kill -INT {self.pid} 2>/dev/null")
-            deadline = time.monotonic() + timeout
+            start = last_sigint = time.monotonic()
+            self._sigint()
             while self.exit_status() is None:
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now - start > timeout:
+                    state = self._process_state()
                     self.kill()
-                    raise self._fail(f"still running {timeout:.0f} s after SIGINT (killed)")
+                    raise self._fail(
+                        f"still running {timeout:.0f} s after the first of {self.sigints} SIGINTs (killed)\n{state}"
+                    )
+                if now - last_sigint >= SIGINT_RESEND_S:
+                    last_sigint = now
+                    self._sigint()
                 time.sleep(_POLL_S)
+            self.stop_s = time.monotonic() - start
         self.runner._forget(self)
         status = self.exit_status()
         if died_before is not None:
@@ -527,10 +557,14 @@ class BpfRunner:
             argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
         q = shlex.quote
         # Inner subshell: records bpftrace's pid and, when it ends, its exit status.
+        # Its own output goes nowhere: a non-interactive bash reports a killed child
+        # ("line 1: 123 Killed ...") on its stderr, which would otherwise land on the
+        # console in the middle of a later command's output.
         # Outer subshell: keeps the job out of the interactive shell's job table (no "[1] 123").
         command = (
             f"( ( {shlex.join(argv)} > {q(str(trace.out))} 2> {q(str(trace.err))} & "
-            f"echo $! > {q(str(trace.pidfile))}; wait $!; echo $? > {q(str(trace.rcfile))} ) & )"
+            f"echo $! > {q(str(trace.pidfile))}; wait $!; echo $? > {q(str(trace.rcfile))} ) "
+            "> /dev/null 2>&1 & )"
         )
         self.guest.run(command, check=True)
         self._running.append(trace)

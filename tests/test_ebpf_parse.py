@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import ebpf
 from harness.console import CommandResult
 from harness.ebpf import (
     READY_MARKER,
@@ -299,8 +300,10 @@ class FakeGuest:
     """Plays the guest shell: the bpftrace 'process' is a set of files in the shared directory."""
 
     def __init__(self, *, check_output: str = "/bin/bpftrace\n6.1.0-56-amd64\n", attach: bool = True,
-                 stdout_at_exit: str = KNETLINK_61, exit_status: int = 0) -> None:  # fmt: skip
+                 stdout_at_exit: str = KNETLINK_61, exit_status: int = 0,
+                 sigints_lost: int = 0) -> None:  # fmt: skip
         self.alive = True
+        self.sigints_lost = sigints_lost  # SIGINTs that set bpftrace's flag but interrupt nothing
         self.commands: list[str] = []
         self.check_output = check_output
         self.attach = attach
@@ -324,6 +327,9 @@ class FakeGuest:
                 err.write_text("ERROR: Error attaching probe: 'kprobe:knetlink_rcv'\n")
                 rc.write_text("255\n")
         elif command.startswith("kill -INT 4242"):
+            if self.sigints_lost > 0:
+                self.sigints_lost -= 1
+                return CommandResult(command, 0, "", 0.0)
             self.files["out"].write_text(self.stdout_at_exit)
             self.files["rc"].write_text(f"{self.exit_status}\n")
         elif command.startswith("kill -KILL 4242"):
@@ -370,6 +376,28 @@ def test_attach_timeout_kills_the_program(tmp_path: Path) -> None:
     with pytest.raises(BpfProcessError, match="not attached after 0 s"):
         runner.start("knetlink")
     assert any(c.startswith("kill -KILL 4242") for c in guest.commands)
+
+
+def test_lost_sigint_is_sent_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bpftrace 0.17 misses a SIGINT that arrives between two epoll_wait() calls."""
+    monkeypatch.setattr(ebpf, "SIGINT_RESEND_S", 0.2)
+    guest = FakeGuest(sigints_lost=2)
+    t = _runner(guest, tmp_path).start("knetlink")
+    results = t.stop()
+    assert KnetlinkCounts.from_results(results).acks == {0: 7, 22: 1}
+    assert t.sigints == 3
+    assert [c for c in guest.commands if c.startswith("kill")] == ["kill -INT 4242 2>/dev/null"] * 3
+
+
+def test_program_that_never_stops_is_killed_with_its_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ebpf, "SIGINT_RESEND_S", 0.2)
+    guest = FakeGuest(sigints_lost=1000)
+    t = _runner(guest, tmp_path).start("knetlink")
+    with pytest.raises(BpfProcessError, match=r"(?s)still running 1 s after the first of \d+ SIGINTs \(killed\)"
+                       r".*bpftrace process 4242 before the kill"):  # fmt: skip
+        t.stop(timeout=1.0)
+    assert any(c.startswith("grep -E '^(State") and "/proc/4242/stack" in c for c in guest.commands)
+    assert guest.commands[-1].startswith("kill -KILL 4242")
 
 
 def test_program_that_died_during_the_test_is_an_error(tmp_path: Path) -> None:
