@@ -31,6 +31,16 @@ def host_boot_id() -> str:
     return HOST_BOOT_ID.read_text().strip()
 
 
+def parse_taint(output: str) -> int:
+    """The value `cat /proc/sys/kernel/tainted` printed. The console is shared with
+    background jobs, so a stray line (a job's "Killed" notice) may precede it: the
+    value is the last line made only of digits."""
+    for line in reversed(output.splitlines()):
+        if line.strip().isdigit():
+            return int(line.strip())
+    raise HarnessError(f"no taint value in the output of `cat /proc/sys/kernel/tainted`: {output[-500:]!r}")
+
+
 class GuestKernel:
     """Module and kernel-log operations on one guest; `scratch` is a guest-writable host dir."""
 
@@ -81,7 +91,7 @@ class GuestKernel:
 
     # -- taint -----------------------------------------------------------------
     def taint(self) -> int:
-        return int(self.guest.run(["cat", "/proc/sys/kernel/tainted"], check=True).output.strip())
+        return parse_taint(self.guest.run(["cat", "/proc/sys/kernel/tainted"], check=True).output)
 
     # -- modules -----------------------------------------------------------------
     def insmod(self, ko: Path, params: Mapping[str, str] | None = None) -> str:

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import BuildError, HostKernelRefused
+from harness.errors import BuildError, HarnessError, HostKernelRefused
 from harness.kernel import Kernel
-from harness.kernelops import check_not_host
+from harness.kernelops import check_not_host, parse_taint
 from harness.kmod import build_module, make_argv, source_key, warning_lines
 
 K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/kdir"))
@@ -73,3 +73,14 @@ def test_host_kernel_refused() -> None:
     with pytest.raises(HostKernelRefused):
         check_not_host("", "abc")
     check_not_host("guest-id", "host-id")
+
+
+def test_taint_value_parsed_past_stray_console_lines() -> None:
+    assert parse_taint("4096\n") == 4096
+    # a background job's notice printed on the shared console before the value
+    assert parse_taint("/bin/bash: line 60:  1026 Killed   bpftrace -f json x.bt\n12288\n") == 12288
+
+
+def test_taint_without_a_value_is_a_clear_error() -> None:
+    with pytest.raises(HarnessError, match="no taint value"):
+        parse_taint("cat: /proc/sys/kernel/tainted: No such file or directory\n")
