@@ -335,18 +335,22 @@ def _allowlist(config: pytest.Config) -> Sequence[AllowEntry]:
 _ALLOW_KEY = pytest.StashKey[Sequence[AllowEntry]]()
 
 
+class KernelCheckError(HarnessError):
+    """The splat/taint check itself failed (the guest console answered nonsense, a command timed out)."""
+
+
 def _check_kernel(item: pytest.Item, state: dict[str, Any], phase: str) -> KernelVerdict | None:
     session: KernelSession = state["session"]
     ops: GuestKernel = state["ops"]
     guest = session.current_guest
     if guest is None or not guest.alive or ops.guest is not guest:
         return None
-    cfg = item.config.stash[CONFIG_KEY]
     try:
         lines = ops.lines_since(state["mark"])
         taint = ops.taint()
-    except HarnessError:
-        return None
+    except HarnessError as e:
+        raise KernelCheckError(f"kernel checks after the {phase} of {item.nodeid} could not run: {e}") from e
+    cfg = item.config.stash[CONFIG_KEY]
     state.setdefault("lines", []).extend(lines)
     verdict = judge(lines, state["taint"], taint, _allowlist(item.config), cfg.allowed_taint)
     record = item.config.stash[SPLATS_KEY]
@@ -371,9 +375,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     except BaseException:
         state = item.stash.get(_STATE_KEY, None)
         if state is not None:
-            verdict = _check_kernel(item, state, phase="call")
-            if verdict is not None and not verdict.ok:
-                item.add_report_section("call", "kernel checks", verdict.message())
+            try:
+                verdict = _check_kernel(item, state, phase="call")
+            except KernelCheckError as e:  # the test's own failure stays the one reported
+                item.add_report_section("call", "kernel checks", str(e))
+            else:
+                if verdict is not None and not verdict.ok:
+                    item.add_report_section("call", "kernel checks", verdict.message())
         raise
     state = item.stash.get(_STATE_KEY, None)
     if state is not None:

@@ -43,3 +43,27 @@ def test_option_beats_env(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyP
         "    assert knh_config.sources['engine'] == 'option --engine'\n"
     )
     pytester.runpytest("--engine", "qemu").assert_outcomes(passed=1)
+
+
+def test_kernel_check_that_cannot_run_is_an_error_not_a_pass() -> None:
+    """A splat/taint check whose guest command fails must not count as a clean kernel."""
+    from types import SimpleNamespace
+
+    from harness.errors import HarnessError
+    from harness.plugin import KernelCheckError, _check_kernel
+
+    class Ops:
+        def __init__(self, guest: object) -> None:
+            self.guest = guest
+
+        def lines_since(self, mark: object) -> list[object]:
+            return []
+
+        def taint(self) -> int:
+            raise HarnessError("no taint value in the output of `cat /proc/sys/kernel/tainted`: 'Killed'")
+
+    guest = SimpleNamespace(alive=True)
+    state = {"session": SimpleNamespace(current_guest=guest), "ops": Ops(guest), "mark": None}
+    item = SimpleNamespace(nodeid="tests/kernel/test_x.py::test_y")
+    with pytest.raises(KernelCheckError, match=r"after the call of tests/kernel/test_x.py::test_y could not run: no t"):
+        _check_kernel(item, state, phase="call")  # type: ignore[arg-type]
