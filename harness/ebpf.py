@@ -28,6 +28,7 @@ import json
 import secrets
 import shlex
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -66,6 +67,10 @@ class EbpfError(HarnessError):
 
 class EbpfUnavailable(EbpfError):
     """The guest cannot run bpftrace programs (the reason says why); tests skip."""
+
+
+class BpfStopWarning(UserWarning):
+    """bpftrace needed more than one SIGINT to stop (shown in pytest's warnings summary)."""
 
 
 class BpfOutputError(EbpfError):
@@ -473,6 +478,12 @@ class BpfTrace:
                     self._sigint()
                 time.sleep(_POLL_S)
             self.stop_s = time.monotonic() - start
+            if self.sigints > 1:
+                warnings.warn(
+                    f"bpftrace {self.program.name} stopped only after {self.sigints} SIGINTs "
+                    f"({self.stop_s:.1f} s): it missed the first (see SIGINT_RESEND_S)",
+                    BpfStopWarning, stacklevel=2,
+                )  # fmt: skip
         self.runner._forget(self)
         status = self.exit_status()
         if died_before is not None:
