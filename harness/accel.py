@@ -127,3 +127,18 @@ def choose_accel(
 
 def qemu_binary() -> str | None:
     return shutil.which("qemu-system-x86_64")
+
+
+def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
+    """The host's TSC frequency estimate ("cpu MHz"), for a TCG guest's tsc_early_khz=.
+
+    A TCG guest reads the host's TSC; microvm offers no other early clock to
+    calibrate against. None when /proc/cpuinfo has no figure.
+    """
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return int(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

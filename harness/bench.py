@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .accel import host_tsc_khz
 from .config import PROJECT_ROOT, HarnessConfig
 from .errors import HarnessError, MissingDependencyError
 from .initramfs import cached_vmlinux, cpio_newc
@@ -68,17 +69,6 @@ class Figure:
         return d
 
 
-def tsc_khz() -> int | None:
-    """Host TSC frequency estimate for tsc_early_khz= (microvm has no other early clock under TCG)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz"):
-                return int(float(line.split(":")[1]) * 1000)
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 def raw_initramfs(cache: Path) -> Path:
     busybox = shutil.which("busybox")
     if busybox is None:
@@ -93,7 +83,7 @@ def raw_initramfs(cache: Path) -> Path:
 
 def raw_boot_argv(qemu: str, image: Path, initrd: Path, accel: str, memory: str, cpus: int) -> list[str]:
     """The floor: microvm, direct kernel entry, an init that prints and powers off."""
-    khz = tsc_khz()
+    khz = host_tsc_khz()
     append = "console=ttyS0 rdinit=/init panic=-1 loglevel=1" + (f" tsc_early_khz={khz}" if khz else "")
     acc = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
     return [qemu, "-M", "microvm", *acc, "-m", memory, "-smp", str(cpus), "-nodefaults", "-no-reboot",

@@ -24,8 +24,9 @@ from pathlib import Path
 from .errors import HarnessError, MissingDependencyError
 from .kernel import Kernel
 
-# Modules a 9p root, the overlay and the virtio-serial channel need (built in on some kernels).
-BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_console")
+# Modules a 9p root, the overlay and the virtio-serial channel need on the qemu engine's
+# microvm (virtio-mmio devices); built in on some kernels.
+BOOT_MODULES = ("virtio_mmio", "9pnet_virtio", "9p", "overlay", "virtio_console")
 
 
 def _newc_entry(name: str, mode: int, data: bytes = b"", ino: int = 0) -> bytes:

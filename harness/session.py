@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .accel import AccelDecision, choose_accel
+from .accel import AccelDecision, choose_accel, host_tsc_khz
 from .cmdline import QemuSpec, VngSpec, channel_qemu_args, qemu_argv, vng_argv, vng_executable
 from .config import GUEST_SCRIPTS, HarnessConfig
 from .errors import BootError, MissingDependencyError
@@ -126,7 +126,7 @@ class KernelSession:
                 kernel=self.kernel, image=image, initrd=initrd, accel=accel, shell=shell,
                 rw_dirs=(self.results_dir,), fresh_dirs=(cache,), kernel_log=run_dir / "kernel.log",
                 channel=channel, memory=self.config.memory, cpus=self.config.cpus, name=name,
-                cwd=Path(os.getcwd()), qemu=qemu,
+                cwd=Path(os.getcwd()), qemu=qemu, tsc_khz=host_tsc_khz(),
                 mapped_dirs=((Path("/lib/modules") / self.kernel.release, tree_modules),) if tree_modules else (),
             ))  # fmt: skip
         else:

@@ -61,3 +61,33 @@ def test_qemu_engine_argv() -> None:
     append = argv[argv.index("-append") + 1].split()
     assert append[:2] == ["console=ttyS1", "rdinit=/init"]
     assert {"panic=-1", "knh.shell=/g/sh", "knh.rw=/r", "knh.fresh=/c"} <= set(append)
+
+
+def test_qemu_engine_is_microvm_with_mmio_devices_and_an_early_clock_under_tcg() -> None:
+    from harness.cmdline import QemuSpec, qemu_argv
+
+    def build(accel: str) -> list[str]:
+        return qemu_argv(QemuSpec(
+            kernel=K, image=Path("/c/vmlinux"), initrd=Path("/c/i.cpio"), accel=accel, shell=Path("/g/sh"),
+            rw_dirs=(Path("/r"),), fresh_dirs=(), kernel_log=Path("/r/k.log"), channel=Path("/tmp/ch.sock"),
+            tsc_khz=2_994_000,
+        ))  # fmt: skip
+
+    tcg, kvm = build("tcg"), build("kvm")
+    assert tcg[tcg.index("-M") + 1] == "microvm"
+    devices = [tcg[i + 1].split(",")[0] for i, a in enumerate(tcg) if a == "-device"]
+    assert devices == ["virtio-9p-device", "virtio-9p-device", "virtio-serial-device", "virtserialport"]
+    assert "tsc_early_khz=2994000" in tcg[tcg.index("-append") + 1].split()
+    # KVM has kvm-clock; the host's "cpu MHz" figure is only a stand-in for TCG
+    assert "tsc_early_khz" not in kvm[kvm.index("-append") + 1]
+
+
+def test_host_tsc_khz(tmp_path: Path) -> None:
+    from harness.accel import host_tsc_khz
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: x\ncpu MHz\t\t: 2994.374\n")
+    assert host_tsc_khz(cpuinfo) == 2_994_374
+    cpuinfo.write_text("processor\t: 0\n")
+    assert host_tsc_khz(cpuinfo) is None
+    assert host_tsc_khz(tmp_path / "missing") is None
