@@ -109,6 +109,11 @@ class QemuSpec:
     tsc_khz: int | None = None  # host TSC frequency: tsc_early_khz= under TCG (see qemu_argv)
 
 
+def qemu_opt(value: object) -> str:
+    """A value inside a QEMU `key=value,...` option: commas are doubled."""
+    return str(value).replace(",", ",,")
+
+
 def qemu_argv(spec: QemuSpec) -> list[str]:
     """Direct QEMU boot. ttyS0 is the interactive console (stdio), ttyS1 the kernel console (a file).
 
@@ -124,18 +129,19 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
         "-m", spec.memory, "-smp", str(spec.cpus),
         "-nodefaults", "-no-reboot", "-display", "none", "-vga", "none", "-net", "none",
         "-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
-        "-serial", f"file:{spec.kernel_log}",
+        # microvm creates only ttyS0 from -serial; ttyS1 (the kernel console) is added as a device
+        "-chardev", f"file,id=klog,path={qemu_opt(spec.kernel_log)}", "-device", "isa-serial,chardev=klog,index=1",
         "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
         "-device", "virtio-9p-device,fsdev=hostroot,mount_tag=hostroot",
     ]  # fmt: skip
     for i, d in enumerate(spec.rw_dirs):
-        argv += ["-fsdev", f"local,id=knhrw{i},path={d},security_model=none,multidevs=remap",
+        argv += ["-fsdev", f"local,id=knhrw{i},path={qemu_opt(d)},security_model=none,multidevs=remap",
                  "-device", f"virtio-9p-device,fsdev=knhrw{i},mount_tag=knhrw{i}"]  # fmt: skip
     for i, d in enumerate(spec.fresh_dirs):
-        argv += ["-fsdev", f"local,id=knhro{i},path={d},security_model=none,readonly=on,multidevs=remap",
+        argv += ["-fsdev", f"local,id=knhro{i},path={qemu_opt(d)},security_model=none,readonly=on,multidevs=remap",
                  "-device", f"virtio-9p-device,fsdev=knhro{i},mount_tag=knhro{i}"]  # fmt: skip
     for i, (_, host) in enumerate(spec.mapped_dirs):
-        argv += ["-fsdev", f"local,id=knhmap{i},path={host},security_model=none,readonly=on,multidevs=remap",
+        argv += ["-fsdev", f"local,id=knhmap{i},path={qemu_opt(host)},security_model=none,readonly=on,multidevs=remap",
                  "-device", f"virtio-9p-device,fsdev=knhmap{i},mount_tag=knhmap{i}"]  # fmt: skip
     if spec.channel is not None:
         argv += channel_qemu_args(spec.channel, transport="mmio")
@@ -161,7 +167,7 @@ def channel_qemu_args(socket_path: Path, transport: str = "pci") -> list[str]:
     controller = {"pci": "virtio-serial-pci", "mmio": "virtio-serial-device"}[transport]
     return [
         "-device", f"{controller},id=knhser",
-        "-chardev", f"socket,id=knhch,path={socket_path},server=on,wait=off",
+        "-chardev", f"socket,id=knhch,path={qemu_opt(socket_path)},server=on,wait=off",
         "-device", f"virtserialport,bus=knhser.0,chardev=knhch,name={CHANNEL_NAME}",
     ]  # fmt: skip
 

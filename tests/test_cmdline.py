@@ -54,7 +54,8 @@ def test_qemu_engine_argv() -> None:
     argv = qemu_argv(q)
     assert argv[:4] == ["qemu-system-x86_64", "-name", "knh-2", "-M"]
     assert ["-accel", "tcg", "-cpu", "max"] == argv[5:9]
-    assert "-no-reboot" in argv and "file:/r/k.log" in argv
+    assert "-no-reboot" in argv and "file,id=klog,path=/r/k.log" in argv
+    assert "isa-serial,chardev=klog,index=1" in argv  # ttyS1: microvm makes only ttyS0 from -serial
     assert "local,id=knhrw0,path=/r,security_model=none,multidevs=remap" in argv
     assert "local,id=knhro0,path=/c,security_model=none,readonly=on,multidevs=remap" in argv
     assert "socket,id=knhch,path=/tmp/x/ch.sock,server=on,wait=off" in argv
@@ -76,7 +77,7 @@ def test_qemu_engine_is_microvm_with_mmio_devices_and_an_early_clock_under_tcg()
     tcg, kvm = build("tcg"), build("kvm")
     assert tcg[tcg.index("-M") + 1] == "microvm"
     devices = [tcg[i + 1].split(",")[0] for i, a in enumerate(tcg) if a == "-device"]
-    assert devices == ["virtio-9p-device", "virtio-9p-device", "virtio-serial-device", "virtserialport"]
+    assert devices == ["isa-serial", "virtio-9p-device", "virtio-9p-device", "virtio-serial-device", "virtserialport"]
     assert "tsc_early_khz=2994000" in tcg[tcg.index("-append") + 1].split()
     # KVM has kvm-clock; the host's "cpu MHz" figure is only a stand-in for TCG
     assert "tsc_early_khz" not in kvm[kvm.index("-append") + 1]
@@ -91,3 +92,15 @@ def test_host_tsc_khz(tmp_path: Path) -> None:
     cpuinfo.write_text("processor\t: 0\n")
     assert host_tsc_khz(cpuinfo) is None
     assert host_tsc_khz(tmp_path / "missing") is None
+
+
+def test_commas_in_host_paths_are_escaped_for_qemu() -> None:
+    from harness.cmdline import QemuSpec, qemu_argv
+
+    argv = qemu_argv(QemuSpec(
+        kernel=K, image=Path("/c/vmlinux"), initrd=Path("/c/i.cpio"), accel="tcg", shell=Path("/g/sh"),
+        rw_dirs=(Path("/r,1"),), fresh_dirs=(), kernel_log=Path("/r,1/k.log"), channel=Path("/t,x/ch.sock"),
+    ))  # fmt: skip
+    assert "file,id=klog,path=/r,,1/k.log" in argv
+    assert "local,id=knhrw0,path=/r,,1,security_model=none,multidevs=remap" in argv
+    assert "socket,id=knhch,path=/t,,x/ch.sock,server=on,wait=off" in argv
