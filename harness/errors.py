@@ -44,6 +44,15 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _splat_headings(console_text: str, most: int = 3) -> str:
+    """The first lines of the last `most` splats in a kernel console text: a panic's
+    reason comes before a call trace that can be longer than any tail."""
+    from .dmesg import find_splats, parse_lines
+
+    splats = find_splats(parse_lines(console_text))
+    return "\n".join(s.summary(max_lines=3) for s in splats[-most:])
+
+
 class GuestError(HarnessError):
     """Something went wrong with a guest; carries the console and kernel log tails."""
 
@@ -61,6 +70,9 @@ class GuestError(HarnessError):
         if kernel_log is not None and kernel_log.exists():
             text = kernel_log.read_text(errors="replace")
             if text.strip():
+                splats = _splat_headings(text)
+                if splats:
+                    parts.append(f"--- kernel splats on the guest kernel console ---\n{splats}")
                 parts.append(f"--- guest kernel console {kernel_log} (last lines) ---\n" + _tail(text, 40))
         if transcript is not None:
             parts.append(f"full console transcript: {transcript}")

@@ -750,3 +750,26 @@ def test_unexpected_taint(before: int, after: int, allowed: str, letters: str) -
 def test_unexpected_taint_default_allows_module_loading() -> None:
     assert unexpected_taint(0, T_O | T_E) == []
     assert [f.letter for f in unexpected_taint(0, T_O | T_E | T_W)] == ["W"]
+
+
+def test_lost_guest_error_names_the_panic_even_when_the_trace_outgrows_the_tail(tmp_path: Path) -> None:
+    from harness.errors import LostGuestError
+
+    frames = [f"[    1.874947]  ? some_function_{i}+0x44/0x240" for i in range(60)]
+    log = tmp_path / "kernel.log"
+    log.write_text("\n".join([
+        "[    1.874000] sysrq: Trigger a crash",
+        "[    1.874100] Kernel panic - not syncing: sysrq triggered crash",
+        "[    1.874628] CPU: 0 PID: 131 Comm: bash Not tainted 6.1.0-56-amd64 #1  Debian 6.1.192-2",
+        "[    1.874865] Call Trace:",
+        "[    1.874947]  <TASK>",
+        "[    1.874947]  panic+0x118/0x2f4",
+        "[    1.874947]  sysrq_handle_crash+0x16/0x20",
+        *frames,
+        "[    1.874947]  </TASK>",
+        "[    1.874947] Kernel Offset: disabled",
+    ]) + "\n")  # fmt: skip
+    message = str(LostGuestError("guest console closed", kernel_log=log))
+    assert "sysrq triggered crash" not in message.split("(last lines) ---")[1]  # beyond the tail ...
+    assert "--- kernel splats on the guest kernel console ---\npanic at log line 2" in message  # ... but named
+    assert "Kernel panic - not syncing: sysrq triggered crash" in message
