@@ -86,6 +86,18 @@ def load_order(deps: dict[str, list[str]], wanted: Iterable[str]) -> list[str]:
     return order
 
 
+def load_levels(deps: dict[str, list[str]], order: list[str]) -> list[list[str]]:
+    """`order` grouped into levels: a module's dependencies are all in earlier levels,
+    so the modules of one level can be loaded in parallel."""
+    level: dict[str, int] = {}
+    for path in order:  # dependencies first, so theirs are known
+        level[path] = 1 + max((level[d] for d in deps.get(path, []) if d in level), default=-1)
+    levels: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+    for path in order:
+        levels[level[path]].append(path)
+    return levels
+
+
 def decompress_module(path: Path) -> bytes:
     data = path.read_bytes()
     if path.name.endswith(".xz"):
@@ -175,7 +187,8 @@ def build_initramfs(kernel: Kernel, init_script: Path, cache_root: Path, busybox
     dep_file = moddir / "modules.dep"
     if not dep_file.exists():
         raise HarnessError(f"{dep_file} is missing: the fast engine needs the kernel's modules installed on the host")
-    order = load_order(parse_modules_dep(dep_file.read_text()), BOOT_MODULES)
+    deps = parse_modules_dep(dep_file.read_text())
+    order = load_order(deps, BOOT_MODULES)
     bb = Path(busybox).read_bytes()
     init = init_script.read_bytes()
     h = hashlib.sha256(bb + init + kernel.release.encode())
@@ -190,11 +203,15 @@ def build_initramfs(kernel: Kernel, init_script: Path, cache_root: Path, busybox
         ("newroot", 0o040755, b""), ("lower", 0o040755, b""), ("rw", 0o040755, b""), ("modules", 0o040755, b""),
         ("bin/busybox", 0o100755, bb), ("init", 0o100755, init),
     ]  # fmt: skip
-    names = []
-    for i, rel in enumerate(order):
-        name = f"modules/{i:02d}-{module_name(rel)}.ko"
-        entries.append((name, 0o100644, decompress_module(moddir / rel)))
-        names.append(name)
-    entries.append(("modules/order", 0o100644, ("\n".join(names) + "\n").encode()))
+    # modules/order: one line per level, the modules of a line loaded in parallel
+    lines = []
+    for level in load_levels(deps, order):
+        names = []
+        for rel in level:
+            name = f"modules/{order.index(rel):02d}-{module_name(rel)}.ko"
+            entries.append((name, 0o100644, decompress_module(moddir / rel)))
+            names.append(name)
+        lines.append(" ".join(names))
+    entries.append(("modules/order", 0o100644, ("\n".join(lines) + "\n").encode()))
     _atomic_write(out, cpio_newc(entries))
     return out

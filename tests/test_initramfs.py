@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.initramfs import cpio_newc, extract_vmlinux, load_order, module_name, parse_modules_dep
+from harness.initramfs import cpio_newc, extract_vmlinux, load_levels, load_order, module_name, parse_modules_dep
 
 DEP = """kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko
 kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio.ko
@@ -26,6 +26,17 @@ def test_load_order_puts_dependencies_first_once() -> None:
         "kernel/fs/9p/9p.ko",
         "kernel/fs/overlayfs/overlay.ko.xz",
     ]  # virtio_pci absent from modules.dep: built in
+
+
+def test_load_levels_put_every_dependency_in_an_earlier_level() -> None:
+    deps = parse_modules_dep(DEP)
+    levels = load_levels(deps, load_order(deps, ["9pnet_virtio", "9p", "overlay"]))
+    assert levels == [
+        ["kernel/net/9p/9pnet.ko", "kernel/drivers/virtio/virtio.ko", "kernel/fs/netfs/netfs.ko",
+         "kernel/fs/overlayfs/overlay.ko.xz"],
+        ["kernel/net/9p/9pnet_virtio.ko", "kernel/fs/9p/9p.ko"],
+    ]  # fmt: skip
+    assert load_levels(deps, []) == []
 
 
 def test_module_name() -> None:
