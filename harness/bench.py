@@ -298,6 +298,10 @@ def format_table(result: dict[str, Any]) -> str:
     r, b = result["raw_boot_s"]["median"], result["boot_to_ready_s"]["median"]
     if r and b:
         rows.append(f"boot_to_ready / raw_boot = {b / r:.2f}")
+        engines = result["boot_to_ready_s"].get("by_engine", {})
+        for engine, e in engines.items() if len(engines) > 1 else ():
+            if e.get("median"):
+                rows.append(f"  engine {engine}: {e['median'] / r:.2f}")
     p, c = result["py_sender_rate"]["median"], result["c_sender_rate"]["median"]
     if p and c:
         rows.append(f"py_sender_rate / c_sender_rate = {p / c:.2f}")

@@ -1,0 +1,40 @@
+"""The benchmark's table: figures and the ratios the targets are stated in."""
+
+import json
+from pathlib import Path
+
+from harness.bench import KEYS, Figure, format_table
+
+
+def result_with(raw: float, engines: dict[str, float]) -> dict[str, object]:
+    result: dict[str, object] = {k: Figure().as_dict() for k in KEYS}
+    result.update(kernel="6.1.0-56-amd64", accel="tcg", cpus=2)
+    raw_fig = Figure()
+    raw_fig.add(raw)
+    result["raw_boot_s"] = raw_fig.as_dict()
+    by_engine = {}
+    for engine, seconds in engines.items():
+        f = Figure()
+        f.add(seconds)
+        by_engine[engine] = f.as_dict()
+    boot = dict(by_engine[next(iter(engines))])
+    boot["by_engine"] = by_engine
+    result["boot_to_ready_s"] = boot
+    return result
+
+
+def test_boot_ratio_per_engine() -> None:
+    table = format_table(result_with(1.25, {"vng": 7.5, "qemu": 1.875}))
+    assert "boot_to_ready / raw_boot = 6.00" in table
+    assert "  engine vng: 6.00\n  engine qemu: 1.50" in table
+
+
+def test_one_engine_gets_no_per_engine_ratio() -> None:
+    table = format_table(result_with(2.0, {"qemu": 3.0}))
+    assert "boot_to_ready / raw_boot = 1.50" in table and "engine qemu: " not in table
+
+
+def test_table_of_a_saved_run_is_json_roundtrip_safe(tmp_path: Path) -> None:
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(result_with(1.0, {"vng": 2.0, "qemu": 1.2})))
+    assert "engine qemu: 1.20" in format_table(json.loads(path.read_text()))
