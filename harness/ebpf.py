@@ -397,10 +397,13 @@ class BpfTrace:
         except FileNotFoundError:
             return ""
 
+    def _read_int(self, path: Path) -> int | None:
+        text = self._read(path).strip()
+        return int(text) if text.isdigit() else None
+
     def exit_status(self) -> int | None:
         """bpftrace's exit status once it ended, None while it runs."""
-        text = self._read(self.rcfile).strip()
-        return int(text) if text.isdigit() else None
+        return self._read_int(self.rcfile)
 
     @property
     def running(self) -> bool:
@@ -420,8 +423,7 @@ class BpfTrace:
         start = time.monotonic()
         while True:
             if self.pid is None:
-                text = self._read(self.pidfile).strip()
-                self.pid = int(text) if text.isdigit() else None
+                self.pid = self._read_int(self.pidfile)
             if READY_MARKER in self._read(self.out):
                 self.attach_s = time.monotonic() - start
                 return
@@ -459,8 +461,7 @@ class BpfTrace:
         died_before = self.exit_status()
         if died_before is None:
             if self.pid is None:
-                text = self._read(self.pidfile).strip()
-                self.pid = int(text) if text.isdigit() else None
+                self.pid = self._read_int(self.pidfile)
             if self.pid is None:
                 raise self._fail(f"no pid in {self.pidfile}: cannot stop it")
             start = last_sigint = time.monotonic()
