@@ -295,9 +295,12 @@ def c_sender(guest: Guest, kmod: LoadedModule, built_module: BuiltModule) -> CSe
 _STATE_KEY = pytest.StashKey[dict[str, Any]]()
 
 
+# The kernel fixtures that put a guest under the test (the session and the module build alone do not).
+GUEST_FIXTURES = KERNEL_FIXTURES - {"knh_kernel_session", "built_module"}
+
+
 def _uses_guest(item: pytest.Item) -> bool:
-    return bool({"guest", "guest_kernel", "kernel_log", "kmod", "py_sender", "c_sender"} & set(
-        getattr(item, "fixturenames", ())))  # fmt: skip
+    return bool(GUEST_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
 @pytest.fixture(autouse=True)
@@ -339,6 +342,20 @@ class KernelCheckError(HarnessError):
     """The splat/taint check itself failed (the guest console answered nonsense, a command timed out)."""
 
 
+def _record_splats(
+    item: pytest.Item, release: str, phase: str, report: SplatReport, *, with_allowed: bool = True
+) -> None:
+    """Add a check's splats to the run summary (summary.json and the terminal summary);
+    the allowlisted ones too, with their reason, unless `with_allowed` is False."""
+    record = item.config.stash[SPLATS_KEY]
+    base = {"test": item.nodeid, "kernel": release, "phase": phase}
+    for splat in report.failures:
+        record.append({**base, "kind": splat.kind, "fingerprint": splat.fingerprint, "allowed": False})
+    for entry in report.allowed if with_allowed else ():
+        record.append({**base, "kind": entry.splat.kind, "fingerprint": entry.splat.fingerprint,
+                       "allowed": True, "reason": entry.reason})  # fmt: skip
+
+
 def _check_kernel(item: pytest.Item, state: dict[str, Any], phase: str) -> KernelVerdict | None:
     session: KernelSession = state["session"]
     ops: GuestKernel = state["ops"]
@@ -353,14 +370,7 @@ def _check_kernel(item: pytest.Item, state: dict[str, Any], phase: str) -> Kerne
     cfg = item.config.stash[CONFIG_KEY]
     state.setdefault("lines", []).extend(lines)
     verdict = judge(lines, state["taint"], taint, _allowlist(item.config), cfg.allowed_taint)
-    record = item.config.stash[SPLATS_KEY]
-    for splat in verdict.splats.failures:
-        record.append({"test": item.nodeid, "kernel": session.kernel.release, "phase": phase,
-                       "kind": splat.kind, "fingerprint": splat.fingerprint, "allowed": False})  # fmt: skip
-    for allowed in verdict.splats.allowed:
-        record.append({"test": item.nodeid, "kernel": session.kernel.release, "phase": phase,
-                       "kind": allowed.splat.kind, "fingerprint": allowed.splat.fingerprint,
-                       "allowed": True, "reason": allowed.reason})  # fmt: skip
+    _record_splats(item, session.kernel.release, phase, verdict.splats)
     state["mark"] = ops.mark()
     state["taint"] = taint
     if verdict.guest_suspect:
@@ -449,10 +459,7 @@ def _dead_guest_splats(item: pytest.Item, state: dict[str, Any]) -> SplatReport 
     except OSError:
         return None
     report = scan_splats(parse_lines(text), _allowlist(item.config))
-    record = item.config.stash[SPLATS_KEY]
-    for splat in report.failures:
-        record.append({"test": item.nodeid, "kernel": state["session"].kernel.release, "phase": "guest died",
-                       "kind": splat.kind, "fingerprint": splat.fingerprint, "allowed": False})  # fmt: skip
+    _record_splats(item, state["session"].kernel.release, "guest died", report, with_allowed=False)
     return report
 
 
