@@ -196,8 +196,7 @@ def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelS
 
     # sender rates
     ops.insmod(ko, {"proto": "30"})
-    scratch = session.results_dir / ".scratch"
-    py = PySender(guest, 30, stderr=scratch / "bench-nl_send.stderr")
+    py = PySender(guest, 30, stderr=session.scratch / "bench-nl_send.stderr")
     c = CSender(guest, build.directory / "sender" / "knl_send", 30)
     for _ in range(3):
         reply = py.bench(opts.messages)
@@ -211,9 +210,7 @@ def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelS
         figs["c_sender_rate"].add(summary["acked"] / (summary["elapsed_us"] / 1e6))
     note = f"send+ack round trips per second, {opts.messages} messages per run, one process in one guest"
     figs["py_sender_rate"].note = figs["c_sender_rate"].note = note
-    latency = _handler_latency(session, py, opts.messages, progress)
-    if latency is not None:
-        figs["py_sender_rate"].extra["handler_latency_us"] = latency
+    figs["py_sender_rate"].extra["handler_latency_us"] = _handler_latency(session, py, opts.messages, progress)
     py.release()
     py.stop()
     ops.rmmod(ko.stem)
@@ -235,19 +232,16 @@ def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelS
     return result
 
 
-def _handler_latency(session: KernelSession, py: PySender, messages: int, progress: Callable[[str], None]) -> Any:
-    """In-kernel handling time per message, from the eBPF latency probe (None when unavailable)."""
-    try:
-        from . import ebpf
-    except ImportError:
-        return None
-    fn = getattr(ebpf, "measure_handler_latency", None)
-    if fn is None:
-        return None
+def _handler_latency(
+    session: KernelSession, py: PySender, messages: int, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """In-kernel handling time per message, from the eBPF latency probe ({"error": ...} when unavailable)."""
+    from .ebpf import measure_handler_latency
+
     progress("in-kernel latency with eBPF ...")
     count = min(messages, 5000)
     try:
-        report = fn(session.guest(), session.results_dir / ".scratch", lambda: py.bench(count))
+        report = measure_handler_latency(session.guest(), session.scratch, lambda: py.bench(count))
     except HarnessError as e:
         return {"error": str(e).splitlines()[0]}
     return {"median_us": report.median_us, "messages": count, "histogram": report.render()}

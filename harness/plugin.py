@@ -280,7 +280,7 @@ def kmod(
 
 @pytest.fixture
 def py_sender(guest: Guest, kmod: LoadedModule, knh_kernel_session: KernelSession) -> Iterator[PySender]:
-    sender = PySender(guest, kmod.proto, stderr=knh_kernel_session.results_dir / ".scratch" / "nl_send.stderr")
+    sender = PySender(guest, kmod.proto, stderr=knh_kernel_session.scratch / "nl_send.stderr")
     yield sender
     sender.release()
 

@@ -78,6 +78,11 @@ class KernelSession:
         return self.config.results_dir.resolve()
 
     @property
+    def scratch(self) -> Path:
+        """Guest-writable shared directory for files the guest writes and the host reads."""
+        return self.results_dir / ".scratch"
+
+    @property
     def spec_for_reproduction(self) -> str:
         """A --kernel value naming this kernel: the user's spec, else the release if installed, else the image."""
         if self.spec and self.spec != "all":
@@ -176,8 +181,8 @@ class KernelSession:
             self.stats.boot_times_s.append(guest.boot_time_s)
             self.notify(f"guest ready in {guest.boot_time_s:.1f} s")
             self._guest = self.last_guest = guest
-            (self.results_dir / ".scratch").mkdir(parents=True, exist_ok=True)
-            self._ops = GuestKernel(guest, self.results_dir / ".scratch")
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            self._ops = GuestKernel(guest, self.scratch)
             return guest
         assert last is not None
         self._boot_error = last  # do not boot again for every remaining test
