@@ -106,9 +106,8 @@ def verdict(pytest_status: int, outcome: Outcome, on_infra: str = "skip") -> tup
     if outcome.failed:
         return EXIT_BAD, f"bad: {outcome.failed} test(s) failed, e.g. {outcome.first_failure}"
     if outcome.infra:
-        code = ON_INFRA_CHOICES[on_infra]
-        word = {EXIT_SKIP: "skip", EXIT_BAD: "bad", EXIT_ABORT: "abort"}[code]
-        return code, f"{word}: the kernel was built but could not be tested ({outcome.infra} test(s): boot failure)"
+        reason = f"the kernel was built but could not be tested ({outcome.infra} test(s): boot failure)"
+        return ON_INFRA_CHOICES[on_infra], f"{on_infra}: {reason}"
     # pytest says failed but the JUnit file shows nothing (it crashed before writing it): be safe.
     return EXIT_ABORT, "abort: pytest reported failures but wrote no test results"
 

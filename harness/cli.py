@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
+from .config import ENGINES, SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
 from .errors import HarnessError, LostGuestError
 from .kernel_build import resolve_kernel_spec
 from .session import KernelSession
@@ -45,7 +45,7 @@ def _add_guest_options(p: argparse.ArgumentParser, *, module: bool = True) -> No
 
     opt("kernels", action="append", default=None, metavar="KERNEL")
     opt("accel", default=None, choices=("auto", "kvm", "tcg"))
-    opt("engine", default=None, choices=("vng", "qemu"))
+    opt("engine", default=None, choices=ENGINES)
     opt("boot_timeout", default=None, metavar="SECONDS")
     opt("boot_retries", default=None, metavar="N")
     opt("command_timeout", default=None, metavar="SECONDS")
