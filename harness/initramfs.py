@@ -103,7 +103,7 @@ def decompress_module(path: Path) -> bytes:
     if path.name.endswith(".xz"):
         return lzma.decompress(data)
     if path.name.endswith(".zst"):
-        return _zstd_decompress(data)
+        return _zstd(data, check=True)
     if path.name.endswith(".gz"):
         import gzip
 
@@ -111,11 +111,12 @@ def decompress_module(path: Path) -> bytes:
     return data
 
 
-def _zstd_decompress(data: bytes) -> bytes:
+def _zstd(data: bytes, *flags: str, check: bool) -> bytes:
+    """`zstd -dc FLAGS` over `data`: its output."""
     zstd = shutil.which("zstd")
     if zstd is None:
         raise MissingDependencyError("zstd", "apt-get install zstd")
-    return subprocess.run([zstd, "-dc"], input=data, capture_output=True, check=True).stdout
+    return subprocess.run([zstd, "-dc", *flags], input=data, capture_output=True, check=check).stdout
 
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -146,13 +147,9 @@ def extract_vmlinux(bzimage: bytes) -> bytes | None:
 
 
 def _zstd_stream(data: bytes) -> bytes:
-    zstd = shutil.which("zstd")
-    if zstd is None:
-        raise MissingDependencyError("zstd", "apt-get install zstd")
     # The payload is followed by the decompressor's trailer; zstd stops at the frame end
     # but reports the trailing bytes as an error, so read what it produced.
-    proc = subprocess.run([zstd, "-dc", "--no-check"], input=data, capture_output=True, check=False)
-    return proc.stdout
+    return _zstd(data, "--no-check", check=False)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
