@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from harness.cmdline import BASE_KERNEL_ARGS, VngSpec, shell_join, vng_argv
+from harness.cmdline import BASE_KERNEL_ARGS, QemuSpec, VngSpec, qemu_argv, shell_join, vng_argv
 from harness.kernel import Kernel
 
 K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/lib/modules/6.1.0-56-amd64/build"))
@@ -10,6 +10,13 @@ def spec(**kw: object) -> VngSpec:
     base = dict(kernel=K, accel="tcg", shell=Path("/g/guest-shell"), rw_dirs=(Path("/r"),), name="knh-1")
     base.update(kw)
     return VngSpec(**base)  # type: ignore[arg-type]
+
+
+def qemu_spec(**kw: object) -> QemuSpec:
+    base = dict(kernel=K, image=Path("/c/vmlinux"), initrd=Path("/c/i.cpio"), accel="tcg", shell=Path("/g/sh"),
+                rw_dirs=(Path("/r"),), fresh_dirs=(), kernel_log=Path("/r/k.log"), channel=Path("/tmp/ch.sock"))
+    base.update(kw)
+    return QemuSpec(**base)  # type: ignore[arg-type]
 
 
 def test_tcg_argv_is_exact() -> None:
@@ -46,12 +53,7 @@ def test_blacklist_and_image_override() -> None:
 
 
 def test_qemu_engine_argv() -> None:
-    from harness.cmdline import QemuSpec, qemu_argv
-
-    q = QemuSpec(kernel=K, image=Path("/c/vmlinux"), initrd=Path("/c/i.cpio"), accel="tcg", shell=Path("/g/sh"),
-                 rw_dirs=(Path("/r"),), fresh_dirs=(Path("/c"),), kernel_log=Path("/r/k.log"),
-                 channel=Path("/tmp/x/ch.sock"), name="knh-2")  # fmt: skip
-    argv = qemu_argv(q)
+    argv = qemu_argv(qemu_spec(fresh_dirs=(Path("/c"),), channel=Path("/tmp/x/ch.sock"), name="knh-2"))
     assert argv[:4] == ["qemu-system-x86_64", "-name", "knh-2", "-M"]
     assert ["-accel", "tcg", "-cpu", "max"] == argv[5:9]
     assert "-no-reboot" in argv and "file,id=klog,path=/r/k.log" in argv
@@ -65,16 +67,7 @@ def test_qemu_engine_argv() -> None:
 
 
 def test_qemu_engine_is_microvm_with_mmio_devices_and_an_early_clock_under_tcg() -> None:
-    from harness.cmdline import QemuSpec, qemu_argv
-
-    def build(accel: str) -> list[str]:
-        return qemu_argv(QemuSpec(
-            kernel=K, image=Path("/c/vmlinux"), initrd=Path("/c/i.cpio"), accel=accel, shell=Path("/g/sh"),
-            rw_dirs=(Path("/r"),), fresh_dirs=(), kernel_log=Path("/r/k.log"), channel=Path("/tmp/ch.sock"),
-            tsc_khz=2_994_000,
-        ))  # fmt: skip
-
-    tcg, kvm = build("tcg"), build("kvm")
+    tcg, kvm = (qemu_argv(qemu_spec(accel=accel, tsc_khz=2_994_000)) for accel in ("tcg", "kvm"))
     assert tcg[tcg.index("-M") + 1] == "microvm"
     devices = [tcg[i + 1].split(",")[0] for i, a in enumerate(tcg) if a == "-device"]
     assert devices == ["isa-serial", "virtio-9p-device", "virtio-9p-device", "virtio-serial-device", "virtserialport"]
@@ -95,12 +88,7 @@ def test_host_tsc_khz(tmp_path: Path) -> None:
 
 
 def test_commas_in_host_paths_are_escaped_for_qemu() -> None:
-    from harness.cmdline import QemuSpec, qemu_argv
-
-    argv = qemu_argv(QemuSpec(
-        kernel=K, image=Path("/c/vmlinux"), initrd=Path("/c/i.cpio"), accel="tcg", shell=Path("/g/sh"),
-        rw_dirs=(Path("/r,1"),), fresh_dirs=(), kernel_log=Path("/r,1/k.log"), channel=Path("/t,x/ch.sock"),
-    ))  # fmt: skip
+    argv = qemu_argv(qemu_spec(rw_dirs=(Path("/r,1"),), kernel_log=Path("/r,1/k.log"), channel=Path("/t,x/ch.sock")))
     assert "file,id=klog,path=/r,,1/k.log" in argv
     assert "local,id=knhrw0,path=/r,,1,security_model=none,multidevs=remap" in argv
     assert "socket,id=knhch,path=/t,,x/ch.sock,server=on,wait=off" in argv
