@@ -276,18 +276,24 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def read_config(path: Path) -> dict[str, str]:
-    """A .config as {symbol without CONFIG_: value}; "n" for `# CONFIG_X is not set`."""
+def config_items(text: str) -> dict[str, str]:
+    """`CONFIG_X=v` lines of a .config (or of `vng --kconfig --dry-run` output; later ones win)
+    as {X: v}, values as written; "n" for `# CONFIG_X is not set`."""
     out: dict[str, str] = {}
-    if not path.exists():
-        return out
-    for line in path.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         if line.startswith("CONFIG_") and "=" in line:
             name, _, value = line.partition("=")
-            out[name.removeprefix("CONFIG_")] = value.strip('"')
+            out[name.removeprefix("CONFIG_")] = value.strip()
         elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
             out[line[len("# CONFIG_") : -len(" is not set")]] = "n"
     return out
+
+
+def read_config(path: Path) -> dict[str, str]:
+    """A .config as {symbol without CONFIG_: value}, string values unquoted; {} when there is none."""
+    if not path.exists():
+        return {}
+    return {k: v.strip('"') for k, v in config_items(path.read_text(errors="replace")).items()}
 
 
 def missing_config(config: dict[str, str], wanted: dict[str, str]) -> list[str]:
@@ -408,18 +414,6 @@ def _configure_defconfig(tree: Path, options: BuildOptions, vng: str, items: lis
             raise KernelBuildError(f"adjusting the configuration of {tree} failed", log)
 
 
-def virtme_items(text: str) -> dict[str, str]:
-    """CONFIG_X=v lines of `vng --kconfig --dry-run` output (later ones win), as {X: v}."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("CONFIG_") and "=" in line:
-            name, _, value = line.partition("=")
-            out[name.removeprefix("CONFIG_")] = value.strip()
-        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
-            out[line[len("# CONFIG_") : -len(" is not set")]] = "n"
-    return out
-
-
 def tiny_fragment(virtme: dict[str, str], options: BuildOptions) -> dict[str, str]:
     """The KCONFIG_ALLCONFIG for `make allnoconfig`: base, virtme-ng's kept items, ours."""
     out = dict(TINY_BASE)
@@ -435,7 +429,7 @@ def _configure_tiny(tree: Path, options: BuildOptions, vng: str, items: list[str
     listing.write_text("")
     if run([vng, "--kconfig", "--dry-run", *items], tree, listing) != 0:
         raise KernelBuildError(f"{vng} --kconfig --dry-run failed in {tree}", listing)
-    fragment = tiny_fragment(virtme_items(listing.read_text()), options)
+    fragment = tiny_fragment(config_items(listing.read_text()), options)
     allconfig = tree / ".knh-allconfig"  # ignored by the kernel's .gitignore (".*")
     allconfig.write_text("".join(f"CONFIG_{k}={v}\n" for k, v in fragment.items()))
     if run(["make", "-s", f"KCONFIG_ALLCONFIG={allconfig}", "allnoconfig"], tree, log) != 0:

@@ -28,13 +28,13 @@ from harness.kernel_build import (
     KernelBuildError,
     build_kernel,
     cache_key,
+    config_items,
     is_kernel_tree,
     modules_dir_for,
     read_config,
     resolve_kernel_spec,
     tiny_fragment,
     tree_state,
-    virtme_items,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -334,7 +334,7 @@ class TestBuildCache:
 
 def test_tiny_fragment_keeps_virtme_guest_items_and_drops_the_unneeded() -> None:
     listing = "##: Generic\nCONFIG_VIRTIO=y\nCONFIG_DRM=y\nCONFIG_KVM=y\n# CONFIG_USB is not set\nCONFIG_9P_FS=y\n"
-    items = virtme_items(listing)
+    items = config_items(listing)
     assert items == {"VIRTIO": "y", "DRM": "y", "KVM": "y", "USB": "n", "9P_FS": "y"}
     frag = tiny_fragment(items, BuildOptions(extra_config=("CONFIG_PREEMPT_RT=y",)))
     assert frag["VIRTIO"] == "y" and frag["64BIT"] == "y" and frag["PREEMPT_RT"] == "y"
