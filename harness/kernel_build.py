@@ -53,7 +53,8 @@ REQUIRED_CONFIG: dict[str, str] = {
     "NET_9P": "y",  # host root and shared directories over 9p (both engines)
     "NET_9P_VIRTIO": "y",
     "9P_FS": "y",
-    "VIRTIO_PCI": "y",
+    "VIRTIO_PCI": "y",  # virtme-ng's PC machine
+    "VIRTIO_MMIO": "y",  # the qemu engine's microvm (devices found through ACPI)
     "VIRTIO_CONSOLE": "y",  # virtio-serial data channel (/dev/vport*)
     "OVERLAY_FS": "y",  # tmpfs overlay over the read-only host root
     "TMPFS": "y",

@@ -351,7 +351,7 @@ def test_build_options_from_env() -> None:
 
 
 def test_required_config_covers_what_the_harness_needs() -> None:
-    for name in ("MODULES", "NET_9P_VIRTIO", "9P_FS", "VIRTIO_PCI", "VIRTIO_CONSOLE", "OVERLAY_FS"):
+    for name in ("MODULES", "NET_9P_VIRTIO", "9P_FS", "VIRTIO_PCI", "VIRTIO_MMIO", "VIRTIO_CONSOLE", "OVERLAY_FS"):
         assert REQUIRED_CONFIG[name] == "y"
     assert REQUIRED_CONFIG["CRYPTO_USER"] == "m"
 
