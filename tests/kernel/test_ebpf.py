@@ -8,17 +8,25 @@ though its log looks right.
 
 from __future__ import annotations
 
-import struct
+import sys
 from collections.abc import Callable
 
+from harness.config import GUEST_SCRIPTS
 from harness.ebpf import BpfRunner, KnetlinkCounts, measure_handler_latency
 from harness.kernelops import GuestKernel
 from harness.plugin import KernelLogWindow
 from harness.senders import Ack, PySender
 from harness.vm import Guest
 
-NLMSG_HDRLEN = 16
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+sys.path.insert(0, str(GUEST_SCRIPTS))
+from nlframes import (  # guest_scripts is not a package
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    encode_header,
+    nlmsg_length,
+    nlmsg_space,
+)
+
 EINVAL = 22
 
 SINGLES = 20
@@ -27,9 +35,9 @@ BATCH = 8
 
 def frame(payload: bytes, *, seq: int, length: int | None = None, type_: int = 0, flags: int = NLM_F_REQUEST) -> bytes:
     """One netlink message; `length` overrides nlmsg_len (to make it lie)."""
-    real = NLMSG_HDRLEN + len(payload)
-    pad = (4 - real % 4) % 4
-    return struct.pack("=IHHII", real if length is None else length, type_, flags, seq, 0) + payload + b"\0" * pad
+    real = nlmsg_length(len(payload))
+    header = encode_header(real if length is None else length, type_, flags, seq)
+    return header + payload + b"\0" * (nlmsg_space(len(payload)) - real)
 
 
 def test_handler_and_acks_counted_per_message(
