@@ -6,14 +6,15 @@ cached by tree state), run the chosen tests against it in a pytest subprocess
 git bisect understands:
 
 ====  =========================================================================
-   0  good: pytest passed
+   0  good: pytest passed and at least one test passed
    1  bad: a test failed (including a module that no longer builds or loads,
       and a guest that died under a test: that is what a module bisect hunts)
- 125  skip: this commit cannot be tested: its kernel did not configure or build,
-      or it was built but did not boot / was unusable (see ``on_infra``)
- 128  abort the bisection: the harness or the selection is broken in a way
-      that does not depend on the commit (no tests collected, pytest usage
-      error or internal error, interrupted, a missing host tool, not a tree)
+ 125  skip: this commit was not tested: its kernel did not configure or build,
+      it was built but did not boot / was unusable (see ``on_infra``), or no
+      test passed (every test skipped, or none collected: pytest exit 5)
+ 128  abort the bisection: the harness is broken in a way that does not
+      depend on the commit (pytest usage error or internal error,
+      interrupted, no test results written, a missing host tool, not a tree)
 ====  =========================================================================
 
 git bisect run treats 125 as "skip", 1..127 as "bad" and anything >= 128 as
@@ -63,12 +64,16 @@ TestStep = Callable[[Kernel, Sequence[str], Path], int]  # (kernel, pytest args,
 
 @dataclass(frozen=True)
 class Outcome:
-    """A test run's JUnit summary: how many passed, failed for a test reason, failed for an infra reason."""
+    """A test run's JUnit summary: how many passed, were skipped, failed for a test reason, failed for an
+    infra reason. ``recorded`` is False when there was no readable JUnit file (every count is then 0)."""
 
     passed: int = 0
     failed: int = 0
     infra: int = 0
     first_failure: str = ""
+    skipped: int = 0
+    recorded: bool = False
+    first_skip: str = ""
 
 
 def read_junit(path: Path) -> Outcome:
@@ -77,12 +82,16 @@ def read_junit(path: Path) -> Outcome:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError):
         return Outcome()
-    passed = failed = infra = 0
-    first = ""
+    passed = failed = infra = skipped = 0
+    first = first_skip = ""
     for case in root.iter("testcase"):
         problems = [c for c in case if c.tag in ("failure", "error")]
         if not problems:
-            if not any(c.tag == "skipped" for c in case):
+            skips = [c for c in case if c.tag == "skipped"]
+            if skips:
+                skipped += 1
+                first_skip = first_skip or f"{case.get('name', '')}: {skips[0].get('message') or ''}"[:200]
+            else:
                 passed += 1
             continue
         text = " ".join((p.get("message") or "") + " " + (p.text or "") for p in problems)
@@ -92,15 +101,15 @@ def read_junit(path: Path) -> Outcome:
             failed += 1
             if not first:
                 first = f"{case.get('classname', '')}::{case.get('name', '')}: {text.strip().splitlines()[0][:200]}"
-    return Outcome(passed, failed, infra, first)
+    return Outcome(passed, failed, infra, first, skipped, recorded=True, first_skip=first_skip)
 
 
 def verdict(pytest_status: int, outcome: Outcome, on_infra: str = "skip") -> tuple[int, str]:
     """The bisect exit status for a pytest run, and a one-line reason."""
-    if pytest_status == PYTEST_OK:
-        return EXIT_GOOD, f"good: {outcome.passed} test(s) passed"
     if pytest_status == PYTEST_NO_TESTS:
-        return EXIT_ABORT, "abort: pytest collected no tests (check the test selection after --)"
+        return EXIT_SKIP, "skip: pytest collected no tests, so nothing was tested (check the test selection after --)"
+    if pytest_status == PYTEST_OK:
+        return _passed_verdict(outcome)
     if pytest_status != PYTEST_FAILED:
         return EXIT_ABORT, f"abort: pytest exited {pytest_status} (interrupted, internal or usage error)"
     if outcome.failed:
@@ -110,6 +119,17 @@ def verdict(pytest_status: int, outcome: Outcome, on_infra: str = "skip") -> tup
         return ON_INFRA_CHOICES[on_infra], f"{on_infra}: {reason}"
     # pytest says failed but the JUnit file shows nothing (it crashed before writing it): be safe.
     return EXIT_ABORT, "abort: pytest reported failures but wrote no test results"
+
+
+def _passed_verdict(outcome: Outcome) -> tuple[int, str]:
+    """Verdict for pytest exit 0: good only when at least one test actually passed."""
+    if not outcome.recorded:
+        return EXIT_ABORT, ("abort: pytest exited 0 but wrote no JUnit results to read; fix: do not pass "
+                            "--junitxml or -p no:junitxml in the pytest arguments")  # fmt: skip
+    if outcome.passed == 0:
+        example = f", e.g. {outcome.first_skip}" if outcome.first_skip else ""
+        return EXIT_SKIP, f"skip: no test passed ({outcome.skipped} skipped{example}), so nothing was tested"
+    return EXIT_GOOD, f"good: {outcome.passed} test(s) passed"
 
 
 def absolutize_args(args: Sequence[str], cwd: Path) -> list[str]:

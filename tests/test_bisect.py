@@ -44,6 +44,11 @@ JUNIT_PASS = '<testsuites><testsuite><testcase classname="t" name="test_a"/></te
 JUNIT_FAIL = ('<testsuites><testsuite><testcase classname="t" name="test_a">'
               '<failure message="AssertionError: link lines differ">trace</failure>'
               "</testcase></testsuite></testsuites>")  # fmt: skip
+JUNIT_SKIPPED = ('<testsuites><testsuite><testcase classname="t" name="test_a">'
+                 '<skipped type="pytest.skip" message="bpftrace is missing">t.py:3: bpftrace is missing</skipped>'
+                 '</testcase><testcase classname="t" name="test_b"><skipped message="no BTF">x</skipped>'
+                 "</testcase></testsuite></testsuites>")  # fmt: skip
+JUNIT_NONE = '<testsuites><testsuite name="pytest" tests="0"></testsuite></testsuites>'
 JUNIT_BOOT = ('<testsuites><testsuite><testcase classname="t" name="test_a">'
               '<error message="failed on setup with &quot;Failed: guest knh-1 (6.1.192-virtme, vng/tcg) '
               'did not boot: timeout&quot;">x</error></testcase></testsuite></testsuites>')  # fmt: skip
@@ -82,6 +87,70 @@ def test_test_failure_is_bad() -> None:
     assert run(built(), fake_test(1, JUNIT_FAIL)) == 1
 
 
+def _suite(*junits: str) -> str:
+    cases = "".join(j.split("<testsuite>")[1].split("</testsuite>")[0] for j in junits)
+    return f"<testsuites><testsuite>{cases}</testsuite></testsuites>"
+
+
+def test_all_skipped_is_skip() -> None:
+    messages: list[str] = []
+    code = b.bisect_run(Path("/nonexistent-tree"), ["t.py"], build=built(), test=fake_test(0, JUNIT_SKIPPED),
+                        notify=messages.append)  # fmt: skip
+    assert code == 125
+    assert "no test passed (2 skipped, e.g. test_a: bpftrace is missing)" in messages[-1]
+
+
+@pytest.mark.parametrize("junit", [JUNIT_NONE, None], ids=["empty-junit", "no-junit"])
+def test_none_collected_is_skip(junit: str | None) -> None:
+    assert run(built(), fake_test(5, junit)) == 125
+
+
+def test_one_passed_and_some_skipped_is_good() -> None:
+    assert run(built(), fake_test(0, _suite(JUNIT_SKIPPED, JUNIT_PASS))) == 0
+
+
+def test_a_failure_among_skips_is_bad() -> None:
+    assert run(built(), fake_test(1, _suite(JUNIT_SKIPPED, JUNIT_FAIL))) == 1
+
+
+def test_passed_without_results_aborts() -> None:
+    assert run(built(), fake_test(0, None)) == 128
+
+
+STEP_TESTS = textwrap.dedent(
+    """\
+    import pytest
+
+    def test_skipped_in_body():
+        pytest.skip("bpftrace is missing")
+
+    @pytest.mark.skipif(True, reason="no BTF")
+    def test_skipped_by_marker():
+        pass
+
+    def test_passes():
+        pass
+
+    def test_fails():
+        assert False, "link lines differ"
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("selection", "expected"),
+    [("skipped", 125), ("no_such_test", 125), ("skipped or passes", 0), ("skipped or fails", 1)],
+    ids=["all-skipped", "none-collected", "passed-and-skipped", "failed"],
+)
+def test_verdict_of_a_real_pytest_run(tmp_path: Path, selection: str, expected: int) -> None:
+    """The same contract over what pytest itself writes (exit status and JUnit file)."""
+    tests = tmp_path / "test_step.py"
+    tests.write_text(STEP_TESTS)
+    code = b.bisect_run(tmp_path, [str(tests), "-q", "-k", selection], build=built(), test=b.default_test_step,
+                        notify=lambda m: None)  # fmt: skip
+    assert code == expected
+
+
 def test_kernel_build_failure_is_skip() -> None:
     calls: list[str] = []
 
@@ -100,13 +169,10 @@ def test_boot_failure_is_skip_by_default_and_configurable() -> None:
 
 
 def test_real_failure_wins_over_boot_failure() -> None:
-    case_fail = JUNIT_FAIL.split("<testsuite>")[1].split("</testsuite>")[0]
-    case_boot = JUNIT_BOOT.split("<testsuite>")[1].split("</testsuite>")[0]
-    both = f"<testsuites><testsuite>{case_boot}{case_fail}</testsuite></testsuites>"
-    assert run(built(), fake_test(1, both)) == 1
+    assert run(built(), fake_test(1, _suite(JUNIT_BOOT, JUNIT_FAIL))) == 1
 
 
-@pytest.mark.parametrize("status", [2, 3, 4, 5])
+@pytest.mark.parametrize("status", [2, 3, 4])
 def test_commit_independent_problems_abort(status: int) -> None:
     assert run(built(), fake_test(status, None)) == 128
 
@@ -145,6 +211,10 @@ def test_read_junit_counts(tmp_path: Path) -> None:
     assert "link lines differ" in out.first_failure
     p.write_text(JUNIT_BOOT)
     assert b.read_junit(p).infra == 1
+    p.write_text(_suite(JUNIT_SKIPPED, JUNIT_PASS))
+    out = b.read_junit(p)
+    assert (out.passed, out.skipped, out.recorded) == (1, 2, True)
+    assert out.first_skip == "test_a: bpftrace is missing"
     assert b.read_junit(tmp_path / "missing.xml") == b.Outcome()
 
 
