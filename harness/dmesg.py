@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
 
+from .errors import ConfigError
+
 __all__ = [
     "LINK_PREFIX",
     "SPLAT_PATTERNS",
@@ -548,6 +550,11 @@ def _match_pattern(text: str) -> SplatPattern | None:
     return None
 
 
+def _is_heading(text: str) -> bool:
+    pattern = _match_pattern(text)
+    return pattern is not None and pattern is not _CUT_HERE
+
+
 def _function_name(symbol: str) -> str:
     """``foo.constprop.0`` -> ``foo``: drop compiler-generated suffixes."""
     return symbol.split(".", 1)[0] or symbol
@@ -569,6 +576,12 @@ class Splat:
     line_no: int
     lines: tuple[str, ...]
     fingerprint: str
+
+    @property
+    def heading(self) -> str:
+        """The line that names the report: its first line, or for a
+        ``[ cut here ]`` block the WARNING/BUG line that follows the marker."""
+        return next((text for text in self.lines if _is_heading(text)), self.lines[0] if self.lines else "")
 
     def summary(self, max_lines: int = 15) -> str:
         """A short text for a failure message: heading plus first lines."""
@@ -764,11 +777,11 @@ def iter_splats(lines: LogInput | LineStream) -> Iterator[Splat]:
 # ---------------------------------------------------------------------------
 
 
-class AllowlistError(ValueError):
-    """A malformed allowlist entry; the message names file and line."""
+class AllowlistError(ConfigError):
+    """A malformed allowlist entry; the message is ``<file>:<line>: <problem>; fix: <fix>``."""
 
-    def __init__(self, source: str, line_no: int, problem: str) -> None:
-        super().__init__(f"{source}:{line_no}: {problem}")
+    def __init__(self, source: str, line_no: int, problem: str, fix: str) -> None:
+        super().__init__(f"{source}:{line_no}: {problem}; fix: {fix}")
         self.source = source
         self.line_no = line_no
         self.problem = problem
@@ -776,7 +789,8 @@ class AllowlistError(ValueError):
 
 @dataclass(frozen=True)
 class AllowEntry:
-    """An allowlist entry: splats with a line matching ``pattern`` pass."""
+    """An allowlist entry: a splat whose heading line (:attr:`Splat.heading`)
+    matches ``pattern`` from its first character passes."""
 
     pattern: re.Pattern[str]
     reason: str
@@ -784,7 +798,7 @@ class AllowEntry:
     line_no: int = 0
 
     def matches(self, splat: Splat) -> bool:
-        return any(self.pattern.search(line) for line in splat.lines)
+        return self.pattern.match(splat.heading) is not None
 
 
 ALLOWLIST_SEPARATOR: Final = "##"
@@ -795,32 +809,50 @@ def parse_allowlist(text: str, source: str = "<string>") -> tuple[AllowEntry, ..
 
     Blank lines and lines whose first non-blank character is ``#`` are
     comments. The first ``##`` ends the regex (surrounding blanks stripped),
-    which is searched in every line of a splat. The reason is mandatory.
-    Errors raise :class:`AllowlistError` naming ``source`` and the line.
+    which must match a splat's heading line from its start (``re.match``).
+    The reason is mandatory. Errors raise :class:`AllowlistError` (a
+    :class:`~harness.errors.ConfigError`) naming ``source`` and the line.
     """
     entries: list[AllowEntry] = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        regex, sep, reason = stripped.partition(ALLOWLIST_SEPARATOR)
-        regex = regex.strip()
-        reason = reason.strip()
-        if not sep:
-            raise AllowlistError(source, line_no, "missing '## <reason>'")
-        if not reason:
-            raise AllowlistError(source, line_no, "empty reason after '##'")
-        try:
-            compiled = re.compile(regex)
-        except re.error as exc:
-            raise AllowlistError(source, line_no, f"invalid regex {regex!r}: {exc}") from None
-        entries.append(AllowEntry(compiled, reason, source, line_no))
+        if stripped and not stripped.startswith("#"):
+            entries.append(_parse_entry(stripped, source, line_no))
     return tuple(entries)
 
 
+def _parse_entry(line: str, source: str, line_no: int) -> AllowEntry:
+    regex, sep, reason = (part.strip() for part in line.partition(ALLOWLIST_SEPARATOR))
+    if not sep:
+        raise AllowlistError(source, line_no, "missing '## <reason>'", "end the entry with '## <why it is harmless>'")
+    if not reason:
+        raise AllowlistError(source, line_no, "empty reason after '##'", "say after '##' why the splat is harmless")
+    try:
+        compiled = re.compile(regex)
+    except re.error as exc:
+        raise AllowlistError(
+            source, line_no, f"invalid regex {regex!r}: {exc}", "correct the regex (Python re syntax; escape literal "
+            "characters such as ( [ . + with a backslash)"
+        ) from None  # fmt: skip
+    return AllowEntry(compiled, reason, source, line_no)
+
+
 def load_allowlist(path: str | os.PathLike[str]) -> tuple[AllowEntry, ...]:
-    """Read and parse an allowlist file (see :func:`parse_allowlist`)."""
-    return parse_allowlist(Path(path).read_text(encoding="utf-8"), source=os.fspath(path))
+    """Read and parse an allowlist file (see :func:`parse_allowlist`).
+
+    An unreadable file (missing, a directory, not UTF-8) or a malformed entry
+    raises :class:`~harness.errors.ConfigError` naming the path (and the line).
+    """
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"{source}: cannot read the splat allowlist: {problem}; fix: create the file or point "
+            "--splat-allowlist / KNH_SPLAT_ALLOWLIST / knh_splat_allowlist at an existing UTF-8 file"
+        ) from None
+    return parse_allowlist(text, source=source)
 
 
 @dataclass(frozen=True)

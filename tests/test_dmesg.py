@@ -35,6 +35,7 @@ from harness.dmesg import (
     unescape_payload,
     unexpected_taint,
 )
+from harness.errors import ConfigError
 
 DATA = Path(__file__).parent / "data" / "dmesg"
 SHIPPED_ALLOWLIST = Path(dmesg.__file__).with_name("splat_allowlist.txt")
@@ -619,12 +620,50 @@ def test_iter_splats_is_lazy_and_accepts_a_stream() -> None:
 # ---------------------------------------------------------------------------
 
 
+GOLDEN_HEADINGS = {
+    "hung_task.log": ["INFO: task knl_send:152 blocked for more than 120 seconds."],
+    "kmemleak.log": [
+        "kmemleak: 1 new suspected memory leaks (see /sys/kernel/debug/kmemleak)",
+        "unreferenced object 0xffff888004c3a400 (size 64):",
+    ],
+    "null_deref.log": ["BUG: kernel NULL pointer dereference, address: 0000000000000000"],
+    "panic.log": [
+        "general protection fault, probably for non-canonical address 0xdead000000000122: 0000 [#1] PREEMPT SMP NOPTI"
+    ],
+    "rcu_stall.log": ["rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"],
+    "ubsan.log": ["UBSAN: array-index-out-of-bounds in /work/main/module/knetlink.c:212:23"],
+    "warning.log": ["WARNING: CPU: 0 PID: 123 at lib/vsprintf.c:2714 format_decode+0x4a1/0x530"],
+    "warning_kmsg.log": ["WARNING: CPU: 0 PID: 123 at lib/vsprintf.c:2714 format_decode+0x4b1/0x550"],
+    "soft_lockup.log": [
+        "watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [knl_send:144]",
+        "watchdog: BUG: soft lockup - CPU#1 stuck for 52s! [knl_send:144]",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_HEADINGS))
+def test_splat_heading_is_the_line_that_names_the_report(name: str) -> None:
+    assert [s.heading for s in iter_splats(golden(name))] == GOLDEN_HEADINGS[name]
+
+
+def test_cut_here_heading_skips_the_marker_and_the_warn_message() -> None:
+    (splat,) = find_splats(golden("warning.log"))
+    assert splat.lines[:2] == ("------------[ cut here ]------------", "Please remove unsupported %pZ in format string")
+    assert splat.heading == splat.lines[2]
+
+
 def test_shipped_allowlist_is_valid_and_empty() -> None:
     assert load_allowlist(SHIPPED_ALLOWLIST) == ()
+
+
+def test_shipped_example_entry_allows_only_its_heading() -> None:
     example = [ln for ln in SHIPPED_ALLOWLIST.read_text().splitlines() if ln.startswith("#   ^")]
     assert len(example) == 1
     (entry,) = parse_allowlist(example[0].removeprefix("#"))
     assert entry.reason == "known QEMU virtio quirk, not ours"
+    virtio = golden("warning.log").replace("at lib/vsprintf.c:2714", "at drivers/virtio/virtio_ring.c:2714")
+    assert scan_splats(virtio, [entry]).ok
+    assert not scan_splats(golden("warning.log"), [entry]).ok
 
 
 def test_allowlist_line_starting_with_hashes_is_a_comment() -> None:
@@ -642,7 +681,7 @@ def test_parse_allowlist() -> None:
 
 def test_allowlist_suppresses_with_reason(tmp_path: Path) -> None:
     path = tmp_path / "allow.txt"
-    path.write_text("# ours\nlib/vsprintf\\.c ## format_decode warns on %pZ on purpose\n", encoding="utf-8")
+    path.write_text("# ours\nWARNING: .* at lib/vsprintf\\.c:\\d+ ## format_decode warns on %pZ on purpose\n")
     allowlist = load_allowlist(path)
     text = golden("warning.log") + golden("hung_task.log")
     report = scan_splats(text, allowlist)
@@ -659,38 +698,83 @@ def test_allowlist_suppresses_with_reason(tmp_path: Path) -> None:
     assert [s.kind for s in find_splats(text)] == ["warning", "hung-task"]
 
 
-def test_allowlist_matches_any_line_of_the_block() -> None:
-    (entry,) = parse_allowlist(r"^\s*knl_format_msg\+ ## matched inside the call trace")
-    report = scan_splats(golden("warning.log"), [entry])
+@pytest.mark.parametrize(
+    "regex",
+    [
+        r"^\s*knl_format_msg\+",  # a call-trace frame of the module
+        r"\s*knl_rcv_msg\+0x8e/0x130 \[knetlink\]",
+        r"Modules linked in: knetlink",
+        r"Modules linked in:",
+        r"RIP: 0010:format_decode",  # a register line
+        r"Please remove unsupported %pZ",  # the WARN message before the heading
+        r"-+\[ cut here \]-+",  # the marker before the heading
+        r"lib/vsprintf\.c",  # in the heading, but not from its start
+    ],
+)
+def test_allowlist_entry_outside_the_heading_does_not_allow(regex: str) -> None:
+    (entry,) = parse_allowlist(f"{regex} ## not the heading")
+    for name in ("warning.log", "warning_kmsg.log"):
+        report = scan_splats(golden(name), [entry])
+        assert [s.fingerprint for s in report.failures] == [WARNING_FP], name
+        assert report.allowed == ()
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_HEADINGS))
+def test_allowlist_entry_matching_the_heading_allows(name: str) -> None:
+    entries = parse_allowlist("".join(f"{re.escape(h)} ## heading of {name}\n" for h in GOLDEN_HEADINGS[name]))
+    report = scan_splats(golden(name), entries)
     assert report.ok
-    assert report.failures == ()
-    assert len(report.allowed) == 1
+    assert [a.splat.heading for a in report.allowed] == GOLDEN_HEADINGS[name]
 
 
 def test_allowlist_entry_matches() -> None:
-    splat = Splat("warning", 1, ("WARNING: x", " f+0x1/0x2"), "warning:-")
-    entry = AllowEntry(re.compile(r"f\+0x"), "why")
-    assert entry.matches(splat)
-    assert not AllowEntry(re.compile("^f"), "why").matches(splat)
+    splat = Splat("warning", 1, ("------------[ cut here ]------------", "WARNING: x", " f+0x1/0x2"), "warning:-")
+    assert AllowEntry(re.compile("WARNING: x"), "why").matches(splat)
+    assert AllowEntry(re.compile(r".*: x$"), "why").matches(splat)
+    assert not AllowEntry(re.compile(r"f\+0x"), "why").matches(splat)
+    assert not AllowEntry(re.compile(r"\s*f\+0x"), "why").matches(splat)
+    assert not AllowEntry(re.compile("x"), "why").matches(splat)
 
 
 @pytest.mark.parametrize(
     ("text", "line_no", "problem"),
     [
-        ("# ok\nWARNING: foo\n", 2, "missing '## <reason>'"),
-        ("\nWARNING: foo ##   \n", 2, "empty reason after '##'"),
+        ("# ok\nWARNING: foo\n", 2, "missing '## <reason>'; fix: "),
+        ("\nWARNING: foo ##   \n", 2, "empty reason after '##'; fix: "),
         ("ok ## fine\n\n\nfoo(bar ## unbalanced\n", 4, "invalid regex 'foo(bar'"),
+        ("BUG: [a-## bad class\n", 1, "invalid regex 'BUG: [a-'"),
     ],
+    ids=["no-reason", "empty-reason", "unbalanced-paren", "open-class"],
 )
 def test_malformed_allowlist(tmp_path: Path, text: str, line_no: int, problem: str) -> None:
     path = tmp_path / "bad.txt"
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(AllowlistError) as info:
+    with pytest.raises(ConfigError) as info:
         load_allowlist(path)
-    assert str(info.value).startswith(f"{path}:{line_no}: {problem}")
-    assert info.value.line_no == line_no
-    assert info.value.source == str(path)
-    assert isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{line_no}: {problem}")
+    assert "; fix: " in message
+    assert isinstance(info.value, AllowlistError)
+    assert (info.value.source, info.value.line_no) == (str(path), line_no)
+
+
+def test_missing_allowlist_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "no-such-allowlist.txt"
+    with pytest.raises(ConfigError) as info:
+        load_allowlist(path)
+    assert str(info.value).startswith(f"{path}: cannot read the splat allowlist: No such file or directory; fix: ")
+    assert "--splat-allowlist" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["directory", "not-utf8"])
+def test_unreadable_allowlist_file_names_the_path(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "allow.txt"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"WARNING: \xff ## latin-1\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: cannot read the splat allowlist: .*; fix: "):
+        load_allowlist(path)
 
 
 # ---------------------------------------------------------------------------
