@@ -36,6 +36,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -120,6 +127,10 @@ SETTINGS: tuple[Setting, ...] = (
             "fresh boots tried after a boot misses its deadline", _non_negative_int),
     Setting("command_timeout", "--command-timeout", "KNH_COMMAND_TIMEOUT", "knh_command_timeout", "60",
             "default seconds a guest command may run", _positive_float),
+    Setting("settle", "--settle", "KNH_SETTLE", "knh_settle", "0.1",
+            "seconds the guest kernel gets after a test unloaded a module, before its checks run: a timer "
+            "or work item left armed fires into freed module code and fails the test that unloaded it "
+            "(0: no wait, still one liveness round trip)", _non_negative_float),
     Setting("memory", "--guest-memory", "KNH_MEMORY", "knh_memory", "1G",
             "guest memory (QEMU -m)", _memory),
     Setting("cpus", "--guest-cpus", "KNH_CPUS", "knh_cpus", "2",
@@ -153,6 +164,7 @@ class HarnessConfig:
     boot_timeout: float = 120.0
     boot_retries: int = 1
     command_timeout: float = 60.0
+    settle: float = 0.1
     memory: str = "1G"
     cpus: int = 2
     results_dir: Path = Path("results")

@@ -120,5 +120,20 @@ class ModuleLoadError(HarnessError):
         self.kernel_lines = kernel_lines
 
 
+class ModuleCrashError(HarnessError):
+    """The kernel crashed (oops, BUG, panic) while insmod or rmmod ran: a bug in the module,
+    not a refusal to load. Deliberately not a ModuleLoadError, so code that treats a load
+    refusal as "skip this module" does not swallow a crash."""
+
+    def __init__(self, message: str, output: str, splats: str) -> None:
+        detail = [message]
+        if output.strip():
+            detail.append("--- insmod/rmmod output ---\n" + _tail(output, 10))
+        detail.append("--- kernel splat(s) ---\n" + splats)
+        super().__init__("\n".join(detail))
+        self.output = output
+        self.splats = splats
+
+
 class HostKernelRefused(HarnessError):
     """An attempt to load a module where the target is the host kernel."""

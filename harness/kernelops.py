@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dmesg import KernelLine, parse_lines
-from .errors import HarnessError, HostKernelRefused, ModuleLoadError
+from .dmesg import KernelLine, find_splats, parse_lines
+from .errors import HarnessError, HostKernelRefused, ModuleCrashError, ModuleLoadError
 from .vm import Guest
 
 HOST_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -50,6 +50,7 @@ class GuestKernel:
         self._token = secrets.token_hex(4)
         self._counter = itertools.count(1)
         self._verified_not_host = False
+        self.unloads = 0  # successful rmmods on this guest: the after-test check lets the kernel settle after one
 
     # -- safety ------------------------------------------------------------
     def ensure_not_host(self) -> None:
@@ -95,20 +96,46 @@ class GuestKernel:
 
     # -- modules -----------------------------------------------------------------
     def insmod(self, ko: Path, params: Mapping[str, str] | None = None) -> str:
-        """Load `ko` in the guest; returns the module name. Raises ModuleLoadError with the kernel's words."""
+        """Load `ko` in the guest; returns the module name. Raises ModuleLoadError with the kernel's
+        words when the kernel refused it, ModuleCrashError when the kernel crashed loading it."""
         self.ensure_not_host()
         mark = self.mark()
         argv = ["insmod", str(ko)] + [f"{k}={v}" for k, v in (params or {}).items()]
         result = self.guest.run(argv)
         if result.status != 0:
-            lines = [ln.text for ln in self.lines_since(mark)]
-            raise ModuleLoadError(f"insmod {ko.name} failed (status {result.status})", result.output, lines)
+            lines = self.lines_since(mark)
+            self._raise_if_crashed(f"insmod {ko.name}", result.status, result.output, lines)
+            raise ModuleLoadError(
+                f"insmod {ko.name} failed (status {result.status})", result.output, [ln.text for ln in lines]
+            )
         return ko.stem.replace("-", "_")
 
     def rmmod(self, name: str) -> None:
+        mark = self.mark()
         result = self.guest.run(["rmmod", name])
         if result.status != 0:
-            raise ModuleLoadError(f"rmmod {name} failed (status {result.status})", result.output, [])
+            lines = self.lines_since(mark)
+            self._raise_if_crashed(f"rmmod {name}", result.status, result.output, lines)
+            raise ModuleLoadError(
+                f"rmmod {name} failed (status {result.status})", result.output, [ln.text for ln in lines]
+            )
+        self.unloads += 1
+
+    @staticmethod
+    def _raise_if_crashed(what: str, status: int, output: str, lines: list[KernelLine]) -> None:
+        """A failed insmod/rmmod is a crash, not a refusal, when the kernel printed a splat
+        or the command was killed by a signal (an oops in process context kills the task)."""
+        splats = find_splats(lines)
+        if not splats and status < 128:
+            return
+        signal = f", killed by signal {status - 128}" if status > 128 else ""
+        text = "\n".join(sp.summary() for sp in splats) or "(no splat in the kernel log; see the guest kernel console)"
+        raise ModuleCrashError(
+            f"{what}: the kernel crashed (status {status}{signal}); this is a bug in the module or the kernel, "
+            "not a refusal to load: fix the crash shown below",
+            output,
+            text,
+        )
 
     def loaded(self, name: str) -> bool:
         return self.guest.run(["test", "-d", f"/sys/module/{name}"]).status == 0

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .checks import KernelVerdict, judge
+from .checks import KernelVerdict, judge_death
 from .config import DEFAULT_MODULE_DIR, SETTINGS, HarnessConfig, module_params_dict, resolve
-from .dmesg import AllowEntry, KernelLine, SplatReport, load_allowlist, parse_lines, parse_link_lines, scan_splats
-from .errors import HarnessError
+from .dmesg import AllowEntry, KernelLine, SplatReport, load_allowlist, parse_link_lines
+from .errors import BootError, HarnessError, LostGuestError
 from .kernel import Kernel, expand_kernel_specs
 from .kernel_build import resolve_kernel_spec
 from .kernelops import GuestKernel, LogMark
@@ -36,6 +36,19 @@ from .kmod import BuiltModule
 from .senders import CSender, PySender
 from .session import KernelSession, ModuleSource
 from .vm import Guest
+from .watch import (
+    Cursor,
+    KernelCheckError,
+    Policy,
+    Window,
+    check_after_last,
+    check_window,
+    console_since,
+    cursor_after,
+    cursor_current,
+    dead_since,
+    open_window,
+)
 
 CONFIG_KEY = pytest.StashKey[HarnessConfig]()
 RUN_ROOT_KEY = pytest.StashKey[Path]()
@@ -88,6 +101,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[NOTES_KEY] = []
     config.stash[SPLATS_KEY] = []
     config.stash[OUTCOMES_KEY] = {}
+    config.stash[CURSORS_KEY] = {}
+    config.stash[CRASHES_KEY] = []
+    config.stash[SKIPS_KEY] = []
     import importlib
 
     for name in FIXTURE_MODULES:
@@ -96,8 +112,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _with_results_dir(cfg: HarnessConfig, path: Path) -> HarnessConfig:
-    from dataclasses import replace
-
     return replace(cfg, results_dir=path)
 
 
@@ -168,8 +182,28 @@ def knh_kernel_session(request: pytest.FixtureRequest, knh_config: HarnessConfig
     request.config.stash[SESSIONS_KEY].append(session)
     try:
         yield session
+        _check_after_last_test(request.config, session)
     finally:
         session.close()
+
+
+def _check_after_last_test(config: pytest.Config, session: KernelSession) -> None:
+    """Before the guest is shut down: a crash after the last test fails the run, never ends it green."""
+    cursor = config.stash[CURSORS_KEY].pop(session, None)
+    if cursor is None or not cursor_current(session, cursor):
+        return
+    verdict = check_after_last(session, cursor, _policy(config))
+    if verdict.ok:
+        return
+    what = "died" if verdict.died else "was not clean"
+    headline = (f"the guest kernel {what} after the last test on it: {cursor.test} passed its checks, then "
+                f"(guest {cursor.guest.launch.name}, {session.kernel.release})")  # fmt: skip
+    _record_crash(config, session, "(end of run)", "after the last test", cursor.test, verdict)
+    config.stash[SPLATS_KEY].extend(
+        {"test": cursor.test, "kernel": session.kernel.release, "phase": "after the last test",
+         "kind": sp.kind, "fingerprint": sp.fingerprint, "allowed": False} for sp in verdict.splats.failures
+    )  # fmt: skip
+    pytest.fail(f"{headline}\n{verdict.message()}", pytrace=False)
 
 
 def _fail_on_harness_error(e: HarnessError) -> None:
@@ -292,7 +326,10 @@ def c_sender(guest: Guest, kmod: LoadedModule, built_module: BuiltModule) -> CSe
 
 # -- after-test kernel checks, artifacts and reproduction ----------------------
 
-_STATE_KEY = pytest.StashKey[dict[str, Any]]()
+_WINDOW_KEY = pytest.StashKey[Window]()
+CURSORS_KEY = pytest.StashKey[dict[KernelSession, Cursor]]()
+CRASHES_KEY = pytest.StashKey[list[dict[str, Any]]]()  # kernels found broken between tests or at the end
+SKIPS_KEY = pytest.StashKey[list[dict[str, str]]]()  # skipped kernel tests: test, kernel, reason
 
 
 # The kernel fixtures that put a guest under the test (the session and the module build alone do not).
@@ -303,28 +340,101 @@ def _uses_guest(item: pytest.Item) -> bool:
     return bool(GUEST_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
+def _policy(config: pytest.Config) -> Policy:
+    cfg = config.stash[CONFIG_KEY]
+    return Policy(_allowlist(config), cfg.allowed_taint, cfg.settle)
+
+
 @pytest.fixture(autouse=True)
 def _knh_kernel_watch(request: pytest.FixtureRequest) -> Iterator[None]:
-    """For guest tests: remember the log position and taint before the test, check them after."""
-    if not _uses_guest(request.node):
+    """For guest tests: check the kernel since the previous test, open a window (log position,
+    taint, console offset) before the test, check it after the call and after the teardown."""
+    item = request.node
+    if not _uses_guest(item):
         yield
         return
     session: KernelSession = request.getfixturevalue("knh_kernel_session")
-    try:
-        ops = session.ops()
-        guest = ops.guest
-        klog = guest.paths.kernel_log
-        state = {"session": session, "ops": ops, "mark": ops.mark(), "taint": ops.taint(), "guest": guest,
-                 "klog_offset": klog.stat().st_size if klog.exists() else 0}  # fmt: skip
-    except HarnessError:
-        yield  # the guest fixture itself reports the boot failure
-        return
-    request.node.stash[_STATE_KEY] = state
+    window = _open_window(item, session)
+    item.stash[_WINDOW_KEY] = window
     yield
     # Teardown: fixtures of the test (rmmod among them) are gone; check what they left.
-    verdict = _check_kernel(request.node, state, phase="teardown")
-    if verdict is not None and not verdict.ok:
-        pytest.fail(verdict.message(), pytrace=False)
+    _close_window(item, window)
+
+
+def _open_window(item: pytest.Item, session: KernelSession) -> Window:
+    """Open the test's window; fail its setup if the kernel broke since the previous test."""
+    policy = _policy(item.config)
+    cursor = item.config.stash[CURSORS_KEY].pop(session, None)
+    if not cursor_current(session, cursor):
+        cursor = None
+    if cursor is not None:
+        dead = dead_since(cursor, policy)
+        if dead is not None:
+            _fail_between(item, session, cursor, dead)
+    try:
+        window, between = open_window(session, cursor, policy)
+    except LostGuestError as e:
+        if cursor is not None:
+            _fail_between(item, session, cursor, dead_since(cursor, policy) or _lost(e))
+        pytest.fail(f"the guest died before {item.nodeid} began: {e}", pytrace=False)
+    except BootError as e:
+        pytest.fail(str(e), pytrace=False)
+    except HarnessError as e:
+        pytest.fail(f"kernel check error: the kernel checks could not start for {item.nodeid}: {e}", pytrace=False)
+    if cursor is not None and between is not None and not between.ok:
+        if not between.guest_suspect:  # keep watching from here: nothing after this point is lost
+            item.config.stash[CURSORS_KEY][session] = replace(cursor, mark=window.mark, taint=window.taint,
+                                                              console_offset=window.console_offset)  # fmt: skip
+        _fail_between(item, session, cursor, between)
+    return window
+
+
+def _lost(e: LostGuestError) -> KernelVerdict:
+    return judge_death(str(e), "QEMU exited", ())
+
+
+def _fail_between(item: pytest.Item, session: KernelSession, cursor: Cursor, verdict: KernelVerdict) -> None:
+    """The kernel broke after `cursor.test` passed its checks: fail this test's setup, naming it."""
+    what = "died" if verdict.died else "was not clean"
+    headline = (f"the guest kernel {what} between tests: after {cursor.test} passed its checks and before "
+                f"{item.nodeid} began (guest {cursor.guest.launch.name}, {session.kernel.release})")  # fmt: skip
+    _record_crash(item.config, session, item.nodeid, "between tests", cursor.test, verdict)
+    _record_splats(item, session.kernel.release, "between tests", verdict.splats, with_allowed=False)
+    if verdict.guest_suspect:
+        session.recycle(headline)
+    pytest.fail(f"{headline}\n{verdict.message()}", pytrace=False)
+
+
+def _record_crash(config: pytest.Config, session: KernelSession, test: str, phase: str, previous: str,
+                  verdict: KernelVerdict) -> None:  # fmt: skip
+    config.stash[CRASHES_KEY].append({
+        "test": test, "kernel": session.kernel.release, "phase": phase, "previous_test": previous,
+        "died": verdict.died.reason if verdict.died else None,
+        "splats": [s.fingerprint for s in verdict.splats.failures],
+        "message": verdict.message(),
+    })  # fmt: skip
+
+
+def _close_window(item: pytest.Item, window: Window) -> None:
+    """The teardown check: what the test's fixtures left (an unload gets the settle first)."""
+    verdict = _check(item, window, "teardown")
+    if verdict is not None and verdict.ok:
+        cursor = cursor_after(window, item.nodeid)
+        if cursor is not None:
+            item.config.stash[CURSORS_KEY][window.session] = cursor
+    if verdict is None or verdict.ok:
+        return
+    message = verdict.message()
+    if _failed_before_teardown(item):  # one failure per test: the rest goes into its report
+        item.add_report_section("teardown", "kernel checks", message)
+    else:
+        window.kernel_failed.add("teardown")
+        pytest.fail(message, pytrace=False)
+
+
+def _failed_before_teardown(item: pytest.Item) -> bool:
+    phases = item.config.stash[OUTCOMES_KEY].get(item.nodeid, {})
+    return "failed" in (phases.get("setup"), phases.get("call"))
 
 
 def _allowlist(config: pytest.Config) -> Sequence[AllowEntry]:
@@ -336,10 +446,6 @@ def _allowlist(config: pytest.Config) -> Sequence[AllowEntry]:
 
 
 _ALLOW_KEY = pytest.StashKey[Sequence[AllowEntry]]()
-
-
-class KernelCheckError(HarnessError):
-    """The splat/taint check itself failed (the guest console answered nonsense, a command timed out)."""
 
 
 def _record_splats(
@@ -356,49 +462,70 @@ def _record_splats(
                        "allowed": True, "reason": entry.reason})  # fmt: skip
 
 
-def _check_kernel(item: pytest.Item, state: dict[str, Any], phase: str) -> KernelVerdict | None:
-    session: KernelSession = state["session"]
-    ops: GuestKernel = state["ops"]
-    guest = session.current_guest
-    if guest is None or not guest.alive or ops.guest is not guest:
+def _check(item: pytest.Item, window: Window, phase: str) -> KernelVerdict | None:
+    """Check the test's window; None once the window is closed (its guest was thrown away)."""
+    if window.closed:
         return None
     try:
-        lines = ops.lines_since(state["mark"])
-        taint = ops.taint()
-    except HarnessError as e:
-        raise KernelCheckError(f"kernel checks after the {phase} of {item.nodeid} could not run: {e}") from e
-    cfg = item.config.stash[CONFIG_KEY]
-    state.setdefault("lines", []).extend(lines)
-    verdict = judge(lines, state["taint"], taint, _allowlist(item.config), cfg.allowed_taint)
-    _record_splats(item, session.kernel.release, phase, verdict.splats)
-    state["mark"] = ops.mark()
-    state["taint"] = taint
+        verdict = check_window(window, _policy(item.config))
+    except KernelCheckError as e:
+        window.closed = True
+        window.session.recycle(f"kernel checks failed after the {phase} of {item.nodeid}")
+        raise KernelCheckError(f"kernel check error after the {phase} of {item.nodeid}: {e}") from e
+    release = window.session.kernel.release
+    _record_splats(item, release, "guest died" if verdict.died else phase, verdict.splats,
+                   with_allowed=verdict.died is None)  # fmt: skip
     if verdict.guest_suspect:
-        session.recycle(f"{phase} of {item.nodeid}: {verdict.message().splitlines()[0]}")
+        window.closed = True
+        window.session.recycle(f"{phase} of {item.nodeid}: {verdict.message().splitlines()[0]}")
     return verdict
+
+
+_OUTCOME_EXCEPTIONS = (pytest.skip.Exception, pytest.xfail.Exception)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    window = item.stash.get(_WINDOW_KEY, None)
     try:
         result = yield
-    except BaseException:
-        state = item.stash.get(_STATE_KEY, None)
-        if state is not None:
-            try:
-                verdict = _check_kernel(item, state, phase="call")
-            except KernelCheckError as e:  # the test's own failure stays the one reported
-                item.add_report_section("call", "kernel checks", str(e))
-            else:
-                if verdict is not None and not verdict.ok:
-                    item.add_report_section("call", "kernel checks", verdict.message())
+    except BaseException as e:
+        if window is not None:
+            _after_raising_call(item, window, e)
         raise
-    state = item.stash.get(_STATE_KEY, None)
-    if state is not None:
-        verdict = _check_kernel(item, state, phase="call")
+    if window is not None:
+        verdict = _check(item, window, "call")
         if verdict is not None and not verdict.ok:
-            pytest.fail(verdict.message(), pytrace=False)
+            _fail_or_defer(item, window, verdict)
     return result
+
+
+def _after_raising_call(item: pytest.Item, window: Window, e: BaseException) -> None:
+    """The test raised: a skip or xfail over a kernel splat becomes a failure; any other
+    exception stays the reported failure, with the kernel's verdict beside it."""
+    try:
+        verdict = _check(item, window, "call")
+    except KernelCheckError as err:
+        if isinstance(e, _OUTCOME_EXCEPTIONS) or item.get_closest_marker("xfail") is not None:
+            window.kernel_failed.add("call")
+            pytest.fail(str(err), pytrace=False)
+        item.add_report_section("call", "kernel checks", str(err))
+        return
+    if verdict is None or verdict.ok:
+        return
+    if isinstance(e, _OUTCOME_EXCEPTIONS):
+        _fail_or_defer(item, window, verdict, because=f"the test raised {type(e).__name__}: {e}")
+    if item.get_closest_marker("xfail") is not None:  # an expected failure is no excuse for a splat
+        _fail_or_defer(item, window, verdict, because=f"the xfail-marked test raised {type(e).__name__}")
+    item.add_report_section("call", "kernel checks", verdict.message())
+
+
+def _fail_or_defer(item: pytest.Item, window: Window, verdict: KernelVerdict, because: str = "") -> None:
+    """Fail the call over the kernel's verdict. An xfail marker does not make it expected:
+    the report hook turns an xfail caused by a kernel failure back into a failure."""
+    window.kernel_failed.add("call")
+    message = verdict.message() + (f"\n({because}; a kernel splat is never skipped)" if because else "")
+    pytest.fail(message, pytrace=False)
 
 
 def reproduce_command(item: pytest.Item, kernel_spec: str | None) -> str:
@@ -427,19 +554,24 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
+    window = item.stash.get(_WINDOW_KEY, None)
+    if window is not None and report.when in window.kernel_failed and hasattr(report, "wasxfail"):
+        report.outcome = "failed"  # xfail covers the test's own failure, never the kernel's
+        del report.wasxfail
     if _uses_guest(item):
         outcomes = item.config.stash[OUTCOMES_KEY].setdefault(item.nodeid, {})
         if report.when == "call" or report.failed or report.skipped:
             outcomes[report.when] = report.outcome
+    if report.skipped and item.get_closest_marker("kernel") is not None:
+        _record_skip(item, report)
     if not _uses_guest(item) or not report.failed:
         return report
-    state = item.stash.get(_STATE_KEY, None)
-    session: KernelSession | None = state["session"] if state else None
+    session = window.session if window is not None else None
     kernel_spec = session.spec_for_reproduction if session else None
     lines = []
     try:
-        if session is not None and state is not None:
-            lines += _collect_artifacts(item, session, state)
+        if window is not None:
+            lines += _collect_artifacts(item, window)
     except Exception as e:  # never let evidence gathering hide the test's own failure
         lines.append(f"(collecting artifacts failed: {type(e).__name__}: {e})")
     lines.append("reproduce: " + reproduce_command(item, kernel_spec))
@@ -447,44 +579,37 @@ def pytest_runtest_makereport(
     return report
 
 
-def _dead_guest_splats(item: pytest.Item, state: dict[str, Any]) -> SplatReport | None:
-    """Splats the dead guest's kernel printed on its console during this test (the only record left)."""
-    guest: Guest = state["guest"]
-    if guest.alive:
-        return None
-    try:
-        with guest.paths.kernel_log.open("rb") as f:
-            f.seek(state["klog_offset"])
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    report = scan_splats(parse_lines(text), _allowlist(item.config))
-    _record_splats(item, state["session"].kernel.release, "guest died", report, with_allowed=False)
-    return report
-
-
-def _collect_artifacts(item: pytest.Item, session: KernelSession, state: dict[str, Any]) -> list[str]:
-    """Write this test's kernel log window next to the run's logs; return the report lines."""
-    directory = _artifact_dir(item, session.kernel.release)
+def _collect_artifacts(item: pytest.Item, window: Window) -> list[str]:
+    """Write this test's kernel log window (and, for a dead guest, its kernel console
+    since the test began) next to the run's logs; return the report lines."""
+    directory = _artifact_dir(item, window.session.kernel.release)
     directory.mkdir(parents=True, exist_ok=True)
-    kernel_lines = list(state.get("lines", []))
-    guest = session.current_guest
-    if guest is not None and guest.alive:
-        try:
-            kernel_lines += state["ops"].lines_since(state["mark"])
-        except HarnessError:
-            pass
-    (directory / "kernel-window.log").write_text("".join(ln.raw + "\n" for ln in kernel_lines))
+    (directory / "kernel-window.log").write_text("".join(ln.raw + "\n" for ln in window.lines))
     lines = []
-    dead = _dead_guest_splats(item, state)
-    if dead is not None and dead.failures:
-        lines.append(f"the guest died; its kernel console shows:\n{dead.summary()}")
-    last = guest or session.last_guest
-    if last is not None:
-        lines.append(f"console transcript: {last.paths.transcript}")
-        lines.append(f"guest kernel console: {last.paths.kernel_log}")
+    guest = window.guest
+    if not guest.alive:
+        (directory / "kernel-console.log").write_text(console_since(guest, window.console_offset))
+        lines.append(f"the guest died; its kernel console since the test began: {directory / 'kernel-console.log'}")
+    lines.append(f"console transcript: {guest.paths.transcript}")
+    lines.append(f"guest kernel console: {guest.paths.kernel_log}")
     lines.append(f"kernel log of this test: {directory / 'kernel-window.log'}")
     return lines
+
+
+def _kernel_label(item: pytest.Item) -> str:
+    callspec = getattr(item, "callspec", None)
+    param = callspec.params.get("knh_kernel_session") if callspec is not None else None
+    return param.label if isinstance(param, _KernelParam) else "(no kernel)"
+
+
+def _record_skip(item: pytest.Item, report: pytest.TestReport) -> None:
+    """Remember a skipped kernel test and its reason: the summary lists them per kernel."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    if hasattr(report, "wasxfail"):
+        reason = f"xfail: {report.wasxfail}" if report.wasxfail else "xfail"
+    item.config.stash[SKIPS_KEY].append({"test": item.nodeid, "kernel": _kernel_label(item),
+                                         "reason": reason.removeprefix("Skipped: ")})  # fmt: skip
 
 
 def summary_dict(config: pytest.Config) -> dict[str, Any]:
@@ -518,6 +643,8 @@ def summary_dict(config: pytest.Config) -> dict[str, Any]:
         "tests": {"total": len(tests), **counts},
         "outcomes": tests,
         "splats": config.stash.get(SPLATS_KEY, []),
+        "crashes": [{k: v for k, v in c.items() if k != "message"} for c in config.stash.get(CRASHES_KEY, [])],
+        "skipped": config.stash.get(SKIPS_KEY, []),
     }
 
 
@@ -525,11 +652,19 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if not config.stash.get(SESSIONS_KEY, []):
         return
+    if session.exitstatus == pytest.ExitCode.OK and _unreported_breakage(config):
+        # Last line of defence: a run whose summary lists a splat or a crash is never green.
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     import json
 
     run_root = config.stash[RUN_ROOT_KEY]
     run_root.mkdir(parents=True, exist_ok=True)
     (run_root / "summary.json").write_text(json.dumps(summary_dict(config), indent=2) + "\n")
+
+
+def _unreported_breakage(config: pytest.Config) -> bool:
+    splats = [s for s in config.stash.get(SPLATS_KEY, []) if not s["allowed"]]
+    return bool(splats or config.stash.get(CRASHES_KEY, []))
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -547,4 +682,22 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.write_line(
         f"kernel splats: {len(splats)}" + "".join(f"\n  {s['test']}: {s['fingerprint']}" for s in splats)
     )
+    for crash in config.stash.get(CRASHES_KEY, []):
+        terminalreporter.write_line(
+            f"KERNEL BROKE {crash['phase']} on {crash['kernel']}, after {crash['previous_test']} "
+            f"(reported on {crash['test']}):\n{crash['message']}", red=True
+        )
+    _write_skips(terminalreporter, config.stash.get(SKIPS_KEY, []))
     terminalreporter.write_line(f"results: {config.stash[RUN_ROOT_KEY]} (summary.json)")
+
+
+def _write_skips(terminalreporter: Any, skips: list[dict[str, str]]) -> None:
+    """One block: every skipped kernel test with its reason, grouped by kernel."""
+    if not skips:
+        return
+    terminalreporter.write_line(f"skipped kernel tests: {len(skips)}")
+    for kernel in dict.fromkeys(s["kernel"] for s in skips):
+        terminalreporter.write_line(f"  {kernel}:")
+        for s in skips:
+            if s["kernel"] == kernel:
+                terminalreporter.write_line(f"    {s['test']}: {s['reason']}")

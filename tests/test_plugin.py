@@ -1,5 +1,7 @@
 """The pytest plugin's behaviour without booting anything."""
 
+from pathlib import Path
+
 import pytest
 
 KERNEL_TEST = """
@@ -45,25 +47,73 @@ def test_option_beats_env(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyP
     pytester.runpytest("--engine", "qemu").assert_outcomes(passed=1)
 
 
-def test_kernel_check_that_cannot_run_is_an_error_not_a_pass() -> None:
+class FakeOps:
+    """GuestKernel stand-in: a log that never changes and a taint read that may fail."""
+
+    def __init__(self, guest: object, taint_error: str = "") -> None:
+        self.guest = guest
+        self.unloads = 0
+        self.taint_error = taint_error
+
+    def lines_since(self, mark: object) -> list[object]:
+        return []
+
+    def mark(self) -> object:
+        return object()
+
+    def taint(self) -> int:
+        if self.taint_error:
+            from harness.errors import HarnessError
+
+            raise HarnessError(self.taint_error)
+        return 0
+
+
+def fake_window(ops: FakeOps, *, alive: bool, console: Path) -> object:
+    from types import SimpleNamespace
+
+    from harness.watch import Window
+
+    ops.guest.alive = alive  # type: ignore[attr-defined]
+    ops.guest.paths = SimpleNamespace(kernel_log=console)  # type: ignore[attr-defined]
+    ops.guest.dead_reason = None if alive else "QEMU exited"  # type: ignore[attr-defined]
+    session = SimpleNamespace(current_guest=ops.guest)
+    return Window(session, ops, mark=None, taint=0, console_offset=0, unloads=0)  # type: ignore[arg-type]
+
+
+def test_kernel_check_that_cannot_run_is_an_error_not_a_pass(tmp_path: Path) -> None:
     """A splat/taint check whose guest command fails must not count as a clean kernel."""
     from types import SimpleNamespace
 
-    from harness.errors import HarnessError
-    from harness.plugin import KernelCheckError, _check_kernel
+    from harness.watch import KernelCheckError, Policy, check_window
 
-    class Ops:
-        def __init__(self, guest: object) -> None:
-            self.guest = guest
+    ops = FakeOps(SimpleNamespace(), "no taint value in the output of `cat /proc/sys/kernel/tainted`: 'Killed'")
+    window = fake_window(ops, alive=True, console=tmp_path / "kernel.log")
+    with pytest.raises(KernelCheckError, match=r"could not run: no taint value"):
+        check_window(window, Policy((), "OE", 0))  # type: ignore[arg-type]
 
-        def lines_since(self, mark: object) -> list[object]:
-            return []
 
-        def taint(self) -> int:
-            raise HarnessError("no taint value in the output of `cat /proc/sys/kernel/tainted`: 'Killed'")
+def test_dead_guest_is_a_failing_verdict_with_the_console_splat(tmp_path: Path) -> None:
+    """A guest that died during the test is never "no verdict": the splat comes from its console file."""
+    from types import SimpleNamespace
 
-    guest = SimpleNamespace(alive=True)
-    state = {"session": SimpleNamespace(current_guest=guest), "ops": Ops(guest), "mark": None}
-    item = SimpleNamespace(nodeid="tests/kernel/test_x.py::test_y")
-    with pytest.raises(KernelCheckError, match=r"after the call of tests/kernel/test_x.py::test_y could not run: no t"):
-        _check_kernel(item, state, phase="call")  # type: ignore[arg-type]
+    from harness.watch import Policy, check_window
+
+    console = tmp_path / "kernel.log"
+    console.write_text(
+        "[    5.100000] BUG: unable to handle page fault for address: ffffffffc0a01000\n"
+        "[    5.100001] #PF: supervisor instruction fetch in kernel mode\n"
+        "[    5.100002] Oops: 0010 [#1] PREEMPT SMP NOPTI\n"
+        "[    5.100003] RIP: 0010:0xffffffffc0a01000\n"
+        "[    5.100004] Call Trace:\n"
+        "[    5.100005]  <IRQ>\n"
+        "[    5.100006]  call_timer_fn+0x27/0x130\n"
+        "[    5.100007]  </IRQ>\n"
+        "[    5.100008] Kernel panic - not syncing: Fatal exception in interrupt\n"
+    )
+    window = fake_window(FakeOps(SimpleNamespace()), alive=False, console=console)
+    verdict = check_window(window, Policy((), "OE", 0))  # type: ignore[arg-type]
+    assert not verdict.ok and verdict.died is not None and verdict.guest_suspect
+    message = verdict.message()
+    assert "the guest kernel died (QEMU exited)" in message
+    assert "unable to handle page fault" in message and "Fatal exception in interrupt" in message

@@ -1,0 +1,149 @@
+"""A kernel that crashes makes the run red, on the test that caused it, whenever the crash comes.
+
+Each test here runs a small pytest session of its own (pytester, in a subprocess)
+against tests/modules/crashy, a module that breaks the kernel on purpose, on the
+same kernel, engine and accelerator as the outer run, and reads its outcome:
+
+- a timer left armed at unload panics the kernel within the settle: the test that
+  unloaded fails;
+- a kthread panics after the settle: the next test on that guest fails at setup,
+  naming the test that loaded the module; the test after it gets a fresh guest;
+- the panic comes after the last test: the run exits non-zero with the crash text;
+- insmod killed by an oops raises ModuleCrashError, not ModuleLoadError, and a
+  test that skips or xfails over a splat fails.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.config import HarnessConfig
+from harness.session import KernelSession
+
+CRASHY = Path(__file__).resolve().parent.parent / "modules" / "crashy"
+
+CONFTEST = f"""
+import pytest
+from pathlib import Path
+from harness.session import ModuleSource
+
+@pytest.fixture(scope="session")
+def knh_module_source():
+    return ModuleSource(Path({str(CRASHY)!r}))
+"""
+
+
+def run_inner(pytester: pytest.Pytester, session: KernelSession, config: HarnessConfig,
+              tests: str) -> pytest.RunResult:  # fmt: skip
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_inner=textwrap.dedent(tests))
+    return pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-rA",
+        "--kernel", session.spec_for_reproduction, "--engine", config.engine, "--accel", session.accel().accel,
+        "--results-dir", str(pytester.path / "results"),
+    )  # fmt: skip
+
+
+@pytest.mark.kernel
+def test_timer_armed_at_unload_fails_the_test_that_unloaded(
+    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
+) -> None:
+    result = run_inner(pytester, knh_kernel_session, knh_config, """
+        import pytest
+
+        @pytest.mark.module_params(timer_ms=50)  # fires after the checks' round trips, within the settle
+        def test_unloads_with_timer_armed(kmod):
+            pass
+
+        def test_next_gets_a_fresh_guest(guest_kernel):
+            pass
+    """)
+    out = result.stdout.str()
+    result.assert_outcomes(passed=2, errors=1)
+    assert "ERROR at teardown of test_unloads_with_timer_armed" in out, out
+    assert "the guest kernel died" in out and "Fatal exception in interrupt" in out, out
+    assert "PASSED test_inner.py::test_next_gets_a_fresh_guest" in out, out
+
+
+@pytest.mark.kernel
+def test_panic_after_the_settle_fails_the_next_test_naming_the_previous(
+    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
+) -> None:
+    result = run_inner(pytester, knh_kernel_session, knh_config, """
+        import time
+
+        def test_loads_a_module_that_panics_later(guest_kernel, built_module):
+            guest_kernel.insmod(built_module.module(), {"panic_ms": "1500"})
+
+        def test_host_only(knh_kernel_session):  # the session fixture keeps it in this place (no guest)
+            time.sleep(5)
+
+        def test_next_guest_test(guest_kernel):
+            pass
+
+        def test_after_that(guest_kernel):
+            pass
+    """)
+    out = result.stdout.str()
+    result.assert_outcomes(passed=3, errors=1)
+    assert "ERROR at setup of test_next_guest_test" in out, out
+    assert "between tests: after test_inner.py::test_loads_a_module_that_panics_later[" in out, out
+    assert "crashy: deliberate panic 1500 ms after load" in out, out
+    assert "PASSED test_inner.py::test_after_that" in out, out
+    assert "KERNEL BROKE between tests" in out, out
+
+
+@pytest.mark.kernel
+def test_panic_after_the_last_test_fails_the_run(
+    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
+) -> None:
+    result = run_inner(pytester, knh_kernel_session, knh_config, """
+        import time
+
+        def test_loads_a_module_that_panics_later(guest_kernel, built_module):
+            guest_kernel.insmod(built_module.module(), {"panic_ms": "1000"})
+
+        def test_host_only_last(knh_kernel_session):  # the session fixture keeps it last (no guest)
+            time.sleep(4)
+    """)
+    out = result.stdout.str()
+    assert result.ret != 0, out
+    assert "the guest kernel died after the last test on it" in out, out
+    assert "after the last test on it: test_inner.py::test_loads_a_module_that_panics_later[" in out, out
+    assert "crashy: deliberate panic 1000 ms after load" in out, out
+    assert "KERNEL BROKE after the last test" in out, out
+
+
+@pytest.mark.kernel
+def test_oops_in_insmod_is_a_crash_and_never_a_skip(
+    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
+) -> None:
+    result = run_inner(pytester, knh_kernel_session, knh_config, """
+        import pytest
+        from harness.errors import HarnessError, ModuleLoadError
+
+        def test_skips_modules_that_refuse_to_load(guest_kernel, built_module):
+            try:
+                guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
+            except ModuleLoadError as e:
+                pytest.skip(f"does not load: {e}")
+
+        def test_skips_on_any_harness_error(guest_kernel, built_module):
+            try:
+                guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
+            except HarnessError as e:
+                pytest.skip(f"does not load: {type(e).__name__}")
+
+        @pytest.mark.xfail(reason="expected to fail")
+        def test_xfail_over_an_oops(guest_kernel, built_module):
+            guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
+    """)
+    out = result.stdout.str()
+    result.assert_outcomes(failed=3)
+    assert "ModuleCrashError: insmod crashy.ko: the kernel crashed" in out, out
+    assert "crashy_init" in out, out
+    assert "a kernel splat is never skipped" in out, out
+    assert "the xfail-marked test raised ModuleCrashError" in out, out
