@@ -51,6 +51,7 @@ from .watch import (
 )
 
 CONFIG_KEY = pytest.StashKey[HarnessConfig]()
+_ALLOW_KEY = pytest.StashKey[Sequence[AllowEntry]]()
 RUN_ROOT_KEY = pytest.StashKey[Path]()
 SESSIONS_KEY = pytest.StashKey[list[KernelSession]]()
 NOTES_KEY = pytest.StashKey[list[str]]()
@@ -95,6 +96,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(e)) from None
     if not cfg.results_dir.is_absolute():
         cfg = _with_results_dir(cfg, config.rootpath / cfg.results_dir)
+    try:  # a bad allowlist stops the run before any test, naming the file and line
+        config.stash[_ALLOW_KEY] = load_allowlist(cfg.splat_allowlist)
+    except HarnessError as e:
+        raise pytest.UsageError(f"splat allowlist ({cfg.sources.get('splat_allowlist', 'default')}): {e}") from None
     config.stash[CONFIG_KEY] = cfg
     config.stash[RUN_ROOT_KEY] = cfg.results_dir / time.strftime("run-%Y%m%d-%H%M%S")
     config.stash[SESSIONS_KEY] = []
@@ -438,14 +443,7 @@ def _failed_before_teardown(item: pytest.Item) -> bool:
 
 
 def _allowlist(config: pytest.Config) -> Sequence[AllowEntry]:
-    cache = config.stash.get(_ALLOW_KEY, None)
-    if cache is None:
-        cache = load_allowlist(config.stash[CONFIG_KEY].splat_allowlist)
-        config.stash[_ALLOW_KEY] = cache
-    return cache
-
-
-_ALLOW_KEY = pytest.StashKey[Sequence[AllowEntry]]()
+    return config.stash[_ALLOW_KEY]
 
 
 def _record_splats(

@@ -117,3 +117,44 @@ def test_dead_guest_is_a_failing_verdict_with_the_console_splat(tmp_path: Path) 
     message = verdict.message()
     assert "the guest kernel died (QEMU exited)" in message
     assert "unable to handle page fault" in message and "Fatal exception in interrupt" in message
+
+
+FAKE_SESSION_CONFTEST = '''
+import pytest
+from types import SimpleNamespace
+from harness.errors import HarnessError
+
+class Ops:
+    unloads = 0
+    def __init__(self, guest):
+        self.guest = guest
+    def mark(self):
+        raise HarnessError("no mark line in the output: 'Killed'")
+    def taint(self):
+        return 0
+
+@pytest.fixture(scope="session")
+def knh_kernel_session():
+    guest = SimpleNamespace(alive=True, paths=SimpleNamespace(kernel_log=__import__("pathlib").Path("/nonexistent")))
+    ops = Ops(guest)
+    return SimpleNamespace(ops=lambda: ops, guest=lambda: guest, current_guest=guest,
+                           kernel=SimpleNamespace(release="fake"), spec_for_reproduction="fake")
+'''
+
+
+def test_probe_failing_at_setup_fails_the_test_as_a_kernel_check_error(pytester: pytest.Pytester) -> None:
+    """A log mark or taint read that fails before the test must fail it, never switch the checks off."""
+    pytester.makeconftest(FAKE_SESSION_CONFTEST)
+    pytester.makepyfile(test_probe="def test_uses_guest(guest):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*kernel check error: the kernel checks could not start*no mark line*"])
+
+
+def test_bad_allowlist_is_a_usage_error_at_startup(pytester: pytest.Pytester) -> None:
+    bad = pytester.path / "allow.txt"
+    bad.write_text("# comment\nWARNING: .*( ## unbalanced\n")
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--splat-allowlist", str(bad))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{bad}:2:*"])
