@@ -201,8 +201,9 @@ def _check_after_last_test(config: pytest.Config, session: KernelSession) -> Non
     if verdict.ok:
         return
     what = "died" if verdict.died else "was not clean"
-    headline = (f"the guest kernel {what} after the last test on it: {cursor.test} passed its checks, then "
-                f"(guest {cursor.guest.launch.name}, {session.kernel.release})")  # fmt: skip
+    headline = (f"the guest kernel {what} after the last test on it: {cursor.test} passed its checks, and "
+                f"the kernel broke before the guest was shut down (guest {cursor.guest.launch.name}, "
+                f"{session.kernel.release})")  # fmt: skip
     _record_crash(config, session, "(end of run)", "after the last test", cursor.test, verdict)
     config.stash[SPLATS_KEY].extend(
         {"test": cursor.test, "kernel": session.kernel.release, "phase": "after the last test",

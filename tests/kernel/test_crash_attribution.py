@@ -37,13 +37,13 @@ def knh_module_source():
 
 
 def run_inner(pytester: pytest.Pytester, session: KernelSession, config: HarnessConfig,
-              tests: str) -> pytest.RunResult:  # fmt: skip
+              tests: str, *args: str) -> pytest.RunResult:  # fmt: skip
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_inner=textwrap.dedent(tests))
     return pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-rA",
         "--kernel", session.spec_for_reproduction, "--engine", config.engine, "--accel", session.accel().accel,
-        "--results-dir", str(pytester.path / "results"),
+        "--results-dir", str(pytester.path / "results"), *args,
     )  # fmt: skip
 
 
@@ -54,13 +54,13 @@ def test_timer_armed_at_unload_fails_the_test_that_unloaded(
     result = run_inner(pytester, knh_kernel_session, knh_config, """
         import pytest
 
-        @pytest.mark.module_params(timer_ms=50)  # fires after the checks' round trips, within the settle
+        @pytest.mark.module_params(timer_ms=700)  # fires 0.7 s after rmmod: after the checks, within the settle
         def test_unloads_with_timer_armed(kmod):
             pass
 
         def test_next_gets_a_fresh_guest(guest_kernel):
             pass
-    """)
+    """, "--settle", "1.5")
     out = result.stdout.str()
     result.assert_outcomes(passed=2, errors=1)
     assert "ERROR at teardown of test_unloads_with_timer_armed" in out, out

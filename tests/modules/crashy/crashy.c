@@ -3,10 +3,10 @@
  * crashy: breaks the kernel on purpose, one way per parameter, so that the
  * harness's tests can check that each crash fails the right test.
  *
- *   timer_ms=N   arm a periodic timer (period N ms) at load and forget it at
- *                unload (no del_timer_sync): the next expiry runs freed module
- *                code from the timer softirq and the kernel panics
- *                ("Fatal exception in interrupt").
+ *   timer_ms=N   run a periodic timer (period N ms) from load on, and at
+ *                unload re-arm it instead of deleting it (no del_timer_sync):
+ *                exactly N ms after rmmod the timer softirq runs freed module
+ *                memory and the kernel panics ("Fatal exception in interrupt").
  *   panic_ms=N   start a kthread that calls panic() N ms after the load.
  *   oops_init=1  dereference NULL in the init function: insmod is killed by
  *                the oops and the module never loads.
@@ -67,7 +67,9 @@ static int __init crashy_init(void)
 
 static void __exit crashy_exit(void)
 {
-	/* The bug under test: an armed timer_ms timer is not deleted here. */
+	/* The bug under test: the timer is re-armed, not deleted (del_timer_sync). */
+	if (timer_ms)
+		mod_timer(&crashy_timer, jiffies + msecs_to_jiffies(timer_ms));
 }
 
 module_init(crashy_init);
