@@ -76,8 +76,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(s.option, dest=f"knh_{s.name}", default=None, help=s.help + extra)
             parser.addini(s.ini, s.help, default="")
     group.addoption("--run-kernel-build", action="store_true", dest="run_kernel_build", default=False,
-                    help="also run tests marked kernel_build (build a kernel from source: tens of minutes) "
-                         "[env KNH_RUN_KERNEL_BUILD=1]")  # fmt: skip
+                    help="require the kernel_build tests to run: a missing KNH_KERNEL_TREE fails them instead "
+                         "of skipping them [env KNH_RUN_KERNEL_BUILD=1]")  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -86,7 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line("markers", "module_params(**params): insmod parameters for the kmod fixture, e.g. proto=31")
     config.addinivalue_line(
-        "markers", "kernel_build: builds a kernel from a source tree; opt-in with --run-kernel-build"
+        "markers", "kernel_build: builds a kernel from KNH_KERNEL_TREE; skipped without one (a failure with --run-kernel-build)"
     )
     options = {s.name: config.getoption(f"knh_{s.name}") for s in SETTINGS}
     ini = {s.ini: config.getini(s.ini) for s in SETTINGS}
