@@ -86,7 +86,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line("markers", "module_params(**params): insmod parameters for the kmod fixture, e.g. proto=31")
     config.addinivalue_line(
-        "markers", "kernel_build: builds a kernel from KNH_KERNEL_TREE; skipped without one (a failure with --run-kernel-build)"
+        "markers",
+        "kernel_build: builds a kernel from KNH_KERNEL_TREE; skipped without one (a failure with --run-kernel-build)",
     )
     options = {s.name: config.getoption(f"knh_{s.name}") for s in SETTINGS}
     ini = {s.ini: config.getini(s.ini) for s in SETTINGS}
