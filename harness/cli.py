@@ -1,8 +1,13 @@
 """Command line: ``python -m harness {exec,seed,doctor,shell} ...``.
 
-Exit status of ``exec``: the guest command's own status; 254 when the harness
-could not get that far (kernel, build, boot or module load failed; the message
-says which); 255 when the guest died while the command ran (panic, QEMU exit).
+Exit status of ``exec``: the guest command's own status; 253 when the kernel
+logged a splat (WARNING, BUG, Oops, ...) or gained a taint flag outside the
+allowed ones between the module load and the end of the command (each splat is
+printed on stderr; ``--ignore-splats`` keeps the command's status); 254 when
+the harness could not get that far (kernel, build, boot or module load failed;
+the message says which); 255 when the guest died while the command ran (panic,
+QEMU exit). ``git bisect run`` aborts on statuses of 128 and above, so a
+bisection maps them itself (docs/troubleshooting.md shows how).
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .checks import KernelVerdict, judge
 from .config import ENGINES, SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
+from .dmesg import KernelLine, load_allowlist
 from .errors import HarnessError, LostGuestError
 from .kernel_build import resolve_kernel_spec
 from .session import KernelSession
 
+EXIT_KERNEL_SPLAT = 253
 EXIT_HARNESS = 254
 EXIT_GUEST_DIED = 255
 
@@ -67,7 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("exec", help="build the module, boot, load it, run a command in the guest")
     _add_guest_options(p)
-    p.add_argument("--dmesg", action="store_true", help="print the guest kernel log after the command")
+    for name in ("splat_allowlist", "allowed_taint"):
+        s = SETTINGS_BY_NAME[name]
+        p.add_argument(s.option, dest=name, default=None, help=f"{s.help} [env {s.env}]")
+    p.add_argument("--dmesg", action="store_true",
+                   help="print the guest kernel log from the module load (with --no-module: from the command's "
+                        "start) after the command")  # fmt: skip
+    p.add_argument("--ignore-splats", action="store_true",
+                   help=f"exit with the command's status even when the kernel splatted or gained taint "
+                        f"(they are still printed; default: exit {EXIT_KERNEL_SPLAT})")  # fmt: skip
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARG...] (argv, not a shell string)")
 
     p = sub.add_parser("seed", help="replay the seed scenario: load, send 'hello world!', show the link: line")
@@ -106,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> HarnessConfig:
     names = ("kernels", "accel", "engine", "boot_timeout", "boot_retries", "command_timeout", "memory", "cpus",
-             "results_dir", "module_dir", "make_targets", "module_params")  # fmt: skip
+             "results_dir", "module_dir", "make_targets", "module_params", "splat_allowlist",
+             "allowed_taint")  # fmt: skip
     options = {n: getattr(args, n, None) for n in names}
     cfg = resolve(options, ini=_project_ini())
     from dataclasses import replace
@@ -160,6 +177,50 @@ def run_with_session(args: argparse.Namespace, body: Callable[[KernelSession, Ou
         session.close()
 
 
+def exec_status(command_status: int, verdict: KernelVerdict, *, ignore_splats: bool) -> int:
+    """exec's exit status: the command's, unless the kernel splatted or gained taint and that is not ignored."""
+    if verdict.ok or ignore_splats:
+        return command_status
+    return EXIT_KERNEL_SPLAT
+
+
+def kernel_report(verdict: KernelVerdict) -> str:
+    """What the kernel did during exec, for stderr: every splat (heading, first lines,
+    fingerprint), allowlisted ones with their reason, and new taint. Empty when nothing happened."""
+    parts = []
+    if verdict.splats.failures:
+        parts.append(f"kernel splat(s) during the command ({len(verdict.splats.failures)}):")
+    if verdict.splats.failures or verdict.splats.allowed:
+        parts.append(verdict.splats.summary())
+    if verdict.new_taint:
+        flags = ", ".join(str(f) for f in verdict.new_taint)
+        parts.append(f"kernel taint changed {verdict.taint_before} -> {verdict.taint_after}: unexpected {flags}")
+    return "\n".join(parts)
+
+
+def status_note(command_status: int, verdict: KernelVerdict, *, ignore_splats: bool) -> str:
+    """One line saying why exec's status differs from the command's (or would, without --ignore-splats)."""
+    if verdict.ok:
+        return ""
+    if ignore_splats:
+        return f"--ignore-splats: exiting with the command's own status {command_status}"
+    return (f"exit status {EXIT_KERNEL_SPLAT} (kernel splat or taint); the command's own status was "
+            f"{command_status}; --ignore-splats keeps it")  # fmt: skip
+
+
+def write_log(lines: Sequence[KernelLine], since: str) -> None:
+    sys.stdout.write(f"--- guest kernel log since {since} ---\n")
+    sys.stdout.write("".join(line.raw + "\n" for line in lines))
+
+
+def report_verdict(command_status: int, verdict: KernelVerdict, *, ignore_splats: bool) -> int:
+    """Print what the kernel did on stderr (splats always, whatever -q says); return exec's exit status."""
+    for text in (kernel_report(verdict), status_note(command_status, verdict, ignore_splats=ignore_splats)):
+        if text:
+            print(f"knetlink-harness: {text}", file=sys.stderr, flush=True)
+    return exec_status(command_status, verdict, ignore_splats=ignore_splats)
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     argv = list(args.argv)
     if argv and argv[0] == "--":
@@ -169,18 +230,22 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return 2
 
     def body(session: KernelSession, out: Output) -> int:
+        allowlist = load_allowlist(session.config.splat_allowlist)  # a bad file: ConfigError, no boot
         build = None if args.no_module else session.build()  # a build failure should not cost a boot
         ops = session.ops()
+        taint_before, mark = ops.taint(), ops.mark()  # the window starts before insmod
         if build is not None:
             ops.insmod(build.module(), module_params_dict(session.config.module_params))
             out.progress(f"loaded {build.module().name}")
         result = session.guest().run(argv, timeout=session.config.command_timeout)
         sys.stdout.write(result.output)
         sys.stdout.flush()
+        lines = ops.lines_since(mark)
+        verdict = judge(lines, taint_before, ops.taint(), allowlist, session.config.allowed_taint)
         if args.dmesg:
-            sys.stdout.write("--- guest kernel log ---\n")
-            sys.stdout.write("".join(line.raw + "\n" for line in ops.log()))
-        return result.status
+            write_log(lines, "the command's start" if build is None else "the module load")
+        sys.stdout.flush()
+        return report_verdict(result.status, verdict, ignore_splats=args.ignore_splats)
 
     return run_with_session(args, body)
 

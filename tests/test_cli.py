@@ -1,43 +1,90 @@
 """CLI wiring with the session replaced by a fake (no guest is booted)."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness import cli
+from harness.checks import KernelVerdict, judge
 from harness.config import HarnessConfig
 from harness.console import CommandResult
+from harness.dmesg import KernelLine, parse_allowlist, parse_lines
 from harness.errors import BuildError, LostGuestError
+from harness.kernelops import LogMark
+
+WARNING_LOG = (Path(__file__).parent / "data" / "dmesg" / "warning.log").read_text()
+TAINT_OE, TAINT_OE_W = 0x3000, 0x3200  # O and E: loading any out-of-tree module; W: a WARNING
 
 
 class FakeGuest:
-    def __init__(self, outcome: Any) -> None:
+    def __init__(self, outcome: Any, events: list[str]) -> None:
         self.outcome = outcome
         self.commands: list[Any] = []
+        self.events = events
 
     def run(self, argv: Any, timeout: float | None = None) -> CommandResult:
         self.commands.append(argv)
+        self.events.append("run")
         if isinstance(self.outcome, Exception):
             raise self.outcome
         return CommandResult(str(argv), self.outcome, "out\n", 0.0)
 
 
+class FakeOps:
+    """GuestKernel's log and taint operations; the kernel log gains `new_log` and the
+    taint becomes `taint_after` once the command has run."""
+
+    def __init__(self, events: list[str], new_log: str, taint_after: int) -> None:
+        self.events = events
+        self.new_lines = parse_lines(new_log)
+        self.taint_after = taint_after
+
+    def taint(self) -> int:
+        self.events.append("taint")
+        return self.taint_after if "run" in self.events else 0
+
+    def mark(self) -> LogMark:
+        self.events.append("mark")
+        return LogMark("knh-mark:test:1")
+
+    def lines_since(self, mark: LogMark) -> list[KernelLine]:
+        assert mark == LogMark("knh-mark:test:1")
+        self.events.append("lines_since")
+        return self.new_lines if "run" in self.events else []
+
+    def insmod(self, ko: Path, params: Any = None) -> str:
+        self.events.append(f"insmod {ko.name}")
+        return ko.stem
+
+
+class FakeBuild:
+    def module(self) -> Path:
+        return Path("/build/warn_nth.ko")
+
+
 class FakeSession:
-    def __init__(self, outcome: Any, build_error: Exception | None = None) -> None:
-        self.config = HarnessConfig()
-        self._guest = FakeGuest(outcome)
+    def __init__(self, outcome: Any, build_error: Exception | None = None, *, new_log: str = "",
+                 taint_after: int = 0, config: HarnessConfig | None = None, builds: bool = False) -> None:  # fmt: skip
+        self.config = config or HarnessConfig()
+        self.events: list[str] = []
+        self._guest = FakeGuest(outcome, self.events)
+        self._ops = FakeOps(self.events, new_log, taint_after)
         self.build_error = build_error
+        self.builds = builds
         self.closed = False
         self.booted = False
 
     def build(self) -> Any:
         if self.build_error:
             raise self.build_error
+        if self.builds:
+            return FakeBuild()
         raise AssertionError("--no-module runs must not build")
 
     def ops(self) -> Any:
         self.booted = True
-        return object()
+        return self._ops
 
     def guest(self) -> FakeGuest:
         return self._guest
@@ -86,3 +133,111 @@ def test_open_session_rejects_two_kernels() -> None:
     with pytest.raises(Exception, match="one --kernel"):
         cli.open_session(cfg, cli.Output(True))
 
+
+# -- exec judges the kernel like a test does --------------------------------------------
+
+
+def verdict(log: str = "", taint_after: int = TAINT_OE, allowlist: str = "") -> KernelVerdict:
+    return judge(parse_lines(log), 0, taint_after, parse_allowlist(allowlist), "OE")
+
+
+@pytest.mark.parametrize("status", [0, 1, 3, 137])
+def test_exec_status_is_the_commands_on_a_clean_kernel(status: int) -> None:
+    assert cli.exec_status(status, verdict(), ignore_splats=False) == status
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_exec_status_is_253_on_a_splat(status: int) -> None:
+    assert cli.exec_status(status, verdict(WARNING_LOG, TAINT_OE_W), ignore_splats=False) == 253
+
+
+def test_exec_status_is_253_on_new_taint_without_splat() -> None:
+    assert cli.exec_status(0, verdict(taint_after=TAINT_OE_W), ignore_splats=False) == cli.EXIT_KERNEL_SPLAT
+
+
+def test_exec_status_ignore_splats_keeps_the_commands() -> None:
+    assert cli.exec_status(3, verdict(WARNING_LOG, TAINT_OE_W), ignore_splats=True) == 3
+
+
+def test_exec_status_allowlisted_splat_keeps_the_commands() -> None:
+    v = verdict(WARNING_LOG, TAINT_OE, allowlist="^WARNING: .* format_decode ## vsprintf %pZ, known")
+    assert cli.exec_status(0, v, ignore_splats=False) == 0
+    assert "allowed warning" in cli.kernel_report(v) and "vsprintf %pZ, known" in cli.kernel_report(v)
+
+
+def test_kernel_report_has_heading_first_lines_fingerprint_and_taint() -> None:
+    v = verdict(WARNING_LOG, TAINT_OE_W)
+    report = cli.kernel_report(v)
+    assert report.startswith("kernel splat(s) during the command (1):\nwarning at log line 5 [warning:format_decode:")
+    assert "  WARNING: CPU: 0 PID: 123 at lib/vsprintf.c:2714 format_decode+0x4a1/0x530" in report
+    assert "unexpected W (bit 9): kernel issued warning" in report
+    assert cli.kernel_report(verdict()) == ""
+
+
+def test_exec_exit_codes_are_distinct_and_above_git_bisects_range() -> None:
+    assert (cli.EXIT_KERNEL_SPLAT, cli.EXIT_HARNESS, cli.EXIT_GUEST_DIED) == (253, 254, 255)
+
+
+def test_exec_warning_during_the_command_is_253_and_printed(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    s = FakeSession(0, new_log=WARNING_LOG, taint_after=TAINT_OE_W)
+    assert run(monkeypatch, s, ["exec", "--no-module", "-q", "--", "true"]) == cli.EXIT_KERNEL_SPLAT
+    out, err = capsys.readouterr()
+    assert out == "out\n"
+    assert "WARNING: CPU: 0 PID: 123 at lib/vsprintf.c:2714 format_decode" in err
+    assert "[warning:format_decode:" in err and "unexpected W (bit 9)" in err
+    assert "exit status 253 (kernel splat or taint); the command's own status was 0" in err
+
+
+def test_exec_ignore_splats_prints_the_splat_and_keeps_the_status(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: Any) -> None:  # fmt: skip
+    s = FakeSession(5, new_log=WARNING_LOG, taint_after=TAINT_OE_W)
+    assert run(monkeypatch, s, ["exec", "--no-module", "-q", "--ignore-splats", "--", "false"]) == 5
+    err = capsys.readouterr().err
+    assert "WARNING: CPU: 0" in err and "--ignore-splats: exiting with the command's own status 5" in err
+
+
+def test_exec_clean_kernel_prints_nothing_on_stderr(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    s = FakeSession(3, new_log="[    1.0] hello\n", taint_after=TAINT_OE)
+    assert run(monkeypatch, s, ["exec", "--no-module", "-q", "--", "false"]) == 3
+    assert capsys.readouterr().err == ""
+
+
+def test_exec_window_starts_before_insmod(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    s = FakeSession(0, builds=True, new_log="[    1.0] warn_nth: loaded\n")
+    assert run(monkeypatch, s, ["exec", "-q", "--dmesg", "--", "true"]) == 0
+    assert s.events == ["taint", "mark", "insmod warn_nth.ko", "run", "lines_since", "taint"]
+    out = capsys.readouterr().out
+    assert out == "out\n--- guest kernel log since the module load ---\n[    1.0] warn_nth: loaded\n"
+
+
+def test_exec_dmesg_without_module_starts_at_the_command(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    s = FakeSession(0, new_log="[    2.0] from the command\n")
+    assert run(monkeypatch, s, ["exec", "--no-module", "-q", "--dmesg", "--", "true"]) == 0
+    assert s.events == ["taint", "mark", "run", "lines_since", "taint"]
+    assert capsys.readouterr().out.endswith("since the command's start ---\n[    2.0] from the command\n")
+
+
+def test_exec_missing_allowlist_is_254_before_boot(monkeypatch: pytest.MonkeyPatch, capsys: Any,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    missing = tmp_path / "no-such-allowlist.txt"
+    s = FakeSession(0, config=HarnessConfig(splat_allowlist=missing))
+    assert run(monkeypatch, s, ["exec", "--no-module", "-q", "--", "true"]) == cli.EXIT_HARNESS
+    err = capsys.readouterr().err
+    assert str(missing) in err and "cannot read the splat allowlist" in err and "--splat-allowlist" in err
+    assert not s.booted and s.closed
+
+
+def test_exec_bad_allowlist_entry_names_file_and_line(monkeypatch: pytest.MonkeyPatch, capsys: Any,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    bad = tmp_path / "allow.txt"
+    bad.write_text("# comment\nWARNING: ( ## unbalanced\n")
+    s = FakeSession(0, config=HarnessConfig(splat_allowlist=bad))
+    assert run(monkeypatch, s, ["exec", "--no-module", "-q", "--", "true"]) == cli.EXIT_HARNESS
+    assert f"{bad}:2: " in capsys.readouterr().err and not s.booted
+
+
+def test_exec_takes_allowlist_and_allowed_taint_options() -> None:
+    args = cli.build_parser().parse_args(["exec", "--splat-allowlist", "a.txt", "--allowed-taint", "OEW",
+                                          "--", "true"])  # fmt: skip
+    cfg = cli.config_from_args(args)
+    assert (cfg.splat_allowlist, cfg.allowed_taint) == (Path("a.txt"), "OEW")
