@@ -188,19 +188,35 @@ def knh_kernel_session(request: pytest.FixtureRequest, knh_config: HarnessConfig
     request.config.stash[SESSIONS_KEY].append(session)
     try:
         yield session
-        _check_after_last_test(request.config, session)
+        failure = _check_after_last_test(request.config, session)
+        if failure:
+            pytest.fail(failure, pytrace=False)
     finally:
         session.close()
 
 
-def _check_after_last_test(config: pytest.Config, session: KernelSession) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """After the run's last test, check every guest still watched before teardown shuts it down
+    (also when a conftest overrides knh_kernel_session and its finalizer is not ours)."""
+    failures: list[str | None] = []
+    if nextitem is None:
+        watched: list[KernelSession] = list(item.config.stash[CURSORS_KEY].keys())
+        failures = [_check_after_last_test(item.config, session) for session in watched]
+    result = yield
+    if any(failures):
+        pytest.fail("\n".join(f for f in failures if f), pytrace=False)
+    return result
+
+
+def _check_after_last_test(config: pytest.Config, session: KernelSession) -> str | None:
     """Before the guest is shut down: a crash after the last test fails the run, never ends it green."""
     cursor = config.stash[CURSORS_KEY].pop(session, None)
     if cursor is None or not cursor_current(session, cursor):
-        return
+        return None
     verdict = check_after_last(session, cursor, _policy(config))
     if verdict.ok:
-        return
+        return None
     what = "died" if verdict.died else "was not clean"
     headline = (f"the guest kernel {what} after the last test on it: {cursor.test} passed its checks, and "
                 f"the kernel broke before the guest was shut down (guest {cursor.guest.launch.name}, "
@@ -210,7 +226,7 @@ def _check_after_last_test(config: pytest.Config, session: KernelSession) -> Non
         {"test": cursor.test, "kernel": session.kernel.release, "phase": "after the last test",
          "kind": sp.kind, "fingerprint": sp.fingerprint, "allowed": False} for sp in verdict.splats.failures
     )  # fmt: skip
-    pytest.fail(f"{headline}\n{verdict.message()}", pytrace=False)
+    return f"{headline}\n{verdict.message()}"
 
 
 def _fail_on_harness_error(e: HarnessError) -> None:
@@ -648,9 +664,14 @@ def summary_dict(config: pytest.Config) -> dict[str, Any]:
     }
 
 
+def _anything_recorded(config: pytest.Config) -> bool:
+    return bool(config.stash.get(SESSIONS_KEY, []) or config.stash.get(SPLATS_KEY, [])
+                or config.stash.get(CRASHES_KEY, []) or config.stash.get(SKIPS_KEY, []))  # fmt: skip
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
-    if not config.stash.get(SESSIONS_KEY, []):
+    if not _anything_recorded(config):
         return
     if session.exitstatus == pytest.ExitCode.OK and _unreported_breakage(config):
         # Last line of defence: a run whose summary lists a splat or a crash is never green.
@@ -669,7 +690,7 @@ def _unreported_breakage(config: pytest.Config) -> bool:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     sessions = config.stash.get(SESSIONS_KEY, [])
-    if not sessions:
+    if not _anything_recorded(config):
         return
     terminalreporter.section("knetlink-harness")
     for s in sessions:

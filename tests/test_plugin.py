@@ -158,3 +158,122 @@ def test_bad_allowlist_is_a_usage_error_at_startup(pytester: pytest.Pytester) ->
     result = pytester.runpytest("-p", "no:cacheprovider", "--splat-allowlist", str(bad))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{bad}:2:*"])
+
+
+CRASHING_SESSION_CONFTEST = '''
+import itertools
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness.kernelops import LogMark
+
+PANIC = (
+    "[   12.000000] Kernel panic - not syncing: deliberate\\n"
+    "[   12.000001] CPU: 0 PID: 1 Comm: x Not tainted 6.1.0 #1\\n"
+    "[   12.000002] Kernel Offset: disabled\\n"
+)
+
+
+class Guest:
+    names = itertools.count(1)
+
+    def __init__(self, root):
+        n = next(self.names)
+        self.alive, self.dead_reason = True, None
+        self.launch = SimpleNamespace(name=f"guest-{n}")
+        self.paths = SimpleNamespace(kernel_log=root / f"kernel-{n}.log", transcript=root / f"console-{n}.log")
+        self.paths.kernel_log.write_text("[    1.000000] booted\\n")
+
+    def run(self, argv, timeout=None):
+        return SimpleNamespace(status=0, output="")
+
+    def crash(self):
+        with self.paths.kernel_log.open("a") as f:
+            f.write(PANIC)
+        self.alive, self.dead_reason = False, "QEMU exited"
+
+
+class Ops:
+    def __init__(self, guest):
+        self.guest, self.unloads, self.n = guest, 0, itertools.count(1)
+
+    def mark(self):
+        return LogMark(f"knh-mark:{next(self.n)}")
+
+    def lines_since(self, mark):
+        return []
+
+    def taint(self):
+        return 0
+
+
+class Session:
+    def __init__(self, root):
+        self.root, self.current_guest, self._ops = root, None, None
+        self.kernel = SimpleNamespace(release="fake-1.0", label="fake-1.0")
+        self.spec_for_reproduction = "fake-1.0"
+
+    def guest(self):
+        if self.current_guest is None or not self.current_guest.alive:
+            self.current_guest = Guest(self.root)
+            self._ops = Ops(self.current_guest)
+        return self.current_guest
+
+    def ops(self):
+        self.guest()
+        return self._ops
+
+    def recycle(self, reason):
+        self.current_guest = None
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="session")
+def knh_kernel_session(tmp_path_factory):
+    return Session(tmp_path_factory.mktemp("guests"))
+'''
+
+CRASHING_TESTS = '''
+def test_a(guest):
+    pass
+
+def test_host_only_crash(knh_kernel_session):
+    knh_kernel_session.current_guest.crash()
+
+def test_b(guest):
+    pass
+
+def test_c(guest):
+    pass
+'''
+
+
+def test_crash_between_tests_fails_the_next_test_naming_the_previous(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CRASHING_SESSION_CONFTEST)
+    pytester.makepyfile(test_crash=CRASHING_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at setup of test_b*",
+        "*the guest kernel died between tests: after test_crash.py::test_a* passed its checks and before "
+        "test_crash.py::test_b* began*",
+        "*Kernel panic - not syncing: deliberate*",
+    ])  # fmt: skip
+    result.stdout.fnmatch_lines(["*KERNEL BROKE between tests on fake-1.0, after test_crash.py::test_a*"])
+
+
+def test_crash_after_the_last_test_fails_the_run(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CRASHING_SESSION_CONFTEST)
+    pytester.makepyfile(test_crash=CRASHING_TESTS.replace("def test_b(guest):", "def test_b(knh_kernel_session):")
+                        .replace("def test_c(guest):", "def test_c(knh_kernel_session):"))  # fmt: skip
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([
+        "*the guest kernel died after the last test on it: test_crash.py::test_a* passed its checks*",
+        "*Kernel panic - not syncing: deliberate*",
+    ])  # fmt: skip
+    result.stdout.fnmatch_lines(["*KERNEL BROKE after the last test on fake-1.0, after test_crash.py::test_a*"])
