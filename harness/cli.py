@@ -6,8 +6,8 @@ allowed ones between the module load and the end of the command (each splat is
 printed on stderr; ``--ignore-splats`` keeps the command's status); 254 when
 the harness could not get that far (kernel, build, boot or module load failed;
 the message says which); 255 when the guest died while the command ran (panic,
-QEMU exit). ``git bisect run`` aborts on statuses of 128 and above, so a
-bisection maps them itself (docs/troubleshooting.md shows how).
+QEMU exit). ``git bisect run`` aborts on statuses of 128 and above: with
+``--bisect`` exec exits 0 (good), 125 (skip: 254) or 1 (bad: anything else).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from .checks import KernelVerdict, judge
 from .config import ENGINES, SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
 from .dmesg import KernelLine, load_allowlist
-from .errors import HarnessError, LostGuestError
+from .errors import HarnessError, LostGuestError, ModuleCrashError
 from .kernel_build import resolve_kernel_spec
 from .session import KernelSession
 
@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-splats", action="store_true",
                    help=f"exit with the command's status even when the kernel splatted or gained taint "
                         f"(they are still printed; default: exit {EXIT_KERNEL_SPLAT})")  # fmt: skip
+    p.add_argument("--bisect", action="store_true",
+                   help="exit the way `git bisect run` expects: 0 good (command and kernel clean), 125 skip "
+                        f"(the harness could not get that far: {EXIT_HARNESS}), 1 bad (anything else)")  # fmt: skip
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARG...] (argv, not a shell string)")
 
     p = sub.add_parser("seed", help="replay the seed scenario: load, send 'hello world!', show the link: line")
@@ -170,6 +173,9 @@ def run_with_session(args: argparse.Namespace, body: Callable[[KernelSession, Ou
     except LostGuestError as e:
         out.error(str(e))
         return EXIT_GUEST_DIED
+    except ModuleCrashError as e:  # the kernel oopsed loading or unloading the module: a splat, not a refusal
+        out.error(str(e))
+        return EXIT_KERNEL_SPLAT
     except HarnessError as e:
         out.error(str(e))
         return EXIT_HARNESS
@@ -247,7 +253,18 @@ def cmd_exec(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         return report_verdict(result.status, verdict, ignore_splats=args.ignore_splats)
 
-    return run_with_session(args, body)
+    status = run_with_session(args, body)
+    return bisect_status(status) if args.bisect else status
+
+
+GIT_BISECT_GOOD, GIT_BISECT_BAD, GIT_BISECT_SKIP = 0, 1, 125
+
+
+def bisect_status(status: int) -> int:
+    """exec's status in `git bisect run` terms (which aborts the bisection on 128 and above)."""
+    if status == 0:
+        return GIT_BISECT_GOOD
+    return GIT_BISECT_SKIP if status == EXIT_HARNESS else GIT_BISECT_BAD
 
 
 def cmd_seed(args: argparse.Namespace) -> int:

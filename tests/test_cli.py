@@ -10,7 +10,7 @@ from harness.checks import KernelVerdict, judge
 from harness.config import HarnessConfig
 from harness.console import CommandResult
 from harness.dmesg import KernelLine, parse_allowlist, parse_lines
-from harness.errors import BuildError, LostGuestError
+from harness.errors import BuildError, LostGuestError, ModuleCrashError
 from harness.kernelops import LogMark
 
 WARNING_LOG = (Path(__file__).parent / "data" / "dmesg" / "warning.log").read_text()
@@ -241,3 +241,27 @@ def test_exec_takes_allowlist_and_allowed_taint_options() -> None:
                                           "--", "true"])  # fmt: skip
     cfg = cli.config_from_args(args)
     assert (cfg.splat_allowlist, cfg.allowed_taint) == (Path("a.txt"), "OEW")
+
+
+class CrashingOps(FakeOps):
+    def insmod(self, ko: Path, params: Any = None) -> str:
+        raise ModuleCrashError(f"insmod {ko.name}: the kernel crashed (status 137, killed by signal 9)", "Killed",
+                               "null-deref at log line 4 [null-deref:crashy_init:do_one_initcall]")  # fmt: skip
+
+
+def test_exec_oops_while_loading_is_253_not_254(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    """A module whose init oopses is a kernel splat (bad in a bisection), not 'could not get that far'."""
+    s = FakeSession(0, builds=True)
+    s._ops = CrashingOps(s.events, "", 0)
+    assert run(monkeypatch, s, ["exec", "-q", "--", "true"]) == cli.EXIT_KERNEL_SPLAT
+    assert "crashy_init" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("status", "git"), [(0, 0), (3, 1), (253, 1), (255, 1), (254, 125)])
+def test_bisect_status_speaks_git_bisect_run(status: int, git: int) -> None:
+    assert cli.bisect_status(status) == git
+
+
+def test_exec_bisect_flag_maps_a_splat_to_bad(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    s = FakeSession(0, new_log=WARNING_LOG, taint_after=TAINT_OE_W)
+    assert run(monkeypatch, s, ["exec", "--no-module", "--bisect", "-q", "--", "true"]) == 1
