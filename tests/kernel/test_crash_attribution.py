@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import HarnessConfig
+from harness.kmod import default_cache_root
 from harness.session import KernelSession
 
 CRASHY = Path(__file__).resolve().parent.parent / "modules" / "crashy"
@@ -34,6 +35,12 @@ from harness.session import ModuleSource
 def knh_module_source():
     return ModuleSource(Path({str(CRASHY)!r}))
 """
+
+
+@pytest.fixture(autouse=True)
+def shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester points HOME at its own directory: keep the harness cache (vmlinux, initramfs, builds) shared."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(default_cache_root().parent))
 
 
 def run_inner(pytester: pytest.Pytester, session: KernelSession, config: HarnessConfig,
