@@ -50,9 +50,10 @@ EXIT_ABORT = 128
 
 ON_INFRA_CHOICES = {"skip": EXIT_SKIP, "bad": EXIT_BAD, "abort": EXIT_ABORT}
 
-# Messages of failures that mean "this kernel could not be tested", not "the test failed"
-# (harness/vm.py BootError, harness/plugin.py unusable kernel, errors.MissingDependencyError).
-INFRA_PATTERNS = (" did not boot: ", "could not start ", " unusable: ", " is missing; install it with")
+# The plugin records every failure's kind as a JUnit property: "infra" when the failing error's type
+# says the kernel or host could not be used (HarnessError.infra: boot, missing tool, unusable
+# kernel), "test" otherwise. Only that property counts, never a message's words.
+FAILURE_KIND_PROPERTY = "knh_failure"
 # pytest exit statuses (pytest.ExitCode): 0 ok, 1 tests failed, 2 interrupted, 3 internal error,
 # 4 usage error, 5 no tests collected.
 PYTEST_OK, PYTEST_FAILED, PYTEST_NO_TESTS = 0, 1, 5
@@ -95,7 +96,8 @@ def read_junit(path: Path) -> Outcome:
                 passed += 1
             continue
         text = " ".join((p.get("message") or "") + " " + (p.text or "") for p in problems)
-        if any(pattern in text for pattern in INFRA_PATTERNS):
+        kinds = {p.get("value") for p in case.iter("property") if p.get("name") == FAILURE_KIND_PROPERTY}
+        if kinds == {"infra"}:  # every failing phase of the test was an infra failure
             infra += 1
         else:
             failed += 1

@@ -8,10 +8,19 @@ itself without a rerun.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 
 class HarnessError(Exception):
-    """Base class of every error the harness raises on purpose."""
+    """Base class of every error the harness raises on purpose.
+
+    ``infra`` says what a failure caused by the error means: True when the kernel or the
+    host could not be used, so nothing was tested (a bisection skips the commit); False
+    when the module or the kernel under test misbehaved. Callers classify by this flag,
+    never by the message's words.
+    """
+
+    infra: ClassVar[bool] = False
 
 
 class ConfigError(HarnessError):
@@ -21,6 +30,8 @@ class ConfigError(HarnessError):
 class MissingDependencyError(HarnessError):
     """A host tool or package is missing; the message holds the install command."""
 
+    infra = True
+
     def __init__(self, what: str, install: str) -> None:
         super().__init__(f"{what} is missing; install it with:\n    {install}")
         self.what = what
@@ -29,6 +40,8 @@ class MissingDependencyError(HarnessError):
 
 class KernelNotFoundError(HarnessError):
     """No usable kernel image (or no headers for it) matches the request."""
+
+    infra = True
 
 
 class BuildError(HarnessError):
@@ -84,6 +97,8 @@ class GuestError(HarnessError):
 
 class BootError(GuestError):
     """The guest did not reach a usable shell before its deadline, or QEMU exited."""
+
+    infra = True
 
 
 class LostGuestError(GuestError):

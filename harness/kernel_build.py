@@ -82,6 +82,54 @@ BTF_CONFIG: dict[str, str] = {
     "DEBUG_INFO_BTF_MODULES": "y",
 }
 
+# The debug profile (`--kernel debug`, `--kernel debug:TREE`): symbol -> (value, reason). The one
+# list of what a debug kernel turns on; docs/kernels.md renders it. Every symbol must end up in the
+# final .config with its value, or the build is a KernelBuildError naming it (value "n": absent is fine).
+DEBUG_PROFILE: dict[str, tuple[str, str]] = {
+    "DEBUG_KERNEL": ("y", "the debugging options below depend on it"),
+    "KASAN": ("y", "out-of-bounds and use-after-free accesses to slab, stack and globals: a KASAN report"),
+    "KASAN_GENERIC": ("y", "the software mode: every access checked, the mode x86 has"),
+    "KASAN_INLINE": ("y", "checks inlined instead of called: a larger kernel, a faster guest"),
+    "DEBUG_KMEMLEAK": ("y", "unreferenced allocations (leaks) listed in /sys/kernel/debug/kmemleak"),
+    "DEBUG_KMEMLEAK_DEFAULT_OFF": ("n", "kmemleak runs from boot, no kmemleak=on needed"),
+    "DEBUG_KMEMLEAK_AUTO_SCAN": (
+        "n",
+        "no scan thread: the harness scans after a module's rmmod, so a "
+        "leak is never reported in the middle of a later test",
+    ),
+    "PROVE_LOCKING": ("y", "lockdep: lock-order inversions and other deadlock patterns, before they hang"),
+    "DEBUG_ATOMIC_SLEEP": (
+        "y",
+        "'BUG: sleeping function called from invalid context' (sleeping under a "
+        "spinlock, in a timer or with interrupts off)",
+    ),
+    "DEBUG_OBJECTS": ("y", "ODEBUG: object life-cycle checks (freed while active, re-initialized)"),
+    "DEBUG_OBJECTS_TIMERS": (
+        "y",
+        "ODEBUG for timers: an armed timer freed (a module's exit forgetting del_timer_sync)",
+    ),
+    "DEBUG_OBJECTS_WORK": ("y", "ODEBUG for work items: a queued work freed"),
+    "UBSAN": ("y", "undefined behaviour: a UBSAN report"),
+    "UBSAN_BOUNDS": ("y", "array index out of bounds of arrays with a known size"),
+    "UBSAN_SANITIZE_ALL": (
+        "y",
+        "instrument the whole kernel and modules (6.1; later kernels always do and have no such symbol)",
+    ),
+    "SLUB_DEBUG": ("y", "slab consistency checks, needed by SLUB_DEBUG_ON"),
+    "SLUB_DEBUG_ON": (
+        "y",
+        "red zones, poisoning and owner tracking on every cache from boot (slub_debug=FZPU without a kernel argument)",
+    ),
+    "KFENCE": ("n", "KASAN checks every access; KFENCE's sampled ones would only add noise"),
+    "GCOV_KERNEL": ("y", "coverage of modules built with GCOV_PROFILE := y, read from debugfs"),
+    "DEBUG_FS": ("y", "kmemleak's and gcov's interface"),
+    "DEBUG_BUGVERBOSE": ("y", "file:line in BUG and WARNING reports"),
+    "STACKTRACE": ("y", "backtraces in kmemleak and KASAN reports"),
+}
+# Profile symbols that newer trees dropped (the behaviour became unconditional): absent is not an error.
+DEBUG_PROFILE_OPTIONAL = frozenset({"UBSAN_SANITIZE_ALL"})
+PROFILES: dict[str, dict[str, tuple[str, str]]] = {"debug": DEBUG_PROFILE}
+
 # The "tiny" base (default): `make allnoconfig` with these, virtme-ng's guest items (from
 # `vng --kconfig --dry-run`, minus VIRTME_DROPPED) and the harness items. About a third of
 # the objects of virtme-ng's defconfig base, which matters on a 2-core machine.
@@ -112,6 +160,8 @@ _SOURCE_PREFIXES = ("Makefile", "Kconfig", "Kbuild")
 
 class KernelBuildError(HarnessError):
     """Configuring or building a kernel source tree failed; carries the log tail and path."""
+
+    infra = True  # a kernel that does not build cannot test the module
 
     def __init__(self, message: str, log: Path | None = None) -> None:
         parts = [message]
@@ -161,6 +211,7 @@ class BuildOptions:
     base: str = "tiny"  # "tiny": allnoconfig + what is needed; "defconfig": `vng --kconfig` as is
     jobs: int | None = None
     vng: str = ""  # virtme-ng executable; "" = the one next to the running interpreter
+    profile: str = ""  # "" or a key of PROFILES ("debug"): built out of the tree, a cache entry of its own
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> BuildOptions:
@@ -185,12 +236,21 @@ class BuildOptions:
         out.update(PREFERRED_CONFIG)
         if self.btf:
             out.update(BTF_CONFIG)
+        out.update({name: value for name, (value, _) in self.profile_config().items()})
         for item in self.extra_config:
             name, sep, value = item.partition("=")
             if not sep:
                 raise KernelBuildError(f"config item {item!r} is not NAME=value")
             out[name.removeprefix("CONFIG_")] = value
         return out
+
+    def profile_config(self) -> dict[str, tuple[str, str]]:
+        """The profile's items (symbol -> (value, reason)); {} without a profile."""
+        if not self.profile:
+            return {}
+        if self.profile not in PROFILES:
+            raise KernelBuildError(f"unknown kernel profile {self.profile!r}: known are {', '.join(PROFILES)}")
+        return PROFILES[self.profile]
 
     def fingerprint(self) -> str:
         """Hash of the configuration request (and the virtme-ng version that expands it)."""
@@ -200,7 +260,10 @@ class BuildOptions:
             vng_version = metadata.version("virtme-ng")
         except metadata.PackageNotFoundError:  # pragma: no cover - virtme-ng is a dependency
             vng_version = "?"
-        text = json.dumps([sorted(self.config().items()), self.btf, self.base, str(vng_version)])
+        parts: list[object] = [sorted(self.config().items()), self.btf, self.base, str(vng_version)]
+        if self.profile:
+            parts.append(self.profile)
+        text = json.dumps(parts)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -260,10 +323,36 @@ class BuiltKernel:
         return self.modules_root / "lib" / "modules" / self.kernel.release
 
 
-def _state_paths(tree: Path, cache_root: Path) -> tuple[Path, Path, Path, Path]:
-    tid = hashlib.sha256(str(tree.resolve()).encode()).hexdigest()[:12]
+@dataclass(frozen=True)
+class BuildLayout:
+    """Where one build of a tree lives. A plain build is made in the tree (like `vng --build`); a
+    profile build (``debug``) in a directory of the cache (``make O=``), so that the plain and the
+    debug kernel of one tree are two cache entries that never overwrite each other's objects."""
+
+    tree: Path
+    objdir: Path | None  # make O= directory; None: in the tree
+    record: Path
+    log: Path
+    lock: Path
+    modules_root: Path
+
+    @property
+    def build_dir(self) -> Path:
+        """Where .config, the objects, bzImage and Module.symvers are: KDIR for the module build."""
+        return self.objdir or self.tree
+
+
+def build_layout(tree: Path, cache_root: Path, profile: str = "") -> BuildLayout:
+    tid = hashlib.sha256(str(tree.resolve()).encode()).hexdigest()[:12] + (f"-{profile}" if profile else "")
     base = cache_root / "kernel-builds"
-    return base / f"{tid}.json", base / f"{tid}.log", base / f"{tid}.lock", base / f"{tid}-modules"
+    objdir = base / f"{tid}-obj" if profile else None
+    return BuildLayout(tree, objdir, base / f"{tid}.json", base / f"{tid}.log", base / f"{tid}.lock",
+                       base / f"{tid}-modules")  # fmt: skip
+
+
+def _state_paths(tree: Path, cache_root: Path) -> tuple[Path, Path, Path, Path]:
+    layout = build_layout(tree, cache_root)
+    return layout.record, layout.log, layout.lock, layout.modules_root
 
 
 @contextlib.contextmanager
@@ -314,63 +403,185 @@ def build_kernel(
     if not is_kernel_tree(tree):  # not a build failure of this commit: bisect-run aborts on it
         raise KernelNotFoundError(f"{tree} is not a kernel source tree (no Makefile, Kconfig and arch/)")
     options = options or BuildOptions()
+    options.profile_config()  # an unknown profile fails before anything runs
     cache_root = cache_root or default_cache_root()
-    record_path, log, lock, modules_root = _state_paths(tree, cache_root)
-    with _locked(lock):
+    layout = build_layout(tree, cache_root, options.profile)
+    what = f"kernel tree {tree}" + (f" ({options.profile} profile)" if options.profile else "")
+    with _locked(layout.lock):
         key = cache_key(tree, options)
-        cached = _cached(record_path, key, tree)
+        cached = _cached(layout.record, key, layout.build_dir)
         if cached is not None:
-            notify(f"kernel tree {tree}: unchanged, using the {cached.release} built before")
-            return BuiltKernel(cached, modules_root, True, 0.0, log, key)
+            notify(f"{what}: unchanged, using the {cached.release} built before")
+            return BuiltKernel(cached, layout.modules_root, True, 0.0, layout.log, key)
 
         start = time.monotonic()
-        log.write_text(f"kernel build of {tree}, key {key}\n")
+        layout.log.write_text(f"kernel build of {tree}, key {key}\n")
         steps: list[str] = []
         vng = options.vng or vng_executable()
         fingerprint = options.fingerprint()
-        marker = tree / ".knh-config"  # ignored by the kernel's .gitignore (".*")
+        build_dir = layout.build_dir
+        if layout.objdir is not None:
+            _check_clean_source(tree, layout.objdir)
+            layout.objdir.mkdir(parents=True, exist_ok=True)
+        marker = build_dir / ".knh-config"  # ignored by the kernel's .gitignore (".*")
         current = marker.read_text().strip() if marker.exists() else ""
-        if current != fingerprint or not (tree / ".config").exists():
-            notify(f"kernel tree {tree}: configuring ({options.base} base + virtme-ng and harness items) ...")
+        if current != fingerprint or not (build_dir / ".config").exists():
+            extra = f" + the {options.profile} profile" if options.profile else ""
+            notify(f"{what}: configuring ({options.base} base + virtme-ng and harness items{extra}) ...")
             steps.append("configure")
-            _configure(tree, options, vng, run, log)
+            _configure(layout, options, vng, run)
             marker.write_text(fingerprint + "\n")
-        notify(f"kernel tree {tree}: building (vng --build; log {log}) ...")
+        jobs = options.jobs or os.cpu_count() or 1
+        if layout.objdir is None:
+            argv = [vng, "--build", "--verbose"]
+            if options.jobs:
+                argv += ["--jobs", str(options.jobs)]
+        else:
+            argv = ["make", f"O={layout.objdir}", f"-j{jobs}", f"LOCALVERSION={localversion(options)}"]
+        notify(f"{what}: building with {jobs} job(s) ({' '.join(argv[:2])} ...; log {layout.log}) ...")
         steps.append("build")
-        argv = [vng, "--build", "--verbose"]
-        if options.jobs:
-            argv += ["--jobs", str(options.jobs)]
-        if run(argv, tree, log) != 0:
-            raise KernelBuildError(f"kernel build failed in {tree} ({' '.join(argv)})", log)
+        with BuildProgress(layout.log, notify, what, _previous_objects(layout.record)) as progress:
+            status = run(argv, tree, layout.log)
+        if status != 0:
+            raise KernelBuildError(f"kernel build failed in {tree} ({' '.join(argv)})", layout.log)
         # Another commit's Kconfig may have dropped or renamed a symbol since the tree was configured.
-        missing = missing_config(read_config(tree / ".config"), REQUIRED_CONFIG)
+        final = read_config(build_dir / ".config")
+        missing = missing_config(final, REQUIRED_CONFIG)
         if missing:
-            raise KernelBuildError(f"{tree}/.config after the build lacks what the harness needs: "
-                                   f"{', '.join(missing)}", log)  # fmt: skip
-        image = tree / KIMG
+            raise KernelBuildError(f"{build_dir}/.config after the build lacks what the harness needs: "
+                                   f"{', '.join(missing)}", layout.log)  # fmt: skip
+        missing = missing_profile(final, options.profile_config())
+        if missing:
+            raise KernelBuildError(_profile_error(options.profile, build_dir, missing), layout.log)
+        image = build_dir / KIMG
         release = image_release(image) if image.exists() else None
         if release is None:
-            raise KernelBuildError(f"the build of {tree} produced no readable {KIMG}", log)
+            raise KernelBuildError(f"the build of {tree} produced no readable {image}", layout.log)
 
+        notify(f"{what}: installing modules into {layout.modules_root} ...")
         steps.append("modules_install")
+        modules_root = layout.modules_root
         if modules_root.exists():
             _rmtree(modules_root)
         modules_root.mkdir(parents=True)
-        argv = ["make", "-s", f"LOCALVERSION={LOCALVERSION}", "modules_install", f"INSTALL_MOD_PATH={modules_root}"]
-        argv += ["INSTALL_MOD_STRIP=1", "DEPMOD=/sbin/depmod"]
-        if run(argv, tree, log) != 0:
-            raise KernelBuildError(f"make modules_install failed in {tree}", log)
+        argv = ["make", "-s", f"LOCALVERSION={localversion(options)}", "modules_install",
+                f"INSTALL_MOD_PATH={modules_root}", "INSTALL_MOD_STRIP=1", "DEPMOD=/sbin/depmod"]  # fmt: skip
+        if layout.objdir is not None:
+            argv.insert(1, f"O={layout.objdir}")
+        if run(argv, tree, layout.log) != 0:
+            raise KernelBuildError(f"make modules_install failed in {tree}", layout.log)
         if not (modules_root / "lib" / "modules" / release / "modules.dep").exists():
-            raise KernelBuildError(f"modules_install of {tree} left no lib/modules/{release}/modules.dep", log)
+            raise KernelBuildError(f"modules_install of {tree} left no lib/modules/{release}/modules.dep", layout.log)
 
-        kernel = Kernel(release, image, tree)
+        kernel = Kernel(release, image, build_dir)
         seconds = time.monotonic() - start
         # Non-git trees: the state after the build, so files the build generated do not count as changes.
         key = key if key.startswith("git:") else cache_key(tree, options)
-        record = {"key": key, "release": release, "image": str(image), "seconds": round(seconds, 1)}
-        record_path.write_text(json.dumps(record, indent=1) + "\n")
-        notify(f"kernel tree {tree}: built {release} in {seconds:.0f} s")
-        return BuiltKernel(kernel, modules_root, False, seconds, log, key, tuple(steps))
+        record = {"key": key, "release": release, "image": str(image), "seconds": round(seconds, 1),
+                  "objects": progress.objects, "profile": options.profile}  # fmt: skip
+        layout.record.write_text(json.dumps(record, indent=1) + "\n")
+        notify(f"{what}: built {release} in {seconds:.0f} s ({progress.objects} objects compiled)")
+        return BuiltKernel(kernel, modules_root, False, seconds, layout.log, key, tuple(steps))
+
+
+def localversion(options: BuildOptions) -> str:
+    """LOCALVERSION of a build: `-virtme` (what vng passes), `-virtme-debug` for the debug profile, so
+    the two kernels of one tree have different releases (test ids, result paths)."""
+    return LOCALVERSION + (f"-{options.profile}" if options.profile else "")
+
+
+def missing_profile(config: dict[str, str], profile: dict[str, tuple[str, str]]) -> list[str]:
+    """Profile symbols the final .config does not have with the wanted value (absent counts as "n";
+    symbols of DEBUG_PROFILE_OPTIONAL may be absent)."""
+    out = []
+    for name, (value, reason) in profile.items():
+        have = config.get(name)
+        if have is None and name in DEBUG_PROFILE_OPTIONAL:
+            continue
+        if (have or "n") != value:
+            out.append(f"CONFIG_{name}={value} (have {have or 'unset'}; wanted for: {reason})")
+    return out
+
+
+def _profile_error(profile: str, build_dir: Path, missing: list[str]) -> str:
+    return (f"the {profile} profile cannot be enabled in {build_dir}/.config: the tree lacks these symbols or "
+            "their dependencies turned them off (an older or newer tree, another architecture, a compiler "
+            "without the sanitizer):\n    " + "\n    ".join(missing)
+            + "\nfix: a tree that has them (`--kernel debug` builds the distribution's linux-source), or drop "
+              "the symbols from DEBUG_PROFILE in harness/kernel_build.py")  # fmt: skip
+
+
+def _check_clean_source(tree: Path, objdir: Path) -> None:
+    """make refuses an O= build of a tree that was configured in place (its own check, made clear here)."""
+    leftovers = [p for p in (".config", "include/config", "arch/x86/include/generated") if (tree / p).exists()]
+    if leftovers:
+        raise KernelBuildError(
+            f"{tree} has an in-tree build ({', '.join(leftovers)}), and a profile build goes to {objdir} "
+            "(make O=), which make refuses for a tree that is not clean. Fix: `make mrproper` in the tree "
+            "(its plain build is then redone on next use), or give the profile a clean checkout "
+            "(`git worktree add ../linux-debug`) and name that: --kernel debug:../linux-debug"
+        )
+
+
+class BuildProgress:
+    """Counts the objects make reports compiling (`  CC ...` lines in the log) while a build runs and
+    notifies every `interval` seconds: count, and a percentage when an earlier build of the same entry
+    recorded its total."""
+
+    def __init__(self, log: Path, notify: Notify, what: str, expected: int = 0, interval: float = 60.0) -> None:
+        import threading
+
+        self.log, self.notify, self.what, self.expected, self.interval = log, notify, what, expected, interval
+        self.objects = 0
+        self._offset = log.stat().st_size if log.exists() else 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="knh-build-progress", daemon=True)
+        self._start = time.monotonic()
+
+    def __enter__(self) -> BuildProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+    def poll(self) -> int:
+        """Read what the log gained since the last poll; the number of objects compiled so far."""
+        try:
+            with self.log.open("rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except OSError:
+            return self.objects
+        end = chunk.rfind(b"\n") + 1  # a partial last line is read next time
+        self._offset += end
+        self.objects += count_compiled(chunk[:end].decode(errors="replace"))
+        return self.objects
+
+    def message(self) -> str:
+        done = self.poll()
+        elapsed = time.monotonic() - self._start
+        share = f" (~{min(99, 100 * done // self.expected)}% of the {self.expected} last time)" if self.expected else ""
+        return f"{self.what}: building, {done} objects compiled{share}, {elapsed / 60:.0f} min"
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.notify(self.message())
+
+
+def count_compiled(text: str) -> int:
+    """Objects compiled, from make's short output: `  CC      kernel/fork.o`, `  CC [M]  fs/x.o`, `  AS ...`."""
+    return sum(1 for line in text.splitlines() if line.startswith(("  CC ", "  AS ")))
+
+
+def _previous_objects(record_path: Path) -> int:
+    try:
+        value = json.loads(record_path.read_text()).get("objects", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return value if isinstance(value, int) else 0
 
 
 def _cached(record_path: Path, key: str, tree: Path) -> Kernel | None:
@@ -384,35 +595,64 @@ def _cached(record_path: Path, key: str, tree: Path) -> Kernel | None:
     return Kernel(record["release"], image, tree)
 
 
-def _configure(tree: Path, options: BuildOptions, vng: str, run: Runner, log: Path) -> None:
+def _configure(layout: BuildLayout, options: BuildOptions, vng: str, run: Runner) -> None:
+    build_dir, log = layout.build_dir, layout.log
     wanted = options.config()
     items = []
     for name, value in wanted.items():
         items += ["--configitem", f"CONFIG_{name}={value}"]
     if options.base == "defconfig":
-        _configure_defconfig(tree, options, vng, items, run, log)
+        _configure_defconfig(layout, options, vng, items, run)
     else:
-        _configure_tiny(tree, options, vng, items, run, log)
-    missing = missing_config(read_config(tree / ".config"), {**REQUIRED_CONFIG, **_extra(options)})
+        _configure_tiny(layout, options, vng, items, run)
+    config = read_config(build_dir / ".config")
+    missing = missing_config(config, {**REQUIRED_CONFIG, **_extra(options)})
     if missing:
         raise KernelBuildError(
-            f"the configured {tree}/.config lacks what the harness needs (an older tree without "
+            f"the configured {build_dir}/.config lacks what the harness needs (an older tree without "
             f"these symbols, or a dependency turned them off): {', '.join(missing)}",
             log,
         )
+    missing = missing_profile(config, options.profile_config())
+    if missing:
+        raise KernelBuildError(_profile_error(options.profile, build_dir, missing), log)
 
 
-def _configure_defconfig(tree: Path, options: BuildOptions, vng: str, items: list[str], run: Runner,
-                         log: Path) -> None:  # fmt: skip
-    """virtme-ng's own: x86_64_defconfig + its guest items + ours (`vng --kconfig`)."""
-    if run([vng, "--kconfig", "--verbose", *items], tree, log) != 0:
-        raise KernelBuildError(f"configuring {tree} failed ({vng} --kconfig)", log)
+def _make_o(layout: BuildLayout) -> list[str]:
+    return ["make", f"O={layout.objdir}"] if layout.objdir is not None else ["make"]
+
+
+def _configure_defconfig(layout: BuildLayout, options: BuildOptions, vng: str, items: list[str],
+                         run: Runner) -> None:  # fmt: skip
+    """virtme-ng's own: x86_64_defconfig + its guest items + ours (`vng --kconfig`; for a profile
+    build in O=, the same made by hand: defconfig, then the items, then olddefconfig)."""
+    tree, log = layout.tree, layout.log
+    config = layout.build_dir / ".config"
+    if layout.objdir is None:
+        if run([vng, "--kconfig", "--verbose", *items], tree, log) != 0:
+            raise KernelBuildError(f"configuring {tree} failed ({vng} --kconfig)", log)
+    else:
+        listing = log.with_suffix(".vng-items")
+        listing.write_text("")
+        if run([vng, "--kconfig", "--dry-run", *items], tree, listing) != 0:
+            raise KernelBuildError(f"{vng} --kconfig --dry-run failed in {tree}", listing)
+        if run([*_make_o(layout), "-s", "x86_64_defconfig"], tree, log) != 0:
+            raise KernelBuildError(f"make x86_64_defconfig (O={layout.objdir}) failed in {tree}", log)
+        wanted = {**config_items(listing.read_text()), **options.config()}
+        with config.open("a") as f:  # later assignments win when make reads .config
+            f.write("".join(_config_line(k, v) for k, v in wanted.items()))
+        if run([*_make_o(layout), "-s", "olddefconfig"], tree, log) != 0:
+            raise KernelBuildError(f"make olddefconfig (O={layout.objdir}) failed in {tree}", log)
     if not options.btf:
         # virtme-ng turns DWARF debug info on; without BTF it only makes the build slower and larger.
-        argv = ["scripts/config", "--file", ".config", "-d", "DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT",
+        argv = ["scripts/config", "--file", str(config), "-d", "DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT",
                 "-d", "DEBUG_INFO_DWARF4", "-d", "DEBUG_INFO_DWARF5", "-e", "DEBUG_INFO_NONE"]  # fmt: skip
-        if run(argv, tree, log) != 0 or run(["make", "-s", "olddefconfig"], tree, log) != 0:
+        if run(argv, tree, log) != 0 or run([*_make_o(layout), "-s", "olddefconfig"], tree, log) != 0:
             raise KernelBuildError(f"adjusting the configuration of {tree} failed", log)
+
+
+def _config_line(name: str, value: str) -> str:
+    return f"# CONFIG_{name} is not set\n" if value == "n" else f"CONFIG_{name}={value}\n"
 
 
 def tiny_fragment(virtme: dict[str, str], options: BuildOptions) -> dict[str, str]:
@@ -423,22 +663,27 @@ def tiny_fragment(virtme: dict[str, str], options: BuildOptions) -> dict[str, st
     return out
 
 
-def _configure_tiny(tree: Path, options: BuildOptions, vng: str, items: list[str], run: Runner,
-                    log: Path) -> None:  # fmt: skip
+def _configure_tiny(layout: BuildLayout, options: BuildOptions, vng: str, items: list[str],
+                    run: Runner) -> None:  # fmt: skip
     """allnoconfig + TINY_BASE + virtme-ng's guest items (its --dry-run list) + ours."""
+    tree, log = layout.tree, layout.log
     listing = log.with_suffix(".vng-items")
     listing.write_text("")
     if run([vng, "--kconfig", "--dry-run", *items], tree, listing) != 0:
         raise KernelBuildError(f"{vng} --kconfig --dry-run failed in {tree}", listing)
     fragment = tiny_fragment(config_items(listing.read_text()), options)
-    allconfig = tree / ".knh-allconfig"  # ignored by the kernel's .gitignore (".*")
-    allconfig.write_text("".join(f"CONFIG_{k}={v}\n" for k, v in fragment.items()))
-    if run(["make", "-s", f"KCONFIG_ALLCONFIG={allconfig}", "allnoconfig"], tree, log) != 0:
-        raise KernelBuildError(f"make allnoconfig (KCONFIG_ALLCONFIG={allconfig}) failed in {tree}", log)
+    allconfig = layout.build_dir / ".knh-allconfig"  # ignored by the kernel's .gitignore (".*")
+    allconfig.write_text("".join(_config_line(k, v) for k, v in fragment.items()))
+    argv = [*_make_o(layout), "-s", f"KCONFIG_ALLCONFIG={allconfig}", "allnoconfig"]
+    if run(argv, tree, log) != 0:
+        raise KernelBuildError(f"{' '.join(argv)} failed in {tree}", log)
 
 
 def _extra(options: BuildOptions) -> dict[str, str]:
-    return {k: v for k, v in options.config().items() if k not in REQUIRED_CONFIG and k not in PREFERRED_CONFIG}
+    """Items beyond the required and preferred ones that must hold; the profile's are checked by
+    missing_profile (with reasons and optional symbols)."""
+    skip = {*REQUIRED_CONFIG, *PREFERRED_CONFIG, *options.profile_config()}
+    return {k: v for k, v in options.config().items() if k not in skip}
 
 
 def _rmtree(path: Path) -> None:
@@ -450,9 +695,91 @@ def _rmtree(path: Path) -> None:
 def modules_dir_for(kernel: Kernel, cache_root: Path | None = None) -> Path | None:
     """Where the modules of a kernel built here were installed (for the fast engine's initramfs),
     or None for any other kernel."""
-    _, _, _, modules_root = _state_paths(kernel.build_dir, cache_root or default_cache_root())
+    build_dir = kernel.build_dir
+    if build_dir.name.endswith("-obj") and build_dir.parent.name == "kernel-builds":  # a profile build (O=)
+        modules_root = build_dir.with_name(build_dir.name.removesuffix("-obj") + "-modules")
+    else:
+        _, _, _, modules_root = _state_paths(build_dir, cache_root or default_cache_root())
     moddir = modules_root / "lib" / "modules" / kernel.release
     return moddir if (moddir / "modules.dep").exists() else None
+
+
+SOURCE_DIR = Path("/usr/src")
+SOURCE_HINT = ("apt-get install linux-source-6.1 (Debian 12; scripts/setup.sh does it) or linux-source (Ubuntu), "
+               "or name your own tree: --kernel debug:~/src/linux")  # fmt: skip
+
+
+def parse_profile_spec(spec: str) -> tuple[str, str] | None:
+    """`debug` -> ("debug", ""): the distribution's source; `debug:TREE` -> ("debug", TREE); None for a
+    spec without a profile. A directory named like a profile is reached as ./debug."""
+    name, sep, tree = spec.partition(":")
+    if name not in PROFILES or (sep and not tree):
+        return None
+    return name, tree
+
+
+def find_distro_source(src: Path = SOURCE_DIR) -> Path | None:
+    """The newest linux-source tarball: Debian's /usr/src/linux-source-6.1.tar.xz, Ubuntu's
+    /usr/src/linux-source-<ver>/linux-source-<ver>.tar.bz2."""
+    from .kernel import release_sort_key
+
+    found = [p for pattern in ("linux-source-*.tar.*", "linux-source-*/linux-source-*.tar.*") for p in src.glob(pattern)
+             if p.is_file() and p.name.endswith((".tar.xz", ".tar.bz2", ".tar.gz"))]  # fmt: skip
+    return max(found, key=lambda p: release_sort_key(p.name), default=None)
+
+
+def unpack_source(tarball: Path, cache_root: Path, *, notify: Notify = _silent) -> Path:
+    """Unpack a source tarball once into <cache>/kernel-src/<name> and return the tree. A tarball that
+    changed since (a distribution update: other size or mtime) is unpacked again."""
+    import shutil
+    import tempfile
+
+    name = tarball.name.split(".tar.")[0]
+    base = cache_root / "kernel-src"
+    tree, stamp = base / name, base / f"{name}.json"
+    st = tarball.stat()
+    identity = {"tarball": str(tarball), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    base.mkdir(parents=True, exist_ok=True)
+    with _locked(base / f"{name}.lock"):
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(stamp.read_text()) == identity and is_kernel_tree(tree):
+                return tree
+        notify(f"unpacking {tarball} into {tree} (once) ...")
+        start = time.monotonic()
+        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=base))
+        try:
+            proc = subprocess.run(["tar", "-xf", str(tarball), "-C", str(tmp)], capture_output=True, check=False)
+            if proc.returncode != 0:
+                raise KernelBuildError(f"unpacking {tarball} failed (tar -xf): "
+                                       f"{proc.stderr.decode(errors='replace').strip()[-500:]}")  # fmt: skip
+            tops = [p for p in tmp.iterdir() if p.is_dir()]
+            if len(tops) != 1 or not is_kernel_tree(tops[0]):
+                raise KernelBuildError(
+                    f"{tarball} does not hold one kernel source tree (found {len(tops)} directories)"
+                )
+            if tree.exists():
+                shutil.rmtree(tree)
+            tops[0].rename(tree)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        stamp.write_text(json.dumps(identity) + "\n")
+        notify(f"unpacked {tarball} in {time.monotonic() - start:.0f} s")
+        return tree
+
+
+def profile_tree(tree: str, *, cache_root: Path, notify: Notify = _silent, src: Path = SOURCE_DIR) -> Path:
+    """The tree a profile spec builds: the named one, or the distribution's source unpacked into the cache."""
+    if tree:
+        path = Path(tree).expanduser()
+        if not is_kernel_tree(path):
+            raise KernelNotFoundError(f"debug:{tree}: {path} is not a kernel source tree (it needs Makefile, "
+                                      "Kconfig and arch/)")  # fmt: skip
+        return path
+    tarball = find_distro_source(src)
+    if tarball is None:
+        raise KernelNotFoundError(f"--kernel debug builds the distribution's kernel source, and {src} has no "
+                                  f"linux-source-*.tar.*: {SOURCE_HINT}")  # fmt: skip
+    return unpack_source(tarball, cache_root, notify=notify)
 
 
 def resolve_kernel_spec(
@@ -463,8 +790,18 @@ def resolve_kernel_spec(
     run: Runner = run_logged,
     cache_root: Path | None = None,
 ) -> Kernel:
-    """resolve_kernel plus source trees: a directory with Makefile, Kconfig and arch/ is built
-    (or taken from the cache) and its Kernel returned; anything else goes to resolve_kernel."""
+    """resolve_kernel plus source trees and profiles: a directory with Makefile, Kconfig and arch/ is
+    built (or taken from the cache) and its Kernel returned; `debug` builds the distribution's source
+    with the debug profile, `debug:TREE` that tree; anything else goes to resolve_kernel."""
+    profile = parse_profile_spec(spec) if spec else None
+    if profile is not None:
+        name, tree = profile
+        cache_root = cache_root or default_cache_root()
+        path = profile_tree(tree, cache_root=cache_root, notify=notify)
+        base = options or BuildOptions.from_env()
+        options = BuildOptions(btf=base.btf, extra_config=base.extra_config, base=base.base, jobs=base.jobs,
+                               vng=base.vng, profile=name)  # fmt: skip
+        return build_kernel(path, options=options, notify=notify, run=run, cache_root=cache_root).kernel
     if spec and Path(spec).is_dir():
         path = Path(spec)
         if not is_kernel_tree(path):

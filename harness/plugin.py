@@ -28,7 +28,7 @@ import pytest
 from .checks import KernelVerdict, judge_death
 from .config import DEFAULT_MODULE_DIR, SETTINGS, HarnessConfig, module_params_dict, resolve
 from .dmesg import AllowEntry, KernelLine, SplatReport, load_allowlist, parse_link_lines
-from .errors import BootError, HarnessError, LostGuestError
+from .errors import BootError, HarnessError, KernelNotFoundError, LostGuestError
 from .kernel import Kernel, expand_kernel_specs
 from .kernel_build import resolve_kernel_spec
 from .kernelops import GuestKernel, LogMark
@@ -131,7 +131,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 class _KernelParam:
     spec: str
     kernel: Kernel | None
-    error: str | None
+    error: HarnessError | None
 
     @property
     def label(self) -> str:
@@ -146,7 +146,7 @@ def _kernel_params(config: pytest.Config) -> list[_KernelParam]:
             # A source tree is built here (once, then cached): say so, it takes minutes.
             params.append(_KernelParam(spec, resolve_kernel_spec(spec or None, notify=_notify(config)), None))
         except HarnessError as e:
-            params.append(_KernelParam(spec, None, str(e)))
+            params.append(_KernelParam(spec, None, e))
     return params
 
 
@@ -182,7 +182,8 @@ def knh_config(pytestconfig: pytest.Config) -> HarnessConfig:
 def knh_kernel_session(request: pytest.FixtureRequest, knh_config: HarnessConfig) -> Iterator[KernelSession]:
     param: _KernelParam = request.param
     if param.error is not None or param.kernel is None:
-        pytest.fail(f"kernel {param.spec or '(default)'} unusable: {param.error}", pytrace=False)
+        error = param.error or KernelNotFoundError("no kernel")
+        raise HarnessFailed(f"kernel {param.spec or '(default)'} unusable: {error}", infra=error.infra)
     session = KernelSession(knh_config, param.kernel, request.config.stash[RUN_ROOT_KEY],
                             notify=_notify(request.config), spec=param.spec)  # fmt: skip
     request.config.stash[SESSIONS_KEY].append(session)
@@ -229,8 +230,17 @@ def _check_after_last_test(config: pytest.Config, session: KernelSession) -> str
     return f"{headline}\n{verdict.message()}"
 
 
+class HarnessFailed(pytest.fail.Exception):  # type: ignore[name-defined,misc]
+    """A test failed because of a harness error; `infra` comes from the error's type and is
+    recorded in the test's report (JUnit property ``knh_failure``: infra or test)."""
+
+    def __init__(self, message: str, *, infra: bool) -> None:
+        super().__init__(message, pytrace=False)
+        self.infra = infra
+
+
 def _fail_on_harness_error(e: HarnessError) -> None:
-    pytest.fail(str(e), pytrace=False)
+    raise HarnessFailed(str(e), infra=e.infra) from None
 
 
 @pytest.fixture(scope="session")
@@ -401,7 +411,7 @@ def _open_window(item: pytest.Item, session: KernelSession) -> Window:
             _fail_between(item, session, cursor, dead_since(cursor, policy) or _lost(e))
         pytest.fail(f"the guest died before {item.nodeid} began: {e}", pytrace=False)
     except BootError as e:
-        pytest.fail(str(e), pytrace=False)
+        _fail_on_harness_error(e)
     except HarnessError as e:
         pytest.fail(f"kernel check error: the kernel checks could not start for {item.nodeid}: {e}", pytrace=False)
     if cursor is not None and between is not None and not between.ok:
@@ -570,6 +580,11 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
+    if report.failed:  # JUnit takes the properties of the teardown report, which copies the item's
+        kind = ("knh_failure", "infra" if _infra_failure(call) else "test")
+        item.user_properties.append(kind)
+        if report.when == "teardown":
+            report.user_properties.append(kind)
     window = item.stash.get(_WINDOW_KEY, None)
     if window is not None and report.when in window.kernel_failed and hasattr(report, "wasxfail"):
         report.outcome = "failed"  # xfail covers the test's own failure, never the kernel's
@@ -610,6 +625,11 @@ def _collect_artifacts(item: pytest.Item, window: Window) -> list[str]:
     lines.append(f"guest kernel console: {guest.paths.kernel_log}")
     lines.append(f"kernel log of this test: {directory / 'kernel-window.log'}")
     return lines
+
+
+def _infra_failure(call: pytest.CallInfo[None]) -> bool:
+    """True when the failure means "nothing was tested" (by the error's type, never its words)."""
+    return call.excinfo is not None and bool(getattr(call.excinfo.value, "infra", False))
 
 
 def _kernel_label(item: pytest.Item) -> str:

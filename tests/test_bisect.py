@@ -50,8 +50,12 @@ JUNIT_SKIPPED = ('<testsuites><testsuite><testcase classname="t" name="test_a">'
                  "</testcase></testsuite></testsuites>")  # fmt: skip
 JUNIT_NONE = '<testsuites><testsuite name="pytest" tests="0"></testsuite></testsuites>'
 JUNIT_BOOT = ('<testsuites><testsuite><testcase classname="t" name="test_a">'
-              '<error message="failed on setup with &quot;Failed: guest knh-1 (6.1.192-virtme, vng/tcg) '
+              '<properties><property name="knh_failure" value="infra"/></properties>'
+              '<error message="failed on setup with &quot;HarnessFailed: guest knh-1 (6.1.192-virtme, vng/tcg) '
               'did not boot: timeout&quot;">x</error></testcase></testsuite></testsuites>')  # fmt: skip
+# The same words without the plugin's property: a test failure (classification is by type, not by text).
+JUNIT_BOOT_WORDS = JUNIT_BOOT.replace('<properties><property name="knh_failure" value="infra"/></properties>',
+                                      '<properties><property name="knh_failure" value="test"/></properties>')
 
 
 def fake_test(status: int, junit_text: str | None) -> b.TestStep:
@@ -211,6 +215,8 @@ def test_read_junit_counts(tmp_path: Path) -> None:
     assert "link lines differ" in out.first_failure
     p.write_text(JUNIT_BOOT)
     assert b.read_junit(p).infra == 1
+    p.write_text(JUNIT_BOOT_WORDS)
+    assert (b.read_junit(p).infra, b.read_junit(p).failed) == (0, 1)
     p.write_text(_suite(JUNIT_SKIPPED, JUNIT_PASS))
     out = b.read_junit(p)
     assert (out.passed, out.skipped, out.recorded) == (1, 2, True)

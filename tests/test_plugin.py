@@ -277,3 +277,18 @@ def test_crash_after_the_last_test_fails_the_run(pytester: pytest.Pytester) -> N
         "*Kernel panic - not syncing: deliberate*",
     ])  # fmt: skip
     result.stdout.fnmatch_lines(["*KERNEL BROKE after the last test on fake-1.0, after test_crash.py::test_a*"])
+
+
+def test_failure_kind_is_recorded_by_error_type_for_bisect(pytester: pytest.Pytester) -> None:
+    """An unusable kernel is an infra failure, an assertion a test failure: bisect-run reads the
+    JUnit property the plugin writes, not the words of the message."""
+    from harness.bisect import read_junit
+
+    pytester.makepyfile(test_k="def test_needs_kernel(knh_kernel_session):\n    pass\n\n"
+                               "def test_asserts():\n    assert 1 == 2\n")  # fmt: skip
+    junit = pytester.path / "junit.xml"
+    result = pytester.runpytest("-p", "no:cacheprovider", "--kernel", str(pytester.path / "no-such-vmlinuz"),
+                                f"--junitxml={junit}", "-o", "junit_family=xunit1")  # fmt: skip
+    result.assert_outcomes(failed=1, errors=1)
+    outcome = read_junit(junit)
+    assert (outcome.infra, outcome.failed) == (1, 1)
