@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .kernel import Kernel
+from .memdebug import helpers_from_env, kernel_config, memory_debug_args
 
 # Kernel arguments every harness guest gets:
 #  panic=-1         a panic reboots at once, and with QEMU's -no-reboot that ends QEMU,
@@ -46,6 +47,8 @@ class VngSpec:
     extra_args: tuple[str, ...] = ()  # appended verbatim (experiments, user overrides)
     image: Path | None = None  # boot this image instead of kernel.image (e.g. the uncompressed vmlinux)
     blacklist: tuple[str, ...] = GUEST_NOISE_MODULES
+    # Memory-debug helpers the kernel has built in and switched off (harness.memdebug), turned on by an argument
+    memory_debug: tuple[str, ...] = field(default_factory=helpers_from_env)
 
 
 def vng_executable() -> str:
@@ -65,7 +68,7 @@ def vng_argv(spec: VngSpec) -> list[str]:
     virtiofs before falling back to 9p anyway. An uncompressed vmlinux (PVH
     entry) skips the in-guest decompressor, ~1 s under TCG.
     """
-    kernel_args = list(spec.kernel_args)
+    kernel_args = [*spec.kernel_args, *memory_debug_args(kernel_config(spec.kernel), spec.memory_debug)]
     if spec.blacklist:
         kernel_args.append("module_blacklist=" + ",".join(spec.blacklist))
     argv = [
@@ -107,6 +110,7 @@ class QemuSpec:
     kernel_args: tuple[str, ...] = field(default=BASE_KERNEL_ARGS)
     qemu: str = "qemu-system-x86_64"
     tsc_khz: int | None = None  # host TSC frequency: tsc_early_khz= under TCG (see qemu_argv)
+    memory_debug: tuple[str, ...] = field(default_factory=helpers_from_env)  # as in VngSpec
 
 
 def qemu_opt(value: object) -> str:
@@ -148,6 +152,7 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     clock = [f"tsc_early_khz={spec.tsc_khz}"] if spec.accel == "tcg" and spec.tsc_khz else []
     args = [
         "console=ttyS1", "rdinit=/init", *spec.kernel_args, *clock,
+        *memory_debug_args(kernel_config(spec.kernel), spec.memory_debug),
         f"knh.shell={spec.shell}", f"knh.cwd={spec.cwd}",
         "knh.rw=" + ",".join(str(d) for d in spec.rw_dirs),
         "knh.fresh=" + ",".join(str(d) for d in spec.fresh_dirs),

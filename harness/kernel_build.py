@@ -718,11 +718,12 @@ def parse_profile_spec(spec: str) -> tuple[str, str] | None:
     return name, tree
 
 
-def find_distro_source(src: Path = SOURCE_DIR) -> Path | None:
+def find_distro_source(src: Path | None = None) -> Path | None:
     """The newest linux-source tarball: Debian's /usr/src/linux-source-6.1.tar.xz, Ubuntu's
     /usr/src/linux-source-<ver>/linux-source-<ver>.tar.bz2."""
     from .kernel import release_sort_key
 
+    src = src or SOURCE_DIR
     found = [p for pattern in ("linux-source-*.tar.*", "linux-source-*/linux-source-*.tar.*") for p in src.glob(pattern)
              if p.is_file() and p.name.endswith((".tar.xz", ".tar.bz2", ".tar.gz"))]  # fmt: skip
     return max(found, key=lambda p: release_sort_key(p.name), default=None)
@@ -767,7 +768,7 @@ def unpack_source(tarball: Path, cache_root: Path, *, notify: Notify = _silent) 
         return tree
 
 
-def profile_tree(tree: str, *, cache_root: Path, notify: Notify = _silent, src: Path = SOURCE_DIR) -> Path:
+def profile_tree(tree: str, *, cache_root: Path, notify: Notify = _silent, src: Path | None = None) -> Path:
     """The tree a profile spec builds: the named one, or the distribution's source unpacked into the cache."""
     if tree:
         path = Path(tree).expanduser()
@@ -775,6 +776,7 @@ def profile_tree(tree: str, *, cache_root: Path, notify: Notify = _silent, src: 
             raise KernelNotFoundError(f"debug:{tree}: {path} is not a kernel source tree (it needs Makefile, "
                                       "Kconfig and arch/)")  # fmt: skip
         return path
+    src = src or SOURCE_DIR
     tarball = find_distro_source(src)
     if tarball is None:
         raise KernelNotFoundError(f"--kernel debug builds the distribution's kernel source, and {src} has no "

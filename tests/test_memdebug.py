@@ -1,0 +1,111 @@
+"""harness.memdebug: which kernel arguments turn on a stock kernel's built-in memory-error detectors,
+and that both engines' command lines carry them."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from harness.cmdline import QemuSpec, VngSpec, qemu_argv, vng_argv
+from harness.errors import ConfigError
+from harness.kernel import Kernel
+from harness.memdebug import (
+    DEFAULT_HELPERS,
+    config_path,
+    helpers_from_env,
+    kernel_config,
+    memory_debug_args,
+    parse_config_text,
+)
+
+# The relevant lines of Debian 12's two kernel configurations.
+DEBIAN_61 = {"SLUB": "y", "SLUB_DEBUG": "y", "SLAB_FREELIST_HARDENED": "y"}
+DEBIAN_612 = {"SLUB": "y", "SLUB_DEBUG": "y", "KFENCE": "y", "KFENCE_SAMPLE_INTERVAL": "0"}
+DEBUG_PROFILE_KERNEL = {"SLUB": "y", "SLUB_DEBUG": "y", "SLUB_DEBUG_ON": "y", "KFENCE": "n", "KASAN": "y"}
+
+
+@pytest.mark.parametrize(
+    ("config", "helpers", "args"),
+    [
+        (DEBIAN_612, ("kfence", "slub"), ("kfence.sample_interval=10", "slub_debug=FZPU")),
+        (DEBIAN_612, ("kfence",), ("kfence.sample_interval=10",)),
+        (DEBIAN_612, ("slub",), ("slub_debug=FZPU",)),
+        (DEBIAN_612, (), ()),
+        (DEBIAN_61, ("kfence", "slub"), ("slub_debug=FZPU",)),  # no KFENCE in 6.1's config
+        (DEBIAN_61, ("kfence",), ()),
+        (DEBUG_PROFILE_KERNEL, ("kfence", "slub"), ()),  # slub debugging already on, KFENCE off
+        ({**DEBIAN_612, "KFENCE_SAMPLE_INTERVAL": "100"}, ("kfence",), ()),  # already sampling by itself
+        ({"SLAB": "y", "SLUB": "n", "SLUB_DEBUG": "n"}, ("slub",), ()),  # the SLAB allocator
+        ({}, ("kfence", "slub"), ()),  # no configuration found: nothing is assumed
+    ],
+)
+def test_memory_debug_args(config: dict[str, str], helpers: tuple[str, ...], args: tuple[str, ...]) -> None:
+    assert memory_debug_args(config, helpers) == args
+
+
+def test_unknown_helper_is_an_error_naming_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown memory-debug helper.*kasan.*known are kfence, slub"):
+        memory_debug_args(DEBIAN_612, ("kasan",))
+
+
+@pytest.mark.parametrize(
+    ("value", "helpers"),
+    [("", DEFAULT_HELPERS), ("auto", DEFAULT_HELPERS), ("off", ()), ("none", ()), ("all", ("kfence", "slub")),
+     ("slub", ("slub",)), ("kfence, slub", ("kfence", "slub")), ("SLUB kfence", ("slub", "kfence"))],
+)  # fmt: skip
+def test_helpers_from_env(value: str, helpers: tuple[str, ...]) -> None:
+    assert helpers_from_env({"KNH_MEMORY_DEBUG": value} if value else {}) == helpers
+
+
+def test_helpers_from_env_rejects_unknown_names_with_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"KNH_MEMORY_DEBUG='kasan': unknown helper.*auto, off, all"):
+        helpers_from_env({"KNH_MEMORY_DEBUG": "kasan"})
+
+
+def test_parse_config_text() -> None:
+    text = 'CONFIG_KFENCE=y\n# CONFIG_KASAN is not set\nCONFIG_LOCALVERSION=""\nCONFIG_NR_CPUS=64\n# comment\n'
+    assert parse_config_text(text) == {"KFENCE": "y", "KASAN": "n", "LOCALVERSION": "", "NR_CPUS": "64"}
+
+
+def test_kernel_config_from_boot_then_the_build_tree_then_nothing(tmp_path: Path) -> None:
+    boot, build = tmp_path / "boot", tmp_path / "build"
+    boot.mkdir()
+    build.mkdir()
+    kernel = Kernel("6.99.0-test", boot / "vmlinuz-6.99.0-test", build)
+    assert config_path(kernel, boot) is None and kernel_config(kernel, boot) == {}
+    (build / ".config").write_text("CONFIG_SLUB_DEBUG_ON=y\n")
+    assert kernel_config(kernel, boot) == {"SLUB_DEBUG_ON": "y"}
+    (boot / "config-6.99.0-test").write_bytes(gzip.compress(b"CONFIG_KFENCE=y\n"))  # gzip-compressed, too
+    assert kernel_config(kernel, boot) == {"KFENCE": "y"}
+
+
+def _kernel_with_config(tmp_path: Path, config: dict[str, str]) -> Kernel:
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / ".config").write_text("".join(f"CONFIG_{k}={v}\n" for k, v in config.items()))
+    return Kernel("6.99.1-test", tmp_path / "bzImage", build)
+
+
+def test_both_engines_boot_with_the_arguments(tmp_path: Path) -> None:
+    kernel = _kernel_with_config(tmp_path, DEBIAN_612)
+    qemu = qemu_argv(QemuSpec(kernel=kernel, image=kernel.image, initrd=tmp_path / "i", accel="tcg",
+                              shell=tmp_path / "sh", rw_dirs=(), fresh_dirs=(), kernel_log=tmp_path / "log",
+                              memory_debug=("kfence", "slub")))  # fmt: skip
+    append = qemu[qemu.index("-append") + 1].split()
+    assert "kfence.sample_interval=10" in append and "slub_debug=FZPU" in append
+    vng = vng_argv(VngSpec(kernel=kernel, accel="tcg", shell=tmp_path / "sh", rw_dirs=(), memory_debug=("slub",)))
+    append = vng[vng.index("--append") + 1].split()
+    assert "slub_debug=FZPU" in append and not any(a.startswith("kfence.") for a in append)
+    off = vng_argv(VngSpec(kernel=kernel, accel="tcg", shell=tmp_path / "sh", rw_dirs=(), memory_debug=()))
+    assert "slub_debug" not in off[off.index("--append") + 1]
+
+
+def test_specs_take_the_helpers_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = _kernel_with_config(tmp_path, DEBIAN_612)
+    monkeypatch.setenv("KNH_MEMORY_DEBUG", "slub")
+    assert VngSpec(kernel=kernel, accel="tcg", shell=tmp_path / "sh", rw_dirs=()).memory_debug == ("slub",)
+    monkeypatch.setenv("KNH_MEMORY_DEBUG", "off")
+    argv = vng_argv(VngSpec(kernel=kernel, accel="tcg", shell=tmp_path / "sh", rw_dirs=()))
+    assert "kfence" not in argv[argv.index("--append") + 1]
