@@ -13,12 +13,17 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # The shellcheck package: actionlint runs it on the workflow's shell steps (tests/test_workflow.py).
 PKGS="qemu-system-x86 busybox-static build-essential kmod bpftrace cpio zstd python3-venv shellcheck"
+# Kernel builds (--kernel TREE, --kernel debug): the tools make needs; xz unpacks Debian's source.
+PKGS="$PKGS flex bison bc libelf-dev libssl-dev xz-utils"
 case "${ID:-}" in
   debian)
     # Debian 12: 6.1 from bookworm, 6.12 LTS from bookworm-security, each with headers.
-    PKGS="$PKGS linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64" ;;
+    # linux-source-6.1: the tree `--kernel debug` builds (/usr/src/linux-source-6.1.tar.xz).
+    PKGS="$PKGS linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64"
+    PKGS="$PKGS linux-source-6.1" ;;
   ubuntu)
-    PKGS="$PKGS linux-image-generic linux-headers-generic" ;;
+    # linux-source: the running series' tree for `--kernel debug` (/usr/src/linux-source-*/*.tar.bz2).
+    PKGS="$PKGS linux-image-generic linux-headers-generic linux-source" ;;
   *)
     echo "setup.sh: unsupported distribution '${ID:-unknown}'; install the equivalent of: $PKGS" >&2
     exit 1 ;;
