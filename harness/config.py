@@ -90,6 +90,15 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(w for w in text.replace(",", " ").split() if w)
 
 
+def _flag(text: str) -> bool:
+    word = text.lower()
+    if word in ("1", "yes", "true", "on"):
+        return True
+    if word in ("0", "no", "false", "off"):
+        return False
+    raise ValueError("must be 1 or 0 (yes/no, true/false, on/off)")
+
+
 def _param(text: str) -> str:
     name, sep, _ = text.partition("=")
     if not sep or not name.isidentifier():
@@ -149,6 +158,9 @@ SETTINGS: tuple[Setting, ...] = (
             "taint letters a test may add (O: out-of-tree module, E: unsigned module)", _taint_letters),
     Setting("module_params", "--module-param", "KNH_MODULE_PARAMS", "knh_module_params", "",
             "NAME=VALUE passed to insmod; repeatable", multi=True, item_parse=_param),
+    Setting("require_ebpf", "--require-ebpf", "KNH_REQUIRE_EBPF", "knh_require_ebpf", "0",
+            "1: an eBPF test whose guest cannot run bpftrace (or cannot time a call) fails instead of "
+            "skipping", _flag),
 )  # fmt: skip
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -173,6 +185,7 @@ class HarnessConfig:
     splat_allowlist: Path = DEFAULT_ALLOWLIST
     allowed_taint: str = "OE"
     module_params: tuple[str, ...] = ()
+    require_ebpf: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 

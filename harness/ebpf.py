@@ -17,8 +17,11 @@ Programs are files: guest_scripts/bpf/<name>.bt, or any path the guest can
 read (the guest sees the host filesystem read-only). See docs/ebpf.md.
 
 The `ebpf` fixture hands out a BpfRunner for the test's guest, after the
-module is loaded; it skips the test, with the reason, when the guest has no
-bpftrace or no kernel BTF, and stops leftover programs afterwards.
+module is loaded, and stops leftover programs afterwards. When the guest cannot
+run bpftrace (not installed, does not start, kernel without the bpf() system
+call) the test is skipped with the reason, or fails with it when the
+require_ebpf setting is on (KNH_REQUIRE_EBPF=1, as in CI): see skip_or_fail().
+The programs use kprobes, which need no kernel BTF.
 """
 
 from __future__ import annotations
@@ -35,11 +38,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from .config import GUEST_SCRIPTS
+from .config import GUEST_SCRIPTS, SETTINGS_BY_NAME, HarnessConfig
 from .errors import HarnessError
 from .vm import Guest
 
@@ -49,7 +52,11 @@ if TYPE_CHECKING:
 
 PROGRAMS_DIR = GUEST_SCRIPTS / "bpf"
 READY_MARKER = "KNH-BPF-READY"
-BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
+# Present exactly when the kernel has the bpf() system call (CONFIG_BPF_SYSCALL).
+BPF_SYSCALL_SYSCTL = "/proc/sys/kernel/unprivileged_bpf_disabled"
+CLOCKSOURCE = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
+# Clocksources that advance once per timer tick: bpftrace's nsecs cannot time a call of a few µs.
+TICK_CLOCKSOURCES = ("jiffies", "refined-jiffies")
 
 DEFAULT_ATTACH_TIMEOUT = 180.0  # compiling and attaching under TCG on a busy host took 25 s
 DEFAULT_STOP_TIMEOUT = 60.0
@@ -66,7 +73,10 @@ class EbpfError(HarnessError):
 
 
 class EbpfUnavailable(EbpfError):
-    """The guest cannot run bpftrace programs (the reason says why); tests skip."""
+    """The guest cannot run bpftrace programs, or cannot time a call (the reason says why).
+
+    Tests skip, or fail when the require_ebpf setting is on (skip_or_fail).
+    """
 
 
 class BpfStopWarning(UserWarning):
@@ -531,27 +541,42 @@ class BpfRunner:
         self._running: list[BpfTrace] = []
         self._unavailable: str | None = None
         self._checked = False
+        self._clock: str | None = None
+        self._clock_checked = False
 
     def unavailable_reason(self) -> str | None:
-        """Why this guest cannot run the programs (no bpftrace, no BTF), None when it can. Checked once."""
+        """Why this guest cannot run bpftrace, None when it can. Checked once per runner.
+
+        Only bpftrace itself and the bpf() system call are required: the programs use
+        kprobes, which need no kernel BTF. Anything else that stops a program (a
+        missing probe, no kprobe support) is a BpfProcessError when it starts.
+        """
         if not self._checked:
             result = self.guest.run(
-                f"command -v bpftrace || echo NO-BPFTRACE; test -r {BTF_VMLINUX} || echo NO-BTF; uname -r"
+                "if ! command -v bpftrace >/dev/null; then echo NO-BPFTRACE; "
+                "else out=$(bpftrace --version 2>&1); rc=$?; "
+                "[ $rc = 0 ] || { echo \"BPFTRACE-FAILS $rc\"; echo \"$out\" | tail -n 3; }; fi; "
+                f"test -e {BPF_SYSCALL_SYSCTL} || echo NO-BPF-SYSCALL; echo \"RELEASE $(uname -r)\""
             )
-            lines = result.output.split()
-            release = lines[-1] if lines else "?"
-            if "NO-BPFTRACE" in lines:
-                self._unavailable = f"bpftrace not found in the guest ({release}): `command -v bpftrace` failed"
-            elif "NO-BTF" in lines:
-                self._unavailable = (
-                    f"guest kernel {release} has no {BTF_VMLINUX} (CONFIG_DEBUG_INFO_BTF off): "
-                    "bpftrace programs here need kernel BTF"
-                )
+            self._unavailable = _unavailable_from(result.output)
             self._checked = True
         return self._unavailable
 
+    def clock_reason(self) -> str | None:
+        """Why bpftrace's nsecs cannot time a call of a few µs in this guest, None when it can. Checked once."""
+        if not self._clock_checked:
+            source = self.guest.run(f"cat {CLOCKSOURCE}").output.strip()
+            self._clock = _clock_problem(source)
+            self._clock_checked = True
+        return self._clock
+
     def check(self) -> None:
         reason = self.unavailable_reason()
+        if reason is not None:
+            raise EbpfUnavailable(reason)
+
+    def check_clock(self) -> None:
+        reason = self.clock_reason()
         if reason is not None:
             raise EbpfUnavailable(reason)
 
@@ -609,6 +634,66 @@ class BpfRunner:
             except HarnessError:
                 pass
             self._forget(trace)
+
+
+def _unavailable_from(output: str) -> str | None:
+    """The reason in the availability probe's output (see BpfRunner.unavailable_reason), None when fine."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    release = next((ln.split(None, 1)[1] for ln in lines if ln.startswith("RELEASE ") and " " in ln), "?")
+    if "NO-BPFTRACE" in lines:
+        return (
+            f"bpftrace not found in the guest ({release}): `command -v bpftrace` failed; the guest runs the "
+            "host's programs, so install it on the host (Debian: apt-get install bpftrace)"
+        )
+    fails = [i for i, ln in enumerate(lines) if ln.startswith("BPFTRACE-FAILS")]
+    if fails:
+        status = lines[fails[0]].partition(" ")[2] or "?"
+        said = "\n".join(ln for ln in lines[fails[0] + 1 :] if not ln.startswith(("NO-BPF-SYSCALL", "RELEASE ")))
+        return (
+            f"bpftrace does not run in the guest ({release}): `bpftrace --version` exited with status {status}"
+            + (f": {said}" if said else "")
+            + "; reinstall it on the host (Debian: apt-get install --reinstall bpftrace)"
+        )
+    if "NO-BPF-SYSCALL" in lines:
+        return (
+            f"guest kernel {release} has no bpf() system call (no {BPF_SYSCALL_SYSCTL}: CONFIG_BPF_SYSCALL off); "
+            "boot a kernel built with CONFIG_BPF_SYSCALL=y and CONFIG_KPROBES=y"
+        )
+    return None
+
+
+def _clock_problem(clocksource: str) -> str | None:
+    if clocksource not in TICK_CLOCKSOURCES:
+        return None
+    return (
+        f"the guest's clocksource is {clocksource} ({CLOCKSOURCE}): bpftrace's nsecs then advances one timer "
+        "tick (1-10 ms) at a time, so a call of a few µs measures 0 or a whole tick. The kernel falls back to it "
+        "when it distrusts the TSC (its log says 'Marking TSC unstable'); a guest on KVM (kvm-clock), with an "
+        "HPET (the vng engine's machine has one) or booted with tsc=reliable has a fine clock"
+    )
+
+
+def skip_or_fail(reason: str, config: HarnessConfig) -> NoReturn:
+    """End a test whose guest cannot do the eBPF observation it is about: skip, or fail when required.
+
+    The require_ebpf setting (KNH_REQUIRE_EBPF=1, --require-ebpf=1, ini knh_require_ebpf) makes it a
+    failure, so a CI run cannot go green by running fewer tests.
+    """
+    setting = SETTINGS_BY_NAME["require_ebpf"]
+    if config.require_ebpf:
+        where = config.sources.get("require_ebpf", "the configuration")
+        pytest.fail(f"eBPF observation is required ({setting.env}=1 from {where}) but unavailable: {reason}",
+                    pytrace=False)  # fmt: skip
+    pytest.skip(f"eBPF observation unavailable: {reason} (with {setting.env}=1 this is a failure)")
+
+
+def available_runner(guest: Guest, scratch: Path, config: HarnessConfig) -> BpfRunner:
+    """The guest's BpfRunner; skips or fails the test (skip_or_fail) when the guest cannot run bpftrace."""
+    runner = _runner_for(guest, scratch)
+    reason = runner.unavailable_reason()
+    if reason is not None:
+        skip_or_fail(reason, config)
+    return runner
 
 
 # ---- the knetlink programs ------------------------------------------------------------
@@ -682,15 +767,19 @@ class LatencyReport:
 
 def measure_handler_latency(
     guest: Guest, scratch: Path, send: Callable[[], object], *, program: str | Path = "knetlink_latency",
-    timeout: float | None = None,
+    timeout: float | None = None, runner: BpfRunner | None = None,
 ) -> LatencyReport:  # fmt: skip
     """Run `send()` (e.g. `lambda: py_sender.bench(20000)`) under knetlink_latency.bt and return the latency.
 
     `scratch` is a guest-writable shared directory, e.g. `guest_kernel.scratch`. The module must be
-    loaded. Raises EbpfUnavailable when the guest cannot run bpftrace. `report.median_us` is the
-    in-kernel median per datagram; `report.render()` is the text for a report.
+    loaded. Raises EbpfUnavailable when the guest cannot run bpftrace or its clock advances in whole
+    timer ticks (the numbers would be 0 or a tick). `report.median_us` is the in-kernel median per
+    datagram; `report.render()` is the text for a report. `runner` reuses a runner for the same
+    guest (the `ebpf` fixture's), whose availability is already known.
     """
-    runner = BpfRunner(guest, scratch)
+    runner = runner or BpfRunner(guest, scratch)
+    runner.check()
+    runner.check_clock()
     with runner.trace(program, timeout=timeout) as t:
         send()
     assert t.results is not None
@@ -701,16 +790,14 @@ def measure_handler_latency(
 
 
 @pytest.fixture
-def ebpf(guest: Guest, guest_kernel: GuestKernel, kmod: LoadedModule) -> Iterator[BpfRunner]:
+def ebpf(guest: Guest, guest_kernel: GuestKernel, kmod: LoadedModule, knh_config: HarnessConfig) -> Iterator[BpfRunner]:
     """A BpfRunner for the test's guest, after the module under test is loaded.
 
-    Skips the test, with the reason, when the guest has no bpftrace or no kernel BTF.
-    Programs still running at the end of the test are stopped before the module unloads.
+    When the guest cannot run bpftrace the test is skipped with the reason, or fails with it
+    when the require_ebpf setting is on (skip_or_fail). Programs still running at the end of
+    the test are stopped before the module unloads.
     """
-    runner = _runner_for(guest, guest_kernel.scratch)
-    reason = runner.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"eBPF observation unavailable: {reason}")
+    runner = available_runner(guest, guest_kernel.scratch, knh_config)
     try:
         yield runner
     finally:

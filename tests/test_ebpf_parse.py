@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import ebpf
+from harness.config import HarnessConfig, resolve
 from harness.console import CommandResult
 from harness.ebpf import (
     READY_MARKER,
@@ -30,6 +31,7 @@ from harness.ebpf import (
     parse_output,
     resolve_program,
 )
+from harness.errors import ConfigError
 
 # knetlink.bt on 6.1: 4 single messages, one datagram of 3, one frame whose nlmsg_len (100) exceeds the datagram.
 KNETLINK_61 = """\
@@ -299,9 +301,9 @@ _START = re.compile(r"> (\S+\.out) 2> (\S+\.err) & echo \$! > (\S+\.pid); wait \
 class FakeGuest:
     """Plays the guest shell: the bpftrace 'process' is a set of files in the shared directory."""
 
-    def __init__(self, *, check_output: str = "/bin/bpftrace\n6.1.0-56-amd64\n", attach: bool = True,
-                 stdout_at_exit: str = KNETLINK_61, exit_status: int = 0,
-                 sigints_lost: int = 0) -> None:  # fmt: skip
+    def __init__(self, *, check_output: str = "RELEASE 6.1.0-56-amd64\n", attach: bool = True,
+                 stdout_at_exit: str = KNETLINK_61, exit_status: int = 0, sigints_lost: int = 0,
+                 clocksource: str = "tsc") -> None:  # fmt: skip
         self.alive = True
         self.sigints_lost = sigints_lost  # SIGINTs that set bpftrace's flag but interrupt nothing
         self.commands: list[str] = []
@@ -310,11 +312,14 @@ class FakeGuest:
         self.stdout_at_exit = stdout_at_exit
         self.exit_status = exit_status
         self.files: dict[str, Path] = {}
+        self.clocksource = clocksource
 
     def run(self, command: str, *, timeout: float | None = None, check: bool = False) -> CommandResult:
         self.commands.append(command)
-        if command.startswith("command -v bpftrace"):
+        if "command -v bpftrace" in command:
             return CommandResult(command, 0, self.check_output, 0.0)
+        if command == f"cat {ebpf.CLOCKSOURCE}":
+            return CommandResult(command, 0, self.clocksource + "\n", 0.0)
         m = _START.search(command)
         if m:
             out, err, pid, rc = (Path(g) for g in m.groups())
@@ -349,7 +354,7 @@ def test_start_waits_for_attach_and_stop_parses(tmp_path: Path) -> None:
         assert t.attach_s is not None
     assert t.results is not None
     assert KnetlinkCounts.from_results(t.results).acks == {0: 7, 22: 1}
-    assert guest.commands[0].startswith("command -v bpftrace")
+    assert "command -v bpftrace" in guest.commands[0]
     assert "bpftrace -f json " in guest.commands[1] and guest.commands[1].startswith("( (")
     assert guest.commands[2] == "kill -INT 4242 2>/dev/null"
     assert list(tmp_path.iterdir()) == []  # files removed after a clean stop
@@ -420,12 +425,132 @@ def test_garbage_at_exit_is_a_parse_error_with_the_output(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("output", "reason"),
     [
-        ("NO-BPFTRACE\n6.1.0-56-amd64\n", r"bpftrace not found in the guest \(6.1.0-56-amd64\)"),
-        ("/bin/bpftrace\nNO-BTF\n6.1.0-56-amd64\n", r"6.1.0-56-amd64 has no /sys/kernel/btf/vmlinux"),
+        ("NO-BPFTRACE\nRELEASE 6.1.0-56-amd64\n",
+         r"bpftrace not found in the guest \(6.1.0-56-amd64\).*apt-get install bpftrace"),
+        ("BPFTRACE-FAILS 127\nbpftrace: error while loading shared libraries: libLLVM-14.so.1\n"
+         "RELEASE 6.12.117+deb12-amd64\n",
+         r"(?s)bpftrace does not run in the guest \(6.12.117\+deb12-amd64\).*status 127: .*libLLVM-14.*--reinstall"),
+        ("NO-BPF-SYSCALL\nRELEASE 6.1.0-56-amd64\n",
+         r"6.1.0-56-amd64 has no bpf\(\) system call.*CONFIG_BPF_SYSCALL"),
     ],
-)
+)  # fmt: skip
 def test_unavailable_guest_gives_the_reason(tmp_path: Path, output: str, reason: str) -> None:
     runner = _runner(FakeGuest(check_output=output), tmp_path)
     assert runner.unavailable_reason() is not None
     with pytest.raises(EbpfUnavailable, match=reason):
         runner.start("knetlink")
+
+
+def test_kernel_btf_is_not_required(tmp_path: Path) -> None:
+    """The programs use kprobes: a kernel without /sys/kernel/btf/vmlinux runs them."""
+    guest = FakeGuest(check_output="RELEASE 5.10.0-custom\n")
+    runner = _runner(guest, tmp_path)
+    assert runner.unavailable_reason() is None
+    assert "btf" not in guest.commands[0].lower()
+    with runner.trace("knetlink") as t:
+        pass
+    assert t.results is not None
+
+
+def _config(**env: str) -> HarnessConfig:
+    return resolve({}, environ=env)
+
+
+@pytest.mark.parametrize(
+    ("options", "environ", "ini", "required", "source"),
+    [
+        ({}, {}, {}, False, "default"),
+        ({}, {"KNH_REQUIRE_EBPF": "1"}, {}, True, "environment variable KNH_REQUIRE_EBPF"),
+        ({}, {}, {"knh_require_ebpf": "yes"}, True, "ini key knh_require_ebpf"),
+        ({}, {"KNH_REQUIRE_EBPF": "0"}, {"knh_require_ebpf": "1"}, False, "environment variable KNH_REQUIRE_EBPF"),
+        ({"require_ebpf": "1"}, {"KNH_REQUIRE_EBPF": "0"}, {}, True, "option --require-ebpf"),
+    ],
+)  # fmt: skip
+def test_require_ebpf_setting_precedence(
+    options: dict[str, str], environ: dict[str, str], ini: dict[str, str], required: bool, source: str
+) -> None:
+    cfg = resolve(options, environ=environ, ini=ini)
+    assert cfg.require_ebpf is required
+    assert cfg.sources["require_ebpf"] == source
+
+
+def test_require_ebpf_bad_value_names_its_place() -> None:
+    with pytest.raises(ConfigError, match=r"invalid require ebpf 'maybe' from environment variable KNH_REQUIRE_EBPF"):
+        _config(KNH_REQUIRE_EBPF="maybe")
+
+
+# Both outcomes are caught and the type checked afterwards: a skip escaping pytest.raises(fail.Exception)
+# would turn the test itself into a skip instead of a failure.
+OUTCOMES = (pytest.skip.Exception, pytest.fail.Exception)
+
+
+def test_unavailable_guest_skips_the_test_by_default(tmp_path: Path) -> None:
+    guest = FakeGuest(check_output="NO-BPFTRACE\nRELEASE 6.1.0-56-amd64\n")
+    with pytest.raises(OUTCOMES) as outcome:
+        ebpf.available_runner(guest, tmp_path, _config())  # type: ignore[arg-type]
+    assert outcome.type is pytest.skip.Exception, outcome.value
+    assert re.match(r"eBPF observation unavailable: bpftrace not found.*with KNH_REQUIRE_EBPF=1 this is a failure",
+                    str(outcome.value.msg))  # fmt: skip
+
+
+def test_unavailable_guest_fails_the_test_when_ebpf_is_required(tmp_path: Path) -> None:
+    guest = FakeGuest(check_output="NO-BPFTRACE\nRELEASE 6.1.0-56-amd64\n")
+    with pytest.raises(OUTCOMES) as outcome:
+        ebpf.available_runner(guest, tmp_path, _config(KNH_REQUIRE_EBPF="1"))  # type: ignore[arg-type]
+    assert outcome.type is pytest.fail.Exception, outcome.value
+    assert outcome.value.pytrace is False  # the reason is the message, not a traceback into the harness
+    assert re.match(r"eBPF observation is required \(KNH_REQUIRE_EBPF=1 from environment variable KNH_REQUIRE_EBPF\) "
+                    r"but unavailable: bpftrace not found", str(outcome.value.msg))  # fmt: skip
+
+
+@pytest.mark.parametrize("required", ["0", "1"])
+def test_available_guest_gets_its_runner_either_way(tmp_path: Path, required: str) -> None:
+    guest = FakeGuest()
+    runner = ebpf.available_runner(guest, tmp_path, _config(KNH_REQUIRE_EBPF=required))  # type: ignore[arg-type]
+    assert runner.guest is guest
+    assert ebpf.available_runner(guest, tmp_path, _config()) is runner  # one runner (and one check) per guest
+    assert sum("command -v bpftrace" in c for c in guest.commands) == 1
+
+
+@pytest.mark.parametrize("clocksource", ["jiffies", "refined-jiffies"])
+def test_tick_clock_cannot_time_the_handler(tmp_path: Path, clocksource: str) -> None:
+    guest = FakeGuest(clocksource=clocksource)
+    with pytest.raises(EbpfUnavailable, match=rf"clocksource is {clocksource} .*one timer tick"):
+        ebpf.measure_handler_latency(guest, tmp_path, lambda: None)  # type: ignore[arg-type]
+    assert not any("bpftrace -f json" in c for c in guest.commands)  # nothing started
+
+
+@pytest.mark.parametrize("clocksource", ["tsc", "kvm-clock", "hpet"])
+def test_fine_clock_times_the_handler(tmp_path: Path, clocksource: str) -> None:
+    latency = """\
+{"type": "printf", "data": "KNH-BPF-READY\\n"}
+{"type": "hist", "data": {"@lat_ns": [{"min": 4096, "max": 8191, "count": 3}]}}
+{"type": "hist", "data": {"@lat_us_fine": [{"min": 7, "max": 7, "count": 3}]}}
+"""
+    guest = FakeGuest(clocksource=clocksource, stdout_at_exit=latency)
+    report = ebpf.measure_handler_latency(guest, tmp_path, lambda: None)  # type: ignore[arg-type]
+    assert report.count == 3 and report.median_us == pytest.approx(7.5)
+
+
+# ---- CI requires eBPF ---------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_entry_points_require_ebpf() -> None:
+    """tox -e kernel, .ci/run and the GitHub kernel job make an eBPF test that cannot run a failure."""
+    import configparser
+
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini")
+    setenv = dict(
+        (k.strip(), v.strip()) for k, _, v in
+        (ln.partition("=") for ln in tox["testenv:kernel"]["setenv"].splitlines() if "=" in ln)
+    )  # fmt: skip
+    assert setenv.get("KNH_REQUIRE_EBPF") == "{env:KNH_REQUIRE_EBPF:1}", setenv
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^export KNH_REQUIRE_EBPF=1$", ci_run, re.M), ci_run
+    workflow = (ROOT / ".github" / "workflows" / "kernel.yml").read_text()
+    kernel_job = workflow[workflow.index("\n  kernel:") :]
+    env_block = kernel_job[kernel_job.index("\n    env:") : kernel_job.index("\n    steps:")]
+    assert re.search(r'^      KNH_REQUIRE_EBPF: "1"$', env_block, re.M), env_block

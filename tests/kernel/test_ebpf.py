@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from harness.config import GUEST_SCRIPTS
-from harness.ebpf import BpfRunner, KnetlinkCounts, measure_handler_latency
+from harness.config import GUEST_SCRIPTS, HarnessConfig
+from harness.ebpf import BpfRunner, KnetlinkCounts, measure_handler_latency, skip_or_fail
 from harness.kernelops import GuestKernel
 from harness.plugin import KernelLogWindow
 from harness.senders import Ack, PySender
@@ -87,24 +87,40 @@ def test_ack_errno_breakdown_for_valid_and_malformed_frames(
     kernel_log.assert_links(["valid 0", "valid 1", "valid 2", "good"])
 
 
-# Generous bounds: under TCG on a shared host one call takes hundreds of µs,
-# with outliers of several ms (every link: line also goes to the serial console).
-MEDIAN_LIMIT_US = 20_000
-P99_LIMIT_US = 100_000
+# Latency bounds (docs/ebpf.md, "Latency bounds"). LATENCY_MESSAGES makes the p99 the 20th slowest
+# call, so a handful of calls stretched by the host (a descheduled vCPU, a guest tick) cannot move it;
+# a slow path taken by more than 1% of the messages does.
+LATENCY_MESSAGES = 2000
+TAIL_FACTOR = 50  # p99 below this many times the median of the same run
+P99_LIMIT_US = 5_000  # absolute bound for TCG (measured p99 13-23 µs, median 7.5-8.7 µs); KVM is faster
 
 
-def test_handler_latency_histogram(
-    ebpf: BpfRunner, guest: Guest, guest_kernel: GuestKernel, py_sender: PySender,
+def test_handler_latency_p99_within_bounds(
+    ebpf: BpfRunner, guest: Guest, guest_kernel: GuestKernel, py_sender: PySender, knh_config: HarnessConfig,
     record_property: Callable[[str, object], None],
 ) -> None:  # fmt: skip
-    count = 200
+    clock = ebpf.clock_reason()
+    if clock is not None:
+        skip_or_fail(clock, knh_config)
     bench: dict[str, object] = {}
-    report = measure_handler_latency(guest, guest_kernel.scratch, lambda: bench.update(py_sender.bench(count)))
+
+    def send() -> None:
+        bench.update(py_sender.bench(LATENCY_MESSAGES))
+
+    report = measure_handler_latency(guest, guest_kernel.scratch, send, runner=ebpf)
     print("\n" + report.render())
     record_property("knetlink_rcv_median_us", report.median_us)
+    record_property("knetlink_rcv_p99_us", report.quantile_us(0.99))
 
     assert bench.get("errors") == 0, bench
-    assert report.count == count  # one knetlink_rcv call per message sent
+    assert report.count == LATENCY_MESSAGES, report.render()  # one knetlink_rcv call per message sent
     median, p99 = report.median_us, report.quantile_us(0.99)
-    assert median is not None and 0 < median < MEDIAN_LIMIT_US, report.render()
-    assert p99 is not None and p99 < P99_LIMIT_US, report.render()
+    assert median is not None and p99 is not None, report.render()
+    assert p99 < TAIL_FACTOR * median, (
+        f"p99 {p99:.1f} us is {p99 / median:.0f}x the median {median:.1f} us of the same run (bound {TAIL_FACTOR}x): "
+        f"more than 1% of the messages took a slow path\n{report.render()}"
+    )
+    assert p99 < P99_LIMIT_US, (
+        f"p99 {p99:.1f} us is above the absolute bound {P99_LIMIT_US} us for TCG guests (median {median:.1f} us): "
+        f"the handler itself got slower\n{report.render()}"
+    )
