@@ -1,6 +1,19 @@
-"""The module's read-only counters (/sys/module/<name>/parameters/stat_*), for kernel tests."""
+"""The module's parameters in sysfs (/sys/module/<name>/parameters/), for kernel tests.
+
+The stat_* parameters are its read-only counters.
+"""
 
 from harness.vm import Guest
+
+STAT_NAMES = ("received", "printed", "acked", "errors")
+
+
+def param_path(name: str, module: str = "knetlink") -> str:
+    return f"/sys/module/{module}/parameters/{name}"
+
+
+def read_param(guest: Guest, name: str, module: str = "knetlink") -> str:
+    return guest.run(["cat", param_path(name, module)], check=True).output.strip()
 
 
 def module_stats(guest: Guest, name: str = "knetlink") -> dict[str, int]:

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from knetlink_stats import module_stats  # tests/kernel/knetlink_stats.py
 
 from harness.kernelops import GuestKernel
 from harness.plugin import KernelLogWindow, LoadedModule
@@ -59,6 +60,12 @@ def test_eight_senders_in_parallel(kmod: LoadedModule, kernel_log: KernelLogWind
     links = kernel_log.links()
     assert len(links) == SENDERS * PER_SENDER
     assert Counter(links) == {p.encode(): PER_SENDER for p in payloads}
+    # the module's own counters: updated from up to SENDERS contexts at once, none lost or doubled
+    total = SENDERS * PER_SENDER
+    stats = module_stats(guest)
+    assert stats == {"received": total, "printed": total, "acked": total, "errors": 0}, (
+        f"stat_* counters after {SENDERS} senders x {PER_SENDER} messages: {stats}"
+    )
 
 
 @pytest.mark.module_params(proto=31)  # unassigned: a sender while unloaded cannot autoload crypto_user (21)

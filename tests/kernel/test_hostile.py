@@ -1,4 +1,4 @@
-"""Hostile input: hand-made, often malformed datagrams against the module.
+"""Hostile input: hand-made, often malformed datagrams and parameter values against the module.
 
 One row per datagram: the acks it must get (sequence number and errno, in
 order, and never more), the exact `link:` lines it must produce (the escaped
@@ -6,6 +6,10 @@ text, which must decode back to the payload bytes) and the module's counters
 afterwards. After every row a well-formed message is still acked with 0 and
 printed. That no row splats or taints the kernel is checked for every guest
 test by the plugin.
+
+Then print_max (the payload bytes printed per message) at its limits, at
+insmod and through sysfs at run time, and parameter values the module must
+refuse, each with its own message.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from knetlink_stats import module_stats  # tests/kernel/knetlink_stats.py
+from knetlink_stats import module_stats, param_path, read_param  # tests/kernel/knetlink_stats.py
 
 from harness.config import GUEST_SCRIPTS
 from harness.dmesg import parse_link_lines
+from harness.errors import ModuleLoadError
+from harness.kernelops import GuestKernel
+from harness.kmod import BuiltModule
 from harness.plugin import KernelLogWindow, LoadedModule
 from harness.senders import PySender, SenderError
 from harness.vm import Guest
@@ -27,15 +34,19 @@ from harness.vm import Guest
 sys.path.insert(0, str(GUEST_SCRIPTS))
 import nlframes  # guest_scripts is not a package
 from nlframes import (
+    DEFAULT_PRINT_MAX,
     NLM_F_ACK,
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
     NLMSG_NOOP,
     NLMSG_OVERRUN,
+    PRINT_MAX_LIMIT,
     encode_header,
     encode_message,
     expected_link_line,
+    nlmsg_length,
+    nlmsg_space,
 )
 
 EINVAL = errno.EINVAL
@@ -45,6 +56,21 @@ WAIT_MS = 300  # acks are queued synchronously inside sendmsg(); this only bound
 
 def msg(payload: bytes, seq: int, type: int = 0, flags: int = REQ_ACK) -> bytes:
     return bytes(encode_message(payload, type=type, flags=flags, seq=seq))
+
+
+# Fewer bytes than a header: the module ignores them as trailing bytes of the datagram.
+GARBAGE = b"<OVER-READ!>"
+
+
+def unterminated(payload: bytes, seq: int) -> bytes:
+    """A message whose payload has no NUL and whose padding and trailing bytes are not zero either.
+
+    nlmsg_len covers exactly the payload, the alignment padding is "~" and GARBAGE follows it
+    inside the same datagram. A module that looks for a NUL (strlen, a bare %s) instead of
+    stopping at nlmsg_len reads on into them and prints them.
+    """
+    pad = b"~" * (nlmsg_space(len(payload)) - nlmsg_length(len(payload)))
+    return encode_header(nlmsg_length(len(payload)), 0, REQ_ACK, seq) + payload + pad + GARBAGE
 
 
 @dataclass(frozen=True)
@@ -74,7 +100,16 @@ ROWS: dict[str, Row] = {
     "nlmsg_len 0xffffffff": Row(encode_header(0xFFFFFFFF, seq=15) + b"x" * 16, [(15, EINVAL)]),
     # payload contents
     "empty payload": Row(msg(b"", 20), [(20, 0)], [b""], 1),
-    "payload without NUL": Row(msg(b"hello", 21), [(21, 0)], [b"hello"], 1),
+    "payload without NUL, zero padding": Row(msg(b"hello", 21), [(21, 0)], [b"hello"], 1),
+    # no NUL and non-zero bytes after the payload: padding (for lengths 1..3 and 5..7 mod 4) and
+    # trailing bytes. Lengths 4 and 8 fill the message exactly: GARBAGE follows the payload directly.
+    **{
+        f"{n}-byte payload without NUL, non-zero bytes after": Row(
+            unterminated(b"abcdefgh"[:n], 100 + n), [(100 + n, 0)], [b"abcdefgh"[:n]], 1)
+        for n in range(1, 9)
+    },
+    "payload without NUL, next message right after": Row(
+        unterminated(b"abcd", 109)[:-len(GARBAGE)] + msg(b"next", 110), [(109, 0), (110, 0)], [b"abcd", b"next"], 2),
     "NUL in the middle cuts": Row(msg(b"abc\0def", 22), [(22, 0)], [b"abc\0def"], 1),
     "newlines cannot forge lines": Row(msg(NEWLINES, 23), [(23, 0)], [NEWLINES], 1),
     "control characters": Row(msg(CONTROLS, 24), [(24, 0)], [CONTROLS], 1),
@@ -171,3 +206,83 @@ def test_zero_length_datagram_is_refused_by_the_kernel(kmod: LoadedModule, kerne
     assert [(a.seq, a.error) for a in py_sender.send("after zero length", seq=5)] == [(5, 0)]
     assert link_texts(kernel_log) == ["link:after zero length"]
     assert module_stats(guest) == {"received": 1, "printed": 1, "acked": 1, "errors": 0}
+
+
+# ---- print_max and out-of-range parameters ------------------------------------------------------
+
+# Every byte printed as \xHH (4 characters): neither printable ASCII nor NUL (which would end the payload).
+ESCAPED = bytes(b for b in range(1, 256) if not 0x20 <= b <= 0x7E)
+WIDE = (ESCAPED * (len(LONG) // len(ESCAPED) + 1))[: len(LONG)]
+SHORT = b"hi"
+
+
+def assert_print_max_lines(kernel_log: KernelLogWindow, py_sender: PySender, print_max: int, seq: int) -> None:
+    """Send SHORT and WIDE; their link: lines must be exactly what print_max allows."""
+    kernel_log.restart()
+    for i, payload in enumerate((SHORT, WIDE)):
+        assert [(a.seq, a.error) for a in py_sender.send(data=payload, seq=seq + i)] == [(seq + i, 0)]
+    texts = link_texts(kernel_log)
+    assert texts == [expected_link_line(SHORT, print_max), expected_link_line(WIDE, print_max)], (
+        f"print_max={print_max}:\n" + "\n".join(t[:300] for t in texts)
+    )
+    # every shown byte as \xHH: at print_max 200 the longest line the module can write, in one record
+    marker = f"...[+{len(WIDE) - print_max} bytes]"
+    assert texts[1] == "link:" + "".join(f"\\x{b:02x}" for b in WIDE[:print_max]) + marker
+    assert len(texts[1]) == len("link:") + 4 * print_max + len(marker)
+    decoded = parse_link_lines(kernel_log.lines())
+    assert [(d.payload, d.truncated_bytes) for d in decoded] == [
+        (SHORT[:print_max], max(0, len(SHORT) - print_max)), (WIDE[:print_max], len(WIDE) - print_max),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "print_max",
+    [pytest.param(n, marks=pytest.mark.module_params(print_max=n), id=f"print_max={n}") for n in (0, 1, 200)],
+)
+def test_print_max_at_insmod(print_max: int, kmod: LoadedModule, kernel_log: KernelLogWindow, py_sender: PySender,
+                             guest: Guest) -> None:  # fmt: skip
+    assert read_param(guest, "print_max") == str(print_max)
+    init = f"knetlink: Init OK! (proto {kmod.proto}, print_max {print_max}, require_cap 0)"
+    assert init in kernel_log.texts(), "\n".join(kernel_log.texts())
+    assert_print_max_lines(kernel_log, py_sender, print_max, seq=300)
+
+
+def test_print_max_through_sysfs_at_run_time(kmod: LoadedModule, kernel_log: KernelLogWindow, py_sender: PySender,
+                                             guest: Guest) -> None:  # fmt: skip
+    path = param_path("print_max")
+    assert read_param(guest, "print_max") == str(DEFAULT_PRINT_MAX)
+    for i, value in enumerate((0, 1, PRINT_MAX_LIMIT)):
+        guest.run(f"echo {value} > {path}", check=True)
+        assert read_param(guest, "print_max") == str(value)
+        assert_print_max_lines(kernel_log, py_sender, value, seq=500 + 10 * i)
+
+    for bad, message in ((PRINT_MAX_LIMIT + 1, f"knetlink: print_max={PRINT_MAX_LIMIT + 1} out of range (0..200)"),
+                         ("abc", "knetlink: print_max: 'abc' is not a number")):  # fmt: skip
+        kernel_log.restart()
+        refused = guest.run(f"printf %s {bad} > {path}")  # no newline: the module quotes the value it got
+        assert refused.status != 0 and "Invalid argument" in refused.output, refused
+        assert message in kernel_log.texts(), "\n".join(kernel_log.texts())
+        assert read_param(guest, "print_max") == str(PRINT_MAX_LIMIT), f"print_max changed by {bad!r}"
+    assert_print_max_lines(kernel_log, py_sender, PRINT_MAX_LIMIT, seq=600)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("print_max", "201", "knetlink: print_max=201 out of range (0..200)"),
+        ("proto", "32", "knetlink: proto=32 out of range (0..31)"),
+        ("proto", "-1", "knetlink: proto=-1 out of range (0..31)"),
+    ],
+    ids=["print_max=201", "proto=32", "proto=-1"],
+)
+def test_insmod_refuses_out_of_range_parameter(name: str, value: str, message: str, built_module: BuiltModule,
+                                               guest_kernel: GuestKernel) -> None:  # fmt: skip
+    module = built_module.module()
+    assert not guest_kernel.loaded("knetlink"), "knetlink is loaded already: the refusal could not be seen"
+    try:
+        with pytest.raises(ModuleLoadError) as refused:
+            guest_kernel.insmod(module, {name: value})
+    finally:
+        if guest_kernel.loaded("knetlink"):
+            guest_kernel.rmmod("knetlink")
+    assert message in refused.value.kernel_lines, str(refused.value)

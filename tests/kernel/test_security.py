@@ -1,7 +1,9 @@
-"""Security: require_cap, and what the guest may touch on the host.
+"""Security: require_cap, read-only counters, and what the guest may touch on the host.
 
 With require_cap=1 a sender without CAP_NET_ADMIN gets an EPERM ack and
 nothing is logged; root (and only a holder of the capability) is served.
+The stat_* counters cannot be set, not even by root, neither through sysfs
+nor at insmod.
 The guest sees the host filesystem read-only except the results directory.
 (The host-kernel refusal is tested without a guest in tests/test_reliability.py.)
 """
@@ -12,11 +14,14 @@ import secrets
 from pathlib import Path
 
 import pytest
+from knetlink_stats import STAT_NAMES, module_stats, param_path  # tests/kernel/knetlink_stats.py
 
 from harness.config import GUEST_SCRIPTS
+from harness.errors import ModuleLoadError
 from harness.kernelops import GuestKernel
+from harness.kmod import BuiltModule
 from harness.plugin import KernelLogWindow, LoadedModule
-from harness.senders import CSender
+from harness.senders import CSender, PySender
 from harness.vm import Guest
 
 NOBODY = "--reuid=65534 --regid=65534 --clear-groups"
@@ -33,11 +38,6 @@ def guest_copy(guest: Guest, binary: Path) -> str:
 def send_as(guest: Guest, setpriv: str, sender: str, proto: int, message: str) -> tuple[int, str]:
     result = guest.run(f"setpriv {setpriv} {sender} -p {proto} -- {message}")
     return result.status, result.output.strip()
-
-
-def stats(guest: Guest) -> dict[str, int]:
-    out = guest.run("grep . /sys/module/knetlink/parameters/stat_*", check=True).output
-    return {ln.rpartition("/stat_")[2].split(":")[0]: int(ln.rpartition(":")[2]) for ln in out.split()}
 
 
 @pytest.mark.module_params(require_cap=1)
@@ -63,7 +63,7 @@ def test_require_cap_unprivileged_gets_eperm_root_served(kmod: LoadedModule, ker
 
     kernel_log.assert_links(["from-nobody-with-cap", "from-root"])
     assert not any("from-nobody" in t and "with-cap" not in t for t in kernel_log.texts())
-    assert stats(guest) == {"received": 4, "printed": 2, "acked": 4, "errors": 2}
+    assert module_stats(guest) == {"received": 4, "printed": 2, "acked": 4, "errors": 2}
 
     # require_cap is 0644: switching it off at run time serves everybody again
     guest.run("echo 0 > /sys/module/knetlink/parameters/require_cap", check=True)
@@ -79,6 +79,31 @@ def test_require_cap_off_by_default(kmod: LoadedModule, kernel_log: KernelLogWin
     status, out = send_as(guest, f"{NOBODY} --inh-caps=-all", sender, kmod.proto, "nobody-default")
     assert (status, out) == (0, "ack seq=1 error=0"), out
     kernel_log.assert_links(["nobody-default"])
+
+
+def test_stat_counters_are_read_only_even_for_root(kmod: LoadedModule, py_sender: PySender,
+                                                   guest: Guest) -> None:  # fmt: skip
+    assert [(a.seq, a.error) for a in py_sender.send("counted", seq=9)] == [(9, 0)]
+    counted = {"received": 1, "printed": 1, "acked": 1, "errors": 0}
+    assert module_stats(guest) == counted
+    for name in STAT_NAMES:
+        path = param_path(f"stat_{name}")
+        assert guest.run(["stat", "-c", "%a", path], check=True).output.strip() == "444", path
+        refused = guest.run(f"echo 1000 > {path}")
+        assert refused.status != 0 and "Permission denied" in refused.output, (path, refused)
+    assert module_stats(guest) == counted
+
+
+@pytest.mark.parametrize("name", STAT_NAMES)
+def test_stat_counter_cannot_be_set_at_insmod(name: str, built_module: BuiltModule, guest_kernel: GuestKernel) -> None:
+    assert not guest_kernel.loaded("knetlink"), "knetlink is loaded already: the refusal could not be seen"
+    try:
+        with pytest.raises(ModuleLoadError) as refused:
+            guest_kernel.insmod(built_module.module(), {f"stat_{name}": "1000"})
+    finally:
+        if guest_kernel.loaded("knetlink"):
+            guest_kernel.rmmod("knetlink")
+    assert f"knetlink: stat_{name} is read-only" in refused.value.kernel_lines, str(refused.value)
 
 
 def test_host_filesystem_is_read_only_except_results(guest: Guest, guest_kernel: GuestKernel) -> None:
