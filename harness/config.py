@@ -118,6 +118,7 @@ class Setting:
     help: str
     parse: Callable[[str], Any] = str
     multi: bool = False  # option may repeat; env/ini hold a space/comma separated list
+    flag: bool = False  # the option takes no value and means "1"; env/ini hold 1/0
     item_parse: Callable[[str], Any] | None = None
 
 
@@ -160,7 +161,7 @@ SETTINGS: tuple[Setting, ...] = (
             "NAME=VALUE passed to insmod; repeatable", multi=True, item_parse=_param),
     Setting("require_ebpf", "--require-ebpf", "KNH_REQUIRE_EBPF", "knh_require_ebpf", "0",
             "1: an eBPF test whose guest cannot run bpftrace (or cannot time a call) fails instead of "
-            "skipping", _flag),
+            "skipping", _flag, flag=True),
 )  # fmt: skip
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}

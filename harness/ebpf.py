@@ -676,7 +676,7 @@ def _clock_problem(clocksource: str) -> str | None:
 def skip_or_fail(reason: str, config: HarnessConfig) -> NoReturn:
     """End a test whose guest cannot do the eBPF observation it is about: skip, or fail when required.
 
-    The require_ebpf setting (KNH_REQUIRE_EBPF=1, --require-ebpf=1, ini knh_require_ebpf) makes it a
+    The require_ebpf setting (KNH_REQUIRE_EBPF=1, --require-ebpf, ini knh_require_ebpf) makes it a
     failure, so a CI run cannot go green by running fewer tests.
     """
     setting = SETTINGS_BY_NAME["require_ebpf"]

@@ -72,6 +72,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         if s.multi:
             group.addoption(s.option, action="append", dest=f"knh_{s.name}", default=None, help=s.help + extra)
             parser.addini(s.ini, s.help, type="args", default=[])
+        elif s.flag:
+            group.addoption(s.option, dest=f"knh_{s.name}", action="store_const", const="1", default=None,
+                            help=s.help + extra)  # fmt: skip
+            parser.addini(s.ini, s.help, default="")
         else:
             group.addoption(s.option, dest=f"knh_{s.name}", default=None, help=s.help + extra)
             parser.addini(s.ini, s.help, default="")

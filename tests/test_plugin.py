@@ -292,3 +292,8 @@ def test_failure_kind_is_recorded_by_error_type_for_bisect(pytester: pytest.Pyte
     result.assert_outcomes(failed=1, errors=1)
     outcome = read_junit(junit)
     assert (outcome.infra, outcome.failed) == (1, 1)
+
+
+def test_flag_settings_take_no_value(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_f="def test_f(knh_config):\n    assert knh_config.require_ebpf is True\n")
+    pytester.runpytest("-p", "no:cacheprovider", "--require-ebpf").assert_outcomes(passed=1)
