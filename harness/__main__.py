@@ -1,3 +1,3 @@
-from .cli import main
+from .knetlink.commands import main
 
 raise SystemExit(main())

@@ -1,15 +1,33 @@
-"""After-test kernel checks: splats in the test's kernel log window and new taint.
+"""The kernel watch, pure of pytest: every guest test runs inside a window, and nothing
+the kernel does is lost.
 
-Pure policy on top of harness.dmesg: given the lines and taint values, say
-what is wrong. The plugin turns a non-empty verdict into a test failure.
+A window opens before a test (kernel log mark, taint value, offset in the guest's
+kernel console file) and is checked after the test's call and after its teardown.
+When a window closes clean on a live guest, a cursor remembers where it ended, so
+the kernel is also checked *between* windows:
+
+- at the start of the next test on that guest (a timer that fired after the
+  settle, a kthread that panicked during a host-only test): that test fails at
+  setup, naming the test whose window the crash followed;
+- when the session shuts the guest down: a crash after the last test fails the
+  run, never ends it green.
+
+A guest that died is a verdict, never "no verdict": its splats are read from the
+kernel console file (the only record left), from where the window began. A
+verdict lists the splats (harness.dmesg) and the unexpected new taint; the pytest
+glue (harness.watch) turns a failing verdict into a test failure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .dmesg import AllowEntry, KernelLine, SplatReport, TaintFlag, scan_splats, unexpected_taint
+from .errors import HarnessError, KernelCheckError, LostGuestError
+from .guest_kernel import GuestKernel, LogMark
+from .session import KernelSession
+from .vm import Guest
 
 # Splat kinds after which the guest kernel is not trusted for the next test.
 FATAL_KINDS = frozenset({"oops", "panic", "null-deref", "gpf", "unable-to-handle", "bug", "soft-lockup",
@@ -72,3 +90,146 @@ def judge_death(console_text: str, reason: str, allowlist: Sequence[AllowEntry],
     from where the window began) and the console's last lines."""
     tail = "\n".join(console_text.splitlines()[-tail_lines:])
     return KernelVerdict(scan_splats(console_text, allowlist), (), 0, 0, GuestDied(reason, tail))
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the last clean window on a guest ended, and which test it belonged to."""
+
+    guest: Guest
+    mark: LogMark
+    taint: int
+    console_offset: int
+    test: str
+
+
+@dataclass
+class Window:
+    """One test's watch: the guest and where its kernel log, taint and console stood."""
+
+    session: KernelSession
+    ops: GuestKernel
+    mark: LogMark
+    taint: int
+    console_offset: int
+    unloads: int  # ops.unloads when the window opened; more after the test means a module went away
+    lines: list[KernelLine] = field(default_factory=list)  # everything checked so far, for the artifacts
+    kernel_failed: set[str] = field(default_factory=set)  # phases failed over the kernel's verdict
+    closed: bool = False
+
+    @property
+    def guest(self) -> Guest:
+        return self.ops.guest
+
+
+@dataclass(frozen=True)
+class Policy:
+    allowlist: Sequence[AllowEntry]
+    allowed_taint: str
+    settle_s: float
+
+
+def console_offset(guest: Guest) -> int:
+    path = guest.paths.kernel_log
+    return path.stat().st_size if path.exists() else 0
+
+
+def console_since(guest: Guest, offset: int) -> str:
+    """The guest's kernel console file from `offset` on ("" if it is gone)."""
+    try:
+        with guest.paths.kernel_log.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def open_window(session: KernelSession, cursor: Cursor | None, policy: Policy) -> tuple[Window, KernelVerdict | None]:
+    """Boot (or reuse) the session's guest and open a window on it; with a current `cursor`, also
+    judge what the kernel did between the cursor's test and this window (no line is in neither).
+    Raises HarnessError: BootError when no guest boots, LostGuestError when it dies meanwhile."""
+    ops = session.guest_kernel()
+    offset = console_offset(ops.guest)
+    mark = ops.mark()
+    taint = ops.taint()  # read after the mark: a taint from here on also prints after the mark
+    between = None
+    if cursor is not None and cursor.guest is ops.guest:
+        lines = lines_before(ops.lines_since(cursor.mark), mark)
+        between = judge(lines, cursor.taint, taint, policy.allowlist, policy.allowed_taint)
+    return Window(session, ops, mark, taint, offset, ops.unloads), between
+
+
+def lines_before(lines: list[KernelLine], mark: LogMark) -> list[KernelLine]:
+    """The lines before `mark`'s line (all of them if the mark is not there)."""
+    for i, line in enumerate(lines):
+        if line.text.strip() == mark.text:
+            return lines[:i]
+    return lines
+
+
+def _death(guest: Guest, offset: int, policy: Policy) -> KernelVerdict:
+    return judge_death(console_since(guest, offset), guest.dead_reason or "QEMU exited", policy.allowlist)
+
+
+def check_window(window: Window, policy: Policy) -> KernelVerdict:
+    """Check what the kernel did since the window's mark (or since it was last checked) and
+    move the mark on. After a module unload the kernel first gets `policy.settle_s`."""
+    guest, ops = window.guest, window.ops
+    if window.session.current_guest is not guest or not guest.alive:
+        return _death(guest, window.console_offset, policy)
+    try:
+        if ops.unloads > window.unloads and policy.settle_s > 0:
+            guest.run(["sleep", f"{policy.settle_s:g}"], timeout=policy.settle_s + 30)
+        window.unloads = ops.unloads
+        lines = ops.lines_since(window.mark)
+        taint = ops.taint()
+        mark = ops.mark()
+    except LostGuestError:
+        return _death(guest, window.console_offset, policy)
+    except HarnessError as e:
+        if not guest.alive:
+            return _death(guest, window.console_offset, policy)
+        raise KernelCheckError(f"the kernel checks could not run: {e}") from e
+    window.lines.extend(lines)
+    verdict = judge(lines, window.taint, taint, policy.allowlist, policy.allowed_taint)
+    window.mark, window.taint = mark, taint
+    return verdict
+
+
+def cursor_after(window: Window, test: str) -> Cursor | None:
+    """Where the next check on this guest starts; None when the guest is gone."""
+    guest = window.guest
+    if window.session.current_guest is not guest or not guest.alive:
+        return None
+    return Cursor(guest, window.mark, window.taint, console_offset(guest), test)
+
+
+def dead_since(cursor: Cursor, policy: Policy) -> KernelVerdict | None:
+    """The death verdict when the cursor's guest died after the cursor's test, else None."""
+    return None if cursor.guest.alive else _death(cursor.guest, cursor.console_offset, policy)
+
+
+def check_after_last(session: KernelSession, cursor: Cursor, policy: Policy) -> KernelVerdict:
+    """Before the session shuts its guest down: did the kernel stay clean after the last test?
+    The kernel first gets `policy.settle_s` (a crash still in flight lands here)."""
+    guest = cursor.guest
+    try:
+        if not guest.alive:
+            raise LostGuestError("guest is not running")
+        if policy.settle_s > 0:
+            guest.run(["sleep", f"{policy.settle_s:g}"], timeout=policy.settle_s + 30)
+        ops = session.guest_kernel()
+        lines = ops.lines_since(cursor.mark)
+        taint = ops.taint()
+    except LostGuestError:
+        return _death(guest, cursor.console_offset, policy)
+    except HarnessError as e:
+        if not guest.alive:
+            return _death(guest, cursor.console_offset, policy)
+        raise KernelCheckError(f"the kernel checks after the last test could not run: {e}") from e
+    return judge(lines, cursor.taint, taint, policy.allowlist, policy.allowed_taint)
+
+
+def cursor_current(session: KernelSession, cursor: Cursor | None) -> bool:
+    """True when `cursor` still describes the session's guest (it was not thrown away on purpose)."""
+    return cursor is not None and session.current_guest is cursor.guest

@@ -1,4 +1,5 @@
-"""Command line: ``python -m harness {exec,seed,doctor,shell} ...``.
+"""Command line: ``python -m harness {exec,shell,bisect-run,doctor} ...`` (a module layer adds its
+own commands: harness.knetlink.commands adds ``seed`` and ``bench``).
 
 Exit status of ``exec``: the guest command's own status; 253 when the kernel
 logged a splat (WARNING, BUG, Oops, ...) or gained a taint flag outside the
@@ -17,6 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ class Output:
         print(f"knetlink-harness: error: {message}", file=sys.stderr, flush=True)
 
 
-def _add_guest_options(p: argparse.ArgumentParser, *, module: bool = True) -> None:
+def add_guest_options(p: argparse.ArgumentParser, *, module: bool = True) -> None:
     def opt(name: str, **kw: Any) -> None:
         s = SETTINGS_BY_NAME[name]
         p.add_argument(s.option, dest=name, help=f"{s.help} [env {s.env}]", **kw)
@@ -68,13 +70,25 @@ def _add_guest_options(p: argparse.ArgumentParser, *, module: bool = True) -> No
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
 
 
-def build_parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Command:
+    """A subcommand a module layer adds to ``python -m harness`` (see harness.knetlink.commands)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def build_parser(extra: Sequence[Command] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
+    for command in extra:
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
 
     p = sub.add_parser("exec", help="build the module, boot, load it, run a command in the guest")
-    _add_guest_options(p)
+    add_guest_options(p)
     for name in ("splat_allowlist", "allowed_taint"):
         s = SETTINGS_BY_NAME[name]
         p.add_argument(s.option, dest=name, default=None, help=f"{s.help} [env {s.env}]")
@@ -89,18 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(the harness could not get that far: {EXIT_HARNESS}), 1 bad (anything else)")  # fmt: skip
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARG...] (argv, not a shell string)")
 
-    p = sub.add_parser("seed", help="replay the seed scenario: load, send 'hello world!', show the link: line")
-    _add_guest_options(p)
-
     p = sub.add_parser("shell", help="interactive guest shell with the module loaded")
-    _add_guest_options(p)
-
-    p = sub.add_parser("bench", help="measure boot, console, load and sender costs against the machine's floor")
-    _add_guest_options(p)
-    p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the figures as JSON")
-    p.add_argument("--boots", type=int, default=3, help="boots per engine and raw boots (default 3)")
-    p.add_argument("--messages", type=int, default=20000, help="messages per sender rate run (default 20000)")
-    p.add_argument("--no-suite", action="store_true", help="skip suite_s/naive_suite_s")
+    add_guest_options(p)
 
     p = sub.add_parser("bisect-run", help="git bisect run step: build the tree's kernel, run tests, exit 0/1/125",
                        description="Exit 0 good, 1 bad, 125 skip (kernel build failed, or boot failed: see "
@@ -238,11 +242,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
     def body(session: KernelSession, out: Output) -> int:
         allowlist = load_allowlist(session.config.splat_allowlist)  # a bad file: ConfigError, no boot
         build = None if args.no_module else session.build()  # a build failure should not cost a boot
-        ops = session.ops()
+        ops = session.guest_kernel()
         taint_before, mark = ops.taint(), ops.mark()  # the window starts before insmod
         if build is not None:
-            ops.insmod(build.module(), module_params_dict(session.config.module_params))
-            out.progress(f"loaded {build.module().name}")
+            loaded = session.load(module_params_dict(session.config.module_params))
+            out.progress(f"loaded {loaded.name}")
         result = session.guest().run(argv, timeout=session.config.command_timeout)
         sys.stdout.write(result.output)
         sys.stdout.flush()
@@ -267,44 +271,14 @@ def bisect_status(status: int) -> int:
     return GIT_BISECT_SKIP if status == EXIT_HARNESS else GIT_BISECT_BAD
 
 
-def cmd_seed(args: argparse.Namespace) -> int:
-    """The seed's scenario: Init OK!, then link:hello world! for one message, acked with 0."""
-    from .dmesg import parse_link_lines
-    from .senders import CSender
-
-    def body(session: KernelSession, out: Output) -> int:
-        build = session.build()
-        ops = session.ops()
-        mark = ops.mark()
-        params = {"proto": "21", **module_params_dict(session.config.module_params)}
-        ops.insmod(build.module(), params)
-        sender = CSender(session.guest(), build.directory / "sender" / "knl_send", int(params["proto"]))
-        sent = sender.send("hello world!")
-        lines = ops.lines_since(mark)
-        print(f"kernel {session.kernel.release}, accelerator {session.accel().accel}, "
-              f"boot {session.stats.boot_times_s[-1]:.1f} s")  # fmt: skip
-        print("sender: " + sent.output.strip())
-        print("kernel log:")
-        for line in lines:
-            if "Init OK!" in line.text or line.text.startswith("link:"):
-                print(f"  {line.text}")
-        links = [link.payload for link in parse_link_lines(lines)]
-        ok = sent.status == 0 and [a.error for a in sent.acks] == [0] and links == [b"hello world!"]
-        print("seed scenario: " + ("OK" if ok else "FAILED"))
-        return 0 if ok else 1
-
-    return run_with_session(args, body)
-
-
 def cmd_shell(args: argparse.Namespace) -> int:
     out = Output(args.quiet)
     try:
         cfg = config_from_args(args)
         session = open_session(cfg, out)
         if not args.no_module:
-            build = session.build()
-            session.ops().insmod(build.module(), module_params_dict(cfg.module_params))
-            out.progress(f"loaded {build.module().name}; exit the shell with 'exit' or Ctrl-D")
+            loaded = session.load(module_params_dict(cfg.module_params))
+            out.progress(f"loaded {loaded.name}; exit the shell with 'exit' or Ctrl-D")
         guest = session.guest()
     except HarnessError as e:
         out.error(str(e))
@@ -317,31 +291,6 @@ def cmd_shell(args: argparse.Namespace) -> int:
         child.interact(escape_character=None)
     finally:
         session.close()
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    import json
-
-    from .bench import BenchOptions, format_table, run_bench
-
-    out = Output(args.quiet)
-    try:
-        cfg = config_from_args(args)
-        run_root = cfg.results_dir / time.strftime("bench-%Y%m%d-%H%M%S")
-
-        def session_for(c: HarnessConfig) -> KernelSession:
-            kernel = resolve_kernel_spec(c.kernels[0] if c.kernels else None, notify=out.progress)
-            return KernelSession(c, kernel, run_root, notify=out.progress)
-
-        opts = BenchOptions(boots=args.boots, messages=args.messages, suite=not args.no_suite)
-        result = run_bench(cfg, session_for, opts, out.progress)
-    except HarnessError as e:
-        out.error(str(e))
-        return EXIT_HARNESS
-    print(format_table(result))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -374,16 +323,16 @@ def cmd_bisect_run(args: argparse.Namespace) -> int:
                       on_infra=args.on_boot_failure, notify=notify)  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> int:
+    """Run the core commands, and `extra` ones a module layer adds."""
+    args = build_parser(extra).parse_args(argv)
+    for command in extra:
+        if args.command == command.name:
+            return command.run(args)
     if args.command == "exec":
         return cmd_exec(args)
-    if args.command == "seed":
-        return cmd_seed(args)
     if args.command == "shell":
         return cmd_shell(args)
-    if args.command == "bench":
-        return cmd_bench(args)
     if args.command == "bisect-run":
         return cmd_bisect_run(args)
     if args.command == "doctor":

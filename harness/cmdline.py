@@ -15,10 +15,10 @@ from .memdebug import helpers_from_env, kernel_config, memory_debug_args
 #  loglevel=5       warnings and worse (oopses, WARNINGs, panics: everything a splat
 #                   prints) reach the kernel console, which is written to a per-guest
 #                   file (not the interactive console), so they are recorded even when
-#                   the guest dies. Info lines such as link: stay out of it: under TCG
+#                   the guest dies. A module's info lines stay out of it: under TCG
 #                   every console line costs ~0.4 ms of the sender's round trip. The
 #                   kernel log (dmesg) has every line either way;
-#  log_buf_len=8M   thousands of link: lines per test fit in the ring buffer.
+#  log_buf_len=8M   thousands of module log lines per test fit in the ring buffer.
 BASE_KERNEL_ARGS = ("panic=-1", "loglevel=5", "log_buf_len=8M")
 
 # Drivers udev loads in virtme-ng's guest that no test here needs (emulated SATA/CD,

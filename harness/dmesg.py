@@ -3,12 +3,10 @@
 Everything here is pure: functions take text (or lines) and return values.
 The only I/O is :func:`load_allowlist`, which reads one allowlist file.
 
-The module covers four jobs:
+The module covers three jobs:
 
 * turning raw log lines into :class:`KernelLine` records, whatever the
   capture format (serial console, ``dmesg -r``, ``/dev/kmsg``);
-* decoding the ``link:<escaped payload>`` lines printed by the netlink
-  module under test (:func:`parse_link_lines`, :func:`escape_payload`);
 * finding kernel splats (WARNING, BUG, Oops, lockups, sanitizer reports,
   ...) and giving each one a fingerprint that does not depend on
   addresses or timestamps (:func:`scan_splats`);
@@ -23,12 +21,18 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    # pyproject installs guest_scripts/ as harness.guest_scripts; mypy does not follow that mapping and
+    # checks the same file as the guest scripts' top-level module ``payload`` ([tool.mypy] mypy_path).
+    from payload import escape_payload, unescape_payload
+else:
+    from .guest_scripts.payload import escape_payload, unescape_payload
+
 __all__ = [
-    "LINK_PREFIX",
     "SPLAT_PATTERNS",
     "TAINT_FLAGS",
     "AllowEntry",
@@ -36,7 +40,6 @@ __all__ = [
     "AllowlistError",
     "KernelLine",
     "LineStream",
-    "LinkLine",
     "LogInput",
     "Splat",
     "SplatPattern",
@@ -48,13 +51,10 @@ __all__ = [
     "iter_lines",
     "iter_numbered_lines",
     "iter_splats",
-    "link_payloads",
     "load_allowlist",
     "parse_allowlist",
     "parse_line",
     "parse_lines",
-    "parse_link_lines",
-    "parse_link_text",
     "scan_splats",
     "unescape_payload",
     "unexpected_taint",
@@ -271,116 +271,6 @@ class LineStream:
 
 
 # ---------------------------------------------------------------------------
-# link: lines printed by the module under test
-# ---------------------------------------------------------------------------
-
-LINK_PREFIX: Final = "link:"
-
-_TRUNCATION_RE: Final = re.compile(r"\.\.\.\[\+(\d+) bytes?\]\Z")
-_HEX: Final = frozenset("0123456789abcdefABCDEF")
-
-
-@dataclass(frozen=True)
-class LinkLine:
-    """One decoded ``link:`` line.
-
-    ``truncated_bytes`` is the ``N`` of a trailing ``...[+N bytes]`` marker
-    (the module cut the message short), 0 when the payload is complete.
-    """
-
-    payload: bytes
-    truncated_bytes: int = 0
-
-    @property
-    def truncated(self) -> bool:
-        return self.truncated_bytes > 0
-
-
-def escape_payload(data: bytes) -> str:
-    """Escape bytes the way the module does before printing them.
-
-    Bytes 0x20..0x7e other than the backslash are copied, the backslash
-    becomes ``\\\\`` and every other byte ``\\xHH`` (lowercase hex).
-    """
-    out: list[str] = []
-    for byte in data:
-        if byte == 0x5C:
-            out.append("\\\\")
-        elif 0x20 <= byte <= 0x7E:
-            out.append(chr(byte))
-        else:
-            out.append(f"\\x{byte:02x}")
-    return "".join(out)
-
-
-def unescape_payload(text: str) -> bytes:
-    """Invert :func:`escape_payload`.
-
-    Raises ``ValueError`` for anything the module cannot have printed: a
-    character outside printable ASCII, a dangling backslash or an unknown
-    escape.
-    """
-    out = bytearray()
-    i = 0
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            nxt = text[i + 1 : i + 2]
-            if nxt == "\\":
-                out.append(0x5C)
-                i += 2
-            elif nxt == "x" and len(text) >= i + 4 and set(text[i + 2 : i + 4]) <= _HEX:
-                out.append(int(text[i + 2 : i + 4], 16))
-                i += 4
-            else:
-                raise ValueError(f"bad escape at offset {i} in {text!r}")
-        elif " " <= ch <= "~":
-            out.append(ord(ch))
-            i += 1
-        else:
-            raise ValueError(f"unescaped character {ch!r} at offset {i} in {text!r}")
-    return bytes(out)
-
-
-def parse_link_text(text: str) -> LinkLine | None:
-    """Decode the text of one kernel line; ``None`` if it is not a link line.
-
-    The truncation marker is only recognised at the very end of the line.
-    """
-    if not text.startswith(LINK_PREFIX):
-        return None
-    body = text[len(LINK_PREFIX) :]
-    truncated = 0
-    m = _TRUNCATION_RE.search(body)
-    if m is not None:
-        truncated = int(m.group(1))
-        body = body[: m.start()]
-    return LinkLine(payload=unescape_payload(body), truncated_bytes=truncated)
-
-
-def parse_link_lines(lines: LogInput) -> list[LinkLine]:
-    """Decode every ``link:`` line of a log, in order.
-
-    A malformed link line raises ``ValueError`` naming its line number.
-    """
-    result: list[LinkLine] = []
-    for number, line in iter_numbered_lines(lines):
-        try:
-            link = parse_link_text(line.text)
-        except ValueError as exc:
-            raise ValueError(f"line {number}: {exc}") from None
-        if link is not None:
-            result.append(link)
-    return result
-
-
-def link_payloads(lines: LogInput) -> list[bytes]:
-    """The payloads of all ``link:`` lines (truncated ones as printed)."""
-    return [link.payload for link in parse_link_lines(lines)]
-
-
-# ---------------------------------------------------------------------------
 # Splats
 # ---------------------------------------------------------------------------
 
@@ -431,6 +321,7 @@ SPLAT_PATTERNS: Final[tuple[SplatPattern, ...]] = (
         r"|lock held at task exit|nested lock was not taken|bad contention detected)",
         standalone=True,
     ),
+    _pat("odebug", r"^ODEBUG: "),  # a WARN: the [ cut here ] block it starts is of this kind
     _pat("null-deref", r"^BUG: kernel NULL pointer dereference\b"),
     _pat("list-corruption", r"\blist_(?:add|del)(?:_rcu)? corruption\b"),
     _pat("refcount", r"^refcount_t: "),
@@ -452,7 +343,7 @@ _MAX_PRELUDE_LINES: Final = 150
 _MAX_AFTER_END_LINES: Final = 30
 _FINGERPRINT_FRAMES: Final = 3
 
-_END_TRACE_RE: Final = re.compile(r"^---\[ end trace [0-9a-f]+ \]---")
+_END_TRACE_RE: Final = re.compile(r"^---\[ end trace(?: [0-9a-f]+)? \]---")  # UBSAN 6.5+: no id
 _END_PANIC_RE: Final = re.compile(r"^---\[ end Kernel panic\b")
 _PANIC_RE: Final = re.compile(r"^Kernel panic - not syncing\b")
 _OPEN_RE: Final = re.compile(r"^\s*<#?[A-Z_]+>\s*$")
@@ -535,6 +426,17 @@ _NOISE_FRAMES: Final = frozenset(
         "tick_nohz_handler",
         "kmemleak_alloc",
         "slab_post_alloc_hook",
+        # KASAN, might_sleep, ODEBUG and lockdep reporting (lockdep's check_noncircular and the
+        # lock_acquire frames stay: fingerprints already use them)
+        "print_address_description",
+        "print_circular_bug",
+        "__might_resched",
+        "__might_sleep",
+        "___might_sleep",
+        "__schedule_bug",
+        "debug_print_object",
+        "__debug_check_no_obj_freed",
+        "debug_check_no_obj_freed",
     }
 )
 _NOISE_PREFIX_RE: Final = re.compile(
@@ -639,7 +541,10 @@ def _trace_len(stream: LineStream, start: int) -> int:
             n += 1
             continue
         pattern = _match_pattern(text)
-        if pattern is not None and pattern.standalone:
+        # A report of its own, except right after a [ cut here ] marker: that marker's report
+        # (UBSAN since 6.5 prints the marker, its report and ---[ end trace ]---).
+        after_marker = n == 1 and _CUT_HERE.regex.search(stream.peek(start).text) is not None
+        if pattern is not None and pattern.standalone and not after_marker:
             return n
         if n >= _MAX_PRELUDE_LINES:
             # No trace and no end marker: report the heading line alone

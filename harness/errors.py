@@ -150,5 +150,29 @@ class ModuleCrashError(HarnessError):
         self.splats = splats
 
 
+class KernelCheckError(HarnessError):
+    """The splat/taint check itself could not run on a live guest (the console answered
+    nonsense, a command timed out): the test fails, the checks are never switched off."""
+
+
 class HostKernelRefused(HarnessError):
     """An attempt to load a module where the target is the host kernel."""
+
+
+class EbpfError(HarnessError):
+    """Base class of eBPF observation errors."""
+
+
+class EbpfUnavailable(EbpfError):
+    """The guest cannot run bpftrace programs, or cannot time a call (the reason says why).
+
+    Tests skip, or fail when the require_ebpf setting is on (harness.ebpf_fixtures.skip_or_fail).
+    """
+
+
+class BpfOutputError(EbpfError):
+    """bpftrace wrote something the parser does not understand."""
+
+
+class BpfProcessError(EbpfError):
+    """bpftrace failed to start, to attach, or died while running."""

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +19,10 @@ from .accel import AccelDecision, choose_accel, host_tsc_khz
 from .cmdline import QemuSpec, VngSpec, channel_qemu_args, qemu_argv, vng_argv, vng_executable
 from .config import GUEST_SCRIPTS, HarnessConfig
 from .errors import BootError, MissingDependencyError
+from .guest_kernel import GuestKernel
 from .initramfs import build_initramfs, cached_vmlinux
 from .kernel import Kernel
 from .kernel_build import modules_dir_for
-from .kernelops import GuestKernel
 from .kmod import BuiltModule, build_module, default_cache_root
 from .vm import Guest, Launch, new_guest_name
 
@@ -39,6 +39,15 @@ class ModuleSource:
 
     directory: Path
     targets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadedModule:
+    """A module loaded into the session's guest: its name, the .ko it came from, the insmod parameters."""
+
+    name: str
+    path: Path
+    params: Mapping[str, str]
 
 
 @dataclass
@@ -70,7 +79,7 @@ class KernelSession:
         self._accel: AccelDecision | None = None
         self._guest: Guest | None = None
         self.last_guest: Guest | None = None  # kept after it died, for its logs
-        self._ops: GuestKernel | None = None
+        self._guest_kernel: GuestKernel | None = None
         self._boot_error: BootError | None = None
 
     @property
@@ -105,6 +114,11 @@ class KernelSession:
             self.notify(f"module for {self.kernel.release}: {how} ({built.directory})")
             self._builds[source] = built
         return self._builds[source]
+
+    @property
+    def accel_decision(self) -> AccelDecision | None:
+        """The accelerator decision, once taken (None before the first boot or build needed it)."""
+        return self._accel
 
     def accel(self) -> AccelDecision:
         if self._accel is None:
@@ -154,7 +168,7 @@ class KernelSession:
                 f"guest {self._guest.launch.name} is gone ({self._guest.dead_reason or 'exited'}); booting a fresh one"
             )
             self._guest.close()
-            self._guest, self._ops = None, None
+            self._guest, self._guest_kernel = None, None
         if self._boot_error is not None:
             raise self._boot_error
         attempts = self.config.boot_retries + 1
@@ -182,16 +196,36 @@ class KernelSession:
             self.notify(f"guest ready in {guest.boot_time_s:.1f} s")
             self._guest = self.last_guest = guest
             self.scratch.mkdir(parents=True, exist_ok=True)
-            self._ops = GuestKernel(guest, self.scratch)
+            self._guest_kernel = GuestKernel(guest, self.scratch)
             return guest
         assert last is not None
         self._boot_error = last  # do not boot again for every remaining test
         raise last
 
-    def ops(self) -> GuestKernel:
+    def load(self, params: Mapping[str, str] | None = None, source: ModuleSource | None = None) -> LoadedModule:
+        """Build `source` (default: the configured module) if needed, boot if needed, insmod it with
+        `params`. Raises ModuleLoadError (refused), ModuleCrashError (the kernel crashed) or BuildError."""
+        built = self.build(source)
+        ko = built.module()
+        params = dict(params or {})
+        name = self.guest_kernel().insmod(ko, params)
+        return LoadedModule(name, ko, params)
+
+    def unload(self, module: LoadedModule) -> None:
+        """rmmod `module` if the guest is alive and the module still loaded (a test may have unloaded it)."""
+        guest = self._guest
+        if guest is not None and guest.alive and self.guest_kernel().loaded(module.name):
+            self.guest_kernel().rmmod(module.name)
+
+    def module_param(self, module: LoadedModule, name: str) -> str:
+        """The loaded module's parameter as the kernel holds it (/sys/module/<name>/parameters/<param>)."""
+        path = f"/sys/module/{module.name}/parameters/{name}"
+        return self.guest().run(["cat", path], check=True).output.strip().splitlines()[-1]
+
+    def guest_kernel(self) -> GuestKernel:
         self.guest()
-        assert self._ops is not None
-        return self._ops
+        assert self._guest_kernel is not None
+        return self._guest_kernel
 
     @property
     def current_guest(self) -> Guest | None:
@@ -202,9 +236,9 @@ class KernelSession:
         if self._guest is not None:
             self.notify(f"discarding guest {self._guest.launch.name}: {reason}")
             self._guest.close()
-            self._guest, self._ops = None, None
+            self._guest, self._guest_kernel = None, None
 
     def close(self) -> None:
         if self._guest is not None:
             self._guest.close()
-            self._guest, self._ops = None, None
+            self._guest, self._guest_kernel = None, None

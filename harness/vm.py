@@ -3,7 +3,7 @@
 Layout of a guest's run directory (under the results directory):
     console.log      everything the interactive console printed (transcript)
     kernel.log       the guest kernel's console (hvc0): oopses and panics survive here
-    vng-argv.txt     the exact command that started the guest
+    argv.txt     the exact command that started the guest
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Guest:
     def start(self, boot_timeout: float) -> None:
         self.paths.run_dir.mkdir(parents=True, exist_ok=True)
         argv = list(self.launch.argv)
-        (self.paths.run_dir / "vng-argv.txt").write_text(shlex.join(argv) + "\n")
+        (self.paths.run_dir / "argv.txt").write_text(shlex.join(argv) + "\n")
         env = dict(os.environ)
         # virtme-ng starts its helpers (virtme-run) through PATH: keep its own bin dir first.
         # A virtual environment's bin directory also holds the vng the session chose.

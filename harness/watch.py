@@ -1,178 +1,217 @@
-"""The kernel watch: every guest test runs inside a window, and nothing the kernel does is lost.
+"""The kernel watch in pytest: every guest test fails when the kernel broke, whenever it broke.
 
-A window opens before a test (kernel log mark, taint value, offset in the guest's
-kernel console file) and is checked after the test's call and after its teardown.
-When a window closes clean on a live guest, a cursor remembers where it ended, so
-the kernel is also checked *between* windows:
-
-- at the start of the next test on that guest (a timer that fired after the
-  settle, a kthread that panicked during a host-only test): that test fails at
-  setup, naming the test whose window the crash followed;
-- when the session shuts the guest down: a crash after the last test fails the
-  run, never ends it green.
-
-A guest that died is a verdict, never "no verdict": its splats are read from the
-kernel console file (the only record left), from where the window began.
-
-Pure of pytest: the plugin turns verdicts into failures.
+Before a guest test: the kernel is checked since the previous test on that guest
+(a crash in between fails this test at setup, naming the previous one), then the
+test's window opens. After its call and after its teardown (an unload gets the
+settle first): a splat, new taint or a dead guest fails the test; a skip or xfail
+never covers one. After the last test, every watched guest is checked before it is
+shut down. The checks themselves are harness.checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterator
+from dataclasses import replace
 
-from .checks import KernelVerdict, judge, judge_death
-from .dmesg import AllowEntry, KernelLine
-from .errors import HarnessError, LostGuestError
-from .kernelops import GuestKernel, LogMark
+import pytest
+
+from .checks import (
+    Cursor,
+    KernelVerdict,
+    Window,
+    check_after_last,
+    check_window,
+    cursor_after,
+    cursor_current,
+    dead_since,
+    judge_death,
+    open_window,
+)
+from .errors import BootError, HarnessError, KernelCheckError, LostGuestError
+from .runstate import fail_on_harness_error, run_state, uses_guest
 from .session import KernelSession
-from .vm import Guest
+
+WINDOW_KEY = pytest.StashKey[Window]()
 
 
-class KernelCheckError(HarnessError):
-    """The splat/taint check itself could not run on a live guest (the console answered
-    nonsense, a command timed out): the test fails, the checks are never switched off."""
+@pytest.fixture(autouse=True)
+def _knh_kernel_watch(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For guest tests: check the kernel since the previous test, open a window (log position,
+    taint, console offset) before the test, check it after the call and after the teardown."""
+    item = request.node
+    if not uses_guest(item):
+        yield
+        return
+    session: KernelSession = request.getfixturevalue("knh_kernel_session")
+    window = _open_window(item, session)
+    item.stash[WINDOW_KEY] = window
+    yield
+    # Teardown: fixtures of the test (rmmod among them) are gone; check what they left.
+    _close_window(item, window)
 
 
-@dataclass(frozen=True)
-class Cursor:
-    """Where the last clean window on a guest ended, and which test it belonged to."""
-
-    guest: Guest
-    mark: LogMark
-    taint: int
-    console_offset: int
-    test: str
-
-
-@dataclass
-class Window:
-    """One test's watch: the guest and where its kernel log, taint and console stood."""
-
-    session: KernelSession
-    ops: GuestKernel
-    mark: LogMark
-    taint: int
-    console_offset: int
-    unloads: int  # ops.unloads when the window opened; more after the test means a module went away
-    lines: list[KernelLine] = field(default_factory=list)  # everything checked so far, for the artifacts
-    kernel_failed: set[str] = field(default_factory=set)  # phases failed over the kernel's verdict
-    closed: bool = False
-
-    @property
-    def guest(self) -> Guest:
-        return self.ops.guest
-
-
-@dataclass(frozen=True)
-class Policy:
-    allowlist: Sequence[AllowEntry]
-    allowed_taint: str
-    settle_s: float
-
-
-def console_offset(guest: Guest) -> int:
-    path = guest.paths.kernel_log
-    return path.stat().st_size if path.exists() else 0
-
-
-def console_since(guest: Guest, offset: int) -> str:
-    """The guest's kernel console file from `offset` on ("" if it is gone)."""
+def _open_window(item: pytest.Item, session: KernelSession) -> Window:
+    """Open the test's window; fail its setup if the kernel broke since the previous test."""
+    state = run_state(item.config)
+    policy = state.policy
+    cursor = state.cursors.pop(session, None)
+    if not cursor_current(session, cursor):
+        cursor = None
+    if cursor is not None:
+        dead = dead_since(cursor, policy)
+        if dead is not None:
+            _fail_between(item, session, cursor, dead)
     try:
-        with guest.paths.kernel_log.open("rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def open_window(session: KernelSession, cursor: Cursor | None, policy: Policy) -> tuple[Window, KernelVerdict | None]:
-    """Boot (or reuse) the session's guest and open a window on it; with a current `cursor`, also
-    judge what the kernel did between the cursor's test and this window (no line is in neither).
-    Raises HarnessError: BootError when no guest boots, LostGuestError when it dies meanwhile."""
-    ops = session.ops()
-    offset = console_offset(ops.guest)
-    mark = ops.mark()
-    taint = ops.taint()  # read after the mark: a taint from here on also prints after the mark
-    between = None
-    if cursor is not None and cursor.guest is ops.guest:
-        lines = lines_before(ops.lines_since(cursor.mark), mark)
-        between = judge(lines, cursor.taint, taint, policy.allowlist, policy.allowed_taint)
-    return Window(session, ops, mark, taint, offset, ops.unloads), between
-
-
-def lines_before(lines: list[KernelLine], mark: LogMark) -> list[KernelLine]:
-    """The lines before `mark`'s line (all of them if the mark is not there)."""
-    for i, line in enumerate(lines):
-        if line.text.strip() == mark.text:
-            return lines[:i]
-    return lines
-
-
-def _death(guest: Guest, offset: int, policy: Policy) -> KernelVerdict:
-    return judge_death(console_since(guest, offset), guest.dead_reason or "QEMU exited", policy.allowlist)
-
-
-def check_window(window: Window, policy: Policy) -> KernelVerdict:
-    """Check what the kernel did since the window's mark (or since it was last checked) and
-    move the mark on. After a module unload the kernel first gets `policy.settle_s`."""
-    guest, ops = window.guest, window.ops
-    if window.session.current_guest is not guest or not guest.alive:
-        return _death(guest, window.console_offset, policy)
-    try:
-        if ops.unloads > window.unloads and policy.settle_s > 0:
-            guest.run(["sleep", f"{policy.settle_s:g}"], timeout=policy.settle_s + 30)
-        window.unloads = ops.unloads
-        lines = ops.lines_since(window.mark)
-        taint = ops.taint()
-        mark = ops.mark()
-    except LostGuestError:
-        return _death(guest, window.console_offset, policy)
+        window, between = open_window(session, cursor, policy)
+    except LostGuestError as e:
+        if cursor is not None:
+            _fail_between(item, session, cursor, dead_since(cursor, policy) or _lost(e))
+        pytest.fail(f"the guest died before {item.nodeid} began: {e}", pytrace=False)
+    except BootError as e:
+        fail_on_harness_error(e)
     except HarnessError as e:
-        if not guest.alive:
-            return _death(guest, window.console_offset, policy)
-        raise KernelCheckError(f"the kernel checks could not run: {e}") from e
-    window.lines.extend(lines)
-    verdict = judge(lines, window.taint, taint, policy.allowlist, policy.allowed_taint)
-    window.mark, window.taint = mark, taint
+        pytest.fail(f"kernel check error: the kernel checks could not start for {item.nodeid}: {e}", pytrace=False)
+    if cursor is not None and between is not None and not between.ok:
+        if not between.guest_suspect:  # keep watching from here: nothing after this point is lost
+            state.cursors[session] = replace(cursor, mark=window.mark, taint=window.taint,
+                                                              console_offset=window.console_offset)  # fmt: skip
+        _fail_between(item, session, cursor, between)
+    return window
+
+
+def _lost(e: LostGuestError) -> KernelVerdict:
+    return judge_death(str(e), "QEMU exited", ())
+
+
+def _fail_between(item: pytest.Item, session: KernelSession, cursor: Cursor, verdict: KernelVerdict) -> None:
+    """The kernel broke after `cursor.test` passed its checks: fail this test's setup, naming it."""
+    what = "died" if verdict.died else "was not clean"
+    headline = (f"the guest kernel {what} between tests: after {cursor.test} passed its checks and before "
+                f"{item.nodeid} began (guest {cursor.guest.launch.name}, {session.kernel.release})")  # fmt: skip
+    state = run_state(item.config)
+    state.record_crash(session, item.nodeid, "between tests", cursor.test, verdict)
+    state.record_splats(item.nodeid, session.kernel.release, "between tests", verdict.splats, with_allowed=False)
+    if verdict.guest_suspect:
+        session.recycle(headline)
+    pytest.fail(f"{headline}\n{verdict.message()}", pytrace=False)
+
+
+def _close_window(item: pytest.Item, window: Window) -> None:
+    """The teardown check: what the test's fixtures left (an unload gets the settle first)."""
+    verdict = _check(item, window, "teardown")
+    if verdict is not None and verdict.ok:
+        cursor = cursor_after(window, item.nodeid)
+        if cursor is not None:
+            run_state(item.config).cursors[window.session] = cursor
+    if verdict is None or verdict.ok:
+        return
+    message = verdict.message()
+    if _failed_before_teardown(item):  # one failure per test: the rest goes into its report
+        item.add_report_section("teardown", "kernel checks", message)
+    else:
+        window.kernel_failed.add("teardown")
+        pytest.fail(message, pytrace=False)
+
+
+def _failed_before_teardown(item: pytest.Item) -> bool:
+    phases = run_state(item.config).outcomes.get(item.nodeid, {})
+    return "failed" in (phases.get("setup"), phases.get("call"))
+
+
+def _check(item: pytest.Item, window: Window, phase: str) -> KernelVerdict | None:
+    """Check the test's window; None once the window is closed (its guest was thrown away)."""
+    if window.closed:
+        return None
+    try:
+        verdict = check_window(window, run_state(item.config).policy)
+    except KernelCheckError as e:
+        window.closed = True
+        window.session.recycle(f"kernel checks failed after the {phase} of {item.nodeid}")
+        raise KernelCheckError(f"kernel check error after the {phase} of {item.nodeid}: {e}") from e
+    release = window.session.kernel.release
+    run_state(item.config).record_splats(item.nodeid, release, "guest died" if verdict.died else phase,
+                                         verdict.splats, with_allowed=verdict.died is None)  # fmt: skip
+    if verdict.guest_suspect:
+        window.closed = True
+        window.session.recycle(f"{phase} of {item.nodeid}: {verdict.message().splitlines()[0]}")
     return verdict
 
 
-def cursor_after(window: Window, test: str) -> Cursor | None:
-    """Where the next check on this guest starts; None when the guest is gone."""
-    guest = window.guest
-    if window.session.current_guest is not guest or not guest.alive:
-        return None
-    return Cursor(guest, window.mark, window.taint, console_offset(guest), test)
+_OUTCOME_EXCEPTIONS = (pytest.skip.Exception, pytest.xfail.Exception)
 
 
-def dead_since(cursor: Cursor, policy: Policy) -> KernelVerdict | None:
-    """The death verdict when the cursor's guest died after the cursor's test, else None."""
-    return None if cursor.guest.alive else _death(cursor.guest, cursor.console_offset, policy)
-
-
-def check_after_last(session: KernelSession, cursor: Cursor, policy: Policy) -> KernelVerdict:
-    """Before the session shuts its guest down: did the kernel stay clean after the last test?
-    The kernel first gets `policy.settle_s` (a crash still in flight lands here)."""
-    guest = cursor.guest
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    window = item.stash.get(WINDOW_KEY, None)
     try:
-        if not guest.alive:
-            raise LostGuestError("guest is not running")
-        if policy.settle_s > 0:
-            guest.run(["sleep", f"{policy.settle_s:g}"], timeout=policy.settle_s + 30)
-        ops = session.ops()
-        lines = ops.lines_since(cursor.mark)
-        taint = ops.taint()
-    except LostGuestError:
-        return _death(guest, cursor.console_offset, policy)
-    except HarnessError as e:
-        if not guest.alive:
-            return _death(guest, cursor.console_offset, policy)
-        raise KernelCheckError(f"the kernel checks after the last test could not run: {e}") from e
-    return judge(lines, cursor.taint, taint, policy.allowlist, policy.allowed_taint)
+        result = yield
+    except BaseException as e:
+        if window is not None:
+            _after_raising_call(item, window, e)
+        raise
+    if window is not None:
+        verdict = _check(item, window, "call")
+        if verdict is not None and not verdict.ok:
+            _fail_or_defer(item, window, verdict)
+    return result
 
 
-def cursor_current(session: KernelSession, cursor: Cursor | None) -> bool:
-    """True when `cursor` still describes the session's guest (it was not thrown away on purpose)."""
-    return cursor is not None and session.current_guest is cursor.guest
+def _after_raising_call(item: pytest.Item, window: Window, e: BaseException) -> None:
+    """The test raised: a skip or xfail over a kernel splat becomes a failure; any other
+    exception stays the reported failure, with the kernel's verdict beside it."""
+    try:
+        verdict = _check(item, window, "call")
+    except KernelCheckError as err:
+        if isinstance(e, _OUTCOME_EXCEPTIONS) or item.get_closest_marker("xfail") is not None:
+            window.kernel_failed.add("call")
+            pytest.fail(str(err), pytrace=False)
+        item.add_report_section("call", "kernel checks", str(err))
+        return
+    if verdict is None or verdict.ok:
+        return
+    if isinstance(e, _OUTCOME_EXCEPTIONS):
+        _fail_or_defer(item, window, verdict, because=f"the test raised {type(e).__name__}: {e}")
+    if item.get_closest_marker("xfail") is not None:  # an expected failure is no excuse for a splat
+        _fail_or_defer(item, window, verdict, because=f"the xfail-marked test raised {type(e).__name__}")
+    item.add_report_section("call", "kernel checks", verdict.message())
+
+
+def _fail_or_defer(item: pytest.Item, window: Window, verdict: KernelVerdict, because: str = "") -> None:
+    """Fail the call over the kernel's verdict. An xfail marker does not make it expected:
+    the report hook turns an xfail caused by a kernel failure back into a failure."""
+    window.kernel_failed.add("call")
+    message = verdict.message() + (f"\n({because}; a kernel splat is never skipped)" if because else "")
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """After the run's last test, check every guest still watched before teardown shuts it down
+    (also when a conftest overrides knh_kernel_session and its finalizer is not ours)."""
+    failures: list[str | None] = []
+    if nextitem is None:
+        watched: list[KernelSession] = list(run_state(item.config).cursors.keys())
+        failures = [check_after_last_test(item.config, session) for session in watched]
+    result = yield
+    if any(failures):
+        pytest.fail("\n".join(f for f in failures if f), pytrace=False)
+    return result
+
+
+def check_after_last_test(config: pytest.Config, session: KernelSession) -> str | None:
+    """Before the guest is shut down: a crash after the last test fails the run, never ends it green."""
+    state = run_state(config)
+    cursor = state.cursors.pop(session, None)
+    if cursor is None or not cursor_current(session, cursor):
+        return None
+    verdict = check_after_last(session, cursor, state.policy)
+    if verdict.ok:
+        return None
+    what = "died" if verdict.died else "was not clean"
+    headline = (f"the guest kernel {what} after the last test on it: {cursor.test} passed its checks, and "
+                f"the kernel broke before the guest was shut down (guest {cursor.guest.launch.name}, "
+                f"{session.kernel.release})")  # fmt: skip
+    state.record_crash(session, "(end of run)", "after the last test", cursor.test, verdict)
+    state.record_splats(cursor.test, session.kernel.release, "after the last test", verdict.splats,
+                        with_allowed=False)  # fmt: skip
+    return f"{headline}\n{verdict.message()}"

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from harness.bench import KEYS, Figure, format_table
+from harness.knetlink.bench import KEYS, Figure, format_table
 
 
 def result_with(raw: float, engines: dict[str, float]) -> dict[str, object]:

@@ -1,6 +1,7 @@
 """CLI wiring with the session replaced by a fake (no guest is booted)."""
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from harness.config import HarnessConfig
 from harness.console import CommandResult
 from harness.dmesg import KernelLine, parse_allowlist, parse_lines
 from harness.errors import BuildError, LostGuestError, ModuleCrashError
-from harness.kernelops import LogMark
+from harness.guest_kernel import LogMark
 
 WARNING_LOG = (Path(__file__).parent / "data" / "dmesg" / "warning.log").read_text()
 TAINT_OE, TAINT_OE_W = 0x3000, 0x3200  # O and E: loading any out-of-tree module; W: a WARNING
@@ -82,9 +83,13 @@ class FakeSession:
             return FakeBuild()
         raise AssertionError("--no-module runs must not build")
 
-    def ops(self) -> Any:
+    def guest_kernel(self) -> Any:
         self.booted = True
         return self._ops
+
+    def load(self, params: Any = None, source: Any = None) -> Any:
+        ko = self.build().module()
+        return SimpleNamespace(name=self.guest_kernel().insmod(ko, params), path=ko, params=params)
 
     def guest(self) -> FakeGuest:
         return self._guest

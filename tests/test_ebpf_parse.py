@@ -13,25 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import ebpf
+from harness import ebpf, ebpf_fixtures
+from harness.bpftrace import Bucket, Histogram, Stats, parse_output
 from harness.config import HarnessConfig, resolve
 from harness.console import CommandResult
-from harness.ebpf import (
-    READY_MARKER,
-    BpfOutputError,
-    BpfProcessError,
-    BpfRunner,
-    Bucket,
-    EbpfError,
-    EbpfUnavailable,
-    Histogram,
-    KnetlinkCounts,
-    LatencyReport,
-    Stats,
-    parse_output,
-    resolve_program,
-)
-from harness.errors import ConfigError
+from harness.ebpf import READY_MARKER, BpfRunner, resolve_program
+from harness.errors import BpfOutputError, BpfProcessError, ConfigError, EbpfError, EbpfUnavailable
+from harness.knetlink import ebpf as knetlink_ebpf
+from harness.knetlink.ebpf import KnetlinkCounts, LatencyReport
 
 # knetlink.bt on 6.1: 4 single messages, one datagram of 3, one frame whose nlmsg_len (100) exceeds the datagram.
 KNETLINK_61 = """\
@@ -487,7 +476,7 @@ OUTCOMES = (pytest.skip.Exception, pytest.fail.Exception)
 def test_unavailable_guest_skips_the_test_by_default(tmp_path: Path) -> None:
     guest = FakeGuest(check_output="NO-BPFTRACE\nRELEASE 6.1.0-56-amd64\n")
     with pytest.raises(OUTCOMES) as outcome:
-        ebpf.available_runner(guest, tmp_path, _config())  # type: ignore[arg-type]
+        ebpf_fixtures.available_runner(guest, tmp_path, _config())  # type: ignore[arg-type]
     assert outcome.type is pytest.skip.Exception, outcome.value
     assert re.match(r"eBPF observation unavailable: bpftrace not found.*with KNH_REQUIRE_EBPF=1 this is a failure",
                     str(outcome.value.msg))  # fmt: skip
@@ -496,7 +485,7 @@ def test_unavailable_guest_skips_the_test_by_default(tmp_path: Path) -> None:
 def test_unavailable_guest_fails_the_test_when_ebpf_is_required(tmp_path: Path) -> None:
     guest = FakeGuest(check_output="NO-BPFTRACE\nRELEASE 6.1.0-56-amd64\n")
     with pytest.raises(OUTCOMES) as outcome:
-        ebpf.available_runner(guest, tmp_path, _config(KNH_REQUIRE_EBPF="1"))  # type: ignore[arg-type]
+        ebpf_fixtures.available_runner(guest, tmp_path, _config(KNH_REQUIRE_EBPF="1"))  # type: ignore[arg-type]
     assert outcome.type is pytest.fail.Exception, outcome.value
     assert outcome.value.pytrace is False  # the reason is the message, not a traceback into the harness
     assert re.match(r"eBPF observation is required \(KNH_REQUIRE_EBPF=1 from environment variable KNH_REQUIRE_EBPF\) "
@@ -506,9 +495,9 @@ def test_unavailable_guest_fails_the_test_when_ebpf_is_required(tmp_path: Path) 
 @pytest.mark.parametrize("required", ["0", "1"])
 def test_available_guest_gets_its_runner_either_way(tmp_path: Path, required: str) -> None:
     guest = FakeGuest()
-    runner = ebpf.available_runner(guest, tmp_path, _config(KNH_REQUIRE_EBPF=required))  # type: ignore[arg-type]
+    runner = ebpf_fixtures.available_runner(guest, tmp_path, _config(KNH_REQUIRE_EBPF=required))  # type: ignore[arg-type]
     assert runner.guest is guest
-    assert ebpf.available_runner(guest, tmp_path, _config()) is runner  # one runner (and one check) per guest
+    assert ebpf_fixtures.available_runner(guest, tmp_path, _config()) is runner  # one runner (and one check) per guest
     assert sum("command -v bpftrace" in c for c in guest.commands) == 1
 
 
@@ -516,7 +505,7 @@ def test_available_guest_gets_its_runner_either_way(tmp_path: Path, required: st
 def test_tick_clock_cannot_time_the_handler(tmp_path: Path, clocksource: str) -> None:
     guest = FakeGuest(clocksource=clocksource)
     with pytest.raises(EbpfUnavailable, match=rf"clocksource is {clocksource} .*one timer tick"):
-        ebpf.measure_handler_latency(guest, tmp_path, lambda: None)  # type: ignore[arg-type]
+        knetlink_ebpf.measure_handler_latency(guest, tmp_path, lambda: None)  # type: ignore[arg-type]
     assert not any("bpftrace -f json" in c for c in guest.commands)  # nothing started
 
 
@@ -528,7 +517,7 @@ def test_fine_clock_times_the_handler(tmp_path: Path, clocksource: str) -> None:
 {"type": "hist", "data": {"@lat_us_fine": [{"min": 7, "max": 7, "count": 3}]}}
 """
     guest = FakeGuest(clocksource=clocksource, stdout_at_exit=latency)
-    report = ebpf.measure_handler_latency(guest, tmp_path, lambda: None)  # type: ignore[arg-type]
+    report = knetlink_ebpf.measure_handler_latency(guest, tmp_path, lambda: None)  # type: ignore[arg-type]
     assert report.count == 3 and report.median_us == pytest.approx(7.5)
 
 

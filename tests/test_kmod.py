@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import BuildError, HarnessError, HostKernelRefused
+from harness.guest_kernel import check_not_host, parse_taint
 from harness.kernel import Kernel
-from harness.kernelops import check_not_host, parse_taint
 from harness.kmod import build_module, make_argv, source_key, warning_lines
 
 K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/kdir"))

@@ -72,7 +72,7 @@ class FakeOps:
 def fake_window(ops: FakeOps, *, alive: bool, console: Path) -> object:
     from types import SimpleNamespace
 
-    from harness.watch import Window
+    from harness.checks import Window
 
     ops.guest.alive = alive  # type: ignore[attr-defined]
     ops.guest.paths = SimpleNamespace(kernel_log=console)  # type: ignore[attr-defined]
@@ -85,7 +85,8 @@ def test_kernel_check_that_cannot_run_is_an_error_not_a_pass(tmp_path: Path) -> 
     """A splat/taint check whose guest command fails must not count as a clean kernel."""
     from types import SimpleNamespace
 
-    from harness.watch import KernelCheckError, Policy, check_window
+    from harness.checks import Policy, check_window
+    from harness.errors import KernelCheckError
 
     ops = FakeOps(SimpleNamespace(), "no taint value in the output of `cat /proc/sys/kernel/tainted`: 'Killed'")
     window = fake_window(ops, alive=True, console=tmp_path / "kernel.log")
@@ -97,7 +98,7 @@ def test_dead_guest_is_a_failing_verdict_with_the_console_splat(tmp_path: Path) 
     """A guest that died during the test is never "no verdict": the splat comes from its console file."""
     from types import SimpleNamespace
 
-    from harness.watch import Policy, check_window
+    from harness.checks import Policy, check_window
 
     console = tmp_path / "kernel.log"
     console.write_text(
@@ -137,7 +138,7 @@ class Ops:
 def knh_kernel_session():
     guest = SimpleNamespace(alive=True, paths=SimpleNamespace(kernel_log=__import__("pathlib").Path("/nonexistent")))
     ops = Ops(guest)
-    return SimpleNamespace(ops=lambda: ops, guest=lambda: guest, current_guest=guest,
+    return SimpleNamespace(guest_kernel=lambda: ops, guest=lambda: guest, current_guest=guest,
                            kernel=SimpleNamespace(release="fake"), spec_for_reproduction="fake")
 '''
 
@@ -167,7 +168,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.kernelops import LogMark
+from harness.guest_kernel import LogMark
 
 PANIC = (
     "[   12.000000] Kernel panic - not syncing: deliberate\\n"
@@ -221,7 +222,7 @@ class Session:
             self._ops = Ops(self.current_guest)
         return self.current_guest
 
-    def ops(self):
+    def guest_kernel(self):
         self.guest()
         return self._ops
 

@@ -23,7 +23,7 @@ import pytest
 from harness.config import GUEST_SCRIPTS, HarnessConfig
 from harness.console import CommandResult
 from harness.errors import BootError, CommandTimeout, HostKernelRefused, LostGuestError
-from harness.kernelops import GuestKernel, check_not_host, host_boot_id
+from harness.guest_kernel import GuestKernel, check_not_host, host_boot_id
 from harness.session import KernelSession
 from harness.vm import Guest
 
@@ -168,7 +168,7 @@ def test_boot_timeout_is_killed_and_retried_once(knh_kernel_session: KernelSessi
         run_dirs = sorted(p for p in (tmp_path / "runs" / knh_kernel_session.kernel.label).iterdir())
         assert len(run_dirs) == 2, run_dirs  # both attempts kept their logs
         for d in run_dirs:
-            assert (d / "console.log").exists() and (d / "vng-argv.txt").exists(), list(d.iterdir())
+            assert (d / "console.log").exists() and (d / "argv.txt").exists(), list(d.iterdir())
             assert wait_gone(d.name) == [], f"QEMU of the timed-out attempt {d.name} survived"
         assert sum("attempt 1/2" in n for n in notes) == 1 and sum("attempt 2/2" in n for n in notes) == 1, notes
         # the next user gets the same error at once instead of two more slow boots

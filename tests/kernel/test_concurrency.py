@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from knetlink_stats import module_stats  # tests/kernel/knetlink_stats.py
 
-from harness.kernelops import GuestKernel
-from harness.plugin import KernelLogWindow, LoadedModule
-from harness.senders import CSender
+from harness.guest_kernel import GuestKernel
+from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
+from harness.knetlink.senders import CSender
 from harness.vm import Guest
 
 SENDERS = 8
@@ -37,7 +37,7 @@ def summaries(text: str) -> list[tuple[int, int, int]]:
     return [(int(s), int(a), int(f)) for s, a, f, _ in _SUMMARY.findall(text)]
 
 
-def test_eight_senders_in_parallel(kmod: LoadedModule, kernel_log: KernelLogWindow, c_sender: CSender,
+def test_eight_senders_in_parallel(kmod: KnetlinkModule, kernel_log: LinkLogWindow, c_sender: CSender,
                                    guest: Guest, guest_kernel: GuestKernel) -> None:  # fmt: skip
     work = scratch_dir(guest_kernel, "parallel")
     payloads = [f"par{i}-{secrets.token_hex(3)}" for i in range(SENDERS)]
@@ -69,7 +69,7 @@ def test_eight_senders_in_parallel(kmod: LoadedModule, kernel_log: KernelLogWind
 
 
 @pytest.mark.module_params(proto=31)  # unassigned: a sender while unloaded cannot autoload crypto_user (21)
-def test_rmmod_insmod_while_senders_hammer(kmod: LoadedModule, kernel_log: KernelLogWindow, c_sender: CSender,
+def test_rmmod_insmod_while_senders_hammer(kmod: KnetlinkModule, kernel_log: LinkLogWindow, c_sender: CSender,
                                            guest: Guest, guest_kernel: GuestKernel) -> None:  # fmt: skip
     guest_kernel.ensure_not_host()
     work = scratch_dir(guest_kernel, "reload")

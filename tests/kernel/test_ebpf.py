@@ -12,10 +12,12 @@ import sys
 from collections.abc import Callable
 
 from harness.config import GUEST_SCRIPTS, HarnessConfig
-from harness.ebpf import BpfRunner, KnetlinkCounts, measure_handler_latency, skip_or_fail
-from harness.kernelops import GuestKernel
-from harness.plugin import KernelLogWindow
-from harness.senders import Ack, PySender
+from harness.ebpf import BpfRunner
+from harness.ebpf_fixtures import skip_or_fail
+from harness.guest_kernel import GuestKernel
+from harness.knetlink.ebpf import KnetlinkCounts, measure_handler_latency
+from harness.knetlink.fixtures import LinkLogWindow
+from harness.knetlink.senders import Ack, PySender
 from harness.vm import Guest
 
 sys.path.insert(0, str(GUEST_SCRIPTS))
@@ -41,7 +43,7 @@ def frame(payload: bytes, *, seq: int, length: int | None = None, type_: int = 0
 
 
 def test_handler_and_acks_counted_per_message(
-    ebpf: BpfRunner, py_sender: PySender, kernel_log: KernelLogWindow
+    ebpf: BpfRunner, py_sender: PySender, kernel_log: LinkLogWindow
 ) -> None:
     """SINGLES one-message datagrams and one datagram with BATCH messages."""
     with ebpf.trace("knetlink") as t:
@@ -61,7 +63,7 @@ def test_handler_and_acks_counted_per_message(
 
 
 def test_ack_errno_breakdown_for_valid_and_malformed_frames(
-    ebpf: BpfRunner, py_sender: PySender, kernel_log: KernelLogWindow
+    ebpf: BpfRunner, py_sender: PySender, kernel_log: LinkLogWindow
 ) -> None:
     with ebpf.trace("knetlink") as t:
         valid = [py_sender.send(f"valid {i}") for i in range(3)]

@@ -19,9 +19,9 @@ import pytest
 from knetlink_stats import module_stats  # tests/kernel/knetlink_stats.py
 
 from harness.config import GUEST_SCRIPTS
-from harness.kernelops import GuestKernel
-from harness.plugin import KernelLogWindow, LoadedModule
-from harness.senders import PySender
+from harness.guest_kernel import GuestKernel
+from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
+from harness.knetlink.senders import PySender
 from harness.vm import Guest
 
 FRAMES = int(os.environ.get("KNH_FUZZ_FRAMES", "10000"))
@@ -36,7 +36,7 @@ def last_json(output: str) -> dict[str, Any]:
     raise AssertionError(f"no JSON summary from {SCRIPT.name}:\n{output[-3000:]}")
 
 
-def test_fuzz_frames(kmod: LoadedModule, kernel_log: KernelLogWindow, guest: Guest, guest_kernel: GuestKernel,
+def test_fuzz_frames(kmod: KnetlinkModule, kernel_log: LinkLogWindow, guest: Guest, guest_kernel: GuestKernel,
                      py_sender: PySender, record_property: Any) -> None:  # fmt: skip
     expect_file = guest_kernel.scratch / f"fuzz-expected-{secrets.token_hex(4)}.txt"
     argv = [sys.executable, str(SCRIPT), "--proto", str(kmod.proto), "--examples", str(FRAMES),

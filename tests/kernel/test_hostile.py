@@ -23,12 +23,12 @@ import pytest
 from knetlink_stats import module_stats, param_path, read_param  # tests/kernel/knetlink_stats.py
 
 from harness.config import GUEST_SCRIPTS
-from harness.dmesg import parse_link_lines
 from harness.errors import ModuleLoadError
-from harness.kernelops import GuestKernel
+from harness.guest_kernel import GuestKernel
 from harness.kmod import BuiltModule
-from harness.plugin import KernelLogWindow, LoadedModule
-from harness.senders import PySender, SenderError
+from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
+from harness.knetlink.links import parse_link_lines
+from harness.knetlink.senders import PySender, SenderError
 from harness.vm import Guest
 
 sys.path.insert(0, str(GUEST_SCRIPTS))
@@ -154,12 +154,12 @@ def raw_full(sender: PySender, datagram: bytes, expect: int) -> list[dict[str, A
     return acks
 
 
-def link_texts(kernel_log: KernelLogWindow) -> list[str]:
+def link_texts(kernel_log: LinkLogWindow) -> list[str]:
     return [t for t in kernel_log.texts() if t.startswith("link:")]
 
 
 @pytest.mark.parametrize("case", list(ROWS), ids=list(ROWS))
-def test_hostile_row(case: str, kmod: LoadedModule, kernel_log: KernelLogWindow, py_sender: PySender,
+def test_hostile_row(case: str, kmod: KnetlinkModule, kernel_log: LinkLogWindow, py_sender: PySender,
                      guest: Guest) -> None:  # fmt: skip
     row = ROWS[case]
     # ask for one ack more than expected: an extra ack would show up, a missing one too
@@ -190,7 +190,7 @@ def test_hostile_row(case: str, kmod: LoadedModule, kernel_log: KernelLogWindow,
         assert any("knetlink: malformed message at offset" in t for t in kernel_log.texts())
 
 
-def test_sixty_kib_is_one_truncated_line(kernel_log: KernelLogWindow, py_sender: PySender) -> None:
+def test_sixty_kib_is_one_truncated_line(kernel_log: LinkLogWindow, py_sender: PySender) -> None:
     acks = raw_full(py_sender, msg(LONG, 7), expect=2)
     assert [(a["seq"], a["error"]) for a in acks] == [(7, 0)]
     [line] = link_texts(kernel_log)
@@ -198,7 +198,7 @@ def test_sixty_kib_is_one_truncated_line(kernel_log: KernelLogWindow, py_sender:
     assert not any("WARNING" in t for t in kernel_log.texts())
 
 
-def test_zero_length_datagram_is_refused_by_the_kernel(kmod: LoadedModule, kernel_log: KernelLogWindow,
+def test_zero_length_datagram_is_refused_by_the_kernel(kmod: KnetlinkModule, kernel_log: LinkLogWindow,
                                                         py_sender: PySender, guest: Guest) -> None:  # fmt: skip
     """sendto() of 0 bytes fails with ENODATA on these kernels: it never reaches the module."""
     with pytest.raises(SenderError, match=r"\[Errno 61\] No data available"):
@@ -216,7 +216,7 @@ WIDE = (ESCAPED * (len(LONG) // len(ESCAPED) + 1))[: len(LONG)]
 SHORT = b"hi"
 
 
-def assert_print_max_lines(kernel_log: KernelLogWindow, py_sender: PySender, print_max: int, seq: int) -> None:
+def assert_print_max_lines(kernel_log: LinkLogWindow, py_sender: PySender, print_max: int, seq: int) -> None:
     """Send SHORT and WIDE; their link: lines must be exactly what print_max allows."""
     kernel_log.restart()
     for i, payload in enumerate((SHORT, WIDE)):
@@ -239,7 +239,7 @@ def assert_print_max_lines(kernel_log: KernelLogWindow, py_sender: PySender, pri
     "print_max",
     [pytest.param(n, marks=pytest.mark.module_params(print_max=n), id=f"print_max={n}") for n in (0, 1, 200)],
 )
-def test_print_max_at_insmod(print_max: int, kmod: LoadedModule, kernel_log: KernelLogWindow, py_sender: PySender,
+def test_print_max_at_insmod(print_max: int, kmod: KnetlinkModule, kernel_log: LinkLogWindow, py_sender: PySender,
                              guest: Guest) -> None:  # fmt: skip
     assert read_param(guest, "print_max") == str(print_max)
     init = f"knetlink: Init OK! (proto {kmod.proto}, print_max {print_max}, require_cap 0)"
@@ -247,7 +247,7 @@ def test_print_max_at_insmod(print_max: int, kmod: LoadedModule, kernel_log: Ker
     assert_print_max_lines(kernel_log, py_sender, print_max, seq=300)
 
 
-def test_print_max_through_sysfs_at_run_time(kmod: LoadedModule, kernel_log: KernelLogWindow, py_sender: PySender,
+def test_print_max_through_sysfs_at_run_time(kmod: KnetlinkModule, kernel_log: LinkLogWindow, py_sender: PySender,
                                              guest: Guest) -> None:  # fmt: skip
     path = param_path("print_max")
     assert read_param(guest, "print_max") == str(DEFAULT_PRINT_MAX)

@@ -5,9 +5,9 @@ from collections.abc import Iterator
 import pytest
 
 from harness.errors import ModuleLoadError
-from harness.kernelops import GuestKernel
+from harness.guest_kernel import GuestKernel
 from harness.kmod import BuiltModule
-from harness.senders import PySender
+from harness.knetlink.senders import PySender
 from harness.vm import Guest
 
 

@@ -18,10 +18,10 @@ from knetlink_stats import STAT_NAMES, module_stats, param_path  # tests/kernel/
 
 from harness.config import GUEST_SCRIPTS
 from harness.errors import ModuleLoadError
-from harness.kernelops import GuestKernel
+from harness.guest_kernel import GuestKernel
 from harness.kmod import BuiltModule
-from harness.plugin import KernelLogWindow, LoadedModule
-from harness.senders import CSender, PySender
+from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
+from harness.knetlink.senders import CSender, PySender
 from harness.vm import Guest
 
 NOBODY = "--reuid=65534 --regid=65534 --clear-groups"
@@ -41,7 +41,7 @@ def send_as(guest: Guest, setpriv: str, sender: str, proto: int, message: str) -
 
 
 @pytest.mark.module_params(require_cap=1)
-def test_require_cap_unprivileged_gets_eperm_root_served(kmod: LoadedModule, kernel_log: KernelLogWindow,
+def test_require_cap_unprivileged_gets_eperm_root_served(kmod: KnetlinkModule, kernel_log: LinkLogWindow,
                                                          c_sender: CSender, guest: Guest) -> None:  # fmt: skip
     assert guest.run("cat /sys/module/knetlink/parameters/require_cap").output.strip() == "Y"
     sender = guest_copy(guest, c_sender.binary)
@@ -72,7 +72,7 @@ def test_require_cap_unprivileged_gets_eperm_root_served(kmod: LoadedModule, ker
     assert kernel_log.links()[-1] == b"nobody-after-switch"
 
 
-def test_require_cap_off_by_default(kmod: LoadedModule, kernel_log: KernelLogWindow, c_sender: CSender,
+def test_require_cap_off_by_default(kmod: KnetlinkModule, kernel_log: LinkLogWindow, c_sender: CSender,
                                     guest: Guest) -> None:  # fmt: skip
     assert guest.run("cat /sys/module/knetlink/parameters/require_cap").output.strip() == "N"
     sender = guest_copy(guest, c_sender.binary)
@@ -81,7 +81,7 @@ def test_require_cap_off_by_default(kmod: LoadedModule, kernel_log: KernelLogWin
     kernel_log.assert_links(["nobody-default"])
 
 
-def test_stat_counters_are_read_only_even_for_root(kmod: LoadedModule, py_sender: PySender,
+def test_stat_counters_are_read_only_even_for_root(kmod: KnetlinkModule, py_sender: PySender,
                                                    guest: Guest) -> None:  # fmt: skip
     assert [(a.seq, a.error) for a in py_sender.send("counted", seq=9)] == [(9, 0)]
     counted = {"received": 1, "printed": 1, "acked": 1, "errors": 0}

@@ -4,10 +4,10 @@ import struct
 
 import pytest
 
-from harness.kernelops import GuestKernel
+from harness.guest_kernel import GuestKernel
 from harness.kmod import BuiltModule
-from harness.plugin import KernelLogWindow, LoadedModule
-from harness.senders import Ack, CSender, PySender
+from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
+from harness.knetlink.senders import Ack, CSender, PySender
 
 NLMSG_HDRLEN = 16
 
@@ -24,7 +24,7 @@ def test_module_builds_without_warnings(built_module: BuiltModule) -> None:
     assert [ko.name for ko in built_module.modules] == ["knetlink.ko"]
 
 
-def test_init_then_hello_from_python_sender(kernel_log: KernelLogWindow, py_sender: PySender) -> None:
+def test_init_then_hello_from_python_sender(kernel_log: LinkLogWindow, py_sender: PySender) -> None:
     assert [a.error for a in py_sender.send("hello world!")] == [0]
     texts = kernel_log.texts()
     assert any("Init OK!" in t for t in texts), texts
@@ -33,20 +33,20 @@ def test_init_then_hello_from_python_sender(kernel_log: KernelLogWindow, py_send
     assert texts.index("link:hello world!") > init_at
 
 
-def test_hello_from_c_sender(kernel_log: KernelLogWindow, c_sender: CSender) -> None:
+def test_hello_from_c_sender(kernel_log: LinkLogWindow, c_sender: CSender) -> None:
     result = c_sender.send("hello world!")
     assert result.status == 0, result.output
     assert [a.error for a in result.acks] == [0]
     kernel_log.assert_links(["hello world!"])
 
 
-def test_seed_frame_is_printed_and_acked(kernel_log: KernelLogWindow, py_sender: PySender) -> None:
+def test_seed_frame_is_printed_and_acked(kernel_log: LinkLogWindow, py_sender: PySender) -> None:
     acks = py_sender.raw(seed_frame(b"hello world!"), expect=1)
     assert acks == [Ack(0, 0)]
     kernel_log.assert_links(["hello world!"])
 
 
-def test_hundred_messages_in_order(kernel_log: KernelLogWindow, py_sender: PySender) -> None:
+def test_hundred_messages_in_order(kernel_log: LinkLogWindow, py_sender: PySender) -> None:
     messages = [f"message {i:03d}" for i in range(100)]
     for m in messages:
         assert [a.error for a in py_sender.send(m)] == [0]
@@ -63,7 +63,7 @@ def test_insmod_rmmod_insmod(built_module: BuiltModule, guest_kernel: GuestKerne
 
 
 @pytest.mark.module_params(proto=31)
-def test_other_protocol(kmod: LoadedModule, kernel_log: KernelLogWindow, py_sender: PySender) -> None:
+def test_other_protocol(kmod: KnetlinkModule, kernel_log: LinkLogWindow, py_sender: PySender) -> None:
     assert kmod.proto == 31
     assert [a.error for a in py_sender.send("on 31")] == [0]
     kernel_log.assert_links(["on 31"])

@@ -7,9 +7,10 @@ import errno
 import pytest
 from genl_echo_client import EchoClient
 
-from harness.kernelops import GuestKernel
+from harness.fixtures import KernelLogWindow
+from harness.guest_kernel import GuestKernel
 from harness.kmod import BuiltModule
-from harness.plugin import KernelLogWindow, LoadedModule
+from harness.session import LoadedModule
 
 
 def test_builds_without_warnings(built_module: BuiltModule) -> None:

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .channel import Channel, ChannelError
-from .config import GUEST_SCRIPTS
-from .errors import HarnessError
-from .vm import Guest
+from ..channel import Channel, ChannelError
+from ..config import GUEST_SCRIPTS
+from ..errors import HarnessError
+from ..vm import Guest
 
 READY = "NLSEND READY"
+C_SENDER = "sender/knl_send"  # built by module/Makefile's default goal, relative to the module directory
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,98 @@
+"""The knetlink layer's commands of ``python -m harness``: ``seed`` and ``bench``.
+
+``python -m harness`` (and the ``knetlink-harness`` script) is the core command
+line (harness.cli) plus these two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..cli import EXIT_HARNESS, Command, Output, add_guest_options, config_from_args, run_with_session
+from ..config import HarnessConfig, module_params_dict
+from ..errors import HarnessError
+from ..kernel_build import resolve_kernel_spec
+from ..session import KernelSession
+from .links import parse_link_lines
+from .senders import C_SENDER, CSender
+
+SEED_MESSAGE = "hello world!"
+
+
+def _seed_arguments(p: argparse.ArgumentParser) -> None:
+    add_guest_options(p)
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    """The seed's scenario: Init OK!, then link:hello world! for one message, acked with 0."""
+
+    def body(session: KernelSession, out: Output) -> int:
+        ops = session.guest_kernel()
+        mark = ops.mark()
+        loaded = session.load(module_params_dict(session.config.module_params))
+        proto = int(session.module_param(loaded, "proto"))
+        sender = CSender(session.guest(), session.build().directory / C_SENDER, proto)
+        sent = sender.send(SEED_MESSAGE)
+        lines = ops.lines_since(mark)
+        print(f"kernel {session.kernel.release}, accelerator {session.accel().accel}, "
+              f"boot {session.stats.boot_times_s[-1]:.1f} s")  # fmt: skip
+        print("sender: " + sent.output.strip())
+        print("kernel log:")
+        for line in lines:
+            if "Init OK!" in line.text or parse_link_lines([line]):
+                print(f"  {line.text}")
+        links = [link.payload for link in parse_link_lines(lines)]
+        ok = sent.status == 0 and [a.error for a in sent.acks] == [0] and links == [SEED_MESSAGE.encode()]
+        print("seed scenario: " + ("OK" if ok else "FAILED"))
+        return 0 if ok else 1
+
+    return run_with_session(args, body)
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    add_guest_options(p)
+    p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--boots", type=int, default=3, help="boots per engine and raw boots (default 3)")
+    p.add_argument("--messages", type=int, default=20000, help="messages per sender rate run (default 20000)")
+    p.add_argument("--no-suite", action="store_true", help="skip suite_s/naive_suite_s")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, format_table, run_bench
+
+    out = Output(args.quiet)
+    try:
+        cfg = config_from_args(args)
+        run_root = cfg.results_dir / time.strftime("bench-%Y%m%d-%H%M%S")
+
+        def session_for(c: HarnessConfig) -> KernelSession:
+            kernel = resolve_kernel_spec(c.kernels[0] if c.kernels else None, notify=out.progress)
+            return KernelSession(c, kernel, run_root, notify=out.progress)
+
+        opts = BenchOptions(boots=args.boots, messages=args.messages, suite=not args.no_suite)
+        result = run_bench(cfg, session_for, opts, out.progress)
+    except HarnessError as e:
+        out.error(str(e))
+        return EXIT_HARNESS
+    print(format_table(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+COMMANDS = (
+    Command("seed", "replay the seed scenario: load, send 'hello world!', show the link: line", _seed_arguments,
+            cmd_seed),
+    Command("bench", "measure boot, console, load and sender costs against the machine's floor",
+            _bench_arguments, cmd_bench),
+)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..cli import main as core_main
+
+    return core_main(argv, COMMANDS)

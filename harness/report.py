@@ -1,0 +1,192 @@
+"""What a run leaves behind: per-test artifacts and reproduce line, summary.json and the
+terminal summary (boots, splats, crashes, skipped kernel tests), the failure kind for
+bisect-run (JUnit property ``knh_failure``), and a non-zero exit over any breakage.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .checks import Window, console_since
+from .config import DEFAULT_MODULE_DIR
+from .runstate import RUN_KEY, KernelParam, RunState, run_state, uses_guest
+from .watch import WINDOW_KEY
+
+
+def reproduce_command(item: pytest.Item, kernel_spec: str | None) -> str:
+    """One command that reruns this test on the same kernel, engine and parameters."""
+    cfg = run_state(item.config).config
+    argv = ["python", "-m", "pytest", item.nodeid]
+    if kernel_spec:
+        argv += ["--kernel", kernel_spec]
+    argv += ["--engine", cfg.engine, "--accel", cfg.accel]
+    for p in cfg.module_params:
+        argv += ["--module-param", p]
+    if cfg.module_dir.resolve() != DEFAULT_MODULE_DIR.resolve():
+        argv += ["--module-dir", str(cfg.module_dir)]
+    return shlex.join(argv)
+
+
+def _artifact_dir(item: pytest.Item, release: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in item.nodeid)[-150:]
+    return run_state(item.config).run_root / release / "tests" / safe
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.failed:  # JUnit takes the properties of the teardown report, which copies the item's
+        kind = ("knh_failure", "infra" if _infra_failure(call) else "test")
+        item.user_properties.append(kind)
+        if report.when == "teardown":
+            report.user_properties.append(kind)
+    window = item.stash.get(WINDOW_KEY, None)
+    if window is not None and report.when in window.kernel_failed and hasattr(report, "wasxfail"):
+        report.outcome = "failed"  # xfail covers the test's own failure, never the kernel's
+        del report.wasxfail
+    if uses_guest(item):
+        outcomes = run_state(item.config).outcomes.setdefault(item.nodeid, {})
+        if report.when == "call" or report.failed or report.skipped:
+            outcomes[report.when] = report.outcome
+    if report.skipped and item.get_closest_marker("kernel") is not None:
+        _record_skip(item, report)
+    if not uses_guest(item) or not report.failed:
+        return report
+    session = window.session if window is not None else None
+    kernel_spec = session.spec_for_reproduction if session else None
+    lines = []
+    try:
+        if window is not None:
+            lines += _collect_artifacts(item, window)
+    except Exception as e:  # never let evidence gathering hide the test's own failure
+        lines.append(f"(collecting artifacts failed: {type(e).__name__}: {e})")
+    lines.append("reproduce: " + reproduce_command(item, kernel_spec))
+    report.sections.append(("knetlink-harness", "\n".join(lines)))
+    return report
+
+
+def _collect_artifacts(item: pytest.Item, window: Window) -> list[str]:
+    """Write this test's kernel log window (and, for a dead guest, its kernel console
+    since the test began) next to the run's logs; return the report lines."""
+    directory = _artifact_dir(item, window.session.kernel.release)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "kernel-window.log").write_text("".join(ln.raw + "\n" for ln in window.lines))
+    lines = []
+    guest = window.guest
+    if not guest.alive:
+        (directory / "kernel-console.log").write_text(console_since(guest, window.console_offset))
+        lines.append(f"the guest died; its kernel console since the test began: {directory / 'kernel-console.log'}")
+    lines.append(f"console transcript: {guest.paths.transcript}")
+    lines.append(f"guest kernel console: {guest.paths.kernel_log}")
+    lines.append(f"kernel log of this test: {directory / 'kernel-window.log'}")
+    return lines
+
+
+def _infra_failure(call: pytest.CallInfo[None]) -> bool:
+    """True when the failure means "nothing was tested" (by the error's type, never its words)."""
+    return call.excinfo is not None and bool(getattr(call.excinfo.value, "infra", False))
+
+
+def _kernel_label(item: pytest.Item) -> str:
+    callspec = getattr(item, "callspec", None)
+    param = callspec.params.get("knh_kernel_session") if callspec is not None else None
+    return param.label if isinstance(param, KernelParam) else "(no kernel)"
+
+
+def _record_skip(item: pytest.Item, report: pytest.TestReport) -> None:
+    """Remember a skipped kernel test and its reason: the summary lists them per kernel."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    if hasattr(report, "wasxfail"):
+        reason = f"xfail: {report.wasxfail}" if report.wasxfail else "xfail"
+    run_state(item.config).skips.append({"test": item.nodeid, "kernel": _kernel_label(item),
+                                         "reason": reason.removeprefix("Skipped: ")})  # fmt: skip
+
+
+def summary_dict(state: RunState) -> dict[str, Any]:
+    """The run's JSON summary: kernels, accelerators, boots, test outcomes, splats, crashes, skips."""
+    tests: dict[str, str] = {}
+    for nodeid, phases in state.outcomes.items():
+        if any(v == "failed" for v in phases.values()):
+            tests[nodeid] = "error" if phases.get("call") in (None, "passed") else "failed"
+        elif "skipped" in phases.values():
+            tests[nodeid] = "skipped"
+        else:
+            tests[nodeid] = phases.get("call", "unknown")
+    counts: dict[str, int] = {}
+    for outcome in tests.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return {
+        "engine": state.config.engine,
+        "kernels": [
+            {
+                "release": s.kernel.release,
+                "accel": s.accel_decision.accel if s.accel_decision else None,
+                "accel_reason": s.accel_decision.reason if s.accel_decision else None,
+                "boots": s.stats.boots,
+                "boot_retries": s.stats.retries,
+                "boot_times_s": [round(t, 3) for t in s.stats.boot_times_s],
+            }
+            for s in state.sessions
+        ],
+        "tests": {"total": len(tests), **counts},
+        "outcomes": tests,
+        "splats": state.splats,
+        "crashes": [{k: v for k, v in c.items() if k != "message"} for c in state.crashes],
+        "skipped": state.skips,
+    }
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = session.config.stash.get(RUN_KEY, None)
+    if state is None or not state.anything_recorded():
+        return
+    if session.exitstatus == pytest.ExitCode.OK and state.breakage():
+        # Last line of defence: a run whose summary lists a splat or a crash is never green.
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    state.run_root.mkdir(parents=True, exist_ok=True)
+    (state.run_root / "summary.json").write_text(json.dumps(summary_dict(state), indent=2) + "\n")
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash.get(RUN_KEY, None)
+    if state is None or not state.anything_recorded():
+        return
+    terminalreporter.section("knetlink-harness")
+    for s in state.sessions:
+        accel = s.accel_decision.notice() if s.accel_decision else "accelerator not chosen"
+        times = ", ".join(f"{t:.1f}s" for t in s.stats.boot_times_s) or "none"
+        terminalreporter.write_line(
+            f"{s.kernel.release}: boots {s.stats.boots} (boot times {times}), boot retries {s.stats.retries}; {accel}"
+        )
+    splats = [s for s in state.splats if not s["allowed"]]
+    terminalreporter.write_line(
+        f"kernel splats: {len(splats)}" + "".join(f"\n  {s['test']}: {s['fingerprint']}" for s in splats)
+    )
+    for crash in state.crashes:
+        terminalreporter.write_line(
+            f"KERNEL BROKE {crash['phase']} on {crash['kernel']}, after {crash['previous_test']} "
+            f"(reported on {crash['test']}):\n{crash['message']}", red=True
+        )
+    _write_skips(terminalreporter, state.skips)
+    terminalreporter.write_line(f"results: {state.run_root} (summary.json)")
+
+
+def _write_skips(terminalreporter: Any, skips: list[dict[str, str]]) -> None:
+    """One block: every skipped kernel test with its reason, grouped by kernel."""
+    if not skips:
+        return
+    terminalreporter.write_line(f"skipped kernel tests: {len(skips)}")
+    for kernel in dict.fromkeys(s["kernel"] for s in skips):
+        terminalreporter.write_line(f"  {kernel}:")
+        for s in skips:
+            if s["kernel"] == kernel:
+                terminalreporter.write_line(f"    {s['test']}: {s['reason']}")

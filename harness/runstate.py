@@ -1,0 +1,130 @@
+"""What one pytest run holds, in one typed object under one stash key.
+
+The plugin's modules (harness.plugin: options and hooks; harness.fixtures;
+harness.watch: the kernel watch; harness.report: artifacts and summaries)
+share this state instead of a dozen loose stash keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .checks import Cursor, KernelVerdict, Policy
+from .config import HarnessConfig
+from .dmesg import AllowEntry, SplatReport
+from .errors import HarnessError
+from .kernel import Kernel
+from .session import KernelSession
+
+# Fixtures that make a test a kernel test (marked `kernel` at collection).
+KERNEL_FIXTURES = frozenset({"knh_kernel_session", "built_module", "guest", "guest_kernel", "kernel_log", "kmod"})
+# The kernel fixtures that put a guest under the test (the session and the module build alone do not).
+GUEST_FIXTURES = KERNEL_FIXTURES - {"knh_kernel_session", "built_module"}
+
+
+def uses_guest(item: pytest.Item) -> bool:
+    return bool(GUEST_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+@dataclass(frozen=True)
+class KernelParam:
+    """One value of the kernel matrix: what the user named and what it resolved to (or why not)."""
+
+    spec: str
+    kernel: Kernel | None
+    error: HarnessError | None
+
+    @property
+    def label(self) -> str:
+        return self.kernel.label if self.kernel else (self.spec or "default-kernel")
+
+
+@dataclass
+class RunState:
+    """Settings of the run and everything it recorded for the summary."""
+
+    config: HarnessConfig
+    allowlist: tuple[AllowEntry, ...]
+    run_root: Path
+    sessions: list[KernelSession] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    splats: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: dict[str, dict[str, str]] = field(default_factory=dict)  # nodeid -> phase -> outcome
+    cursors: dict[KernelSession, Cursor] = field(default_factory=dict)  # where each guest was last checked
+    crashes: list[dict[str, Any]] = field(default_factory=list)  # kernels broken between tests or at the end
+    skips: list[dict[str, str]] = field(default_factory=list)  # skipped kernel tests: test, kernel, reason
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(self.allowlist, self.config.allowed_taint, self.config.settle)
+
+    def anything_recorded(self) -> bool:
+        return bool(self.sessions or self.splats or self.crashes or self.skips)
+
+    def breakage(self) -> bool:
+        """True when the run saw an unallowed splat or a broken kernel: such a run is never green."""
+        return bool(self.crashes or any(not s["allowed"] for s in self.splats))
+
+    def record_splats(self, test: str, release: str, phase: str, report: SplatReport, *,
+                      with_allowed: bool = True) -> None:  # fmt: skip
+        """Add a check's splats to the run summary; the allowlisted ones too, with their reason."""
+        base = {"test": test, "kernel": release, "phase": phase}
+        for splat in report.failures:
+            self.splats.append({**base, "kind": splat.kind, "fingerprint": splat.fingerprint, "allowed": False})
+        for entry in report.allowed if with_allowed else ():
+            self.splats.append({**base, "kind": entry.splat.kind, "fingerprint": entry.splat.fingerprint,
+                                "allowed": True, "reason": entry.reason})  # fmt: skip
+
+    def record_crash(self, session: KernelSession, test: str, phase: str, previous: str,
+                     verdict: KernelVerdict) -> None:  # fmt: skip
+        self.crashes.append({
+            "test": test, "kernel": session.kernel.release, "phase": phase, "previous_test": previous,
+            "died": verdict.died.reason if verdict.died else None,
+            "splats": [s.fingerprint for s in verdict.splats.failures],
+            "message": verdict.message(),
+        })  # fmt: skip
+
+
+RUN_KEY = pytest.StashKey[RunState]()
+
+
+def run_state(config: pytest.Config) -> RunState:
+    return config.stash[RUN_KEY]
+
+
+class HarnessFailed(pytest.fail.Exception):  # type: ignore[name-defined,misc]
+    """A test failed because of a harness error; `infra` comes from the error's type and is
+    recorded in the test's report (JUnit property ``knh_failure``: infra or test)."""
+
+    def __init__(self, message: str, *, infra: bool) -> None:
+        super().__init__(message, pytrace=False)
+        self.infra = infra
+
+
+def fail_on_harness_error(e: HarnessError) -> None:
+    raise HarnessFailed(str(e), infra=e.infra) from None
+
+
+def notifier(config: pytest.Config) -> Callable[[str], None]:
+    """Progress lines ("[knh] booting ...") on the terminal, also while output is captured."""
+
+    def notify(message: str) -> None:
+        state = config.stash.get(RUN_KEY, None)
+        if state is not None:
+            state.notes.append(message)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or config.getoption("quiet", 0) > 1:
+            return
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"[knh] {message}")
+        else:
+            reporter.write_line(f"[knh] {message}")
+
+    return notify

@@ -1,0 +1,181 @@
+"""The debug kernel finds what a stock kernel lets pass: each module under tests/modules with one bug
+on purpose fails its test on the debug kernel, with a report of the right kind naming the module's
+function, and passes silently on a stock kernel (without the stock memory-debug arguments:
+KNH_MEMORY_DEBUG=off), so the difference is documented by tests.
+
+| module | bug | debug kernel | stock kernel |
+|---|---|---|---|
+| slab_oob | 1-byte kmalloc out-of-bounds read | KASAN slab-out-of-bounds | silent |
+| array_oob | u32 table[8] read at index 8 | UBSAN array-index-out-of-bounds | silent |
+| lock_order | two mutexes taken in both orders | lockdep circular dependency | silent |
+| timer_freed | armed timer kfree'd at unload | ODEBUG free active | silent |
+| sleep_in_atomic how=alloc | GFP_KERNEL kmalloc under a spinlock | sleeping function called... | silent |
+| sleep_in_atomic how=msleep | msleep under a spinlock | scheduling while atomic | the same (the task really sleeps) |
+| leak | kmalloc never freed | kmemleak unreferenced object (after a scan) | silent |
+
+Each test runs a small pytest session of its own (pytester, in a subprocess, like
+test_crash_attribution.py) on the debug kernel or the newest installed one, whatever kernel the
+outer run uses. The debug kernel must be built already (`python -m harness exec --kernel debug
+--no-module -- true` builds it; docs/kernels.md has the time): without it the debug-kernel tests
+are skipped with that reason, or fail with KNH_RUN_DEBUG_KERNEL=1, which builds it instead.
+KNH_DEBUG_KERNEL names another debug spec (e.g. debug:/src/linux).
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.config import HarnessConfig
+from harness.kernel import installed_kernels
+from harness.kernel_build import built_kernel_for_spec, resolve_kernel_spec
+from harness.kmod import default_cache_root
+from harness.session import KernelSession
+
+pytestmark = pytest.mark.kernel
+
+MODULES = Path(__file__).resolve().parent.parent / "modules"
+DEBUG_BOOT_TIMEOUT = 900  # KASAN + lockdep + kmemleak under TCG: see docs/kernels.md
+
+LOAD_AND_UNLOAD = """
+    def test_load_and_unload(kmod):
+        pass
+"""
+
+# kmemleak: the harness's per-test scan is not wired yet; this inner test scans itself and checks
+# what harness.kmemleak makes of the report (the module's frames are bare addresses after the rmmod:
+# they are named from the .ko and the section addresses read before it).
+LEAK_SCAN = """
+    import time
+    from harness.kmemleak import (CLEAR, KMEMLEAK_PATH, MIN_AGE_S, SCAN, module_symbols, parse_kmemleak,
+                                  parse_sections, sections_argv, split_by_module, symbolize, write_argv)
+
+    def test_leak_found_by_a_scan(guest, guest_kernel, built_module):
+        guest.run(write_argv(CLEAR), check=True)
+        name = guest_kernel.insmod(built_module.module(), {"count": "2"})
+        sections = parse_sections(guest.run(sections_argv(name), check=True).output)
+        guest_kernel.rmmod(name)
+        time.sleep(MIN_AGE_S + 1)
+        start = time.monotonic()
+        guest.run(write_argv(SCAN), check=True, timeout=300)
+        print(f"kmemleak scan: {time.monotonic() - start:.1f} s")
+        report = guest.run(["cat", KMEMLEAK_PATH], check=True).output
+        symbols = module_symbols(name, built_module.module(), sections)
+        ours, _ = split_by_module([symbolize(obj, [symbols]) for obj in parse_kmemleak(report)], name)
+        print("\\n".join(obj.summary() for obj in ours))
+        assert ours, report
+"""
+
+
+def _conftest(module: str) -> str:
+    return textwrap.dedent(f"""
+        import pytest
+        from pathlib import Path
+        from harness.session import ModuleSource
+
+        @pytest.fixture(scope="session")
+        def knh_module_source():
+            return ModuleSource(Path({str(MODULES / module)!r}))
+    """)
+
+
+@pytest.fixture(autouse=True)
+def shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester points HOME at its own directory: keep the harness cache (kernels, builds) shared."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(default_cache_root().parent))
+
+
+@pytest.fixture(scope="module")
+def debug_spec() -> str:
+    spec = os.environ.get("KNH_DEBUG_KERNEL", "") or "debug"
+    if built_kernel_for_spec(spec) is None:
+        if os.environ.get("KNH_RUN_DEBUG_KERNEL", "") in ("1", "yes", "true"):
+            resolve_kernel_spec(spec, notify=lambda m: print(f"[knh] {m}", flush=True))
+        else:
+            pytest.skip(f"the debug kernel ({spec}) is not built: `python -m harness exec --kernel {spec} "
+                        "--no-module -- true` builds it, or KNH_RUN_DEBUG_KERNEL=1 builds it here")  # fmt: skip
+    return spec
+
+
+@pytest.fixture(scope="module")
+def stock_spec() -> str:
+    kernels = installed_kernels()
+    if not kernels:
+        pytest.skip("no installed kernel with headers")
+    return kernels[0].release
+
+
+def run_inner(pytester: pytest.Pytester, outer: KernelSession, config: HarnessConfig, spec: str, module: str,
+              tests: str, *params: str) -> tuple[pytest.RunResult, str]:  # fmt: skip
+    pytester.makeconftest(_conftest(module))
+    pytester.makepyfile(test_inner=textwrap.dedent(tests))
+    args = ["-p", "no:cacheprovider", "-rA", "-s", "--kernel", spec, "--engine", config.engine,
+            "--accel", outer.accel().accel, "--boot-timeout", str(max(config.boot_timeout, DEBUG_BOOT_TIMEOUT)),
+            "--results-dir", str(pytester.path / "results")]  # fmt: skip
+    for p in params:
+        args += ["--module-param", p]
+    result = pytester.runpytest_subprocess(*args, timeout=3 * DEBUG_BOOT_TIMEOUT)
+    return result, result.stdout.str()
+
+
+DEBUG_CASES = [
+    ("slab_oob", (), "kasan", "BUG: KASAN: slab-out-of-bounds", "slab_oob_read"),
+    ("array_oob", (), "ubsan", "UBSAN: array-index-out-of-bounds", "array_oob_read"),
+    ("lock_order", (), "lockdep", "WARNING: possible circular locking dependency detected", "lock_order_ba"),
+    ("timer_freed", (), "odebug", "ODEBUG: free active", "timer_freed_release"),
+    ("sleep_in_atomic", ("how=alloc",), "sleep-in-atomic", "BUG: sleeping function called from invalid context",
+     "sleep_in_atomic_locked"),
+    ("sleep_in_atomic", ("how=msleep",), "sleep-in-atomic", "BUG: scheduling while atomic", "sleep_in_atomic"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("module", "params", "kind", "heading", "function"), DEBUG_CASES,
+                         ids=[f"{c[0]}{'-' + c[1][0] if c[1] else ''}" for c in DEBUG_CASES])  # fmt: skip
+def test_debug_kernel_fails_the_test_with_the_report(
+    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig, debug_spec: str,
+    module: str, params: tuple[str, ...], kind: str, heading: str, function: str,
+) -> None:  # fmt: skip
+    result, out = run_inner(pytester, knh_kernel_session, knh_config, debug_spec, module, LOAD_AND_UNLOAD, *params)
+    assert result.ret != 0, out
+    assert f"{kind} at log line" in out, out
+    assert heading in out and function in out, out
+
+
+def test_debug_kernel_kmemleak_lists_the_leak_after_rmmod_and_a_scan(
+    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig, debug_spec: str
+) -> None:
+    result, out = run_inner(pytester, knh_kernel_session, knh_config, debug_spec, "leak", LEAK_SCAN)
+    result.assert_outcomes(passed=1)
+    assert "from leak_alloc [leak], leak_init [leak]" in out, out  # named from the .ko after the rmmod
+
+
+STOCK_SILENT = [("slab_oob", ()), ("array_oob", ()), ("lock_order", ()), ("timer_freed", ()),
+                ("sleep_in_atomic", ("how=alloc",)), ("leak", ())]  # fmt: skip
+
+
+@pytest.mark.parametrize(("module", "params"), STOCK_SILENT,
+                         ids=[f"{m}{'-' + p[0] if p else ''}" for m, p in STOCK_SILENT])  # fmt: skip
+def test_stock_kernel_lets_the_same_bug_pass_silently(
+    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig, stock_spec: str,
+    monkeypatch: pytest.MonkeyPatch, module: str, params: tuple[str, ...],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("KNH_MEMORY_DEBUG", "off")
+    result, out = run_inner(pytester, knh_kernel_session, knh_config, stock_spec, module, LOAD_AND_UNLOAD, *params)
+    result.assert_outcomes(passed=1)
+    assert "kernel splats: 0" in out and " at log line " not in out, out
+
+
+def test_stock_kernel_still_catches_a_sleep_that_really_schedules(
+    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig, stock_spec: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Debian's kernels count preemption (PREEMPT_DYNAMIC): msleep under a spinlock schedules while
+    atomic, which any such kernel reports; only the allocation that might sleep needs the debug kernel."""
+    monkeypatch.setenv("KNH_MEMORY_DEBUG", "off")
+    result, out = run_inner(pytester, knh_kernel_session, knh_config, stock_spec, "sleep_in_atomic", LOAD_AND_UNLOAD,
+                            "how=msleep")  # fmt: skip
+    assert result.ret != 0, out
+    assert "sleep-in-atomic at log line" in out and "BUG: scheduling while atomic" in out, out
