@@ -57,15 +57,6 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _splat_headings(console_text: str, most: int = 3) -> str:
-    """The first lines of the last `most` splats in a kernel console text: a panic's
-    reason comes before a call trace that can be longer than any tail."""
-    from .dmesg import find_splats, parse_lines
-
-    splats = find_splats(parse_lines(console_text))
-    return "\n".join(s.summary(max_lines=3) for s in splats[-most:])
-
-
 class GuestError(HarnessError):
     """Something went wrong with a guest; carries the console and kernel log tails."""
 
@@ -76,16 +67,18 @@ class GuestError(HarnessError):
         console_tail: str = "",
         kernel_log: Path | None = None,
         transcript: Path | None = None,
+        splats: str = "",
     ) -> None:
+        """`splats`: the headings of the splats on the guest's kernel console (harness.vm finds them);
+        a panic's reason comes before a call trace that can be longer than any tail."""
         parts = [message]
         if console_tail.strip():
             parts.append("--- console (last lines) ---\n" + _tail(console_tail, 25))
+        if splats:
+            parts.append(f"--- kernel splats on the guest kernel console ---\n{splats}")
         if kernel_log is not None and kernel_log.exists():
             text = kernel_log.read_text(errors="replace")
             if text.strip():
-                splats = _splat_headings(text)
-                if splats:
-                    parts.append(f"--- kernel splats on the guest kernel console ---\n{splats}")
                 parts.append(f"--- guest kernel console {kernel_log} (last lines) ---\n" + _tail(text, 40))
         if transcript is not None:
             parts.append(f"full console transcript: {transcript}")

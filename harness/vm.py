@@ -25,6 +25,7 @@ import pexpect
 from .channel import FIND_PORT, Channel, ChannelError
 from .cmdline import CHANNEL_NAME, shell_join
 from .console import CommandResult, Console
+from .dmesg import find_splats, parse_lines
 from .errors import BootError, CommandTimeout, GuestCommandError, GuestError, LostGuestError
 
 _PR_SET_PDEATHSIG = 1
@@ -108,7 +109,8 @@ class Guest:
             )  # fmt: skip
         except (pexpect.ExceptionPexpect, OSError) as e:
             self.close()
-            raise BootError(f"could not start {argv[0]}: {e}", kernel_log=self.paths.kernel_log) from None
+            raise BootError(f"could not start {argv[0]}: {e}", kernel_log=self.paths.kernel_log,
+                            splats=console_splats(self.paths.kernel_log)) from None  # fmt: skip
         child.delaybeforesend = None
         child.logfile_read = self._transcript
         self._child = child
@@ -124,6 +126,7 @@ class Guest:
                 console_tail=e.console_tail,
                 kernel_log=self.paths.kernel_log,
                 transcript=self.paths.transcript,
+                splats=console_splats(self.paths.kernel_log),
             ) from None
         except BaseException:
             self.close()
@@ -179,6 +182,7 @@ class Guest:
                 f"guest is not running ({self.dead_reason or 'not started or closed'})",
                 kernel_log=self.paths.kernel_log,
                 transcript=self.paths.transcript,
+                splats=console_splats(self.paths.kernel_log),
             )
         return self._console
 
@@ -199,6 +203,7 @@ class Guest:
                 console_tail=e.console_tail,
                 kernel_log=self.paths.kernel_log,
                 transcript=self.paths.transcript,
+                splats=console_splats(self.paths.kernel_log),
             ) from None
         if check and result.status != 0:
             raise GuestCommandError(text, result.status, result.output)
@@ -251,6 +256,15 @@ class Guest:
     @property
     def channel_program_running(self) -> bool:
         return self._channel_pid is not None
+
+
+def console_splats(kernel_log: Path, most: int = 3) -> str:
+    """The first lines of the last `most` splats on a guest's kernel console file ("" if none)."""
+    try:
+        text = kernel_log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(s.summary(max_lines=3) for s in find_splats(parse_lines(text))[-most:])
 
 
 def new_guest_name() -> str:
