@@ -162,6 +162,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("require_ebpf", "--require-ebpf", "KNH_REQUIRE_EBPF", "knh_require_ebpf", "0",
             "1: an eBPF test whose guest cannot run bpftrace (or cannot time a call) fails instead of "
             "skipping", _flag, flag=True),
+    Setting("full", "--full", "KNH_FULL", "knh_full", "0",
+            "1: the full tier: tests marked `full` run, and tests size their work for it (e.g. 10,000 fuzzed "
+            "frames instead of 500); 0: the quick tier", _flag, flag=True),
 )  # fmt: skip
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -187,6 +190,7 @@ class HarnessConfig:
     allowed_taint: str = "OE"
     module_params: tuple[str, ...] = ()
     require_ebpf: bool = False
+    full: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 

@@ -49,6 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "kernel: test boots a guest kernel (added automatically to tests using guest fixtures)"
     )
     config.addinivalue_line("markers", "module_params(**params): insmod parameters for the kmod fixture, e.g. proto=31")
+    config.addinivalue_line("markers", "full: runs only in the full tier (--full, KNH_FULL=1, tox -e kernel-full)")
     config.addinivalue_line(
         "markers",
         "kernel_build: builds a kernel from KNH_KERNEL_TREE; skipped without one (a failure with --run-kernel-build)",
@@ -68,10 +69,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN_KEY] = RunState(cfg, allowlist, cfg.results_dir / time.strftime("run-%Y%m%d-%H%M%S"))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if KERNEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kernel)
+    if not run_state(config).config.full:  # the quick tier leaves the full tier's tests out, and says so
+        deselected = [item for item in items if item.get_closest_marker("full") is not None]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if item.get_closest_marker("full") is None]
 
 
 def _kernel_params(config: pytest.Config) -> list[KernelParam]:

@@ -298,3 +298,11 @@ def test_failure_kind_is_recorded_by_error_type_for_bisect(pytester: pytest.Pyte
 def test_flag_settings_take_no_value(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_f="def test_f(knh_config):\n    assert knh_config.require_ebpf is True\n")
     pytester.runpytest("-p", "no:cacheprovider", "--require-ebpf").assert_outcomes(passed=1)
+
+
+def test_quick_tier_deselects_full_tests_and_full_runs_them(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_t="import pytest\n\n@pytest.mark.full\ndef test_soak():\n    pass\n\n"
+                               "def test_quick(knh_config):\n    assert knh_config.full is False\n")  # fmt: skip
+    quick = pytester.runpytest("-p", "no:cacheprovider")
+    quick.assert_outcomes(passed=1, deselected=1)
+    pytester.runpytest("-p", "no:cacheprovider", "--full", "-k", "soak").assert_outcomes(passed=1)

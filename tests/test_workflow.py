@@ -65,7 +65,7 @@ def test_kernel_job_proves_kvm_and_never_falls_back_to_tcg() -> None:
 def test_kernel_job_installs_with_setup_and_runs_tox_kernel() -> None:
     text = _text()
     assert "run: scripts/setup.sh" in text
-    assert "run: .venv/bin/tox -e kernel" in text
+    assert "run: .venv/bin/tox -e kernel-full" in text
     assert 'echo "KNH_KERNEL=$release" >> "$GITHUB_ENV"' in text
 
 

@@ -15,15 +15,20 @@ from pathlib import Path
 import pytest
 from knetlink_stats import module_stats  # tests/kernel/knetlink_stats.py
 
+from harness.config import HarnessConfig
 from harness.guest_kernel import GuestKernel
 from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
 from harness.knetlink.senders import CSender
 from harness.vm import Guest
 
-SENDERS = 8
-PER_SENDER = 1000
-CYCLES = 20
+# (senders, messages per sender) and reload cycles per tier: the quick tier touches every path once.
+PARALLEL = {"quick": (2, 200), "full": (8, 1000)}
+CYCLES = {"quick": 4, "full": 20}
 HAMMERS = 3
+
+
+def tier(config: HarnessConfig) -> str:
+    return "full" if config.full else "quick"
 _SUMMARY = re.compile(r"^sent=(\d+) acked=(\d+) failed=(\d+) elapsed_us=(\d+)$", re.M)
 
 
@@ -37,40 +42,43 @@ def summaries(text: str) -> list[tuple[int, int, int]]:
     return [(int(s), int(a), int(f)) for s, a, f, _ in _SUMMARY.findall(text)]
 
 
-def test_eight_senders_in_parallel(kmod: KnetlinkModule, kernel_log: LinkLogWindow, c_sender: CSender,
-                                   guest: Guest, guest_kernel: GuestKernel) -> None:  # fmt: skip
+def test_senders_in_parallel(kmod: KnetlinkModule, kernel_log: LinkLogWindow, c_sender: CSender,
+                             guest: Guest, guest_kernel: GuestKernel, knh_config: HarnessConfig) -> None:  # fmt: skip
+    senders, count = PARALLEL[tier(knh_config)]
     work = scratch_dir(guest_kernel, "parallel")
-    payloads = [f"par{i}-{secrets.token_hex(3)}" for i in range(SENDERS)]
+    payloads = [f"par{i}-{secrets.token_hex(3)}" for i in range(senders)]
     lines = ["#!/bin/bash", f"cd {work}"]
     for i, p in enumerate(payloads):
-        lines.append(f"{c_sender.binary} -p {kmod.proto} -n {PER_SENDER} -q -- {p} > out{i} 2> err{i} &")
+        lines.append(f"{c_sender.binary} -p {kmod.proto} -n {count} -q -- {p} > out{i} 2> err{i} &")
     lines += ["wait", "echo done"]
     (work / "run.sh").write_text("\n".join(lines) + "\n")
 
     result = guest.run(["bash", str(work / "run.sh")], timeout=900)
     assert result.status == 0 and "done" in result.output, result.output
     per_sender = []
-    for i in range(SENDERS):
+    for i in range(senders):
         out = (work / f"out{i}").read_text()
         err = (work / f"err{i}").read_text()
-        assert summaries(out) == [(PER_SENDER, PER_SENDER, 0)], f"sender {i}: {out!r} {err!r}"
+        assert summaries(out) == [(count, count, 0)], f"sender {i}: {out!r} {err!r}"
         per_sender.append(summaries(out)[0])
-    assert sum(a for _, a, _ in per_sender) == SENDERS * PER_SENDER
+    assert sum(a for _, a, _ in per_sender) == senders * count
 
     links = kernel_log.links()
-    assert len(links) == SENDERS * PER_SENDER
-    assert Counter(links) == {p.encode(): PER_SENDER for p in payloads}
-    # the module's own counters: updated from up to SENDERS contexts at once, none lost or doubled
-    total = SENDERS * PER_SENDER
+    assert len(links) == senders * count
+    assert Counter(links) == {p.encode(): count for p in payloads}
+    # the module's own counters: updated from up to senders contexts at once, none lost or doubled
+    total = senders * count
     stats = module_stats(guest)
     assert stats == {"received": total, "printed": total, "acked": total, "errors": 0}, (
-        f"stat_* counters after {SENDERS} senders x {PER_SENDER} messages: {stats}"
+        f"stat_* counters after {senders} senders x {count} messages: {stats}"
     )
 
 
 @pytest.mark.module_params(proto=31)  # unassigned: a sender while unloaded cannot autoload crypto_user (21)
 def test_rmmod_insmod_while_senders_hammer(kmod: KnetlinkModule, kernel_log: LinkLogWindow, c_sender: CSender,
-                                           guest: Guest, guest_kernel: GuestKernel) -> None:  # fmt: skip
+                                           guest: Guest, guest_kernel: GuestKernel,
+                                           knh_config: HarnessConfig) -> None:  # fmt: skip
+    cycles = CYCLES[tier(knh_config)]
     guest_kernel.ensure_not_host()
     work = scratch_dir(guest_kernel, "reload")
     params = " ".join(f"{k}={v}" for k, v in kmod.params.items())
@@ -88,7 +96,7 @@ pids=""
 for i in $(seq {HAMMERS}); do bash hammer.sh $i & pids="$pids $!"; done
 sleep 1
 ok=0
-for c in $(seq {CYCLES}); do
+for c in $(seq {cycles}); do
   tries=0
   until rmmod {kmod.name} 2>/dev/null; do
     tries=$((tries + 1))
@@ -113,7 +121,7 @@ done
 echo "cycles ok: $ok"
 """)
     result = guest.run(["bash", str(work / "cycle.sh")], timeout=300)
-    assert f"cycles ok: {CYCLES}" in result.output, result.output[-3000:]
+    assert f"cycles ok: {cycles}" in result.output, result.output[-3000:]
     assert "still running" not in result.output, result.output[-3000:]
 
     # the module is loaded again and answers
@@ -129,7 +137,7 @@ echo "cycles ok: $ok"
     sent = sum(s for s, _, _ in runs)
     acked = sum(a for _, a, _ in runs)
     failed = sum(f for _, _, f in runs)
-    print(f"reload: {CYCLES} cycles, {len(runs)} sender runs, sent {sent}, acked {acked}, failed {failed}, "
+    print(f"reload: {cycles} cycles, {len(runs)} sender runs, sent {sent}, acked {acked}, failed {failed}, "
           f"{refused} runs refused a socket while unloaded")  # fmt: skip
     assert acked > 0, "no sender ever got an ack"
     assert failed == 0, "a sender that had a socket (which pins the module) missed an ack"
@@ -139,5 +147,5 @@ echo "cycles ok: $ok"
     assert len(hammer) == acked, (len(hammer), acked, sent, failed)
     assert links[-1] == b"after reload cycles"
     texts = kernel_log.texts()
-    assert sum("knetlink: Init OK!" in t for t in texts) == CYCLES + 1  # the fixture's load + one per cycle
-    assert sum("knetlink: Release OK!" in t for t in texts) == CYCLES
+    assert sum("knetlink: Init OK!" in t for t in texts) == cycles + 1  # the fixture's load + one per cycle
+    assert sum("knetlink: Release OK!" in t for t in texts) == cycles

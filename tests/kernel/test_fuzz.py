@@ -1,6 +1,6 @@
 """Property-based fuzzing inside the guest (guest_scripts/fuzz_frames.py, hypothesis).
 
-The guest script generates at least 10,000 datagrams, checks every ack
+The guest script generates 500 datagrams in the quick tier, 10,000 in the full one, checks every ack
 against the module's rules and prints a JSON summary. The host then checks
 that the kernel log holds exactly the link: lines the script expected (same
 count, same text, same order), that the module's counters agree, and that the
@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from knetlink_stats import module_stats  # tests/kernel/knetlink_stats.py
 
-from harness.config import GUEST_SCRIPTS
+from harness.config import GUEST_SCRIPTS, HarnessConfig
 from harness.guest_kernel import GuestKernel
 from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
 from harness.knetlink.senders import PySender
 from harness.vm import Guest
 
-FRAMES = int(os.environ.get("KNH_FUZZ_FRAMES", "10000"))
+FRAMES = {"quick": 500, "full": 10000}  # per tier; KNH_FUZZ_FRAMES overrides both
 SCRIPT = GUEST_SCRIPTS / "fuzz_frames.py"
 
 
@@ -37,22 +37,23 @@ def last_json(output: str) -> dict[str, Any]:
 
 
 def test_fuzz_frames(kmod: KnetlinkModule, kernel_log: LinkLogWindow, guest: Guest, guest_kernel: GuestKernel,
-                     py_sender: PySender, record_property: Any) -> None:  # fmt: skip
+                     py_sender: PySender, record_property: Any, knh_config: HarnessConfig) -> None:  # fmt: skip
+    frames = int(os.environ.get("KNH_FUZZ_FRAMES") or FRAMES["full" if knh_config.full else "quick"])
     expect_file = guest_kernel.scratch / f"fuzz-expected-{secrets.token_hex(4)}.txt"
-    argv = [sys.executable, str(SCRIPT), "--proto", str(kmod.proto), "--examples", str(FRAMES),
+    argv = [sys.executable, str(SCRIPT), "--proto", str(kmod.proto), "--examples", str(frames),
             "--expect-out", str(expect_file)]  # fmt: skip
     if os.environ.get("KNH_FUZZ_SEED"):
         argv += ["--seed", os.environ["KNH_FUZZ_SEED"]]
-    result = guest.run(argv, timeout=max(1800.0, FRAMES / 5))
+    result = guest.run(argv, timeout=max(1800.0, frames / 5))
     summary = last_json(result.output)
     record_property("fuzz_summary", summary)
     print(f"fuzz: {summary['frames']} frames, {summary['messages']} messages, {summary['data_messages']} data, "
           f"{summary['malformed']} malformed, acks {summary['acks_by_errno']}, {summary['frames_per_s']} frames/s, "
           f"seed {summary['seed']}")  # fmt: skip
-    reproduce = f"KNH_FUZZ_SEED={summary['seed']} KNH_FUZZ_FRAMES={FRAMES}"
+    reproduce = f"KNH_FUZZ_SEED={summary['seed']} KNH_FUZZ_FRAMES={frames}"
     assert summary["violations"] == {}, f"{reproduce}: {json.dumps(summary, indent=1)}"
     assert result.status == 0, result.output[-2000:]
-    assert summary["frames"] >= FRAMES
+    assert summary["frames"] >= frames
     assert summary["malformed"] > 0 and summary["data_messages"] > 0  # both sides of the rules were exercised
 
     try:
