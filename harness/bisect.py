@@ -33,13 +33,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import PROJECT_ROOT
 from .errors import HarnessError
+from .junit import Outcome, read_junit
 from .kernel import Kernel
 from .kernel_build import BuildOptions, KernelBuildError, build_kernel
 
@@ -50,10 +49,6 @@ EXIT_ABORT = 128
 
 ON_INFRA_CHOICES = {"skip": EXIT_SKIP, "bad": EXIT_BAD, "abort": EXIT_ABORT}
 
-# The plugin records every failure's kind as a JUnit property: "infra" when the failing error's type
-# says the kernel or host could not be used (HarnessError.infra: boot, missing tool, unusable
-# kernel), "test" otherwise. Only that property counts, never a message's words.
-FAILURE_KIND_PROPERTY = "knh_failure"
 # pytest exit statuses (pytest.ExitCode): 0 ok, 1 tests failed, 2 interrupted, 3 internal error,
 # 4 usage error, 5 no tests collected.
 PYTEST_OK, PYTEST_FAILED, PYTEST_NO_TESTS = 0, 1, 5
@@ -61,49 +56,6 @@ PYTEST_OK, PYTEST_FAILED, PYTEST_NO_TESTS = 0, 1, 5
 Notify = Callable[[str], None]
 BuildStep = Callable[[Path], Kernel]  # raises KernelBuildError when the commit does not build
 TestStep = Callable[[Kernel, Sequence[str], Path], int]  # (kernel, pytest args, junit path) -> pytest status
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A test run's JUnit summary: how many passed, were skipped, failed for a test reason, failed for an
-    infra reason. ``recorded`` is False when there was no readable JUnit file (every count is then 0)."""
-
-    passed: int = 0
-    failed: int = 0
-    infra: int = 0
-    first_failure: str = ""
-    skipped: int = 0
-    recorded: bool = False
-    first_skip: str = ""
-
-
-def read_junit(path: Path) -> Outcome:
-    """Count test outcomes in a JUnit XML file; missing/unreadable file -> empty Outcome."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
-        return Outcome()
-    passed = failed = infra = skipped = 0
-    first = first_skip = ""
-    for case in root.iter("testcase"):
-        problems = [c for c in case if c.tag in ("failure", "error")]
-        if not problems:
-            skips = [c for c in case if c.tag == "skipped"]
-            if skips:
-                skipped += 1
-                first_skip = first_skip or f"{case.get('name', '')}: {skips[0].get('message') or ''}"[:200]
-            else:
-                passed += 1
-            continue
-        text = " ".join((p.get("message") or "") + " " + (p.text or "") for p in problems)
-        kinds = {p.get("value") for p in case.iter("property") if p.get("name") == FAILURE_KIND_PROPERTY}
-        if kinds == {"infra"}:  # every failing phase of the test was an infra failure
-            infra += 1
-        else:
-            failed += 1
-            if not first:
-                first = f"{case.get('classname', '')}::{case.get('name', '')}: {text.strip().splitlines()[0][:200]}"
-    return Outcome(passed, failed, infra, first, skipped, recorded=True, first_skip=first_skip)
 
 
 def verdict(pytest_status: int, outcome: Outcome, on_infra: str = "skip") -> tuple[int, str]:

@@ -21,16 +21,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    # pyproject installs guest_scripts/ as harness.guest_scripts; mypy does not follow that mapping and
-    # checks the same file as the guest scripts' top-level module ``payload`` ([tool.mypy] mypy_path).
-    from payload import escape_payload, unescape_payload
-else:
-    from .guest_scripts.payload import escape_payload, unescape_payload
 
 __all__ = [
     "SPLAT_PATTERNS",
@@ -46,7 +39,6 @@ __all__ = [
     "SplatReport",
     "TaintFlag",
     "decode_taint",
-    "escape_payload",
     "find_splats",
     "iter_lines",
     "iter_numbered_lines",
@@ -56,7 +48,6 @@ __all__ = [
     "parse_line",
     "parse_lines",
     "scan_splats",
-    "unescape_payload",
     "unexpected_taint",
 ]
 

@@ -68,7 +68,6 @@ def checks(kernel_spec: str | None, probe: bool) -> list[Check]:
             False,
         ),
         _python_module("pexpect", f"{venv_bin} pexpect"),
-        _python_module("pyroute2", f"{venv_bin} pyroute2"),
         _python_module("pytest", f"{venv_bin} pytest"),
         _python_module("hypothesis", f"{venv_bin} hypothesis"),
     ]

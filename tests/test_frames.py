@@ -1,4 +1,4 @@
-"""Host unit tests for guest_scripts/nlframes.py (no kernel, no guest)."""
+"""Host unit tests for the guest scripts: nlframes.py, payload.py, nlsocket.py, nl_send.py (no guest)."""
 
 import json
 import os
@@ -6,6 +6,7 @@ import re
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -73,19 +74,28 @@ def test_empty_payload():
     assert nf.encode_message(b'', flags=0) == HDR.pack(16, 0, 0, 0, 0)
 
 
+def _native_header(length, mtype, flags, seq, pid):
+    """struct nlmsghdr in host byte order, written out field by field."""
+    order = sys.byteorder
+    return (length.to_bytes(4, order) + mtype.to_bytes(2, order) + flags.to_bytes(2, order)
+            + seq.to_bytes(4, order) + pid.to_bytes(4, order))
+
+
 @settings(max_examples=200, deadline=None)
 @given(payload=st.binary(max_size=300), mtype=st.integers(0, 0xFFFF),
        flags=st.integers(0, 0xFFFF), seq=st.integers(0, 0xFFFFFFFF),
        pid=st.integers(0, 0xFFFFFFFF), seed_len=st.booleans())
-def test_pyroute2_encoding_matches_struct(payload, mtype, flags, seq, pid, seed_len):
-    """The pyroute2-based encoder agrees with a plain struct layout."""
+def test_encoding_is_the_kernels_layout(payload, mtype, flags, seq, pid, seed_len):
+    """nlmsghdr fields in host byte order, the payload, zero padding to 4 bytes."""
     frame = nf.encode_message(payload, type=mtype, flags=flags, seq=seq, pid=pid,
                               seed_len=seed_len)
-    length = nf.nlmsg_space(len(payload)) if seed_len else nf.nlmsg_length(len(payload))
-    expect = nf.encode_header(length, mtype, flags, seq, pid) + payload
-    expect += b'\0' * (nf.nlmsg_space(len(payload)) - len(expect))
+    length = 16 + len(payload)
+    if seed_len:
+        length = (length + 3) & ~3
+    expect = _native_header(length, mtype, flags, seq, pid) + payload
+    expect += b'\0' * (-len(expect) % 4)
     assert frame == expect
-    assert len(frame) % 4 == 0
+    assert nf.encode_header(length, mtype, flags, seq, pid) == expect[:16]
 
 
 @pytest.mark.parametrize('kwargs', [
@@ -287,10 +297,91 @@ def test_nl_send_send_exits_2_without_module():
     assert 'socket:' in proc.stderr
 
 
-@given(st.binary(max_size=300))
-def test_guest_and_host_escaping_agree(data):
-    """nlframes (guest side, cannot import the harness) and harness.dmesg escape identically."""
-    from harness.dmesg import escape_payload, unescape_payload
+def test_one_escaping_for_guest_and_host():
+    """The guest scripts and the host's link: line decoder run the same code: guest_scripts/payload.py."""
+    from harness.knetlink import links
 
-    assert nf.escape_payload(data) == escape_payload(data)
-    assert unescape_payload(nf.escape_payload(data)) == data
+    source = os.path.join(GUEST_SCRIPTS, 'payload.py')
+    for func in (nf.escape_payload, links.escape_payload, links.unescape_payload):
+        assert os.path.samefile(func.__code__.co_filename, source), func
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_host_decoder_inverts_the_guests_escaping(data):
+    from harness.knetlink.links import parse_link_text
+
+    assert parse_link_text(nf.expected_link_line(data, nf.PRINT_MAX_LIMIT)).payload == nf.visible_payload(data)[:200]
+
+
+def test_guest_sender_imports_only_the_standard_library():
+    """nl_send.py starts with the standard library alone (and without typing): each module costs
+    a guest that reads the interpreter's files over 9p."""
+    code = ('import sys; sys.path.insert(0, sys.argv[1]); import nl_send; '
+            'print(" ".join(sorted(sys.modules)))')
+    proc = subprocess.run([sys.executable, '-I', '-S', '-c', code, GUEST_SCRIPTS],  # no site-packages
+                          capture_output=True, text=True, timeout=60, check=True)
+    modules = {name.partition('.')[0] for name in proc.stdout.split()}
+    ours = {'__main__', 'nl_send', 'nlframes', 'nlsocket', 'payload'}
+    assert modules - set(sys.stdlib_module_names) - ours == set()
+    assert 'typing' not in modules
+
+
+# ---- NetlinkSocket and nl_send.py against the host's rtnetlink (protocol 0) -----------
+# rtnetlink acks a message of type 0 or a control type with NLM_F_ACK, like knetlink.
+
+NETLINK_ROUTE = 0
+
+
+def test_receive_reads_every_queued_reply():
+    import nlsocket
+
+    sock = nlsocket.NetlinkSocket(NETLINK_ROUTE)
+    try:
+        data, seqs = nf.encode_batch([{'type': nf.NLMSG_NOOP, 'flags': nf.NLM_F_ACK}] * 3, first_seq=40)
+        sock.send(data)
+        acks = sock.receive(1, 2.0)
+        assert [(a['type'], a['seq'], a['error']) for a in acks] == [(nf.NLMSG_ERROR, s, 0) for s in seqs]
+        sock.send(nf.encode_message(b'', type=nf.NLMSG_NOOP, flags=0, seq=50))
+        start = time.monotonic()
+        assert sock.receive(0, 0.2) == []  # expect 0: waits the whole time for replies that never come
+        assert time.monotonic() - start >= 0.2
+    finally:
+        sock.close()
+
+
+def test_nl_send_round_trips_with_a_netlink_family():
+    script = os.path.join(GUEST_SCRIPTS, 'nl_send.py')
+    requests = [
+        {'op': 'send', 'text': 'hello', 'seq': 7},
+        {'op': 'send', 'text': 'full', 'full': True},
+        {'op': 'batch', 'messages': [{'text': 'a'}, {'hex': '00ff'}, {'fill': 'x', 'len': 9}]},
+        {'op': 'raw', 'hex': nf.encode_message(b'raw', seq=99).hex()},
+        {'op': 'bench', 'count': 50},
+        {'op': 'close'},
+        {'op': 'send', 'text': 'after close'},
+    ]
+    proc = subprocess.run([sys.executable, script, '--proto', str(NETLINK_ROUTE), 'persistent'],
+                          input=''.join(json.dumps(r) + '\n' for r in requests), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    ready, *lines = proc.stdout.splitlines()
+    assert ready == 'NLSEND READY'
+    send, full, batch, raw, bench, close, again = map(json.loads, lines)
+    assert send == {'acks': [{'seq': 7, 'error': 0, 'type': nf.NLMSG_ERROR}], 'seq': 7, 'len': 5}
+    assert full['acks'][0]['orig_len'] == 20 and full['acks'][0]['orig_seq'] == full['seq']
+    assert [a['seq'] for a in batch['acks']] == batch['seqs'] and len(batch['seqs']) == 3
+    assert batch['bytes'] == 20 + 20 + 28
+    assert [(a['seq'], a['error']) for a in raw['acks']] == [(99, 0)]
+    assert bench['count'] == 50 and bench['errors'] == 0
+    assert close == {'closed': True}
+    assert [a['error'] for a in again['acks']] == [0]
+
+
+def test_nl_send_send_mode_with_a_netlink_family():
+    script = os.path.join(GUEST_SCRIPTS, 'nl_send.py')
+    proc = subprocess.run([sys.executable, script, '--proto', str(NETLINK_ROUTE), 'send', 'one', 'two'],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line) for line in proc.stdout.splitlines()] == [
+        {'seq': 1, 'error': 0, 'len': 3}, {'seq': 2, 'error': 0, 'len': 3}]

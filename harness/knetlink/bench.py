@@ -23,6 +23,7 @@ from ..accel import host_tsc_khz
 from ..config import PROJECT_ROOT, HarnessConfig
 from ..errors import HarnessError, MissingDependencyError
 from ..initramfs import cached_vmlinux, cpio_newc
+from ..junit import read_junit
 from ..kmod import default_cache_root
 from ..session import KernelSession
 from .senders import C_SENDER, CSender, PySender
@@ -258,12 +259,11 @@ def _run_suite(cfg: HarnessConfig, release: str) -> tuple[float, int]:
     elapsed = time.monotonic() - t
     if proc.returncode != 0:
         raise HarnessError(f"kernel suite failed during the benchmark (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
-    import xml.etree.ElementTree as ET
-
-    root = ET.parse(junit).getroot()
-    suites = [root] if root.tag == "testsuite" else list(root)
-    tests = sum(int(s.get("tests", 0)) for s in suites)
-    return elapsed, tests
+    outcome = read_junit(junit)
+    if not outcome.recorded:
+        raise HarnessError(f"the kernel suite wrote no readable JUnit results to {junit}; check the pytest output "
+                           f"above it:\n{proc.stdout[-3000:]}")  # fmt: skip
+    return elapsed, outcome.total
 
 
 def format_table(result: dict[str, Any]) -> str:

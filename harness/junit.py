@@ -1,0 +1,65 @@
+"""Read the JUnit XML file of a pytest run: how many tests passed, were skipped, failed.
+
+Used by ``bisect-run`` (the verdict for a commit) and by ``bench`` (the size of
+the suite it timed).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+# The plugin records every failure's kind as a JUnit property: "infra" when the failing error's type
+# says the kernel or host could not be used (HarnessError.infra: boot, missing tool, unusable
+# kernel), "test" otherwise. Only that property counts, never a message's words.
+FAILURE_KIND_PROPERTY = "knh_failure"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A test run's JUnit summary: how many passed, were skipped, failed for a test reason, failed for an
+    infra reason. ``recorded`` is False when there was no readable JUnit file (every count is then 0)."""
+
+    passed: int = 0
+    failed: int = 0
+    infra: int = 0
+    first_failure: str = ""
+    skipped: int = 0
+    recorded: bool = False
+    first_skip: str = ""
+
+    @property
+    def total(self) -> int:
+        """Every test case in the file, whatever its outcome."""
+        return self.passed + self.failed + self.infra + self.skipped
+
+
+def read_junit(path: Path) -> Outcome:
+    """Count test outcomes in a JUnit XML file; missing/unreadable file -> empty Outcome."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return Outcome()
+    passed = failed = infra = skipped = 0
+    first = first_skip = ""
+    for case in root.iter("testcase"):
+        problems = [c for c in case if c.tag in ("failure", "error")]
+        if not problems:
+            skips = [c for c in case if c.tag == "skipped"]
+            if skips:
+                skipped += 1
+                first_skip = first_skip or f"{case.get('name', '')}: {skips[0].get('message') or ''}"[:200]
+            else:
+                passed += 1
+            continue
+        text = " ".join((p.get("message") or "") + " " + (p.text or "") for p in problems)
+        kinds = {p.get("value") for p in case.iter("property") if p.get("name") == FAILURE_KIND_PROPERTY}
+        if kinds == {"infra"}:  # every failing phase of the test was an infra failure
+            infra += 1
+        else:
+            failed += 1
+            if not first:
+                line = next(iter(text.strip().splitlines()), "")  # a failure may carry no message at all
+                first = f"{case.get('classname', '')}::{case.get('name', '')}: {line[:200]}"
+    return Outcome(passed, failed, infra, first, skipped, recorded=True, first_skip=first_skip)
