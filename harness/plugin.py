@@ -4,7 +4,8 @@ kernel matrix. Registered through the ``pytest11`` entry point ``knetlink_harnes
 Settings come from options, environment variables or ini keys (see harness.config);
 option > environment > ini > default. The plugin's other parts are plugins of their
 own, loaded below: harness.fixtures (the fixtures), harness.watch (the kernel watch
-around every guest test), harness.report (artifacts, summaries) and harness.ebpf_fixtures.
+around every guest test), harness.report (artifacts, summaries), harness.parallel
+(pytest-xdist: a worker per kernel) and harness.ebpf_fixtures.
 """
 
 from __future__ import annotations
@@ -14,18 +15,20 @@ from dataclasses import replace
 
 import pytest
 
-from .config import SETTINGS, resolve
+from . import parallel
+from .config import SETTINGS
 from .dmesg import load_allowlist
 from .errors import HarnessError
-from .kernel import expand_kernel_specs
-from .kernel_build import resolve_kernel_spec
-from .runstate import KERNEL_FIXTURES, RUN_KEY, KernelParam, RunState, notifier, run_state
+from .runstate import KERNEL_FIXTURES, RUN_KEY, RunState, kernel_params, resolve_settings, run_state
 
 # In import order: a module listed later may import an earlier one (pytest rewrites asserts only on first import).
+# harness.parallel is imported here already, so it is registered in pytest_addoption instead.
 pytest_plugins = ["harness.watch", "harness.report", "harness.fixtures", "harness.ebpf_fixtures"]
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    if not pluginmanager.has_plugin("harness.parallel"):
+        pluginmanager.register(parallel, "harness.parallel")
     group = parser.getgroup("knetlink-harness", "kernel module tests in throwaway guests")
     for s in SETTINGS:
         extra = f" [env {s.env}, ini {s.ini}, default: {s.default or 'none'}]"
@@ -54,10 +57,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "kernel_build: builds a kernel from KNH_KERNEL_TREE; skipped without one (a failure with --run-kernel-build)",
     )
-    options = {s.name: config.getoption(f"knh_{s.name}") for s in SETTINGS}
-    ini = {s.ini: config.getini(s.ini) for s in SETTINGS}
     try:
-        cfg = resolve(options, ini=ini)
+        cfg = resolve_settings(config)
     except HarnessError as e:
         raise pytest.UsageError(str(e)) from None
     if not cfg.results_dir.is_absolute():
@@ -66,7 +67,9 @@ def pytest_configure(config: pytest.Config) -> None:
         allowlist = load_allowlist(cfg.splat_allowlist)
     except HarnessError as e:
         raise pytest.UsageError(f"splat allowlist ({cfg.sources.get('splat_allowlist', 'default')}): {e}") from None
-    config.stash[RUN_KEY] = RunState(cfg, allowlist, cfg.results_dir / time.strftime("run-%Y%m%d-%H%M%S"))
+    cfg = replace(cfg, cpus=parallel.worker_cpus(config, cfg))
+    run_root = parallel.worker_run_root(config) or cfg.results_dir / time.strftime("run-%Y%m%d-%H%M%S")
+    config.stash[RUN_KEY] = RunState(cfg, allowlist, run_root)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -80,19 +83,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = [item for item in items if item.get_closest_marker("full") is None]
 
 
-def _kernel_params(config: pytest.Config) -> list[KernelParam]:
-    params = []
-    for spec in expand_kernel_specs(run_state(config).config.kernels):
-        try:
-            # A source tree is built here (once, then cached): say so, it takes minutes.
-            params.append(KernelParam(spec, resolve_kernel_spec(spec or None, notify=notifier(config)), None))
-        except HarnessError as e:
-            params.append(KernelParam(spec, None, e))
-    return params
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "knh_kernel_session" in metafunc.fixturenames:
-        params = _kernel_params(metafunc.config)
+        params = kernel_params(metafunc.config)
         metafunc.parametrize("knh_kernel_session", params, indirect=True, scope="session",
                              ids=[p.label for p in params])  # fmt: skip

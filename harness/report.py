@@ -15,6 +15,7 @@ import pytest
 
 from .checks import Window, console_since
 from .config import DEFAULT_MODULE_DIR
+from .parallel import STATE_OUTPUT, is_worker
 from .runstate import RUN_KEY, KernelParam, RunState, run_state, uses_guest
 from .watch import WINDOW_KEY
 
@@ -111,10 +112,36 @@ def _record_skip(item: pytest.Item, report: pytest.TestReport) -> None:
                                          "reason": reason.removeprefix("Skipped: ")})  # fmt: skip
 
 
+def local_summary(state: RunState) -> dict[str, Any]:
+    """What this process recorded: kernels, accelerators, boots, test outcomes, splats, crashes, skips."""
+    return {
+        "kernels": [
+            {
+                "release": s.kernel.release,
+                "accel": s.accel_decision.accel if s.accel_decision else None,
+                "accel_reason": s.accel_decision.reason if s.accel_decision else None,
+                "accel_notice": s.accel_decision.notice() if s.accel_decision else "accelerator not chosen",
+                "boots": s.stats.boots,
+                "boot_retries": s.stats.retries,
+                "boot_times_s": [round(t, 3) for t in s.stats.boot_times_s],
+            }
+            for s in state.sessions
+        ],
+        "outcomes": dict(state.outcomes),
+        "splats": list(state.splats),
+        "crashes": list(state.crashes),
+        "skipped": list(state.skips),
+    }
+
+
 def summary_dict(state: RunState) -> dict[str, Any]:
-    """The run's JSON summary: kernels, accelerators, boots, test outcomes, splats, crashes, skips."""
+    """The run's summary: this process's records merged with those of its xdist workers."""
+    parts = [local_summary(state), *state.remote]
+    outcomes: dict[str, dict[str, str]] = {}
+    for part in parts:
+        outcomes.update(part["outcomes"])
     tests: dict[str, str] = {}
-    for nodeid, phases in state.outcomes.items():
+    for nodeid, phases in outcomes.items():
         if any(v == "failed" for v in phases.values()):
             tests[nodeid] = "error" if phases.get("call") in (None, "passed") else "failed"
         elif "skipped" in phases.values():
@@ -126,57 +153,61 @@ def summary_dict(state: RunState) -> dict[str, Any]:
         counts[outcome] = counts.get(outcome, 0) + 1
     return {
         "engine": state.config.engine,
-        "kernels": [
-            {
-                "release": s.kernel.release,
-                "accel": s.accel_decision.accel if s.accel_decision else None,
-                "accel_reason": s.accel_decision.reason if s.accel_decision else None,
-                "boots": s.stats.boots,
-                "boot_retries": s.stats.retries,
-                "boot_times_s": [round(t, 3) for t in s.stats.boot_times_s],
-            }
-            for s in state.sessions
-        ],
+        "kernels": [k for part in parts for k in part["kernels"]],
         "tests": {"total": len(tests), **counts},
         "outcomes": tests,
-        "splats": state.splats,
-        "crashes": [{k: v for k, v in c.items() if k != "message"} for c in state.crashes],
-        "skipped": state.skips,
+        "splats": [s for part in parts for s in part["splats"]],
+        "crashes": [c for part in parts for c in part["crashes"]],
+        "skipped": [s for part in parts for s in part["skipped"]],
     }
 
 
+def breakage(summary: dict[str, Any]) -> bool:
+    """True when the run saw an unallowed splat or a broken kernel: such a run is never green."""
+    return bool(summary["crashes"] or any(not s["allowed"] for s in summary["splats"]))
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    state = session.config.stash.get(RUN_KEY, None)
-    if state is None or not state.anything_recorded():
+    config = session.config
+    state = config.stash.get(RUN_KEY, None)
+    if state is None:
         return
-    if session.exitstatus == pytest.ExitCode.OK and state.breakage():
+    if is_worker(config):  # the controller merges and reports
+        config.workeroutput[STATE_OUTPUT] = local_summary(state)  # type: ignore[attr-defined]
+        return
+    if not state.anything_recorded():
+        return
+    summary = summary_dict(state)
+    if session.exitstatus == pytest.ExitCode.OK and breakage(summary):
         # Last line of defence: a run whose summary lists a splat or a crash is never green.
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     state.run_root.mkdir(parents=True, exist_ok=True)
-    (state.run_root / "summary.json").write_text(json.dumps(summary_dict(state), indent=2) + "\n")
+    summary["crashes"] = [{k: v for k, v in c.items() if k != "message"} for c in summary["crashes"]]
+    (state.run_root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = config.stash.get(RUN_KEY, None)
-    if state is None or not state.anything_recorded():
+    if state is None or is_worker(config) or not state.anything_recorded():
         return
+    summary = summary_dict(state)
     terminalreporter.section("knetlink-harness")
-    for s in state.sessions:
-        accel = s.accel_decision.notice() if s.accel_decision else "accelerator not chosen"
-        times = ", ".join(f"{t:.1f}s" for t in s.stats.boot_times_s) or "none"
+    for k in summary["kernels"]:
+        times = ", ".join(f"{t:.1f}s" for t in k["boot_times_s"]) or "none"
         terminalreporter.write_line(
-            f"{s.kernel.release}: boots {s.stats.boots} (boot times {times}), boot retries {s.stats.retries}; {accel}"
+            f"{k['release']}: boots {k['boots']} (boot times {times}), boot retries {k['boot_retries']}; "
+            f"{k['accel_notice']}"
         )
-    splats = [s for s in state.splats if not s["allowed"]]
+    splats = [s for s in summary["splats"] if not s["allowed"]]
     terminalreporter.write_line(
         f"kernel splats: {len(splats)}" + "".join(f"\n  {s['test']}: {s['fingerprint']}" for s in splats)
     )
-    for crash in state.crashes:
+    for crash in summary["crashes"]:
         terminalreporter.write_line(
             f"KERNEL BROKE {crash['phase']} on {crash['kernel']}, after {crash['previous_test']} "
             f"(reported on {crash['test']}):\n{crash['message']}", red=True
         )
-    _write_skips(terminalreporter, state.skips)
+    _write_skips(terminalreporter, summary["skipped"])
     terminalreporter.write_line(f"results: {state.run_root} (summary.json)")
 
 

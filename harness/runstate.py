@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from .checks import Cursor, KernelVerdict, Policy
-from .config import HarnessConfig
+from .config import SETTINGS, HarnessConfig, resolve
 from .dmesg import AllowEntry, SplatReport
 from .errors import HarnessError
-from .kernel import Kernel
+from .kernel import Kernel, expand_kernel_specs
+from .kernel_build import resolve_kernel_spec
 from .session import KernelSession
 
 # Fixtures that make a test a kernel test (marked `kernel` at collection).
@@ -58,17 +59,14 @@ class RunState:
     cursors: dict[KernelSession, Cursor] = field(default_factory=dict)  # where each guest was last checked
     crashes: list[dict[str, Any]] = field(default_factory=list)  # kernels broken between tests or at the end
     skips: list[dict[str, str]] = field(default_factory=list)  # skipped kernel tests: test, kernel, reason
+    remote: list[dict[str, Any]] = field(default_factory=list)  # what xdist workers recorded (harness.parallel)
 
     @property
     def policy(self) -> Policy:
         return Policy(self.allowlist, self.config.allowed_taint, self.config.settle)
 
     def anything_recorded(self) -> bool:
-        return bool(self.sessions or self.splats or self.crashes or self.skips)
-
-    def breakage(self) -> bool:
-        """True when the run saw an unallowed splat or a broken kernel: such a run is never green."""
-        return bool(self.crashes or any(not s["allowed"] for s in self.splats))
+        return bool(self.sessions or self.splats or self.crashes or self.skips or self.remote)
 
     def record_splats(self, test: str, release: str, phase: str, report: SplatReport, *,
                       with_allowed: bool = True) -> None:  # fmt: skip
@@ -91,6 +89,13 @@ class RunState:
 
 
 RUN_KEY = pytest.StashKey[RunState]()
+
+
+def resolve_settings(config: pytest.Config) -> HarnessConfig:
+    """The settings from this run's options, environment and ini keys (ConfigError when one is bad)."""
+    options = {s.name: config.getoption(f"knh_{s.name}") for s in SETTINGS}
+    ini = {s.ini: config.getini(s.ini) for s in SETTINGS}
+    return resolve(options, ini=ini)
 
 
 def run_state(config: pytest.Config) -> RunState:
@@ -128,3 +133,20 @@ def notifier(config: pytest.Config) -> Callable[[str], None]:
             reporter.write_line(f"[knh] {message}")
 
     return notify
+
+
+_KERNEL_PARAMS_KEY = pytest.StashKey[list[KernelParam]]()
+
+
+def kernel_params(config: pytest.Config) -> list[KernelParam]:
+    """The kernel matrix, resolved once per run (a source tree is built here: once, then cached)."""
+    cached = config.stash.get(_KERNEL_PARAMS_KEY, None)
+    if cached is None:
+        cached = []
+        for spec in expand_kernel_specs(run_state(config).config.kernels):
+            try:
+                cached.append(KernelParam(spec, resolve_kernel_spec(spec or None, notify=notifier(config)), None))
+            except HarnessError as e:
+                cached.append(KernelParam(spec, None, e))
+        config.stash[_KERNEL_PARAMS_KEY] = cached
+    return cached

@@ -743,6 +743,7 @@ def test_unexpected_taint_default_allows_module_loading() -> None:
 
 def test_lost_guest_error_names_the_panic_even_when_the_trace_outgrows_the_tail(tmp_path: Path) -> None:
     from harness.errors import LostGuestError
+    from harness.vm import console_splats
 
     frames = [f"[    1.874947]  ? some_function_{i}+0x44/0x240" for i in range(60)]
     log = tmp_path / "kernel.log"
@@ -758,7 +759,7 @@ def test_lost_guest_error_names_the_panic_even_when_the_trace_outgrows_the_tail(
         "[    1.874947]  </TASK>",
         "[    1.874947] Kernel Offset: disabled",
     ]) + "\n")  # fmt: skip
-    message = str(LostGuestError("guest console closed", kernel_log=log))
+    message = str(LostGuestError("guest console closed", kernel_log=log, splats=console_splats(log)))
     assert "sysrq triggered crash" not in message.split("(last lines) ---")[1]  # beyond the tail ...
     assert "--- kernel splats on the guest kernel console ---\npanic at log line 2" in message  # ... but named
     assert "Kernel panic - not syncing: sysrq triggered crash" in message
