@@ -11,6 +11,14 @@ loads a module:
 3. :func:`split_by_module`: objects whose backtrace has a frame of the module
    fail the test; the others are kernel objects, reported and allowlistable.
 
+After the rmmod the module's code is gone, so the kernel prints its frames in a
+backtrace as bare addresses (``[<ffffffffa000005f>] 0xffffffffa000005f``): the
+module is found by address. Before the rmmod, read where the module's sections
+are (:func:`sections_argv`, :func:`parse_sections`); :func:`module_symbols`
+combines that with the functions of the module's ``.ko`` on the host, and
+:func:`symbolize` turns those addresses back into ``leak_alloc+0x2a/0x70
+[leak]``.
+
 kmemleak reports an object only when it is older than 5 s at the scan
 (``MSECS_MIN_AGE`` in mm/kmemleak.c, not tunable): an allocation made less than
 5 s before the scan shows up in a later scan, so :func:`scan_delay` says how
@@ -25,9 +33,12 @@ Both parse.
 
 from __future__ import annotations
 
+import bisect
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Final
 
 from .dmesg import Splat, iter_splats
@@ -43,7 +54,10 @@ _OBJECT_RE: Final = re.compile(r"^unreferenced object 0x(?P<addr>[0-9a-f]+) \(si
 _COMM_RE: Final = re.compile(r'^\s+comm "(?P<comm>.*)", pid (?P<pid>\d+), jiffies (?P<jiffies>\d+)'
                              r"(?: \(age (?P<age>[\d.]+)s\))?")  # fmt: skip
 _BACKTRACE_RE: Final = re.compile(r"^\s+backtrace(?: \(crc (?P<crc>[0-9a-f]+)\))?:\s*$")
-_FRAME_RE: Final = re.compile(r"^\s+(?:\[<[0-9a-fA-F]+>\]\s+)?(?P<frame>\S+\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+.*)$")
+_FRAME_RE: Final = re.compile(
+    r"^\s+(?:\[<[0-9a-fA-F]+>\]\s+)?(?P<frame>\S+\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+.*|0x[0-9a-fA-F]+)\s*$"
+)
+_BARE_RE: Final = re.compile(r"^0x(?P<addr>[0-9a-fA-F]+)$")
 _PREFIX_RE: Final = re.compile(r"^kmemleak: ")  # the same report printed to dmesg (kmemleak.verbose=1)
 
 
@@ -56,7 +70,8 @@ class LeakedObject:
     comm: str
     pid: int
     age_s: float | None  # 6.1 prints it; 6.12 does not
-    frames: tuple[str, ...]  # backtrace lines as printed, without addresses: "leak_alloc+0x2a/0x60 [leak]"
+    frames: tuple[str, ...]  # backtrace as printed, without [<...>]: "leak_alloc+0x2a/0x60 [leak]" or
+    # "0xffffffffa000005f" (code of a module unloaded since: see symbolize)
     lines: tuple[str, ...]  # the whole entry
 
     @property
@@ -138,3 +153,106 @@ def write_argv(command: str) -> list[str]:
     if command not in (CLEAR, SCAN, SCAN_OFF):
         raise ValueError(f"not a kmemleak command the harness sends: {command!r}")
     return ["sh", "-c", f"echo {command} > {KMEMLEAK_PATH}"]
+
+
+# ---- frames of a module that is gone: symbols from its .ko and its section addresses -------------------
+
+
+_ALIASES: Final = frozenset({"init_module", "cleanup_module"})
+
+
+def sections_argv(module: str) -> list[str]:
+    """Guest argv listing where the loaded `module`'s sections are (run it before the rmmod)."""
+    return ["grep", "-r", ".", f"/sys/module/{module.replace('-', '_')}/sections"]
+
+
+def parse_sections(output: str) -> dict[str, int]:
+    """{section: address} from the output of sections_argv (`.../sections/.text:0xffffffffa0000000`)."""
+    out: dict[str, int] = {}
+    for line in output.splitlines():
+        path, sep, value = line.strip().rpartition(":")
+        if sep and value.startswith("0x") and "/sections/" in path:
+            out[path.rsplit("/sections/", 1)[1]] = int(value, 16)
+    return out
+
+
+@dataclass(frozen=True)
+class ModuleSymbols:
+    """The functions of one loaded module at their run-time addresses."""
+
+    module: str
+    functions: tuple[tuple[int, int, str], ...]  # (start, size, name), sorted by start
+
+    def lookup(self, address: int) -> str | None:
+        """`func+0xoff/0xsize [module]` for an address inside one of the module's functions."""
+        starts = [f[0] for f in self.functions]
+        i = bisect.bisect_right(starts, address) - 1
+        if i < 0:
+            return None
+        start, size, name = self.functions[i]
+        if not start <= address < start + max(size, 1):
+            return None
+        return f"{name}+0x{address - start:x}/0x{size:x} [{self.module}]"
+
+
+def ko_functions(ko: Path) -> list[tuple[str, int, int, str]]:
+    """(section, offset, size, name) of every function in an ELF64 little-endian .ko's symbol table."""
+    data = ko.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise ValueError(f"{ko} is not a 64-bit little-endian ELF file")
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+
+    def name_at(table: int, offset: int) -> str:
+        start = headers[table][4] + offset
+        return data[start : data.index(b"\0", start)].decode(errors="replace")
+
+    section_names = [name_at(shstrndx, h[0]) for h in headers]
+    out: list[tuple[str, int, int, str]] = []
+    for h in headers:
+        if h[1] != 2:  # SHT_SYMTAB
+            continue
+        strtab, offset, size, entsize = h[6], h[4], h[5], h[9] or 24
+        for pos in range(offset, offset + size, entsize):
+            st_name, st_info, _, st_shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", data, pos)
+            if st_info & 0xF == 2 and 0 < st_shndx < len(headers):  # STT_FUNC in a real section
+                out.append((section_names[st_shndx], st_value, st_size, name_at(strtab, st_name)))
+    return out
+
+
+def module_symbols(module: str, ko: Path, sections: Mapping[str, int]) -> ModuleSymbols:
+    """The module's functions placed at the section addresses the guest reported (parse_sections)."""
+    # init_module and cleanup_module alias the module's init and exit functions: the real names sort
+    # after them, and lookup takes the last function starting at an address.
+    placed = sorted(
+        (sections[section] + offset, name not in _ALIASES, size, name)
+        for section, offset, size, name in ko_functions(ko)
+        if section in sections
+    )
+    return ModuleSymbols(module.replace("-", "_"), tuple((start, size, name) for start, _, size, name in placed))
+
+
+def symbolize(obj: LeakedObject, symbols: Iterable[ModuleSymbols]) -> LeakedObject:
+    """`obj` with its bare-address frames named after the module functions they fall in."""
+    tables = list(symbols)
+
+    def name(frame: str) -> str:
+        m = _BARE_RE.match(frame)
+        if m is None:
+            return frame
+        address = int(m.group("addr"), 16)
+        return next((found for t in tables if (found := t.lookup(address)) is not None), frame)
+
+    frames = tuple(name(f) for f in obj.frames)
+    if frames == obj.frames:
+        return obj
+    lines = tuple(_rename_line(line, obj.frames, frames) for line in obj.lines)
+    return replace(obj, frames=frames, lines=lines)
+
+
+def _rename_line(line: str, old: tuple[str, ...], new: tuple[str, ...]) -> str:
+    for before, after in zip(old, new, strict=True):
+        if before != after and line.rstrip().endswith(" " + before):
+            return line.rstrip()[: -len(before)] + after
+    return line

@@ -10,6 +10,8 @@ interleaved so host noise hits every variant alike, and records:
   allocates and frees many slab objects, timed inside the guest;
 * wall_s: the whole exec (boot, loop, shutdown) seen from the host.
 
+`--kernel debug --variants off` next to a stock release measures the debug kernel the same way.
+
 Usage: .venv/bin/python scripts/measure_memdebug.py [--rounds 5] [--kernel REL ...] [--json out.json]
 Prints a Markdown table of medians (min-max) for docs/kernels.md.
 """
@@ -42,7 +44,7 @@ LOOP_RE = re.compile(r"KNH_LOOP_MS=(\d+)")
 def run_once(release: str, variant: str) -> dict[str, float] | None:
     env = {**os.environ, "KNH_MEMORY_DEBUG": variant}
     argv = [sys.executable, "-m", "harness", "exec", "--kernel", release, "--engine", "qemu", "--no-module",
-            "--boot-timeout", "300", "--", "sh", "-c", LOOP]  # fmt: skip
+            "--boot-timeout", "900", "--", "sh", "-c", LOOP]  # fmt: skip
     start = time.monotonic()
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     wall = time.monotonic() - start
@@ -63,13 +65,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--kernel", action="append", default=[], help="release (default: every installed one)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     parser.add_argument("--json", dest="json_out", default="")
     args = parser.parse_args()
     releases = args.kernel or [k.release for k in installed_kernels()]
-    results: dict[str, dict[str, list[dict[str, float]]]] = {r: {v: [] for v in VARIANTS} for r in releases}
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    results: dict[str, dict[str, list[dict[str, float]]]] = {r: {v: [] for v in variants} for r in releases}
     for n in range(args.rounds):
         for release in releases:
-            for variant in VARIANTS:
+            for variant in variants:
                 sample = run_once(release, variant)
                 if sample is not None:
                     results[release][variant].append(sample)
@@ -79,7 +86,7 @@ def main() -> int:
     kernels = {k.release: k for k in installed_kernels()}
     for release in releases:
         config = kernel_config(kernels[release]) if release in kernels else {}
-        for variant in VARIANTS:
+        for variant in variants:
             samples = results[release][variant]
             helpers = {"off": (), "all": ("kfence", "slub")}.get(variant, (variant,))
             kargs = " ".join(memory_debug_args(config, helpers)) or "(none)"

@@ -7,6 +7,7 @@ A scripted runner stands in for vng and make, so no kernel is built here.
 
 from __future__ import annotations
 
+import json
 import struct
 import tarfile
 from collections.abc import Sequence
@@ -15,14 +16,15 @@ from pathlib import Path
 import pytest
 
 from harness import kernel_build as kb
+from harness import kernel_source
+from harness.build_progress import BuildProgress, count_compiled, previous_objects
 from harness.errors import KernelNotFoundError
 from harness.kernel_build import (
     DEBUG_PROFILE,
     BuildOptions,
-    BuildProgress,
     KernelBuildError,
     build_kernel,
-    count_compiled,
+    built_kernel_for_spec,
     find_distro_source,
     missing_profile,
     modules_dir_for,
@@ -219,7 +221,7 @@ def test_build_progress_reads_the_log_as_it_grows_and_gives_a_share_of_the_last_
     assert progress.poll() == 2
     with log.open("a") as f:
         f.write("tial.o\n  CC      c.o\n")
-    assert "4 objects compiled (~50% of the 8 last time)" in progress.message()
+    assert "4 objects compiled (~50% of a full build's 8)" in progress.message()
 
 
 def test_build_progress_notifies_while_the_build_runs(tmp_path: Path) -> None:
@@ -269,7 +271,7 @@ def test_unpack_source_once_and_again_when_the_tarball_changes(tmp_path: Path) -
 
 def test_resolve_debug_builds_the_unpacked_distribution_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_tarball(tmp_path / "usr-src" / "linux-source-6.1.tar.xz", tmp_path)
-    monkeypatch.setattr(kb, "SOURCE_DIR", tmp_path / "usr-src")
+    monkeypatch.setattr(kernel_source, "SOURCE_DIR", tmp_path / "usr-src")
     cache = tmp_path / "cache"
     kernel = resolve_kernel_spec("debug", options=BuildOptions(vng="vng"), run=FakeKbuild(), cache_root=cache)
     assert kernel.release.endswith("-virtme-debug")
@@ -280,7 +282,7 @@ def test_resolve_debug_builds_the_unpacked_distribution_source(tmp_path: Path, m
 
 
 def test_resolve_debug_without_a_source_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kb, "SOURCE_DIR", tmp_path)
+    monkeypatch.setattr(kernel_source, "SOURCE_DIR", tmp_path)
     with pytest.raises(KernelNotFoundError, match=r"apt-get install linux-source-6\.1.*debug:~/src/linux"):
         resolve_kernel_spec("debug", run=FakeKbuild(), cache_root=tmp_path / "c")
 
@@ -288,3 +290,28 @@ def test_resolve_debug_without_a_source_names_the_package(tmp_path: Path, monkey
 def test_resolve_debug_tree_that_is_not_a_tree(tmp_path: Path) -> None:
     with pytest.raises(KernelNotFoundError, match="not a kernel source tree"):
         resolve_kernel_spec(f"debug:{tmp_path}", run=FakeKbuild(), cache_root=tmp_path / "c")
+
+
+def test_built_kernel_for_spec_finds_a_current_build_without_building(tmp_path: Path) -> None:
+    tree, cache, run = make_tree(tmp_path), tmp_path / "cache", FakeKbuild()
+    spec = f"debug:{tree}"
+    assert built_kernel_for_spec(spec, options=BuildOptions(vng="vng"), cache_root=cache) is None
+    built = resolve_kernel_spec(spec, options=BuildOptions(vng="vng"), run=run, cache_root=cache)
+    assert built_kernel_for_spec(spec, options=BuildOptions(vng="vng"), cache_root=cache) == built
+    plain = built_kernel_for_spec(str(tree), options=BuildOptions(vng="vng"), cache_root=cache)
+    assert plain is None  # the plain build of the tree was never made
+    (tree / "kernel.c").write_text("int y;\n")  # the tree changed: the build is stale
+    assert built_kernel_for_spec(spec, options=BuildOptions(vng="vng"), cache_root=cache) is None
+    assert built_kernel_for_spec("6.1.0-9-amd64", cache_root=cache) is None
+
+
+def test_the_percentage_refers_to_the_largest_build_not_the_last_incremental_one(tmp_path: Path) -> None:
+    tree, cache, run = make_tree(tmp_path), tmp_path / "cache", FakeKbuild()
+    build_kernel(tree, options=debug(), cache_root=cache, run=run)  # the fake build compiles 3 objects
+    record = kb.build_layout(tree.resolve(), cache, "debug").record
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "full_objects": 1400, "objects": 17}))  # a full build, then a small one
+    (tree / "kernel.c").write_text("int z;\n")
+    build_kernel(tree, options=debug(), cache_root=cache, run=run)
+    assert json.loads(record.read_text())["full_objects"] == 1400
+    assert previous_objects(record) == 1400

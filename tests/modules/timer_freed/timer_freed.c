@@ -33,6 +33,7 @@ static void timer_freed_fn(struct timer_list *t)
 static noinline void timer_freed_release(struct timer_freed *o)
 {
 	kfree(o); /* the bug: the timer is still armed */
+	pr_info("timer_freed: object freed\n"); /* not a tail call: the report's trace shows this function */
 }
 
 static int __init timer_freed_init(void)
@@ -48,6 +49,7 @@ static int __init timer_freed_init(void)
 static void __exit timer_freed_exit(void)
 {
 	timer_freed_release(obj);
+	obj = NULL;
 }
 
 module_init(timer_freed_init);
