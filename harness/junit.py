@@ -7,6 +7,7 @@ the suite it timed).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,3 +64,20 @@ def read_junit(path: Path) -> Outcome:
                 line = next(iter(text.strip().splitlines()), "")  # a failure may carry no message at all
                 first = f"{case.get('classname', '')}::{case.get('name', '')}: {line[:200]}"
     return Outcome(passed, failed, infra, first, skipped, recorded=True, first_skip=first_skip)
+
+
+def seconds_by_param(path: Path, labels: Sequence[str]) -> dict[str, float]:
+    """Summed test time per parameter label (e.g. per kernel: the label in a test id's brackets),
+    from a JUnit XML file; labels no test carries are left out."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return {}
+    ordered = sorted(labels, key=len, reverse=True)  # "6.1.0-x" must not claim "6.12..." tests
+    out: dict[str, float] = {}
+    for case in root.iter("testcase"):
+        params = (case.get("name") or "").partition("[")[2]
+        label = next((lb for lb in ordered if lb in params), None)
+        if label is not None:
+            out[label] = out.get(label, 0.0) + float(case.get("time") or 0.0)
+    return out

@@ -1,0 +1,63 @@
+"""The bench's suite figures: the quick tier's wall time per kernel, and the kernel matrix run
+serially and in parallel (pytest-xdist, one worker per kernel), measured in the same bench run.
+
+    suite_quick_s       {kernel: seconds}: the quick tier's tests of that kernel (JUnit times, boot included)
+    matrix_serial_s     one pytest run over every kernel, one after the other
+    matrix_parallel_s   the same run with -n auto
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import PROJECT_ROOT, HarnessConfig
+from ..errors import HarnessError
+from ..junit import read_junit, seconds_by_param
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    elapsed_s: float
+    tests: int
+    per_kernel_s: dict[str, float]
+
+
+def suite_argv(cfg: HarnessConfig, kernels: Sequence[str], junit: Path, *, parallel: bool) -> list[str]:
+    argv = [sys.executable, "-m", "pytest", "-q", "-m", "kernel", "--engine", cfg.engine, "--accel", cfg.accel,
+            f"--junitxml={junit}"]  # fmt: skip
+    for kernel in kernels:
+        argv += ["--kernel", kernel]
+    if parallel:
+        argv += ["-n", "auto"]
+    return [*argv, str(PROJECT_ROOT / "tests"), str(PROJECT_ROOT / "examples")]
+
+
+def run_suite(cfg: HarnessConfig, kernels: Sequence[str], junit: Path, *, parallel: bool) -> SuiteRun:
+    """Run the quick tier over `kernels`; a failing suite is an error (its figures would mean nothing)."""
+    junit.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    proc = subprocess.run(suite_argv(cfg, kernels, junit, parallel=parallel), capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, check=False)  # fmt: skip
+    elapsed = time.monotonic() - start
+    if proc.returncode != 0:
+        raise HarnessError(f"kernel suite failed during the benchmark (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+    return SuiteRun(elapsed, read_junit(junit).total, seconds_by_param(junit, kernels))
+
+
+def matrix_figures(cfg: HarnessConfig, kernels: Sequence[str], scratch: Path) -> dict[str, Any]:
+    """suite_quick_s per kernel and the serial and parallel matrix, from two runs of the same tests."""
+    serial = run_suite(cfg, kernels, scratch / "bench-matrix-serial.xml", parallel=False)
+    parallel = run_suite(cfg, kernels, scratch / "bench-matrix-parallel.xml", parallel=True)
+    return {
+        "suite_quick_s": {k: round(v, 1) for k, v in serial.per_kernel_s.items()},
+        "matrix_serial_s": round(serial.elapsed_s, 1),
+        "matrix_parallel_s": round(parallel.elapsed_s, 1),
+        "matrix_ratio": round(parallel.elapsed_s / serial.elapsed_s, 3) if serial.elapsed_s else None,
+        "matrix_tests": serial.tests,
+    }
