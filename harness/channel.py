@@ -13,16 +13,12 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import HarnessError
+from .errors import ChannelError
 
 # Finds the port's device node by name (no udev in the guest, so no /dev/virtio-ports links).
 FIND_PORT = (
     'for p in /sys/class/virtio-ports/*; do [ "$(cat "$p/name" 2>/dev/null)" = {name} ] && echo "/dev/${{p##*/}}"; done'
 )
-
-
-class ChannelError(HarnessError):
-    """The data channel is unavailable or the peer went away."""
 
 
 class Channel:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
 
-from .errors import ConfigError
+from .errors import AllowlistError, ConfigError
 
 __all__ = [
     "SPLAT_PATTERNS",
@@ -671,16 +671,6 @@ def iter_splats(lines: LogInput | LineStream) -> Iterator[Splat]:
 # ---------------------------------------------------------------------------
 # Allowlist
 # ---------------------------------------------------------------------------
-
-
-class AllowlistError(ConfigError):
-    """A malformed allowlist entry; the message is ``<file>:<line>: <problem>; fix: <fix>``."""
-
-    def __init__(self, source: str, line_no: int, problem: str, fix: str) -> None:
-        super().__init__(f"{source}:{line_no}: {problem}; fix: {fix}")
-        self.source = source
-        self.line_no = line_no
-        self.problem = problem
 
 
 @dataclass(frozen=True)

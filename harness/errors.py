@@ -57,6 +57,20 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+class KernelBuildError(HarnessError):
+    """Configuring or building a kernel source tree failed; carries the log tail and path."""
+
+    infra = True  # a kernel that does not build cannot test the module
+
+    def __init__(self, message: str, log: Path | None = None) -> None:
+        parts = [message]
+        if log is not None and log.exists():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+            parts.append(f"--- kernel build log {log} (last 30 lines) ---\n{tail}")
+        super().__init__("\n".join(parts))
+        self.log = log
+
+
 class GuestError(HarnessError):
     """Something went wrong with a guest; carries the console and kernel log tails."""
 
@@ -169,3 +183,17 @@ class BpfOutputError(EbpfError):
 
 class BpfProcessError(EbpfError):
     """bpftrace failed to start, to attach, or died while running."""
+
+
+class ChannelError(HarnessError):
+    """The data channel is unavailable or the peer went away."""
+
+
+class AllowlistError(ConfigError):
+    """A malformed allowlist entry; the message is ``<file>:<line>: <problem>; fix: <fix>``."""
+
+    def __init__(self, source: str, line_no: int, problem: str, fix: str) -> None:
+        super().__init__(f"{source}:{line_no}: {problem}; fix: {fix}")
+        self.source = source
+        self.line_no = line_no
+        self.problem = problem

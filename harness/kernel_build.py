@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .build_progress import BuildProgress, previous_objects
 from .cmdline import vng_executable
-from .errors import KernelNotFoundError, MissingDependencyError
+from .errors import KernelBuildError, KernelNotFoundError, MissingDependencyError
 from .kernel import Kernel, image_release, resolve_kernel
 from .kernel_config import (
     BASES,
@@ -48,7 +48,6 @@ from .kernel_config import (
     TINY_BASE,
     VIRTME_DROPPED_PREFIXES,
     BuildOptions,
-    KernelBuildError,
     Notify,
     Runner,
     config_items,

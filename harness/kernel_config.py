@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HarnessError
+from .errors import KernelBuildError
 
 # Symbol -> value the built kernel must have (checked in .config after configuration).
 # Built in (=y) rather than modules, so neither engine has to load anything to boot.
@@ -140,20 +140,6 @@ VIRTME_DROPPED_PREFIXES = ("DRM", "SND", "SOUND", "FB", "FRAMEBUFFER", "VGA_CONS
                            "VIRTIO_FS", "DAX", "FS_DAX", "MEMORY_HOT", "ZONE_DEVICE", "DEBUG_INFO")  # fmt: skip
 
 BASES = ("tiny", "defconfig")
-
-
-class KernelBuildError(HarnessError):
-    """Configuring or building a kernel source tree failed; carries the log tail and path."""
-
-    infra = True  # a kernel that does not build cannot test the module
-
-    def __init__(self, message: str, log: Path | None = None) -> None:
-        parts = [message]
-        if log is not None and log.exists():
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-            parts.append(f"--- kernel build log {log} (last 30 lines) ---\n{tail}")
-        super().__init__("\n".join(parts))
-        self.log = log
 
 
 # runner(argv, cwd, log) -> exit status; appends the command's output to log.

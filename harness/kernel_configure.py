@@ -8,10 +8,10 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import KernelBuildError
 from .kernel_config import (
     REQUIRED_CONFIG,
     BuildOptions,
-    KernelBuildError,
     Runner,
     config_items,
     config_line,

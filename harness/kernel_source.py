@@ -11,8 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import KernelNotFoundError
-from .kernel_config import PROFILES, KernelBuildError, Notify
+from .errors import KernelBuildError, KernelNotFoundError
+from .kernel_config import PROFILES, Notify
 
 
 def _silent(_: str) -> None:

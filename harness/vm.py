@@ -22,11 +22,11 @@ from typing import IO
 
 import pexpect
 
-from .channel import FIND_PORT, Channel, ChannelError
+from .channel import FIND_PORT, Channel
 from .cmdline import CHANNEL_NAME, shell_join
 from .console import CommandResult, Console
 from .dmesg import find_splats, parse_lines
-from .errors import BootError, CommandTimeout, GuestCommandError, GuestError, LostGuestError
+from .errors import BootError, ChannelError, CommandTimeout, GuestCommandError, GuestError, LostGuestError
 
 _PR_SET_PDEATHSIG = 1
 

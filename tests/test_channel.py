@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.channel import Channel, ChannelError
+from harness.channel import Channel
+from harness.errors import ChannelError
 
 
 def serve(path: Path, replies: list[bytes]) -> threading.Thread:

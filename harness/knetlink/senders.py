@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..channel import Channel, ChannelError
+from ..channel import Channel
 from ..config import GUEST_SCRIPTS
-from ..errors import HarnessError
+from ..errors import ChannelError, HarnessError
 from ..vm import Guest
 
 READY = "NLSEND READY"
