@@ -1,7 +1,8 @@
-"""Read the JUnit XML file of a pytest run: how many tests passed, were skipped, failed.
+"""Read the JUnit XML file of a pytest run: how many tests passed, were skipped, failed, and
+how long the tests of each parameter (kernel) took.
 
 Used by ``bisect-run`` (the verdict for a commit) and by ``bench`` (the size of
-the suite it timed).
+the suite it timed, the time per kernel).
 """
 
 from __future__ import annotations
@@ -36,15 +37,22 @@ class Outcome:
         return self.passed + self.failed + self.infra + self.skipped
 
 
+def _testcases(path: Path) -> list[ET.Element] | None:
+    """The file's ``<testcase>`` elements; None when there is no readable JUnit file."""
+    try:
+        return list(ET.parse(path).getroot().iter("testcase"))
+    except (OSError, ET.ParseError):
+        return None
+
+
 def read_junit(path: Path) -> Outcome:
     """Count test outcomes in a JUnit XML file; missing/unreadable file -> empty Outcome."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
+    cases = _testcases(path)
+    if cases is None:
         return Outcome()
     passed = failed = infra = skipped = 0
     first = first_skip = ""
-    for case in root.iter("testcase"):
+    for case in cases:
         problems = [c for c in case if c.tag in ("failure", "error")]
         if not problems:
             skips = [c for c in case if c.tag == "skipped"]
@@ -69,13 +77,9 @@ def read_junit(path: Path) -> Outcome:
 def seconds_by_param(path: Path, labels: Sequence[str]) -> dict[str, float]:
     """Summed test time per parameter label (e.g. per kernel: the label in a test id's brackets),
     from a JUnit XML file; labels no test carries are left out."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
-        return {}
     ordered = sorted(labels, key=len, reverse=True)  # "6.1.0-x" must not claim "6.12..." tests
     out: dict[str, float] = {}
-    for case in root.iter("testcase"):
+    for case in _testcases(path) or []:
         params = (case.get("name") or "").partition("[")[2]
         label = next((lb for lb in ordered if lb in params), None)
         if label is not None:
