@@ -165,32 +165,46 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("full", "--full", "KNH_FULL", "knh_full", "0",
             "1: the full tier: tests marked `full` run, and tests size their work for it (e.g. 10,000 fuzzed "
             "frames instead of 500); 0: the quick tier", _flag, flag=True),
+    Setting("run_kernel_build", "--run-kernel-build", "KNH_RUN_KERNEL_BUILD", "knh_run_kernel_build", "0",
+            "1: the kernel_build tests must run: a missing KNH_KERNEL_TREE fails them instead of skipping them",
+            _flag, flag=True),
 )  # fmt: skip
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
 
+def _default(name: str) -> Any:
+    """A setting's default value, parsed like any other value."""
+    setting = SETTINGS_BY_NAME[name]
+    if setting.multi:
+        check = setting.item_parse or str
+        return tuple(check(item) for item in _words(setting.default))
+    return setting.parse(setting.default)
+
+
 @dataclass(frozen=True)
 class HarnessConfig:
-    """Resolved settings; `sources` says where each value came from."""
+    """Resolved settings; `sources` says where each value came from. A field's default is its
+    Setting's default, parsed (the table above is the one place defaults are written)."""
 
-    kernels: tuple[str, ...] = ()
-    accel: str = "auto"
-    engine: str = "vng"
-    boot_timeout: float = 120.0
-    boot_retries: int = 1
-    command_timeout: float = 60.0
-    settle: float = 0.1
-    memory: str = "1G"
-    cpus: int = 2
-    results_dir: Path = Path("results")
-    module_dir: Path = DEFAULT_MODULE_DIR
-    make_targets: tuple[str, ...] = ()
-    splat_allowlist: Path = DEFAULT_ALLOWLIST
-    allowed_taint: str = "OE"
-    module_params: tuple[str, ...] = ()
-    require_ebpf: bool = False
-    full: bool = False
+    kernels: tuple[str, ...] = _default("kernels")
+    accel: str = _default("accel")
+    engine: str = _default("engine")
+    boot_timeout: float = _default("boot_timeout")
+    boot_retries: int = _default("boot_retries")
+    command_timeout: float = _default("command_timeout")
+    settle: float = _default("settle")
+    memory: str = _default("memory")
+    cpus: int = _default("cpus")
+    results_dir: Path = _default("results_dir")  # noqa: RUF009 (a Path is immutable)
+    module_dir: Path = _default("module_dir")  # noqa: RUF009
+    make_targets: tuple[str, ...] = _default("make_targets")
+    splat_allowlist: Path = _default("splat_allowlist")  # noqa: RUF009
+    allowed_taint: str = _default("allowed_taint")
+    module_params: tuple[str, ...] = _default("module_params")
+    require_ebpf: bool = _default("require_ebpf")
+    full: bool = _default("full")
+    run_kernel_build: bool = _default("run_kernel_build")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 

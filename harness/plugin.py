@@ -42,9 +42,6 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         else:
             group.addoption(s.option, dest=f"knh_{s.name}", default=None, help=s.help + extra)
             parser.addini(s.ini, s.help, default="")
-    group.addoption("--run-kernel-build", action="store_true", dest="run_kernel_build", default=False,
-                    help="require the kernel_build tests to run: a missing KNH_KERNEL_TREE fails them instead "
-                         "of skipping them [env KNH_RUN_KERNEL_BUILD=1]")  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -55,3 +55,9 @@ def test_module_params_dict() -> None:
     assert module_params_dict(["proto=31", "require_cap=1", "x="]) == {"proto": "31", "require_cap": "1", "x": ""}
     with pytest.raises(ValueError):
         module_params_dict(["1bad=3"])
+
+
+def test_harness_config_defaults_are_the_settings_table_defaults() -> None:
+    from harness.config import HarnessConfig
+
+    assert HarnessConfig() == resolve({}, environ={}, ini={})

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.config import HarnessConfig
 from harness.kernel_build import BuildOptions, build_kernel, is_kernel_tree
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kernel_build]
@@ -31,17 +32,12 @@ pytestmark = [pytest.mark.kernel, pytest.mark.kernel_build]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _required(config: pytest.Config) -> bool:
-    return bool(config.getoption("run_kernel_build")) or os.environ.get("KNH_RUN_KERNEL_BUILD", "") in (
-        "1", "yes", "true")  # fmt: skip
-
-
 @pytest.fixture
-def kernel_tree(pytestconfig: pytest.Config) -> Path:
+def kernel_tree(knh_config: HarnessConfig) -> Path:
     tree = Path(os.environ.get("KNH_KERNEL_TREE", ""))
     if not os.environ.get("KNH_KERNEL_TREE"):
         reason = "no kernel source tree configured: set KNH_KERNEL_TREE (see tests/kernel/test_kernel_build.py)"
-        if _required(pytestconfig):
+        if knh_config.run_kernel_build:
             pytest.fail(f"{reason}; KNH_RUN_KERNEL_BUILD=1 / --run-kernel-build requires it", pytrace=False)
         pytest.skip(reason)
     if not is_kernel_tree(tree):
