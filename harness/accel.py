@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .cmdline import QemuSpec, qemu_argv
 from .errors import ConfigError
 
 Accel = Literal["kvm", "tcg"]
@@ -56,15 +57,20 @@ def kvm_device_usable(dev: Path = Path("/dev/kvm")) -> str | None:
     return None
 
 
+# No root device: the kernel gives up on the root fs and panics, the sign that it ran.
+PROBE_KERNEL_ARGS = ("panic=-1", "root=/dev/knh-no-root", "loglevel=4")
+
+
+def probe_spec(qemu: str, image: Path) -> QemuSpec:
+    """The KVM probe boot: QEMU's default PC machine and the CPU model vng uses under KVM, no initramfs,
+    no shared directories, no channel, the kernel console on stdio."""
+    return QemuSpec(image=image, accel="kvm", qemu=qemu, name=None, machine=None, memory="256M", cpus=1,
+                    kernel_args=PROBE_KERNEL_ARGS, memory_debug=())  # fmt: skip
+
+
 def probe_argv(qemu: str, image: Path) -> list[str]:
-    """QEMU command line of the KVM probe boot (the CPU model vng uses under KVM)."""
-    return [
-        qemu, "-accel", "kvm", "-cpu", "host", "-m", "256M", "-smp", "1",
-        "-display", "none", "-vga", "none", "-nodefaults", "-no-reboot",
-        "-serial", "stdio", "-monitor", "none", "-net", "none",
-        "-kernel", str(image),
-        "-append", "console=ttyS0 panic=-1 root=/dev/knh-no-root loglevel=4",
-    ]  # fmt: skip
+    """QEMU command line of the KVM probe boot."""
+    return qemu_argv(probe_spec(qemu, image))
 
 
 def probe_kvm(image: Path, qemu: str = "qemu-system-x86_64", deadline_s: float = PROBE_DEADLINE_S) -> ProbeResult:

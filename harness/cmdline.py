@@ -1,4 +1,4 @@
-"""Pure builders for the virtme-ng command line and the guest kernel command line."""
+"""Pure builders: the virtme-ng command line, the one QEMU command line, the guest kernel command line."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ class VngSpec:
     name: str = "knh"
     kernel_args: tuple[str, ...] = field(default=BASE_KERNEL_ARGS)
     vng: str = "vng"
+    channel: Path | None = None  # unix socket of the virtio-serial data channel (a PCI port)
+    mapped_dirs: tuple[tuple[Path, Path], ...] = ()  # (guest path, host path), read-only
     extra_args: tuple[str, ...] = ()  # appended verbatim (experiments, user overrides)
     image: Path | None = None  # boot this image instead of kernel.image (e.g. the uncompressed vmlinux)
     blacklist: tuple[str, ...] = GUEST_NOISE_MODULES
@@ -86,31 +88,45 @@ def vng_argv(spec: VngSpec) -> list[str]:
         argv.append("--disable-kvm")
     for d in spec.rw_dirs:
         argv += ["--rwdir", str(d)]
+    if spec.channel is not None:
+        argv += [f"--qemu-opts={a}" for a in channel_qemu_args(spec.channel)]
+    argv += [f"--rodir={guest}={host}" for guest, host in spec.mapped_dirs]
     return argv + list(spec.extra_args)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class QemuSpec:
-    """The fast engine: QEMU started directly on an uncompressed kernel and a busybox initramfs."""
+    """One direct QEMU boot: the qemu engine's guest, the KVM probe and the benchmark's raw boot.
 
-    kernel: Kernel
+    What a boot leaves out is a default: no `shell` means no host root over 9p and no
+    knh.* arguments, no `channel` no data channel, no `initrd` no initramfs (and no
+    rdinit=), no `kernel_log` the kernel console on ttyS0 with everything else.
+    """
+
     image: Path  # uncompressed vmlinux (PVH entry) when available, else the bzImage
-    initrd: Path
-    accel: str
-    shell: Path
-    rw_dirs: tuple[Path, ...]
-    fresh_dirs: tuple[Path, ...]  # read-only, uncached: the host writes there during the run
-    kernel_log: Path
-    channel: Path | None = None  # unix socket of the virtio-serial data channel
-    mapped_dirs: tuple[tuple[Path, Path], ...] = ()  # (guest path, host path), read-only, uncached
+    accel: str  # "kvm" or "tcg"
+    initrd: Path | None = None
+    kernel: Kernel | None = None  # its configuration decides the memory-debug arguments; None: none
+    qemu: str = "qemu-system-x86_64"
+    name: str | None = "knh"
+    machine: str | None = "microvm"  # None: QEMU's default PC machine
     memory: str = "1G"
     cpus: int = 2
-    name: str = "knh"
-    cwd: Path = Path("/")
-    kernel_args: tuple[str, ...] = field(default=BASE_KERNEL_ARGS)
-    qemu: str = "qemu-system-x86_64"
+    kernel_log: Path | None = None  # file the kernel console (ttyS1) is written to
+    kernel_args: tuple[str, ...] = BASE_KERNEL_ARGS
     tsc_khz: int | None = None  # host TSC frequency: tsc_early_khz= under TCG (see qemu_argv)
     memory_debug: tuple[str, ...] = field(default_factory=helpers_from_env)  # as in VngSpec
+    # The guest shell fast-init starts, and what it mounts
+    shell: Path | None = None
+    cwd: Path = Path("/")
+    rw_dirs: tuple[Path, ...] = ()  # host directories the guest may write
+    fresh_dirs: tuple[Path, ...] = ()  # read-only, uncached: the host writes there during the run
+    mapped_dirs: tuple[tuple[Path, Path], ...] = ()  # (guest path, host path), read-only, uncached
+    channel: Path | None = None  # unix socket of the virtio-serial data channel
+
+    def __post_init__(self) -> None:
+        if self.shell is None and (self.rw_dirs or self.fresh_dirs or self.mapped_dirs):
+            raise ValueError("shared directories need a guest shell to mount them")
 
 
 def qemu_opt(value: object) -> str:
@@ -118,8 +134,14 @@ def qemu_opt(value: object) -> str:
     return str(value).replace(",", ",,")
 
 
+def _ninep(tag: str, host: Path, *, readonly: bool) -> list[str]:
+    ro = ",readonly=on" if readonly else ""
+    return ["-fsdev", f"local,id={tag},path={qemu_opt(host)},security_model=none{ro},multidevs=remap",
+            "-device", f"virtio-9p-device,fsdev={tag},mount_tag={tag}"]  # fmt: skip
+
+
 def qemu_argv(spec: QemuSpec) -> list[str]:
-    """Direct QEMU boot. ttyS0 is the interactive console (stdio), ttyS1 the kernel console (a file).
+    """The one QEMU command line. ttyS0 is stdio (the interactive console), ttyS1 the kernel console (a file).
 
     microvm with virtio-mmio devices (found through its ACPI tables; virtio_mmio is
     in the initramfs): ~0.3 s faster than q35 under TCG, no PCI bus to enumerate.
@@ -129,36 +151,38 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     """
     accel = ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
     argv = [
-        spec.qemu, "-name", spec.name, "-M", "microvm", *accel,
-        "-m", spec.memory, "-smp", str(spec.cpus),
+        spec.qemu, *(["-name", spec.name] if spec.name else []), *(["-M", spec.machine] if spec.machine else []),
+        *accel, "-m", spec.memory, "-smp", str(spec.cpus),
         "-nodefaults", "-no-reboot", "-display", "none", "-vga", "none", "-net", "none",
         "-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
+    ]  # fmt: skip
+    if spec.kernel_log is not None:
         # microvm creates only ttyS0 from -serial; ttyS1 (the kernel console) is added as a device
-        "-chardev", f"file,id=klog,path={qemu_opt(spec.kernel_log)}", "-device", "isa-serial,chardev=klog,index=1",
-        "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
-        "-device", "virtio-9p-device,fsdev=hostroot,mount_tag=hostroot",
-    ]  # fmt: skip
-    for i, d in enumerate(spec.rw_dirs):
-        argv += ["-fsdev", f"local,id=knhrw{i},path={qemu_opt(d)},security_model=none,multidevs=remap",
-                 "-device", f"virtio-9p-device,fsdev=knhrw{i},mount_tag=knhrw{i}"]  # fmt: skip
-    for i, d in enumerate(spec.fresh_dirs):
-        argv += ["-fsdev", f"local,id=knhro{i},path={qemu_opt(d)},security_model=none,readonly=on,multidevs=remap",
-                 "-device", f"virtio-9p-device,fsdev=knhro{i},mount_tag=knhro{i}"]  # fmt: skip
-    for i, (_, host) in enumerate(spec.mapped_dirs):
-        argv += ["-fsdev", f"local,id=knhmap{i},path={qemu_opt(host)},security_model=none,readonly=on,multidevs=remap",
-                 "-device", f"virtio-9p-device,fsdev=knhmap{i},mount_tag=knhmap{i}"]  # fmt: skip
+        argv += ["-chardev", f"file,id=klog,path={qemu_opt(spec.kernel_log)}",
+                 "-device", "isa-serial,chardev=klog,index=1"]  # fmt: skip
+    if spec.shell is not None:
+        argv += _ninep("hostroot", Path("/"), readonly=True)
+        for i, d in enumerate(spec.rw_dirs):
+            argv += _ninep(f"knhrw{i}", d, readonly=False)
+        for i, d in enumerate(spec.fresh_dirs):
+            argv += _ninep(f"knhro{i}", d, readonly=True)
+        for i, (_, host) in enumerate(spec.mapped_dirs):
+            argv += _ninep(f"knhmap{i}", host, readonly=True)
     if spec.channel is not None:
-        argv += channel_qemu_args(spec.channel, transport="mmio")
+        argv += channel_qemu_args(spec.channel, transport="mmio" if spec.machine == "microvm" else "pci")
+    console = "console=ttyS1" if spec.kernel_log is not None else "console=ttyS0"
     clock = [f"tsc_early_khz={spec.tsc_khz}"] if spec.accel == "tcg" and spec.tsc_khz else []
-    args = [
-        "console=ttyS1", "rdinit=/init", *spec.kernel_args, *clock,
-        *memory_debug_args(kernel_config(spec.kernel), spec.memory_debug),
-        f"knh.shell={spec.shell}", f"knh.cwd={spec.cwd}",
-        "knh.rw=" + ",".join(str(d) for d in spec.rw_dirs),
-        "knh.fresh=" + ",".join(str(d) for d in spec.fresh_dirs),
-        "knh.map=" + ",".join(str(guest) for guest, _ in spec.mapped_dirs),
-    ]  # fmt: skip
-    return [*argv, "-kernel", str(spec.image), "-initrd", str(spec.initrd), "-append", " ".join(args)]
+    debug = memory_debug_args(kernel_config(spec.kernel), spec.memory_debug) if spec.kernel is not None else ()
+    args = [console, *(["rdinit=/init"] if spec.initrd else []), *spec.kernel_args, *clock, *debug]
+    if spec.shell is not None:
+        args += [
+            f"knh.shell={spec.shell}", f"knh.cwd={spec.cwd}",
+            "knh.rw=" + ",".join(str(d) for d in spec.rw_dirs),
+            "knh.fresh=" + ",".join(str(d) for d in spec.fresh_dirs),
+            "knh.map=" + ",".join(str(guest) for guest, _ in spec.mapped_dirs),
+        ]  # fmt: skip
+    initrd = ["-initrd", str(spec.initrd)] if spec.initrd else []
+    return [*argv, "-kernel", str(spec.image), *initrd, "-append", " ".join(args)]
 
 
 CHANNEL_NAME = "knh.0"

@@ -15,6 +15,7 @@ import pytest
 
 from .checks import Window, console_since
 from .config import DEFAULT_MODULE_DIR
+from .junit import FAILURE_KIND_PROPERTY
 from .parallel import STATE_OUTPUT, is_worker
 from .runstate import RUN_KEY, KernelParam, RunState, run_state, uses_guest
 from .watch import WINDOW_KEY
@@ -45,7 +46,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
     if report.failed:  # JUnit takes the properties of the teardown report, which copies the item's
-        kind = ("knh_failure", "infra" if _infra_failure(call) else "test")
+        kind = (FAILURE_KIND_PROPERTY, "infra" if _infra_failure(call) else "test")
         item.user_properties.append(kind)
         if report.when == "teardown":
             report.user_properties.append(kind)

@@ -8,19 +8,17 @@ every test until it dies (then the next user gets a fresh one).
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .accel import AccelDecision, choose_accel, host_tsc_khz
-from .cmdline import QemuSpec, VngSpec, channel_qemu_args, qemu_argv, vng_argv, vng_executable
+from .accel import AccelDecision, choose_accel
 from .config import GUEST_SCRIPTS, HarnessConfig
-from .errors import BootError, MissingDependencyError
+from .engines import LaunchSpec, engine_for
+from .errors import BootError
 from .guest_kernel import GuestKernel
-from .initramfs import build_initramfs, cached_vmlinux
 from .kernel import Kernel
 from .kernel_build import modules_dir_for
 from .kmod import BuiltModule, build_module, default_cache_root
@@ -129,35 +127,15 @@ class KernelSession:
     def launch(self, name: str, run_dir: Path) -> Launch:
         """The command that boots this kernel with the configured engine."""
         accel = self.accel().accel
+        engine = engine_for(self.config.engine)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         channel = Path(tempfile.mkdtemp(prefix="knh-")) / "channel.sock"  # unix socket paths must be short
-        shell = GUEST_SCRIPTS / "guest-shell"
-        tree_modules = modules_dir_for(self.kernel)
-        if self.config.engine == "qemu":
-            qemu = shutil.which("qemu-system-x86_64")
-            if qemu is None:
-                raise MissingDependencyError("qemu-system-x86_64", "apt-get install qemu-system-x86")
-            cache = default_cache_root()
-            image = cached_vmlinux(self.kernel, cache) or self.kernel.image
-            initrd = build_initramfs(self.kernel, GUEST_SCRIPTS / "fast-init", cache)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            argv = qemu_argv(QemuSpec(
-                kernel=self.kernel, image=image, initrd=initrd, accel=accel, shell=shell,
-                rw_dirs=(self.results_dir,), fresh_dirs=(cache,), kernel_log=run_dir / "kernel.log",
-                channel=channel, memory=self.config.memory, cpus=self.config.cpus, name=name,
-                cwd=Path(os.getcwd()), qemu=qemu, tsc_khz=host_tsc_khz(),
-                mapped_dirs=((Path("/lib/modules") / self.kernel.release, tree_modules),) if tree_modules else (),
-            ))  # fmt: skip
-        else:
-            argv = vng_argv(VngSpec(
-                kernel=self.kernel, accel=accel, shell=shell, rw_dirs=(self.results_dir,),
-                image=cached_vmlinux(self.kernel, default_cache_root()),
-                memory=self.config.memory, cpus=self.config.cpus, name=name, vng=vng_executable(),
-                extra_args=tuple(f"--qemu-opts={a}" for a in channel_qemu_args(channel))
-                # A kernel built from a tree has its modules in the cache, not in /lib/modules.
-                + ((f"--rodir=/lib/modules/{self.kernel.release}={tree_modules}",) if tree_modules else ()),
-            ))  # fmt: skip
-        return Launch(tuple(argv), name, self.kernel.release, accel, self.config.engine, channel)
+        argv = engine.argv(LaunchSpec(
+            kernel=self.kernel, name=name, accel=accel, run_dir=run_dir, shell=GUEST_SCRIPTS / "guest-shell",
+            cache=default_cache_root(), rw_dirs=(self.results_dir,), channel=channel, memory=self.config.memory,
+            cpus=self.config.cpus, cwd=Path(os.getcwd()), tree_modules=modules_dir_for(self.kernel),
+        ))  # fmt: skip
+        return Launch(tuple(argv), name, self.kernel.release, accel, engine.name, channel)
 
     def guest(self) -> Guest:
         """The live guest, booting one (with retries) if there is none or it died."""

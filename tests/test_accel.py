@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.accel import ProbeResult, choose_accel, interpret_probe
+from harness.accel import ProbeResult, choose_accel, interpret_probe, probe_argv
 from harness.errors import ConfigError
 
 IMG = Path("/boot/vmlinuz-x")
@@ -45,3 +45,12 @@ def test_interpret_probe_output() -> None:
     r = interpret_probe("qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\n", 0.1)
     assert not r.works and "failed to set MSR 0x10a" in r.reason
     assert "no kernel output" in interpret_probe("", 15.0).reason
+
+
+def test_probe_boots_the_default_machine_under_kvm_with_no_root() -> None:
+    argv = probe_argv("/usr/bin/qemu-system-x86_64", IMG)
+    assert argv[:5] == ["/usr/bin/qemu-system-x86_64", "-accel", "kvm", "-cpu", "host"]  # QEMU's PC machine: no -M
+    assert argv[argv.index("-m") + 1] == "256M" and argv[argv.index("-smp") + 1] == "1"
+    assert "-no-reboot" in argv and argv[argv.index("-serial") + 1] == "chardev:con"
+    assert argv[-4:] == ["-kernel", str(IMG), "-append", "console=ttyS0 panic=-1 root=/dev/knh-no-root loglevel=4"]
+    assert not {"-initrd", "-fsdev", "-device", "-name"} & set(argv)  # no initramfs, 9p, channel

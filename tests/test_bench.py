@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from harness.knetlink.bench import KEYS, Figure, format_table
+from harness.knetlink.bench import KEYS, Figure, format_table, raw_boot_argv
 
 
 def result_with(raw: float, engines: dict[str, float]) -> dict[str, object]:
@@ -38,3 +38,14 @@ def test_table_of_a_saved_run_is_json_roundtrip_safe(tmp_path: Path) -> None:
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(result_with(1.0, {"vng": 2.0, "qemu": 1.2})))
     assert "engine qemu: 1.20" in format_table(json.loads(path.read_text()))
+
+
+def test_raw_boot_is_the_qemu_engines_machine_without_its_guest() -> None:
+    tcg = raw_boot_argv("qemu", Path("/c/vmlinux"), Path("/c/raw.cpio"), "tcg", "1G", 2, tsc_khz=2_994_000)
+    assert tcg[:7] == ["qemu", "-M", "microvm", "-accel", "tcg", "-cpu", "max"]
+    assert tcg[tcg.index("-serial") + 1] == "chardev:con" and "-no-reboot" in tcg
+    assert tcg[-6:] == ["-kernel", "/c/vmlinux", "-initrd", "/c/raw.cpio", "-append",
+                        "console=ttyS0 rdinit=/init panic=-1 loglevel=1 tsc_early_khz=2994000"]  # fmt: skip
+    assert not {"-fsdev", "-device", "-name"} & set(tcg)  # no 9p, no kernel-log serial, no channel
+    kvm = raw_boot_argv("qemu", Path("/c/vmlinux"), Path("/c/raw.cpio"), "kvm", "1G", 2, tsc_khz=2_994_000)
+    assert kvm[kvm.index("-append") + 1] == "console=ttyS0 rdinit=/init panic=-1 loglevel=1"

@@ -1,6 +1,16 @@
 from pathlib import Path
 
-from harness.cmdline import BASE_KERNEL_ARGS, QemuSpec, VngSpec, qemu_argv, shell_join, vng_argv
+import pytest
+
+from harness.cmdline import (
+    BASE_KERNEL_ARGS,
+    QemuSpec,
+    VngSpec,
+    channel_qemu_args,
+    qemu_argv,
+    shell_join,
+    vng_argv,
+)
 from harness.kernel import Kernel
 
 K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/lib/modules/6.1.0-56-amd64/build"))
@@ -92,3 +102,42 @@ def test_commas_in_host_paths_are_escaped_for_qemu() -> None:
     assert "file,id=klog,path=/r,,1/k.log" in argv
     assert "local,id=knhrw0,path=/r,,1,security_model=none,multidevs=remap" in argv
     assert "socket,id=knhch,path=/t,,x/ch.sock,server=on,wait=off" in argv
+
+
+def test_vng_channel_and_mapped_dirs() -> None:
+    argv = vng_argv(spec(channel=Path("/t/ch.sock"), mapped_dirs=((Path("/lib/modules/r"), Path("/m")),),
+                         extra_args=("--verbose",)))  # fmt: skip
+    opts = [a.removeprefix("--qemu-opts=") for a in argv if a.startswith("--qemu-opts=")]
+    assert opts == ["-no-reboot", *channel_qemu_args(Path("/t/ch.sock"), transport="pci")]
+    assert argv[-2:] == ["--rodir=/lib/modules/r=/m", "--verbose"]
+
+
+def test_a_bare_qemu_boot_leaves_out_shell_dirs_channel_and_initramfs() -> None:
+    argv = qemu_argv(QemuSpec(image=Path("/c/vmlinux"), accel="tcg", name=None, kernel_args=("panic=-1",)))
+    assert argv == [
+        "qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "1G", "-smp", "2",
+        "-nodefaults", "-no-reboot", "-display", "none", "-vga", "none", "-net", "none",
+        "-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
+        "-kernel", "/c/vmlinux", "-append", "console=ttyS0 panic=-1",
+    ]  # fmt: skip
+
+
+def test_qemu_default_machine_takes_the_channel_on_pci() -> None:
+    argv = qemu_argv(qemu_spec(machine=None, channel=Path("/t/ch.sock")))
+    assert "-M" not in argv and "virtio-serial-pci,id=knhser" in argv
+
+
+def test_shared_dirs_need_a_shell() -> None:
+    with pytest.raises(ValueError, match="guest shell"):
+        QemuSpec(image=Path("/c/vmlinux"), accel="tcg", rw_dirs=(Path("/r"),))
+
+
+def test_one_place_knows_qemus_machine_options() -> None:
+    """The KVM probe, the benchmark's raw boot and the qemu engine share qemu_argv."""
+    harness = Path(__file__).resolve().parent.parent / "harness"
+    writers = sorted(
+        str(p.relative_to(harness))
+        for p in harness.rglob("*.py")
+        if any(opt in p.read_text() for opt in ('"-nodefaults"', '"-accel"', '"-serial"', '"microvm"'))
+    )
+    assert writers == ["cmdline.py"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..accel import host_tsc_khz
+from ..cmdline import QemuSpec, qemu_argv
 from ..config import PROJECT_ROOT, HarnessConfig
 from ..errors import HarnessError, MissingDependencyError
 from ..initramfs import cached_vmlinux, cpio_newc
@@ -85,14 +86,15 @@ def raw_initramfs(cache: Path) -> Path:
     return out
 
 
-def raw_boot_argv(qemu: str, image: Path, initrd: Path, accel: str, memory: str, cpus: int) -> list[str]:
-    """The floor: microvm, direct kernel entry, an init that prints and powers off."""
-    khz = host_tsc_khz()
-    append = "console=ttyS0 rdinit=/init panic=-1 loglevel=1" + (f" tsc_early_khz={khz}" if khz else "")
-    acc = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
-    return [qemu, "-M", "microvm", *acc, "-m", memory, "-smp", str(cpus), "-nodefaults", "-no-reboot",
-            "-display", "none", "-vga", "none", "-serial", "stdio", "-net", "none",
-            "-kernel", str(image), "-initrd", str(initrd), "-append", append]  # fmt: skip
+RAW_KERNEL_ARGS = ("panic=-1", "loglevel=1")
+
+
+def raw_boot_argv(qemu: str, image: Path, initrd: Path, accel: str, memory: str, cpus: int,
+                  tsc_khz: int | None = None) -> list[str]:  # fmt: skip
+    """The floor: the qemu engine's machine and direct kernel entry with an init that prints and powers off
+    (no shared directories, no channel, the kernel console on stdio)."""
+    return qemu_argv(QemuSpec(image=image, initrd=initrd, accel=accel, qemu=qemu, name=None, memory=memory,
+                              cpus=cpus, kernel_args=RAW_KERNEL_ARGS, tsc_khz=tsc_khz, memory_debug=()))  # fmt: skip
 
 
 def time_raw_boot(argv: Sequence[str], timeout: float = 120.0) -> float:
@@ -145,7 +147,7 @@ def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelS
     qemu = shutil.which("qemu-system-x86_64")
     image = cached_vmlinux(kernel, cache)
     if qemu and image:
-        argv = raw_boot_argv(qemu, image, raw_initramfs(cache), accel, cfg.memory, cfg.cpus)
+        argv = raw_boot_argv(qemu, image, raw_initramfs(cache), accel, cfg.memory, cfg.cpus, host_tsc_khz())
         progress(f"raw boot x{opts.boots}: {' '.join(argv[:4])} ...")
         figs["raw_boot_s"] = _median_of(lambda: time_raw_boot(argv), opts.boots)
         figs[

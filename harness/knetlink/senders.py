@@ -47,7 +47,7 @@ class PySender:
     """The persistent Python sender in the guest, on the virtio-serial data channel.
 
     One sender process per guest and protocol lives across tests: starting
-    Python (and importing pyroute2) in a TCG guest costs seconds. Between tests
+    Python in a TCG guest costs a second or more. Between tests
     it closes its netlink socket ("close" request), because an open socket of
     the module's protocol holds a reference on the module and rmmod would fail.
     """

@@ -1,0 +1,127 @@
+"""Engines: one interface, one registry keyed by the configured names, argv from a launch spec."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from harness import engines
+from harness.config import ENGINES, HarnessConfig
+from harness.engines import REGISTRY, LaunchSpec, QemuEngine, VngEngine, engine_for
+from harness.errors import ConfigError, MissingDependencyError
+from harness.kernel import Kernel
+from harness.session import KernelSession
+
+K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/lib/modules/6.1.0-56-amd64/build"))
+
+
+def launch(tmp_path: Path, **kw: object) -> LaunchSpec:
+    base: dict[str, object] = dict(
+        kernel=K, name="knh-1", accel="tcg", run_dir=tmp_path / "run", shell=Path("/g/guest-shell"),
+        cache=Path("/c"), rw_dirs=(Path("/r"),), channel=Path("/tmp/x/ch.sock"), cwd=Path("/w"),
+    )  # fmt: skip
+    base.update(kw)
+    return LaunchSpec(**base)  # type: ignore[arg-type]
+
+
+def vng_engine(vmlinux: Path | None = Path("/c/vmlinux")) -> VngEngine:
+    return VngEngine(executable=lambda: "/venv/bin/vng", vmlinux=lambda kernel, cache: vmlinux)
+
+
+def qemu_engine(
+    vmlinux: Path | None = Path("/c/vmlinux"), qemu: str | None = "/usr/bin/qemu-system-x86_64"
+) -> QemuEngine:
+    return QemuEngine(
+        which=lambda name: qemu if name == "qemu-system-x86_64" else None,
+        vmlinux=lambda kernel, cache: vmlinux,
+        initramfs=lambda kernel, init, cache: cache / f"initramfs-{kernel.release}.cpio",
+        tsc_khz=lambda: 2_994_000,
+    )
+
+
+def test_registry_keys_are_the_configured_engine_names() -> None:
+    assert tuple(REGISTRY) == ENGINES
+    assert all(engine.name == name for name, engine in REGISTRY.items())
+
+
+def test_unknown_engine_names_the_known_ones() -> None:
+    assert engine_for("qemu") is REGISTRY["qemu"]
+    with pytest.raises(ConfigError, match="unknown engine 'kvmtool': use one of vng, qemu"):
+        engine_for("kvmtool")
+
+
+def test_vng_engine_argv_from_a_launch_spec(tmp_path: Path) -> None:
+    argv = vng_engine().argv(launch(tmp_path))
+    append = argv[argv.index("--append") + 1]
+    assert argv[: argv.index("--append")] == [
+        "/venv/bin/vng", "--run", "/c/vmlinux", "--name", "knh-1", "--memory", "1G", "--cpus", "2",
+        "--shell", "/g/guest-shell", "--force-9p",
+    ]  # fmt: skip
+    assert append.startswith("panic=-1 loglevel=5 log_buf_len=8M") and "module_blacklist=" in append
+    assert argv[argv.index("--append") + 2 :] == [
+        "--qemu-opts=-no-reboot", "--disable-kvm", "--rwdir", "/r",
+        "--qemu-opts=-device", "--qemu-opts=virtio-serial-pci,id=knhser",
+        "--qemu-opts=-chardev", "--qemu-opts=socket,id=knhch,path=/tmp/x/ch.sock,server=on,wait=off",
+        "--qemu-opts=-device", "--qemu-opts=virtserialport,bus=knhser.0,chardev=knhch,name=knh.0",
+    ]  # fmt: skip
+
+
+def test_vng_engine_boots_the_bzimage_without_a_vmlinux_and_maps_tree_modules(tmp_path: Path) -> None:
+    argv = vng_engine(vmlinux=None).argv(launch(tmp_path, accel="kvm", tree_modules=Path("/m/lib/modules/x")))
+    assert argv[argv.index("--run") + 1] == "/boot/vmlinuz-6.1.0-56-amd64"
+    assert "--disable-kvm" not in argv
+    assert argv[-1] == "--rodir=/lib/modules/6.1.0-56-amd64=/m/lib/modules/x"
+
+
+def test_qemu_engine_argv_from_a_launch_spec(tmp_path: Path) -> None:
+    spec = launch(tmp_path, tree_modules=Path("/m/lib/modules/x"))
+    argv = qemu_engine().argv(spec)
+    assert argv[:9] == ["/usr/bin/qemu-system-x86_64", "-name", "knh-1", "-M", "microvm",
+                        "-accel", "tcg", "-cpu", "max"]  # fmt: skip
+    assert argv[argv.index("-kernel") + 1 : argv.index("-append")] == [
+        "/c/vmlinux", "-initrd", "/c/initramfs-6.1.0-56-amd64.cpio"]  # fmt: skip
+    assert f"file,id=klog,path={tmp_path}/run/kernel.log" in argv and (tmp_path / "run").is_dir()
+    assert "local,id=knhro0,path=/c,security_model=none,readonly=on,multidevs=remap" in argv  # the cache, uncached
+    assert "local,id=knhmap0,path=/m/lib/modules/x,security_model=none,readonly=on,multidevs=remap" in argv
+    assert "virtio-serial-device,id=knhser" in argv
+    append = argv[argv.index("-append") + 1].split()
+    assert append[:2] == ["console=ttyS1", "rdinit=/init"] and "tsc_early_khz=2994000" in append
+    assert {"knh.shell=/g/guest-shell", "knh.cwd=/w", "knh.rw=/r", "knh.fresh=/c",
+            "knh.map=/lib/modules/6.1.0-56-amd64"} <= set(append)  # fmt: skip
+
+
+def test_qemu_engine_boots_the_bzimage_without_a_vmlinux(tmp_path: Path) -> None:
+    argv = qemu_engine(vmlinux=None).argv(launch(tmp_path, accel="kvm"))
+    assert argv[argv.index("-kernel") + 1] == "/boot/vmlinuz-6.1.0-56-amd64"
+    assert ["-accel", "kvm", "-cpu", "host"] == argv[5:9]
+    assert "tsc_early_khz" not in argv[argv.index("-append") + 1]
+
+
+def test_qemu_engine_without_qemu_says_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(MissingDependencyError, match="apt-get install qemu-system-x86"):
+        qemu_engine(qemu=None).argv(launch(tmp_path))
+
+
+@dataclasses.dataclass
+class RecordingEngine:
+    name: str
+    seen: list[LaunchSpec] = dataclasses.field(default_factory=list)
+
+    def argv(self, spec: LaunchSpec) -> list[str]:
+        self.seen.append(spec)
+        return [f"boot-with-{self.name}", spec.name]
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_session_launch_goes_through_the_registry(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fakes = {n: RecordingEngine(n) for n in ENGINES}
+    monkeypatch.setattr(engines, "REGISTRY", fakes)
+    cfg = HarnessConfig(accel="tcg", engine=name, results_dir=tmp_path / "results", memory="2G", cpus=3)
+    result = KernelSession(cfg, K, tmp_path / "runs").launch("knh-7", tmp_path / "runs" / "knh-7")
+    assert (result.argv, result.engine, result.accel) == ((f"boot-with-{name}", "knh-7"), name, "tcg")
+    (spec,) = fakes[name].seen
+    assert (spec.kernel, spec.accel, spec.memory, spec.cpus) == (K, "tcg", "2G", 3)
+    assert spec.rw_dirs == ((tmp_path / "results").resolve(),) and spec.channel == result.channel
+    assert not any(fake.seen for n, fake in fakes.items() if n != name)
