@@ -20,7 +20,7 @@ glue (harness.watch) turns a failing verdict into a test failure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .dmesg import AllowEntry, KernelLine, SplatReport, TaintFlag, scan_splats, unexpected_taint
@@ -171,29 +171,47 @@ def _death(guest: Guest, offset: int, policy: Policy) -> KernelVerdict:
     return judge_death(console_since(guest, offset), guest.dead_reason or "QEMU exited", policy.allowlist)
 
 
+def _guarded(guest: Guest, offset: int, policy: Policy, what: str,
+             probe: Callable[[], KernelVerdict]) -> KernelVerdict:  # fmt: skip
+    """Run the guest commands of a check: a guest that dies meanwhile is a death verdict, any other
+    failure on a live guest a KernelCheckError (the checks are never silently skipped)."""
+    try:
+        if not guest.alive:
+            raise LostGuestError("guest is not running")
+        return probe()
+    except LostGuestError:
+        return _death(guest, offset, policy)
+    except HarnessError as e:
+        if not guest.alive:
+            return _death(guest, offset, policy)
+        raise KernelCheckError(f"the kernel checks {what} could not run: {e}") from e
+
+
+def _settle(guest: Guest, policy: Policy) -> None:
+    if policy.settle_s > 0:
+        guest.run(["sleep", f"{policy.settle_s:g}"], timeout=policy.settle_s + 30)
+
+
 def check_window(window: Window, policy: Policy) -> KernelVerdict:
     """Check what the kernel did since the window's mark (or since it was last checked) and
     move the mark on. After a module unload the kernel first gets `policy.settle_s`."""
     guest, ops = window.guest, window.ops
-    if window.session.current_guest is not guest or not guest.alive:
+    if window.session.current_guest is not guest:
         return _death(guest, window.console_offset, policy)
-    try:
-        if ops.unloads > window.unloads and policy.settle_s > 0:
-            guest.run(["sleep", f"{policy.settle_s:g}"], timeout=policy.settle_s + 30)
+
+    def probe() -> KernelVerdict:
+        if ops.unloads > window.unloads:
+            _settle(guest, policy)
         window.unloads = ops.unloads
         lines = ops.lines_since(window.mark)
         taint = ops.taint()
         mark = ops.mark()
-    except LostGuestError:
-        return _death(guest, window.console_offset, policy)
-    except HarnessError as e:
-        if not guest.alive:
-            return _death(guest, window.console_offset, policy)
-        raise KernelCheckError(f"the kernel checks could not run: {e}") from e
-    window.lines.extend(lines)
-    verdict = judge(lines, window.taint, taint, policy.allowlist, policy.allowed_taint)
-    window.mark, window.taint = mark, taint
-    return verdict
+        window.lines.extend(lines)
+        verdict = judge(lines, window.taint, taint, policy.allowlist, policy.allowed_taint)
+        window.mark, window.taint = mark, taint
+        return verdict
+
+    return _guarded(guest, window.console_offset, policy, "of the test", probe)
 
 
 def cursor_after(window: Window, test: str) -> Cursor | None:
@@ -212,22 +230,14 @@ def dead_since(cursor: Cursor, policy: Policy) -> KernelVerdict | None:
 def check_after_last(session: KernelSession, cursor: Cursor, policy: Policy) -> KernelVerdict:
     """Before the session shuts its guest down: did the kernel stay clean after the last test?
     The kernel first gets `policy.settle_s` (a crash still in flight lands here)."""
-    guest = cursor.guest
-    try:
-        if not guest.alive:
-            raise LostGuestError("guest is not running")
-        if policy.settle_s > 0:
-            guest.run(["sleep", f"{policy.settle_s:g}"], timeout=policy.settle_s + 30)
+
+    def probe() -> KernelVerdict:
+        _settle(cursor.guest, policy)
         ops = session.guest_kernel()
         lines = ops.lines_since(cursor.mark)
-        taint = ops.taint()
-    except LostGuestError:
-        return _death(guest, cursor.console_offset, policy)
-    except HarnessError as e:
-        if not guest.alive:
-            return _death(guest, cursor.console_offset, policy)
-        raise KernelCheckError(f"the kernel checks after the last test could not run: {e}") from e
-    return judge(lines, cursor.taint, taint, policy.allowlist, policy.allowed_taint)
+        return judge(lines, cursor.taint, ops.taint(), policy.allowlist, policy.allowed_taint)
+
+    return _guarded(cursor.guest, cursor.console_offset, policy, "after the last test", probe)
 
 
 def cursor_current(session: KernelSession, cursor: Cursor | None) -> bool:
