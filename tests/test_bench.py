@@ -49,3 +49,27 @@ def test_raw_boot_is_the_qemu_engines_machine_without_its_guest() -> None:
     assert not {"-fsdev", "-device", "-name"} & set(tcg)  # no 9p, no kernel-log serial, no channel
     kvm = raw_boot_argv("qemu", Path("/c/vmlinux"), Path("/c/raw.cpio"), "kvm", "1G", 2, tsc_khz=2_994_000)
     assert kvm[kvm.index("-append") + 1] == "console=ttyS0 rdinit=/init panic=-1 loglevel=1"
+
+
+def test_seconds_by_param_sums_junit_times_per_kernel(tmp_path: Path) -> None:
+    from harness.junit import seconds_by_param
+
+    junit = tmp_path / "j.xml"
+    junit.write_text('<testsuites><testsuite>'
+                     '<testcase name="test_a[6.1.0-57-amd64]" time="4.5"/>'
+                     '<testcase name="test_b[6.1.0-57-amd64-15]" time="0.5"/>'
+                     '<testcase name="test_a[6.12.117+deb12-amd64]" time="3.0"/>'
+                     '<testcase name="test_host[1]" time="9.0"/>'
+                     '</testsuite></testsuites>')  # fmt: skip
+    assert seconds_by_param(junit, ["6.1.0-57-amd64", "6.12.117+deb12-amd64"]) == {
+        "6.1.0-57-amd64": 5.0, "6.12.117+deb12-amd64": 3.0}  # fmt: skip
+
+
+def test_matrix_runs_differ_only_in_the_workers(tmp_path: Path) -> None:
+    from harness.config import HarnessConfig
+    from harness.knetlink.bench_suite import suite_argv
+
+    serial = suite_argv(HarnessConfig(), ["a", "b"], tmp_path / "s.xml", parallel=False)
+    parallel = suite_argv(HarnessConfig(), ["a", "b"], tmp_path / "s.xml", parallel=True)
+    assert [*serial[:-2], "-n", "auto", *serial[-2:]] == parallel
+    assert serial.count("--kernel") == 2

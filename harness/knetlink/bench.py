@@ -25,8 +25,10 @@ from ..config import PROJECT_ROOT, HarnessConfig
 from ..errors import HarnessError, MissingDependencyError
 from ..initramfs import cached_vmlinux, cpio_newc
 from ..junit import read_junit
+from ..kernel import expand_kernel_specs
 from ..kmod import default_cache_root
 from ..session import KernelSession
+from .bench_suite import matrix_figures
 from .senders import C_SENDER, CSender, PySender
 
 RAW_MARKER = "KNH-RAW-BOOT-DONE"
@@ -234,6 +236,10 @@ def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelS
                                       "one boot per test")  # fmt: skip
     result: dict[str, Any] = {k: figs[k].as_dict() for k in KEYS}
     result.update({"accel": accel, "kernel": kernel.release, "cpus": os.cpu_count() or 0})
+    if opts.suite:
+        progress("quick tier over every installed kernel, serially, then with -n auto ...")
+        kernels = [k for k in expand_kernel_specs(("all",)) if k]
+        result["matrix"] = matrix_figures(cfg, kernels, cfg.results_dir / ".scratch")
     return result
 
 
@@ -303,4 +309,10 @@ def format_table(result: dict[str, Any]) -> str:
     p, c = result["py_sender_rate"]["median"], result["c_sender_rate"]["median"]
     if p and c:
         rows.append(f"py_sender_rate / c_sender_rate = {p / c:.2f}")
+    matrix = result.get("matrix")
+    if matrix:
+        for kernel, seconds in matrix["suite_quick_s"].items():
+            rows.append(f"suite_quick_s {kernel}: {seconds} s")
+        rows.append(f"matrix_serial_s {matrix['matrix_serial_s']} s, matrix_parallel_s {matrix['matrix_parallel_s']} s"
+                    f" (parallel / serial = {matrix['matrix_ratio']}), {matrix['matrix_tests']} tests")  # fmt: skip
     return "\n".join(rows)
