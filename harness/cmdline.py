@@ -171,7 +171,9 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     if spec.channel is not None:
         argv += channel_qemu_args(spec.channel, transport="mmio" if spec.machine == "microvm" else "pci")
     console = "console=ttyS1" if spec.kernel_log is not None else "console=ttyS0"
-    clock = [f"tsc_early_khz={spec.tsc_khz}"] if spec.accel == "tcg" and spec.tsc_khz else []
+    # tsc=reliable: without an HPET the kernel's watchdog marks the TCG TSC unstable and falls back to a
+    # tick-based clocksource, which times nothing shorter than a tick (bpftrace's nsecs, for one).
+    clock = [f"tsc_early_khz={spec.tsc_khz}", "tsc=reliable"] if spec.accel == "tcg" and spec.tsc_khz else []
     debug = memory_debug_args(kernel_config(spec.kernel), spec.memory_debug) if spec.kernel is not None else ()
     args = [console, *(["rdinit=/init"] if spec.initrd else []), *spec.kernel_args, *clock, *debug]
     if spec.shell is not None:

@@ -81,9 +81,9 @@ def test_qemu_engine_is_microvm_with_mmio_devices_and_an_early_clock_under_tcg()
     assert tcg[tcg.index("-M") + 1] == "microvm"
     devices = [tcg[i + 1].split(",")[0] for i, a in enumerate(tcg) if a == "-device"]
     assert devices == ["isa-serial", "virtio-9p-device", "virtio-9p-device", "virtio-serial-device", "virtserialport"]
-    assert "tsc_early_khz=2994000" in tcg[tcg.index("-append") + 1].split()
+    assert {"tsc_early_khz=2994000", "tsc=reliable"} <= set(tcg[tcg.index("-append") + 1].split())
     # KVM has kvm-clock; the host's "cpu MHz" figure is only a stand-in for TCG
-    assert "tsc_early_khz" not in kvm[kvm.index("-append") + 1]
+    assert "tsc_early_khz" not in kvm[kvm.index("-append") + 1] and "tsc=reliable" not in kvm[kvm.index("-append") + 1]
 
 
 def test_host_tsc_khz(tmp_path: Path) -> None:
