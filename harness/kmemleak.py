@@ -6,8 +6,10 @@ loads a module:
 
 1. before the test: ``clear`` (:data:`CLEAR`), so objects leaked earlier (by
    the kernel's own boot, by another test) are never blamed on this one;
-2. after the module's rmmod: ``scan`` (:data:`SCAN`), then read
-   :data:`KMEMLEAK_PATH` and :func:`parse_kmemleak` it;
+2. after the module's rmmod: ``scan`` (:data:`SCAN`) :data:`SCANS` times, then read
+   :data:`KMEMLEAK_PATH` and :func:`parse_kmemleak` it (the first scan that finds an object
+   unreferenced only records a checksum of its content; the next one reports it if the content
+   did not change);
 3. :func:`split_by_module`: objects whose backtrace has a frame of the module
    fail the test; the others are kernel objects, reported and allowlistable.
 
@@ -49,6 +51,7 @@ CLEAR: Final = "clear"  # forget every object reported so far (they are never re
 SCAN: Final = "scan"  # scan now; new unreferenced objects are then listed in KMEMLEAK_PATH
 SCAN_OFF: Final = "scan=off"  # stop the automatic scan thread (for kernels built with it)
 MIN_AGE_S: Final = 5.0  # mm/kmemleak.c MSECS_MIN_AGE
+SCANS: Final = 2  # scans after the rmmod before a leaked object is listed (checksum, then report)
 
 _OBJECT_RE: Final = re.compile(r"^unreferenced object 0x(?P<addr>[0-9a-f]+) \(size (?P<size>\d+)\):")
 _COMM_RE: Final = re.compile(r'^\s+comm "(?P<comm>.*)", pid (?P<pid>\d+), jiffies (?P<jiffies>\d+)'

@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.kernel import installed_kernels  # noqa: E402
+from harness.kernel import Kernel, installed_kernels  # noqa: E402
+from harness.kernel_build import built_kernel_for_spec  # noqa: E402
 from harness.memdebug import kernel_config, memory_debug_args  # noqa: E402
 
 VARIANTS = ("off", "kfence", "slub", "all")
@@ -55,6 +56,25 @@ def run_once(release: str, variant: str) -> dict[str, float] | None:
     return {"boot_s": float(ready.group(1)), "loop_ms": float(loop.group(1)), "wall_s": wall}
 
 
+def helpers_of(variant: str) -> tuple[str, ...]:
+    return {"off": (), "all": ("kfence", "slub")}.get(variant, (variant,))
+
+
+def kernel_for(spec: str) -> Kernel | None:
+    installed = {k.release: k for k in installed_kernels()}
+    return installed.get(spec) or built_kernel_for_spec(spec)
+
+
+def distinct_variants(spec: str, variants: list[str]) -> list[str]:
+    """The variants that give this kernel different arguments (the debug kernel: just one)."""
+    kernel = kernel_for(spec)
+    config = kernel_config(kernel) if kernel is not None else {}
+    seen: dict[tuple[str, ...], str] = {}
+    for variant in variants:
+        seen.setdefault(memory_debug_args(config, helpers_of(variant)), variant)
+    return list(seen.values())
+
+
 def fmt(values: list[float], digits: int) -> str:
     if not values:
         return "-"
@@ -73,23 +93,23 @@ def main() -> int:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    results: dict[str, dict[str, list[dict[str, float]]]] = {r: {v: [] for v in variants} for r in releases}
+    plan = {r: distinct_variants(r, variants) for r in releases}
+    results: dict[str, dict[str, list[dict[str, float]]]] = {r: {v: [] for v in plan[r]} for r in releases}
     for n in range(args.rounds):
         for release in releases:
-            for variant in variants:
+            for variant in plan[release]:
                 sample = run_once(release, variant)
                 if sample is not None:
                     results[release][variant].append(sample)
                     print(f"round {n + 1} {release} {variant}: {sample}", file=sys.stderr, flush=True)
     print("| kernel | KNH_MEMORY_DEBUG | arguments | boot to ready (s) | 100 fork+exec (ms) | whole exec (s) | runs |")
     print("|---|---|---|---|---|---|---|")
-    kernels = {k.release: k for k in installed_kernels()}
     for release in releases:
-        config = kernel_config(kernels[release]) if release in kernels else {}
-        for variant in variants:
+        kernel = kernel_for(release)
+        config = kernel_config(kernel) if kernel is not None else {}
+        for variant in plan[release]:
             samples = results[release][variant]
-            helpers = {"off": (), "all": ("kfence", "slub")}.get(variant, (variant,))
-            kargs = " ".join(memory_debug_args(config, helpers)) or "(none)"
+            kargs = " ".join(memory_debug_args(config, helpers_of(variant))) or "(none)"
             print(f"| {release} | {variant} | `{kargs}` | {fmt([s['boot_s'] for s in samples], 2)} | "
                   f"{fmt([s['loop_ms'] for s in samples], 0)} | {fmt([s['wall_s'] for s in samples], 1)} | "
                   f"{len(samples)} |")  # fmt: skip
