@@ -37,7 +37,7 @@ SLUB_DEBUG_FLAGS = "FZPU"
 
 HELPERS = ("kfence", "slub")
 #: On unless KNH_MEMORY_DEBUG says otherwise: the helpers whose measured boot-time cost is small.
-DEFAULT_HELPERS: tuple[str, ...] = ()
+DEFAULT_HELPERS: tuple[str, ...] = ("kfence",)
 
 
 def memory_debug_args(config: Mapping[str, str], helpers: Collection[str] = DEFAULT_HELPERS) -> tuple[str, ...]:

@@ -45,7 +45,7 @@ LOOP_RE = re.compile(r"KNH_LOOP_MS=(\d+)")
 def run_once(release: str, variant: str) -> dict[str, float] | None:
     env = {**os.environ, "KNH_MEMORY_DEBUG": variant}
     argv = [sys.executable, "-m", "harness", "exec", "--kernel", release, "--engine", "qemu", "--no-module",
-            "--boot-timeout", "900", "--", "sh", "-c", LOOP]  # fmt: skip
+            "--boot-timeout", "900", "--command-timeout", "600", "--", "sh", "-c", LOOP]  # fmt: skip
     start = time.monotonic()
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     wall = time.monotonic() - start

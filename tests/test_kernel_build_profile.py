@@ -315,3 +315,9 @@ def test_the_percentage_refers_to_the_largest_build_not_the_last_incremental_one
     build_kernel(tree, options=debug(), cache_root=cache, run=run)
     assert json.loads(record.read_text())["full_objects"] == 1400
     assert previous_objects(record) == 1400
+
+
+def test_docs_list_every_profile_item_with_its_value() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "kernels.md").read_text()
+    missing = [f"CONFIG_{k}={v}" for k, (v, _) in DEBUG_PROFILE.items() if f"`CONFIG_{k}={v}`" not in docs]
+    assert not missing, f"docs/kernels.md does not list {missing}"
