@@ -26,7 +26,7 @@ from .checks import KernelVerdict, judge
 from .config import ENGINES, SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
 from .dmesg import KernelLine, load_allowlist
 from .errors import HarnessError, LostGuestError, ModuleCrashError
-from .kernel_build import resolve_kernel_spec
+from .kernel_build import BuildOptions, resolve_kernel_spec
 from .session import KernelSession
 
 EXIT_KERNEL_SPLAT = 253
@@ -159,7 +159,7 @@ def open_session(cfg: HarnessConfig, out: Output) -> KernelSession:
     if len(cfg.kernels) > 1:
         raise HarnessError("this command takes one --kernel")
     spec = cfg.kernels[0] if cfg.kernels else None
-    kernel = resolve_kernel_spec(spec, notify=out.progress)
+    kernel = resolve_kernel_spec(spec, notify=out.progress, options=BuildOptions.from_config(cfg))
     run_root = cfg.results_dir / time.strftime("cli-%Y%m%d-%H%M%S")
     return KernelSession(cfg, kernel, run_root, notify=out.progress, spec=spec)
 

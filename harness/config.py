@@ -73,6 +73,12 @@ def _taint_letters(text: str) -> str:
     return text
 
 
+def _kernel_base(text: str) -> str:
+    if text not in ("tiny", "defconfig"):
+        raise ValueError("must be tiny or defconfig")
+    return text
+
+
 def _engine(text: str) -> str:
     if text not in ENGINES:
         raise ValueError(f"must be one of {', '.join(ENGINES)}")
@@ -165,6 +171,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("full", "--full", "KNH_FULL", "knh_full", "0",
             "1: the full tier: tests marked `full` run, and tests size their work for it (e.g. 10,000 fuzzed "
             "frames instead of 500); 0: the quick tier", _flag, flag=True),
+    Setting("kernel_base", "--kernel-base", "KNH_KERNEL_BASE", "knh_kernel_base", "tiny",
+            "configuration base of a kernel built from a source tree: tiny (allnoconfig + what is needed) or "
+            "defconfig (virtme-ng's own)", _kernel_base),
+    Setting("kernel_btf", "--kernel-btf", "KNH_KERNEL_BTF", "knh_kernel_btf", "0",
+            "1: a kernel built from a source tree gets DEBUG_INFO_BTF (CO-RE eBPF; slower, needs pahole)",
+            _flag, flag=True),
+    Setting("kernel_config", "--kernel-config", "KNH_KERNEL_CONFIG", "knh_kernel_config", "",
+            "extra config item NAME=VALUE for a kernel built from a source tree; repeatable", multi=True,
+            item_parse=_param),
+    Setting("kernel_jobs", "--kernel-jobs", "KNH_KERNEL_JOBS", "knh_kernel_jobs", "0",
+            "make -j for a kernel built from a source tree (0: one per core)", _non_negative_int),
+    Setting("vng", "--vng", "KNH_VNG", "knh_vng", "",
+            "the virtme-ng executable that configures and builds source trees (empty: the one next to the "
+            "running Python)"),
     Setting("run_kernel_build", "--run-kernel-build", "KNH_RUN_KERNEL_BUILD", "knh_run_kernel_build", "0",
             "1: the kernel_build tests must run: a missing KNH_KERNEL_TREE fails them instead of skipping them",
             _flag, flag=True),
@@ -204,6 +224,11 @@ class HarnessConfig:
     module_params: tuple[str, ...] = _default("module_params")
     require_ebpf: bool = _default("require_ebpf")
     full: bool = _default("full")
+    kernel_base: str = _default("kernel_base")
+    kernel_btf: bool = _default("kernel_btf")
+    kernel_config: tuple[str, ...] = _default("kernel_config")
+    kernel_jobs: int = _default("kernel_jobs")
+    vng: str = _default("vng")
     run_kernel_build: bool = _default("run_kernel_build")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KernelBuildError
+from .config import HarnessConfig, resolve
+from .errors import ConfigError, KernelBuildError
 
 # Symbol -> value the built kernel must have (checked in .config after configuration).
 # Built in (=y) rather than modules, so neither engine has to load anything to boot.
@@ -159,21 +160,20 @@ class BuildOptions:
     profile: str = ""  # "" or a key of PROFILES ("debug"): built out of the tree, a cache entry of its own
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> BuildOptions:
-        """KNH_KERNEL_BTF=1, KNH_KERNEL_CONFIG="FOO=y BAR=m", KNH_KERNEL_JOBS=N, KNH_KERNEL_BASE=tiny|defconfig,
-        KNH_VNG=/path/to/vng."""
-        env = os.environ if environ is None else environ
-        jobs = env.get("KNH_KERNEL_JOBS", "")
-        base = env.get("KNH_KERNEL_BASE", "") or "tiny"
-        if base not in BASES:
-            raise KernelBuildError(f"KNH_KERNEL_BASE={base!r}: must be one of {', '.join(BASES)}")
-        return cls(
-            base=base,
-            btf=env.get("KNH_KERNEL_BTF", "") in ("1", "yes", "true"),
-            extra_config=tuple(env.get("KNH_KERNEL_CONFIG", "").split()),
-            jobs=int(jobs) if jobs.isdigit() and int(jobs) > 0 else None,
-            vng=env.get("KNH_VNG", ""),
-        )
+    def from_config(cls, cfg: HarnessConfig) -> BuildOptions:
+        """The build settings of the settings table (harness.config: kernel_base, kernel_btf,
+        kernel_config, kernel_jobs, vng)."""
+        return cls(btf=cfg.kernel_btf, extra_config=cfg.kernel_config, base=cfg.kernel_base,
+                   jobs=cfg.kernel_jobs or None, vng=cfg.vng)  # fmt: skip
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> BuildOptions:
+        """The build settings from the environment alone (KNH_KERNEL_BASE, KNH_KERNEL_BTF,
+        KNH_KERNEL_CONFIG, KNH_KERNEL_JOBS, KNH_VNG), parsed by the settings table."""
+        try:
+            return cls.from_config(resolve({}, environ=os.environ if environ is None else environ, ini={}))
+        except ConfigError as e:
+            raise KernelBuildError(str(e)) from None
 
     def config(self) -> dict[str, str]:
         """Every symbol this build sets, later entries winning."""

@@ -19,7 +19,7 @@ from .config import SETTINGS, HarnessConfig, resolve
 from .dmesg import AllowEntry, SplatReport
 from .errors import HarnessError
 from .kernel import Kernel, expand_kernel_specs
-from .kernel_build import resolve_kernel_spec
+from .kernel_build import BuildOptions, resolve_kernel_spec
 from .session import KernelSession
 
 # Fixtures that make a test a kernel test (marked `kernel` at collection).
@@ -143,9 +143,11 @@ def kernel_params(config: pytest.Config) -> list[KernelParam]:
     cached = config.stash.get(_KERNEL_PARAMS_KEY, None)
     if cached is None:
         cached = []
+        build_options = BuildOptions.from_config(run_state(config).config)
         for spec in expand_kernel_specs(run_state(config).config.kernels):
             try:
-                cached.append(KernelParam(spec, resolve_kernel_spec(spec or None, notify=notifier(config)), None))
+                kernel = resolve_kernel_spec(spec or None, notify=notifier(config), options=build_options)
+                cached.append(KernelParam(spec, kernel, None))
             except HarnessError as e:
                 cached.append(KernelParam(spec, None, e))
         config.stash[_KERNEL_PARAMS_KEY] = cached
