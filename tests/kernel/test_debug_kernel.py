@@ -35,7 +35,8 @@ from harness.kernel_build import built_kernel_for_spec, resolve_kernel_spec
 from harness.kmod import default_cache_root
 from harness.session import KernelSession
 
-pytestmark = pytest.mark.kernel
+# The full tier only: every case boots the debug kernel (tens of seconds each under TCG).
+pytestmark = [pytest.mark.kernel, pytest.mark.full]
 
 MODULES = Path(__file__).resolve().parent.parent / "modules"
 DEBUG_BOOT_TIMEOUT = 900  # KASAN + lockdep + kmemleak under TCG: see docs/kernels.md
