@@ -45,7 +45,8 @@ def test_raw_boot_is_the_qemu_engines_machine_without_its_guest() -> None:
     assert tcg[:7] == ["qemu", "-M", "microvm", "-accel", "tcg", "-cpu", "max"]
     assert tcg[tcg.index("-serial") + 1] == "chardev:con" and "-no-reboot" in tcg
     assert tcg[-6:] == ["-kernel", "/c/vmlinux", "-initrd", "/c/raw.cpio", "-append",
-                        "console=ttyS0 rdinit=/init panic=-1 loglevel=1 tsc_early_khz=2994000 tsc=reliable"]  # fmt: skip
+                        "console=ttyS0 rdinit=/init panic=-1 loglevel=1 tsc_early_khz=2994000"
+                        " tsc=reliable"]  # fmt: skip
     assert not {"-fsdev", "-device", "-name"} & set(tcg)  # no 9p, no kernel-log serial, no channel
     kvm = raw_boot_argv("qemu", Path("/c/vmlinux"), Path("/c/raw.cpio"), "kvm", "1G", 2, tsc_khz=2_994_000)
     assert kvm[kvm.index("-append") + 1] == "console=ttyS0 rdinit=/init panic=-1 loglevel=1"
