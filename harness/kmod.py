@@ -76,7 +76,13 @@ def source_key(src: Path, kernel: Kernel, targets: Sequence[str]) -> str:
 
 
 def make_argv(build_copy: Path, kernel: Kernel, targets: Sequence[str], jobs: int | None = None) -> list[str]:
-    argv = ["make", "-C", str(build_copy), f"KDIR={kernel.build_dir}"]
+    """The module's own Makefile (taking KDIR) when it has one; a Kbuild-only directory is built by
+    the kernel's build system directly (make -C KDIR M=dir modules)."""
+    if (build_copy / "Makefile").exists():
+        argv = ["make", "-C", str(build_copy), f"KDIR={kernel.build_dir}"]
+    else:
+        argv = ["make", "-C", str(kernel.build_dir), f"M={build_copy}"]
+        targets = targets or ["modules"]
     if jobs:
         argv.append(f"-j{jobs}")
     return argv + list(targets)

@@ -30,16 +30,15 @@ def test_key_changes_with_sources_and_kernel(tmp_path: Path) -> None:
     assert source_key(src, K, ("sender",)) != k2
 
 
-def test_make_argv() -> None:
-    assert make_argv(Path("/b"), K, ["all", "sender"], jobs=2) == [
-        "make",
-        "-C",
-        "/b",
-        "KDIR=/kdir",
-        "-j2",
-        "all",
-        "sender",
-    ]
+def test_make_argv_uses_the_modules_makefile(tmp_path: Path) -> None:
+    (tmp_path / "Makefile").write_text("all:\n")
+    assert make_argv(tmp_path, K, ["all", "sender"], jobs=2) == ["make", "-C", str(tmp_path), "KDIR=/kdir", "-j2",
+                                                                 "all", "sender"]  # fmt: skip
+
+
+def test_kbuild_only_directory_is_built_by_the_kernels_make(tmp_path: Path) -> None:
+    (tmp_path / "Kbuild").write_text("obj-m := x.o\n")
+    assert make_argv(tmp_path, K, [], jobs=2) == ["make", "-C", "/kdir", f"M={tmp_path}", "-j2", "modules"]
 
 
 def test_warning_lines() -> None:
