@@ -1,290 +1,189 @@
-#!/usr/bin/env python3
-"""Property-based fuzzing of the knetlink module from inside the guest.
+"""The guest half of the fuzzer: send frames made on the host and collect what they caused.
 
-Hypothesis generates datagrams (well-formed batches, lying headers, short
-fragments, trailing garbage, random bytes); each one is sent on a netlink
-socket of the module's protocol and the acks that come back are checked
-against the rules of docs/module.md:
+The host generates the frames (harness/knetlink/fuzz_model.py, Hypothesis on the
+host's CPU) and ships them in batches to the persistent sender (nl_send.py,
+request ``{"op": "frames"}``), which calls :func:`run_frames`:
 
-  * every well-formed message of type 0 or >= 16 gets exactly one ack 0;
-  * a control message (type 1..15) gets an ack 0 only with NLM_F_ACK;
-  * a datagram of 1..15 bytes, or a message whose nlmsg_len is below 16 or
-    beyond the bytes left, gets one -EINVAL ack carrying a 16-byte header,
-    and nothing after it is handled;
-  * acks come in message order, and never more acks than messages.
+  * each frame goes out as one datagram, then a *fence*: an NLMSG_NOOP with
+    NLM_F_REQUEST | NLM_F_ACK and no payload, on the same socket. The module
+    acks a control message with NLM_F_ACK and prints nothing for it;
+  * replies are read until the fence's ack arrives. Netlink delivers a
+    socket's replies in order, so by then every ack the frame could produce
+    is in: no waiting for acks that should not come;
+  * after the batch, the new kernel log records starting with ``link:`` are
+    read from /dev/kmsg, as /dev/kmsg prints them (backslashes and control
+    characters as ``\\xHH``): one read per record and none per frame. The
+    host splits them between the frames with its model;
+  * the module's stat_* counters are read before and after the batch.
 
-Acks are queued synchronously while send() runs (the module's input callback
-runs in the sender's context), so after each send the socket is drained.
+The fence's ack is recognised by its whole echoed header (type, flags, seq,
+pid); its sequence number is chosen so that the header does not occur in the
+frame. Nothing is judged here: the host compares the replies with its model.
 
-Output: one JSON line on stdout (frames, messages, data messages, acks by
-errno, violations with the first few examples, frames/s, seed). With
---expect-out, the exact `link:` line expected for every data message is
-written there, one per line, for the host to compare with the kernel log.
-
-    fuzz_frames.py --proto 21 --examples 10000 [--seed N] [--batch 25] [--expect-out FILE]
+Standard library only, imported by nl_send.py on the first frames request.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
-import json
 import os
 import struct
-import sys
 import time
 
-import nlframes
-from hypothesis import HealthCheck, Phase, given, seed, settings
-from hypothesis import strategies as st
+from nlframes import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP
 from nlsocket import NetlinkSocket, SocketError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from nlframes import Ack
+    Reply = list[int | None] | str  # [type, seq, errno, echoed nlmsg_len], or "overrun" / "truncated"
 
-HDR = struct.Struct("=IHHII")
-HDRLEN = nlframes.NLMSG_HDRLEN
-EINVAL = errno.EINVAL
-MAX_EXAMPLES_SHOWN = 5
-STRAGGLER_S = 0.05  # extra wait for a missing ack
-MAX_VIOLATIONS = 200  # a broken module: stop early instead of waiting for every missing ack
+FENCE_TYPE = NLMSG_NOOP
+FENCE_FLAGS = NLM_F_REQUEST | NLM_F_ACK
+FENCE_PID = 0x4B4E4846  # any value: the fence's ack is matched on its whole echoed header
+STAT_NAMES = ("received", "printed", "acked", "errors")
+KMSG_RECORD_MAX = 16384
 
-# ---- what to generate -----------------------------------------------------
-
-CONTROL_TYPES = [nlframes.NLMSG_NOOP, nlframes.NLMSG_ERROR, nlframes.NLMSG_DONE, nlframes.NLMSG_OVERRUN]
-TYPES = st.one_of(st.sampled_from([0, 0, 0, *CONTROL_TYPES, 15, 16, 0xFFFF]), st.integers(0, 0xFFFF))
-FLAGS = st.one_of(
-    st.sampled_from([0, nlframes.NLM_F_REQUEST, nlframes.NLM_F_ACK, nlframes.NLM_F_REQUEST | nlframes.NLM_F_ACK]),
-    st.integers(0, 0xFFFF),
-)
-SEQ = st.integers(0, 0xFFFFFFFF)
-PAYLOAD = st.one_of(
-    st.binary(max_size=48),
-    st.binary(max_size=400),
-    st.text(max_size=60).map(lambda s: s.encode("utf-8")),
-    st.sampled_from([b"", b"hello world!", b"%s%n%x%p", b"\n\r\x1b[31m", b"\\", b"a\0b"]),
-)
+_HDR = struct.Struct("=IHHII")
+_ACK = struct.Struct("=IHHIIiIHHII")  # nlmsghdr, nlmsgerr.error, the echoed nlmsghdr
+_ERRNO = struct.Struct("=IHHIIi")
 
 
-@st.composite
-def message(draw: st.DrawFn) -> bytes:
-    """A well-formed message, sometimes with nlmsg_len = NLMSG_SPACE like the classic sender."""
-    payload = draw(PAYLOAD)
-    return nlframes.encode_message(
-        payload,
-        type=draw(TYPES),
-        flags=draw(FLAGS),
-        seq=draw(SEQ),
-        pid=draw(st.sampled_from([0, 0, 1, 0xFFFFFFFF])),
-        seed_len=draw(st.booleans()),
-    )
+class KmsgTail:
+    """The kernel log records written after :meth:`open`, read without blocking."""
+
+    def __init__(self, prefix: bytes = b"link:") -> None:
+        self.prefix = prefix
+        self.fd = -1
+
+    def open(self) -> None:
+        try:
+            self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+            os.lseek(self.fd, 0, os.SEEK_END)
+        except OSError as exc:
+            self.close()
+            raise SocketError(f"/dev/kmsg: {exc}") from exc
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def lines(self) -> list[str]:
+        """Texts of the new records that start with the prefix, in order."""
+        out: list[str] = []
+        read, fd, prefix = os.read, self.fd, self.prefix
+        while True:
+            try:
+                record = read(fd, KMSG_RECORD_MAX)
+            except BlockingIOError:
+                return out
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:  # records overwritten before they were read
+                    out.append("<kmsg: records lost>")
+                    continue
+                raise SocketError(f"/dev/kmsg: {exc}") from exc
+            # "prio,seq,usec,flags[,...];text\n" then optional " KEY=value" lines
+            text = record[record.find(b";") + 1 :]
+            text = text[: text.find(b"\n")] if b"\n" in text else text
+            if text.startswith(prefix):
+                out.append(text.decode("ascii", "backslashreplace"))
 
 
-@st.composite
-def bad_header(draw: st.DrawFn) -> bytes:
-    """A header whose nlmsg_len is below 16 or beyond what follows, plus some bytes."""
-    rest = draw(st.binary(max_size=64))
-    if draw(st.booleans()):
-        length = draw(st.integers(0, HDRLEN - 1))
-    else:
-        length = draw(
-            st.one_of(
-                st.integers(HDRLEN + len(rest) + 1, HDRLEN + len(rest) + 64),
-                st.integers(HDRLEN + len(rest) + 1, 0xFFFFFFFF),
-            )
-        )
-    return nlframes.encode_header(length, type=draw(TYPES), flags=draw(FLAGS), seq=draw(SEQ)) + rest
+def read_stats(stats_dir: str | None) -> dict[str, int] | None:
+    """The module's stat_* counters from its parameter directory (None without one)."""
+    if not stats_dir:
+        return None
+    stats: dict[str, int] = {}
+    for name in STAT_NAMES:
+        with open(f"{stats_dir}/stat_{name}", "rb") as f:
+            stats[name] = int(f.read())
+    return stats
 
 
-@st.composite
-def datagram(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["valid", "valid", "malformed_tail", "short_tail", "short", "random"]))
-    if kind == "short":
-        return draw(st.binary(min_size=1, max_size=HDRLEN - 1))
-    if kind == "random":
-        return draw(st.binary(min_size=1, max_size=200))
-    out = b"".join(draw(st.lists(message(), min_size=0 if kind == "malformed_tail" else 1, max_size=5)))
-    if kind == "malformed_tail":
-        out += draw(bad_header())
-    elif kind == "short_tail":
-        out += draw(st.binary(min_size=1, max_size=HDRLEN - 1))
-    return out
+def decode_replies(data: memoryview, replies: list[Reply], fence: bytes) -> bool:
+    """Append every message of one received datagram to ``replies``; True once the fence's ack was seen.
 
-
-# ---- the rules ----------------------------------------------------------------
-
-
-def model(data: bytes) -> tuple[list[tuple[int, int]], list[str], int]:
-    """What the module must do with one non-empty datagram.
-
-    Returns (acks, links, messages): acks as [(seq, errno)], the expected link
-    lines, and how many messages (well-formed plus a malformed one) it holds.
+    Anything after the fence's ack in the same datagram is kept too (the host
+    sees it as a reply the frame did not cause).
     """
-    acks: list[tuple[int, int]] = []
-    links: list[str] = []
     total = len(data)
-    if total < HDRLEN:
-        padded = data + b"\0" * (HDRLEN - total)
-        return [(HDR.unpack(padded)[3], EINVAL)], links, 1
     off = 0
-    messages = 0
-    while total - off >= HDRLEN:
-        length, mtype, flags, seq, _pid = HDR.unpack_from(data, off)
-        left = total - off
-        messages += 1
-        if length < HDRLEN or length > left:
-            acks.append((seq, EINVAL))
+    fenced = False
+    while total - off >= NLMSG_HDRLEN:
+        length, mtype, _flags, seq, _pid = _HDR.unpack_from(data, off)
+        if length < NLMSG_HDRLEN or length > total - off:
+            replies.append("truncated")
             break
-        if mtype == 0 or mtype >= nlframes.NLMSG_MIN_TYPE:
-            links.append(nlframes.expected_link_line(data[off + HDRLEN : off + length]))
-            acks.append((seq, 0))
-        elif flags & nlframes.NLM_F_ACK:
-            acks.append((seq, 0))
-        off += min(nlframes.nlmsg_align(length), left)
-    return acks, links, messages
+        if mtype == NLMSG_ERROR and length >= _ACK.size:
+            fields = _ACK.unpack_from(data, off)
+            if not fenced and fields[5] == 0 and data[off + 20 : off + 36] == fence:
+                fenced = True
+            else:
+                replies.append([mtype, seq, abs(fields[5]), fields[6]])
+        elif mtype == NLMSG_ERROR and length >= _ERRNO.size:
+            replies.append([mtype, seq, abs(_ERRNO.unpack_from(data, off)[5]), None])
+        else:
+            replies.append([mtype, seq, None, None])
+        off += (length + 3) & ~3
+    return fenced
 
 
-# ---- the exchange ------------------------------------------------------------------
+def _fence_for(sock: NetlinkSocket, frame: bytes) -> bytes:
+    while True:
+        fence = _HDR.pack(NLMSG_HDRLEN, FENCE_TYPE, FENCE_FLAGS, sock.take_seq(), FENCE_PID)
+        if fence not in frame:
+            return fence
 
 
-def exchange(sock: NetlinkSocket, data: bytes, want: int) -> tuple[list[Ack], bool]:
-    """Send one datagram; return the replies queued for it and whether the kernel dropped some.
+def run_frames(sock: NetlinkSocket, frames: list[bytes], *, links: bool = True,
+               stats_dir: str | None = None) -> dict[str, object]:  # fmt: skip
+    """Send each frame followed by its fence; the replies to each, and the link lines and counters of the batch.
 
-    Everything queued is read (more acks than messages is a violation), with a
-    short wait only while fewer than ``want`` arrived.
+    A fence whose ack does not come within the socket's receive timeout ends
+    the batch: "stopped" names the frame, and the socket is reopened so that
+    late replies cannot be taken for the next batch's.
     """
-    sock.send(data, drain=False)  # every earlier reply was read: nothing to drain
-    got = sock.receive(want, STRAGGLER_S if want else 0.0)
-    replies = [a for a in got if not a.get("overrun")]
-    return replies, len(replies) != len(got)
-
-
-# ---- the run ----------------------------------------------------------------------
-
-
-class Tally:
-    def __init__(self) -> None:
-        self.frames = 0
-        self.messages = 0
-        self.data_messages = 0
-        self.malformed = 0
-        self.bytes = 0
-        self.acks_by_errno: dict[str, int] = {}
-        self.violations: dict[str, int] = {}
-        self.examples: list[dict[str, object]] = []
-        self.links: list[str] = []
-
-    def violation(self, kind: str, data: bytes, expected: object, got: object) -> None:
-        self.violations[kind] = self.violations.get(kind, 0) + 1
-        if len(self.examples) < MAX_EXAMPLES_SHOWN:
-            self.examples.append({"kind": kind, "hex": data.hex()[:400], "expected": expected, "got": got})
-
-
-class TooManyViolations(Exception):
-    pass
-
-
-def check_one(sock: NetlinkSocket, tally: Tally, data: bytes) -> None:
-    if sum(tally.violations.values()) >= MAX_VIOLATIONS:
-        raise TooManyViolations()
-    want_acks, want_links, messages = model(data)
-    got, overrun = exchange(sock, data, len(want_acks))
-    tally.frames += 1
-    tally.bytes += len(data)
-    tally.messages += messages
-    tally.data_messages += len(want_links)
-    tally.malformed += sum(1 for _, e in want_acks if e == EINVAL)
-    tally.links.extend(want_links)
-    pairs: list[tuple[int | None, int | None]] = []
-    for a in got:
-        if a.get("type") != nlframes.NLMSG_ERROR:
-            tally.violation("not an ack", data, None, a)
-            continue
-        error = a.get("error")
-        pairs.append((a.get("seq"), error))
-        key = str(error)
-        tally.acks_by_errno[key] = tally.acks_by_errno.get(key, 0) + 1
-        if error == EINVAL and a.get("orig_len") != HDRLEN:
-            tally.violation("EINVAL ack does not echo a 16-byte header", data, HDRLEN, a.get("orig_len"))
-    if overrun:
-        tally.violation("receive overrun", data, None, None)
-    if len(got) > messages:
-        tally.violation("more acks than messages", data, messages, len(got))
-    if pairs != want_acks:
-        tally.violation("acks differ from the rules", data, want_acks, pairs)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Property-based fuzzing of the knetlink module from inside the guest.")
-    ap.add_argument("--proto", type=int, default=nlframes.DEFAULT_PROTO)
-    ap.add_argument("--examples", type=int, default=10000, help="frames to generate (at least)")
-    ap.add_argument(
-        "--batch", type=int, default=25, help="frames per hypothesis example (amortises its per-example cost)"
-    )
-    ap.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random, printed)")
-    ap.add_argument("--expect-out", help="write the expected link: lines here, one per line")
-    args = ap.parse_args(argv)
-    run_seed: int = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    batch = max(1, args.batch)
-    target: int = args.examples
-    sock = NetlinkSocket(args.proto)
+    kmsg = KmsgTail() if links else None
+    nl = sock.open()
+    sock.drain()
+    if kmsg is not None:
+        kmsg.open()
+    send, recv_into, buf, view = nl.send, nl.recv_into, sock.buf, sock.view
+    results: list[list[Reply]] = []
+    stopped: dict[str, object] | None = None
     try:
-        sock.open()
-    except SocketError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return 2
-    tally = Tally()
-
-    def check_frames(frames: list[bytes]) -> None:
-        for data in frames:
-            check_one(sock, tally, data)
-
-    def generate(run_seed: int, examples: int) -> None:
-        test = settings(
-            max_examples=examples,
-            database=None,
-            deadline=None,
-            phases=[Phase.generate],
-            suppress_health_check=list(HealthCheck),
-        )(given(st.lists(datagram(), min_size=batch, max_size=batch))(check_frames))
-        seed(run_seed)(test)()
-
-    start = time.monotonic()
-    next_seed = run_seed
-    # hypothesis may stop a little early (examples it has seen before): top up with the next seed
-    aborted = False
-    try:
-        while tally.frames < target:
-            generate(next_seed, (target - tally.frames + batch - 1) // batch)
-            next_seed += 1
-    except TooManyViolations:
-        aborted = True
+        before = read_stats(stats_dir)
+        start = time.perf_counter()
+        for index, frame in enumerate(frames):
+            fence = _fence_for(sock, frame)
+            replies: list[Reply] = []
+            results.append(replies)
+            try:
+                send(frame)
+                send(fence)
+            except OSError as exc:
+                sock.close()
+                raise SocketError(f"socket: send: {exc}") from exc
+            while True:
+                try:
+                    n = recv_into(buf)
+                except OSError as exc:
+                    if exc.errno == errno.ENOBUFS:
+                        replies.append("overrun")
+                        continue
+                    stopped = {"index": index, "error": f"no ack for the fence: {exc}"}
+                    break
+                if decode_replies(view[:n], replies, fence):
+                    break
+            if stopped is not None:
+                sock.close()
+                break
+        # The module prints in the sender's context, before it acks: the batch's lines are all in.
+        lines = kmsg.lines() if kmsg is not None else []
+        elapsed = time.perf_counter() - start
+        after = read_stats(stats_dir)
     finally:
-        sock.close()
-    elapsed = time.monotonic() - start
-
-    if args.expect_out:
-        with open(args.expect_out, "w", encoding="ascii") as f:
-            f.writelines(line + "\n" for line in tally.links)
-    summary = {
-        "frames": tally.frames,
-        "messages": tally.messages,
-        "data_messages": tally.data_messages,
-        "malformed": tally.malformed,
-        "bytes": tally.bytes,
-        "acks_by_errno": tally.acks_by_errno,
-        "violations": tally.violations,
-        "examples": tally.examples,
-        "elapsed_s": round(elapsed, 3),
-        "frames_per_s": round(tally.frames / elapsed, 1) if elapsed > 0 else None,
-        "seed": run_seed,
-        "batch": batch,
-        "aborted_after_violations": aborted,
-    }
-    sys.stdout.write(json.dumps(summary, ensure_ascii=True, separators=(",", ":")) + "\n")
-    return 0 if not tally.violations else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        if kmsg is not None:
+            kmsg.close()
+    return {"frames": results, "links": lines, "stats_before": before, "stats_after": after, "stopped": stopped,
+            "elapsed_s": round(elapsed, 6)}  # fmt: skip

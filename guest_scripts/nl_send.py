@@ -9,6 +9,8 @@
     nl_send.py [--proto N] persistent
         prints "NLSEND READY", then answers JSON requests read from stdin,
         one per line, with exactly one JSON line each (see docs/module.md).
+        {"op": "frames", "hex": [frame, ...]} sends ready-made frames, each
+        followed by a fence, for the host's fuzzer (see fuzz_frames.py).
 
 "error" values in acks are errno numbers made non-negative (0 = success,
 1 = EPERM, 22 = EINVAL, 110 = no ack before the timeout).  Standard output
@@ -186,6 +188,23 @@ def op_bench(sock: NetlinkSocket, req: Request) -> Response:
     }
 
 
+def op_frames(sock: NetlinkSocket, req: Request) -> Response:
+    """Frames made on the host, each followed by a fence (fuzz_frames.run_frames)."""
+    import fuzz_frames  # only the fuzzer needs it: other senders start without it
+
+    hex_frames = req.get("hex")
+    if not isinstance(hex_frames, list) or not all(isinstance(h, str) and h for h in hex_frames):
+        raise RequestError('"hex" must be a list of hex strings, one per frame (none empty)')
+    stats_dir = req.get("stats")
+    if stats_dir is not None and not isinstance(stats_dir, str):
+        raise RequestError('"stats" must be a directory name')
+    try:
+        frames = [bytes.fromhex(h) for h in hex_frames]
+    except ValueError as exc:
+        raise RequestError(f"bad hex: {exc}") from exc
+    return fuzz_frames.run_frames(sock, frames, links=bool(req.get("links", True)), stats_dir=stats_dir)
+
+
 def op_close(sock: NetlinkSocket, req: Request) -> Response:
     """Close the netlink socket; the next request opens a new one (see NetlinkSocket.close)."""
     sock.close()
@@ -197,6 +216,7 @@ OPS: dict[str, Callable[[NetlinkSocket, Request], Response]] = {
     "batch": op_batch,
     "raw": op_raw,
     "bench": op_bench,
+    "frames": op_frames,
     "close": op_close,
 }
 

@@ -1,4 +1,5 @@
-"""Host unit tests for the guest scripts: nlframes.py, payload.py, nlsocket.py, nl_send.py (no guest)."""
+"""Host unit tests for the guest scripts: nlframes.py, payload.py, nlsocket.py, nl_send.py, fuzz_frames.py
+(no guest)."""
 
 import json
 import os
@@ -385,3 +386,64 @@ def test_nl_send_send_mode_with_a_netlink_family():
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line) for line in proc.stdout.splitlines()] == [
         {'seq': 1, 'error': 0, 'len': 3}, {'seq': 2, 'error': 0, 'len': 3}]
+
+
+# ---- fuzz_frames.py: the guest half of the fuzzer ----------------------------------------
+
+
+def test_decode_replies_stops_at_the_fence_and_keeps_everything_else():
+    import fuzz_frames
+
+    fence = HDR.pack(16, nf.NLMSG_NOOP, nf.NLM_F_REQUEST | nf.NLM_F_ACK, 77, fuzz_frames.FENCE_PID)
+    other = HDR.pack(16, nf.NLMSG_NOOP, nf.NLM_F_REQUEST | nf.NLM_F_ACK, 77, 1)  # the fence's seq, another pid
+    data = nf.encode_message(b'x', seq=3) + HDR.pack(8, 0, 0, 4, 0)  # a message, then a lying header
+    short = HDR.pack(20, nf.NLMSG_ERROR, 0, 6, 0) + struct.pack('=i', -95)
+    replies = []
+    for got in (ack_bytes(0, data), ack_bytes(-22, data[20:] + bytes(8)), ack_bytes(-1, fence) + ack_bytes(0, other),
+                HDR.pack(16, nf.NLMSG_DONE, 0, 5, 0) + short + HDR.pack(99, 2, 0, 7, 0)):
+        assert not fuzz_frames.decode_replies(memoryview(got), replies, fence)
+    assert fuzz_frames.decode_replies(memoryview(ack_bytes(0, fence)), replies, fence)
+    assert replies == [[nf.NLMSG_ERROR, 3, 0, 17], [nf.NLMSG_ERROR, 4, 22, 8], [nf.NLMSG_ERROR, 77, 1, 16],
+                       [nf.NLMSG_ERROR, 77, 0, 16], [nf.NLMSG_DONE, 5, None, None], [nf.NLMSG_ERROR, 6, 95, None],
+                       'truncated']
+
+
+def test_the_fence_never_matches_a_header_inside_the_frame():
+    import fuzz_frames
+    import nlsocket
+
+    sock = nlsocket.NetlinkSocket(NETLINK_ROUTE)
+    flags = nf.NLM_F_REQUEST | nf.NLM_F_ACK
+    frame = b''.join(HDR.pack(16, nf.NLMSG_NOOP, flags, seq, fuzz_frames.FENCE_PID) for seq in (1, 2, 3))
+    assert fuzz_frames._fence_for(sock, frame) == HDR.pack(16, nf.NLMSG_NOOP, flags, 4, fuzz_frames.FENCE_PID)
+
+
+def test_nl_send_frames_with_a_netlink_family():
+    """rtnetlink acks a control message with NLM_F_ACK like knetlink does: the fence works there too."""
+    script = os.path.join(GUEST_SCRIPTS, 'nl_send.py')
+    noop = nf.NLMSG_NOOP
+    req_ack = nf.NLM_F_REQUEST | nf.NLM_F_ACK
+    frames = [
+        nf.encode_message(b'', type=noop, flags=req_ack, seq=5),
+        nf.encode_batch([{'type': noop, 'flags': req_ack, 'seq': 6}, {'type': noop, 'flags': 0, 'seq': 7}])[0],
+        nf.encode_message(b'', type=noop, flags=nf.NLM_F_REQUEST, seq=8),  # no ack: the fence ends the wait
+    ]
+    requests = [
+        {'op': 'frames', 'hex': [f.hex() for f in frames], 'links': False},
+        {'op': 'frames', 'hex': ['zz']},
+        {'op': 'frames', 'hex': []},
+        {'op': 'frames', 'hex': '00'},
+    ]
+    proc = subprocess.run([sys.executable, script, '--proto', str(NETLINK_ROUTE), 'persistent'],
+                          input=''.join(json.dumps(r) + '\n' for r in requests), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    ready, *lines = proc.stdout.splitlines()
+    assert ready == 'NLSEND READY'
+    reply, bad_hex, empty, not_a_list = map(json.loads, lines)
+    assert reply['frames'] == [[[nf.NLMSG_ERROR, 5, 0, 16]], [[nf.NLMSG_ERROR, 6, 0, 16]], []]
+    assert reply['links'] == [] and reply['stopped'] is None
+    assert reply['stats_before'] is None and reply['stats_after'] is None
+    assert bad_hex['error'].startswith('bad request: bad hex')
+    assert empty['frames'] == [] and empty['links'] == []
+    assert not_a_list['error'].startswith('bad request: "hex" must be')

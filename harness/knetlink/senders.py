@@ -2,8 +2,9 @@
 
 PySender keeps one `guest_scripts/nl_send.py persistent` process in the guest,
 attached to the virtio-serial data channel, and exchanges one JSON line per
-request, so a message costs a channel round trip instead of a Python start. CSender runs the
-C sender (`knl_send`) as a normal guest command.
+request, so a message costs a channel round trip instead of a Python start. Its
+frames() request ships a batch of ready-made frames (the fuzzer's) and returns
+what each one caused. CSender runs the C sender (`knl_send`) as a normal guest command.
 """
 
 from __future__ import annotations
@@ -35,6 +36,44 @@ class Ack:
 
 class SenderError(HarnessError):
     """The sender reported an error instead of acks."""
+
+
+Reply = tuple[int | None, int | None, int | None, int | None] | str
+"""A reply to a frame: (type, seq, errno, echoed nlmsg_len), or "overrun" (the kernel dropped
+replies) or "truncated" (a reply cut short)."""
+
+
+@dataclass(frozen=True)
+class FrameBatch:
+    """The sender's answer to a frames request (see guest_scripts/fuzz_frames.py)."""
+
+    replies: list[list[Reply]]  # per frame, the replies before its fence's ack
+    links: list[str]  # the kernel log's new link: records, as /dev/kmsg prints them
+    stats_before: dict[str, int] | None
+    stats_after: dict[str, int] | None
+    stopped: str | None  # why the batch ended early (a fence's ack did not come), with the frame's index
+    guest_s: float  # the sender's time for the batch
+
+
+def _reply(item: Any) -> Reply:
+    if isinstance(item, str):
+        return item
+    mtype, seq, error, orig_len = item
+    return (mtype, seq, error, orig_len)
+
+
+def parse_frame_batch(reply: dict[str, Any]) -> FrameBatch:
+    if "error" in reply and "frames" not in reply:
+        raise SenderError(f"sender error: {reply['error']}")
+    stopped = reply.get("stopped")
+    return FrameBatch(
+        replies=[[_reply(r) for r in replies] for replies in reply["frames"]],
+        links=list(reply.get("links", [])),
+        stats_before=reply.get("stats_before"),
+        stats_after=reply.get("stats_after"),
+        stopped=None if stopped is None else f"frame {stopped['index']}: {stopped['error']}",
+        guest_s=float(reply.get("elapsed_s", 0.0)),
+    )
 
 
 def parse_acks(reply: dict[str, Any]) -> list[Ack]:
@@ -71,6 +110,10 @@ class PySender:
             self._channel = self.guest.start_on_channel(argv, READY, stderr=self.stderr, owner=self._owner, timeout=180)
         return self._channel
 
+    def start(self) -> None:
+        """Start the sender in the guest now (or find the running one), so that no timed request pays for it."""
+        self._ensure()
+
     def request(self, obj: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
         channel = self._ensure()
         channel.send_line(json.dumps(obj, separators=(",", ":")))
@@ -99,6 +142,15 @@ class PySender:
     def raw(self, datagram: bytes, *, expect: int = 1, wait_ms: int = 200) -> list[Ack]:
         """A hand-made (possibly malformed) datagram; collects up to `expect` acks."""
         return parse_acks(self.request({"op": "raw", "hex": datagram.hex(), "expect": expect, "wait_ms": wait_ms}))
+
+    def frames(self, frames: Sequence[bytes], *, stats: str | None = None, links: bool = True) -> FrameBatch:
+        """Send each frame as one datagram followed by a fence; collect its replies, and the batch's link lines.
+
+        ``stats`` is the module's parameter directory (/sys/module/NAME/parameters): the
+        sender reads its stat_* counters before and after the batch.
+        """
+        req = {"op": "frames", "hex": [f.hex() for f in frames], "stats": stats, "links": links}
+        return parse_frame_batch(self.request(req, timeout=max(60.0, len(frames) * 0.05)))
 
     def bench(self, count: int, text: str = "bench") -> dict[str, Any]:
         return self.request({"op": "bench", "count": count, "text": text}, timeout=max(60.0, count / 500))
