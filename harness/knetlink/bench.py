@@ -27,7 +27,7 @@ from ..initramfs import cached_vmlinux, cpio_newc
 from ..junit import read_junit
 from ..kernel import expand_kernel_specs
 from ..kmod import default_cache_root
-from ..session import KernelSession
+from ..session import KernelSession, LoadedModule
 from .bench_suite import matrix_figures
 from .senders import C_SENDER, CSender, PySender
 
@@ -41,7 +41,7 @@ RAW_INIT = f"""#!/bin/busybox sh
 # A protocol of its own, so the bench never meets NETLINK_CRYPTO's users on the default one.
 BENCH_PARAMS = {"proto": "30"}
 
-KEYS = ("raw_boot_s", "boot_to_ready_s", "console_rtt_ms", "insmod_s", "rmmod_s", "py_sender_rate",
+KEYS = ("raw_boot_s", "boot_to_ready_s", "console_rtt_ms", "insmod_s", "rmmod_s", "py_sender_rate", "fuzz_rate",
         "c_sender_rate", "suite_s", "naive_suite_s")  # fmt: skip
 
 
@@ -218,6 +218,7 @@ def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelS
     note = f"send+ack round trips per second, {opts.messages} messages per run, one process in one guest"
     figs["py_sender_rate"].note = figs["c_sender_rate"].note = note
     figs["py_sender_rate"].extra["handler_latency_us"] = _handler_latency(session, py, opts.messages, progress)
+    figs["fuzz_rate"] = _fuzz_rate(session, loaded, py, progress)
     py.release()
     py.stop()
     session.unload(loaded)
@@ -256,6 +257,24 @@ def _handler_latency(
     except HarnessError as e:
         return {"error": str(e).splitlines()[0]}
     return {"median_us": report.median_us, "messages": count, "histogram": report.render()}
+
+
+def _fuzz_rate(session: KernelSession, loaded: LoadedModule, py: PySender, progress: Callable[[str], None],
+               frames: int = 10000, runs: int = 3) -> Figure:  # fmt: skip
+    """Fuzzed frames per second (harness/knetlink/fuzz.py): generated on the host, sent and checked in the guest."""
+    from .fuzz import FuzzFailure, run_fuzz
+
+    fig = Figure(note=f"{frames} frames per run: Hypothesis on the host, each frame sent with a fence, every "
+                      "ack, link line and counter checked")  # fmt: skip
+    stats_dir = f"/sys/module/{loaded.name}/parameters"
+    print_max = int(session.module_param(loaded, "print_max"))
+    for run_seed in range(runs):
+        progress(f"fuzz {run_seed + 1}/{runs}: {frames} frames ...")
+        try:
+            fig.add(run_fuzz(py, frames, run_seed=run_seed, print_max=print_max, stats_dir=stats_dir).frames_per_s)
+        except FuzzFailure as e:
+            raise HarnessError(f"fuzzing failed during the benchmark: {e}") from None
+    return fig
 
 
 def _run_suite(cfg: HarnessConfig, release: str) -> tuple[float, int]:
