@@ -34,11 +34,6 @@ def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def distributing(config: pytest.Config) -> bool:
-    """True in the controller of an xdist run (tests go to workers)."""
-    return not is_worker(config) and config.getoption("dist", "no") != "no"
-
-
 def worker_run_root(config: pytest.Config) -> Path | None:
     """The controller's run directory, in a worker (None elsewhere)."""
     root = getattr(config, "workerinput", {}).get(RUN_ROOT_INPUT)
