@@ -53,7 +53,6 @@ class RunState:
     allowlist: tuple[AllowEntry, ...]
     run_root: Path
     sessions: list[KernelSession] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
     splats: list[dict[str, Any]] = field(default_factory=list)
     outcomes: dict[str, dict[str, str]] = field(default_factory=dict)  # nodeid -> phase -> outcome
     cursors: dict[KernelSession, Cursor] = field(default_factory=dict)  # where each guest was last checked
@@ -119,9 +118,6 @@ def notifier(config: pytest.Config) -> Callable[[str], None]:
     """Progress lines ("[knh] booting ...") on the terminal, also while output is captured."""
 
     def notify(message: str) -> None:
-        state = config.stash.get(RUN_KEY, None)
-        if state is not None:
-            state.notes.append(message)
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None or config.getoption("quiet", 0) > 1:
             return
