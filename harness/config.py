@@ -188,6 +188,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("run_kernel_build", "--run-kernel-build", "KNH_RUN_KERNEL_BUILD", "knh_run_kernel_build", "0",
             "1: the kernel_build tests must run: a missing KNH_KERNEL_TREE fails them instead of skipping them",
             _flag, flag=True),
+    Setting("module_coverage", "--module-coverage", "KNH_MODULE_COVERAGE", "knh_module_coverage", "0",
+            "1: build the module with GCOV_PROFILE=y on kernels with CONFIG_GCOV_KERNEL (--kernel debug) and write "
+            "an HTML and a JSON coverage report (gcovr) per kernel under the run's results directory",
+            _flag, flag=True),
 )  # fmt: skip
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -230,6 +234,7 @@ class HarnessConfig:
     kernel_jobs: int = _default("kernel_jobs")
     vng: str = _default("vng")
     run_kernel_build: bool = _default("run_kernel_build")
+    module_coverage: bool = _default("module_coverage")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 

@@ -8,6 +8,11 @@
     guest_kernel          kernel log / module operations on that guest
     kernel_log            a kernel log window opened at the start of the test
     kmod                  the module loaded with the test's parameters, unloaded afterwards
+
+With --module-coverage, the kernel's session keeps a harness.coverage.KernelCoverage: `guest` resets
+the counters of a guest before its first test, `built_module` names the coverage builds, `kmod`
+copies the counters out after its rmmod, and the session's teardown copies them once more and writes
+the reports (harness.report prints them).
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from collections.abc import Iterator
 import pytest
 
 from .config import HarnessConfig, module_params_dict
+from .coverage import KernelCoverage
 from .dmesg import KernelLine
 from .errors import HarnessError, KernelNotFoundError
 from .guest_kernel import GuestKernel, LogMark
 from .kmod import BuiltModule
+from .report import COVERAGE_KEY
 from .runstate import HarnessFailed, KernelParam, fail_on_harness_error, notifier, run_state
 from .session import KernelSession, LoadedModule, ModuleSource
 from .vm import Guest
@@ -30,6 +37,28 @@ from .watch import check_after_last_test
 @pytest.fixture(scope="session")
 def knh_config(pytestconfig: pytest.Config) -> HarnessConfig:
     return run_state(pytestconfig).config
+
+
+_SESSION_COVERAGE = pytest.StashKey[dict[KernelSession, KernelCoverage]]()
+
+
+def coverage_for(config: pytest.Config, session: KernelSession) -> KernelCoverage | None:
+    """The session's coverage collector, when the run measures module coverage."""
+    return config.stash.get(_SESSION_COVERAGE, {}).get(session)
+
+
+def _finish_coverage(config: pytest.Config, session: KernelSession) -> None:
+    """After the kernel's last test: a last copy of the counters, then the reports (summary entries)."""
+    coverage = config.stash.get(_SESSION_COVERAGE, {}).pop(session, None)
+    if coverage is None:
+        return
+    guest = session.current_guest
+    try:
+        if guest is not None:
+            coverage.snapshot(guest)
+    except HarnessError as e:  # the copies of earlier snapshots still make a report
+        session.notify(f"module coverage: the last copy of the counters failed: {e}")
+    config.stash.setdefault(COVERAGE_KEY, []).extend(coverage.report())
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +71,14 @@ def knh_kernel_session(request: pytest.FixtureRequest, knh_config: HarnessConfig
     session = KernelSession(knh_config, param.kernel, state.run_root, notify=notifier(request.config),
                             spec=param.spec)  # fmt: skip
     state.sessions.append(session)
+    if knh_config.module_coverage:
+        directory = state.run_root / param.kernel.label / "coverage"
+        request.config.stash.setdefault(_SESSION_COVERAGE, {})[session] = KernelCoverage.for_kernel(
+            param.kernel, directory)  # fmt: skip
     try:
         yield session
         failure = check_after_last_test(request.config, session)
+        _finish_coverage(request.config, session)
         if failure:
             pytest.fail(failure, pytrace=False)
     finally:
@@ -58,19 +92,28 @@ def knh_module_source(knh_config: HarnessConfig) -> ModuleSource:
 
 
 @pytest.fixture
-def built_module(knh_kernel_session: KernelSession, knh_module_source: ModuleSource) -> BuiltModule:
+def built_module(request: pytest.FixtureRequest, knh_kernel_session: KernelSession,
+                 knh_module_source: ModuleSource) -> BuiltModule:  # fmt: skip
     """The module built for the current kernel (built once per session and source)."""
     try:
-        return knh_kernel_session.build(knh_module_source)
+        built = knh_kernel_session.build(knh_module_source)
     except HarnessError as e:
         fail_on_harness_error(e)
         raise
+    coverage = coverage_for(request.config, knh_kernel_session)
+    if coverage is not None:
+        coverage.track(built)
+    return built
 
 
 @pytest.fixture
-def guest(knh_kernel_session: KernelSession) -> Guest:
+def guest(request: pytest.FixtureRequest, knh_kernel_session: KernelSession) -> Guest:
     try:
-        return knh_kernel_session.guest()
+        live = knh_kernel_session.guest()
+        coverage = coverage_for(request.config, knh_kernel_session)
+        if coverage is not None:
+            coverage.reset(live)
+        return live
     except HarnessError as e:
         fail_on_harness_error(e)
         raise
@@ -125,3 +168,10 @@ def kmod(
         raise
     yield loaded
     knh_kernel_session.unload(loaded)
+    coverage = coverage_for(request.config, knh_kernel_session)
+    guest = knh_kernel_session.current_guest
+    if coverage is not None and guest is not None:
+        try:
+            coverage.snapshot(guest)
+        except HarnessError as e:
+            fail_on_harness_error(e)

@@ -37,12 +37,13 @@ def release_sort_key(release: str) -> tuple[tuple[int, ...], str]:
     return tuple(int(n) for n in re.findall(r"\d+", release)), release
 
 
-def image_release(image: Path) -> str | None:
-    """Read the release string embedded in an x86 bzImage header.
+def image_version(image: Path) -> str | None:
+    """The version string embedded in an x86 bzImage header.
 
     The boot protocol stores a pointer at offset 0x20e to a NUL-terminated
     version string ("6.1.0-56-amd64 (debian-kernel@...) #1 SMP ...") located
-    0x200 bytes further. Returns None when the file is not such an image.
+    0x200 bytes further: the release, who built it, the build number and date.
+    Returns None when the file is not such an image.
     """
     try:
         with image.open("rb") as f:
@@ -54,8 +55,13 @@ def image_release(image: Path) -> str | None:
             raw = f.read(256)
     except OSError:
         return None
-    text = raw.split(b"\0", 1)[0].decode("ascii", "replace")
-    return text.split(" ", 1)[0] or None
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace") or None
+
+
+def image_release(image: Path) -> str | None:
+    """The release (first word of the image's version string), or None when `image` is not a bzImage."""
+    version = image_version(image)
+    return (version.split(" ", 1)[0] or None) if version else None
 
 
 def _kernel_for_release(release: str, boot: Path, modules: Path) -> Kernel | None:

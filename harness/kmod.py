@@ -2,8 +2,16 @@
 
 Sources are copied to a private directory first (Kbuild writes its objects
 next to the sources, and two kernels must not share them). The result is kept
-under a key made of the source contents and the kernel, so an unchanged module
-is never rebuilt and an edited one always is.
+under a key made of the source contents, the kernel build (its release, its
+image's version string with build number and date, hashes of its ``.config``
+and ``Module.symvers``), the make targets and the coverage flag, so an
+unchanged module is never rebuilt and an edited one, or one for a rebuilt
+kernel of the same release, always is.
+
+The copy is built where it stays, under a lock (a directory without the done
+mark is an interrupted build, redone): the paths compiled into the module (the
+``.gcda`` path of a coverage build, the sources named in its ``.gcno`` notes
+and debug info) are the cache entry's own.
 """
 
 from __future__ import annotations
@@ -12,13 +20,13 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BuildError
-from .kernel import Kernel
+from .kernel import Kernel, image_version
+from .kernel_source import locked
 
 IGNORED_SUFFIXES = (".o", ".ko", ".mod", ".mod.c", ".cmd", ".symvers", ".order", ".swp")
 BUILD_LOG = "build.log"
@@ -39,6 +47,7 @@ class BuiltModule:
     modules: tuple[Path, ...]  # every .ko produced
     warnings: tuple[str, ...]  # compiler warning lines from the build log
     cached: bool
+    coverage: bool = False  # built with GCOV_PROFILE=y (harness.coverage)
 
     def module(self, name: str | None = None) -> Path:
         """The .ko called `name` (without .ko), or the only one built."""
@@ -65,19 +74,37 @@ def source_files(src: Path) -> list[Path]:
     return files
 
 
-def source_key(src: Path, kernel: Kernel, targets: Sequence[str]) -> str:
-    """Hash of every source file (path + bytes), the kernel and the make targets."""
+def _file_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "-"
+
+
+def kernel_identity(kernel: Kernel) -> str:
+    """What tells two builds of one release apart, cheaply: the image's version string (build number
+    and date of a kernel built here, the package version of a distribution's), and hashes of the build
+    directory's .config and Module.symvers (exported symbols and their CRCs)."""
+    parts = (kernel.release, str(kernel.build_dir), image_version(kernel.image) or "-",
+             _file_digest(kernel.build_dir / ".config"), _file_digest(kernel.build_dir / "Module.symvers"))  # fmt: skip
+    return "\0".join(parts)
+
+
+def source_key(src: Path, kernel: Kernel, targets: Sequence[str], *, coverage: bool = False) -> str:
+    """Hash of every source file (path + bytes), the kernel build, the make targets and the coverage flag."""
     h = hashlib.sha256()
     for path in source_files(src):
         h.update(str(path.relative_to(src)).encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
-    h.update(f"{kernel.release}\0{kernel.build_dir}\0{' '.join(targets)}".encode())
+    h.update(f"{kernel_identity(kernel)}\0{' '.join(targets)}\0gcov={int(coverage)}".encode())
     return h.hexdigest()[:16]
 
 
-def make_argv(build_copy: Path, kernel: Kernel, targets: Sequence[str], jobs: int | None = None) -> list[str]:
+def make_argv(build_copy: Path, kernel: Kernel, targets: Sequence[str], jobs: int | None = None,
+              variables: Sequence[str] = ()) -> list[str]:  # fmt: skip
     """The module's own Makefile (taking KDIR) when it has one; a Kbuild-only directory is built by
-    the kernel's build system directly (make -C KDIR M=dir modules)."""
+    the kernel's build system directly (make -C KDIR M=dir modules). `variables` (NAME=VALUE) go on
+    make's command line, which passes them down to the kernel's make."""
     if (build_copy / "Makefile").exists():
         argv = ["make", "-C", str(build_copy), f"KDIR={kernel.build_dir}"]
     else:
@@ -85,11 +112,14 @@ def make_argv(build_copy: Path, kernel: Kernel, targets: Sequence[str], jobs: in
         targets = targets or ["modules"]
     if jobs:
         argv.append(f"-j{jobs}")
-    return argv + list(targets)
+    return argv + list(variables) + list(targets)
 
 
 def warning_lines(log: str) -> tuple[str, ...]:
     return tuple(line for line in log.splitlines() if "warning:" in line.lower())
+
+
+GCOV_VARIABLES = ("GCOV_PROFILE=y",)  # kbuild: compile every object of the module for gcov
 
 
 def build_module(
@@ -98,45 +128,42 @@ def build_module(
     *,
     cache_root: Path | None = None,
     targets: Sequence[str] = (),
+    coverage: bool = False,
 ) -> BuiltModule:
-    """Build `src` for `kernel` (or reuse an identical earlier build)."""
+    """Build `src` for `kernel` (or reuse an identical earlier build); `coverage`: with GCOV_PROFILE=y."""
     src = src.resolve()
     if not (src / "Makefile").exists() and not (src / "Kbuild").exists():
         raise BuildError(f"{src} has no Makefile or Kbuild: not a module source directory", "")
     cache_root = cache_root or default_cache_root()
-    key = source_key(src, kernel, targets)
+    key = source_key(src, kernel, targets, coverage=coverage)
     final = cache_root / "modules" / kernel.release / f"{src.name}-{key}"
     if (final / DONE_MARK).exists():
-        return _result(kernel, final, cached=True)
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{src.name}-", dir=final.parent))
-    try:
-        shutil.copytree(
-            src, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*(f"*{s}" for s in IGNORED_SUFFIXES))
-        )
-        argv = make_argv(work, kernel, targets, jobs=os.cpu_count())
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-        log = f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}"
-        (work / BUILD_LOG).write_text(log)
-        if proc.returncode != 0:
-            raise BuildError(
-                f"module build failed for {kernel.release} (exit {proc.returncode}): {' '.join(argv)}", log
-            )
-        if not list(work.glob("*.ko")):
-            raise BuildError(f"module build for {kernel.release} produced no .ko", log)
-        (work / DONE_MARK).write_text(key + "\n")
-        if final.exists():  # a concurrent build won the race
-            shutil.rmtree(work)
-        else:
-            work.rename(final)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return _result(kernel, final, cached=False)
+        return _result(kernel, final, cached=True, coverage=coverage)
+    with locked(final.with_name(f".{final.name}.lock")):  # another process building the same waits
+        if (final / DONE_MARK).exists():
+            return _result(kernel, final, cached=True, coverage=coverage)
+        shutil.rmtree(final, ignore_errors=True)  # an interrupted build
+        try:
+            shutil.copytree(src, final, ignore=shutil.ignore_patterns(*(f"*{s}" for s in IGNORED_SUFFIXES)))
+            argv = make_argv(final, kernel, targets, jobs=os.cpu_count(),
+                             variables=GCOV_VARIABLES if coverage else ())  # fmt: skip
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+            log = f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}"
+            (final / BUILD_LOG).write_text(log)
+            if proc.returncode != 0:
+                raise BuildError(
+                    f"module build failed for {kernel.release} (exit {proc.returncode}): {' '.join(argv)}", log
+                )
+            if not list(final.glob("*.ko")):
+                raise BuildError(f"module build for {kernel.release} produced no .ko", log)
+            (final / DONE_MARK).write_text(key + "\n")
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+    return _result(kernel, final, cached=False, coverage=coverage)
 
 
-def _result(kernel: Kernel, directory: Path, cached: bool) -> BuiltModule:
+def _result(kernel: Kernel, directory: Path, cached: bool, coverage: bool) -> BuiltModule:
     log = (directory / BUILD_LOG).read_text() if (directory / BUILD_LOG).exists() else ""
     return BuiltModule(
         kernel=kernel,
@@ -144,4 +171,5 @@ def _result(kernel: Kernel, directory: Path, cached: bool) -> BuiltModule:
         modules=tuple(sorted(directory.glob("*.ko"))),
         warnings=warning_lines(log),
         cached=cached,
+        coverage=coverage,
     )

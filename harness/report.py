@@ -1,13 +1,14 @@
 """What a run leaves behind: per-test artifacts and reproduce line, summary.json and the
-terminal summary (boots, splats, crashes, skipped kernel tests), the failure kind for
-bisect-run (JUnit property ``knh_failure``), and a non-zero exit over any breakage.
+terminal summary (boots, splats, crashes, skipped kernel tests, module coverage), the failure
+kind for bisect-run (JUnit property ``knh_failure``), and a non-zero exit over any breakage or
+over module coverage that was asked for and not measured.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,14 @@ import pytest
 
 from .checks import Window, console_since
 from .config import DEFAULT_MODULE_DIR
+from .coverage import kernel_supports_coverage, no_capable_kernel_message, run_failed, summary_lines
 from .junit import FAILURE_KIND_PROPERTY
 from .parallel import STATE_OUTPUT, is_worker
 from .runstate import RUN_KEY, KernelParam, RunState, run_state, uses_guest
 from .watch import WINDOW_KEY
+
+# Module coverage entries (harness.coverage.KernelCoverage.report) of the kernels this process ran.
+COVERAGE_KEY = pytest.StashKey[list[dict[str, Any]]]()
 
 
 def reproduce_command(item: pytest.Item, kernel_spec: str | None) -> str:
@@ -97,10 +102,25 @@ def _infra_failure(call: pytest.CallInfo[None]) -> bool:
     return call.excinfo is not None and bool(getattr(call.excinfo.value, "infra", False))
 
 
-def _kernel_label(item: pytest.Item) -> str:
+def _kernel_param(item: pytest.Item) -> KernelParam | None:
     callspec = getattr(item, "callspec", None)
     param = callspec.params.get("knh_kernel_session") if callspec is not None else None
-    return param.label if isinstance(param, KernelParam) else "(no kernel)"
+    return param if isinstance(param, KernelParam) else None
+
+
+def _kernel_label(item: pytest.Item) -> str:
+    param = _kernel_param(item)
+    return param.label if param is not None else "(no kernel)"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """--module-coverage with kernels of which none has CONFIG_GCOV_KERNEL: stop before anything boots."""
+    if not run_state(session.config).config.module_coverage:
+        return
+    params = (_kernel_param(item) for item in session.items)
+    kernels = {p.kernel for p in params if p is not None and p.kernel is not None}
+    if kernels and not any(kernel_supports_coverage(k) for k in kernels):
+        raise pytest.UsageError(no_capable_kernel_message(sorted(k.release for k in kernels)))
 
 
 def _record_skip(item: pytest.Item, report: pytest.TestReport) -> None:
@@ -113,8 +133,9 @@ def _record_skip(item: pytest.Item, report: pytest.TestReport) -> None:
                                          "reason": reason.removeprefix("Skipped: ")})  # fmt: skip
 
 
-def local_summary(state: RunState) -> dict[str, Any]:
-    """What this process recorded: kernels, accelerators, boots, test outcomes, splats, crashes, skips."""
+def local_summary(state: RunState, coverage: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """What this process recorded: kernels, accelerators, boots, test outcomes, splats, crashes, skips,
+    module coverage."""
     return {
         "kernels": [
             {
@@ -132,12 +153,13 @@ def local_summary(state: RunState) -> dict[str, Any]:
         "splats": list(state.splats),
         "crashes": list(state.crashes),
         "skipped": list(state.skips),
+        "coverage": list(coverage),
     }
 
 
-def summary_dict(state: RunState) -> dict[str, Any]:
+def summary_dict(state: RunState, coverage: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The run's summary: this process's records merged with those of its xdist workers."""
-    parts = [local_summary(state), *state.remote]
+    parts = [local_summary(state, coverage), *state.remote]
     outcomes: dict[str, dict[str, str]] = {}
     for part in parts:
         outcomes.update(part["outcomes"])
@@ -160,6 +182,7 @@ def summary_dict(state: RunState) -> dict[str, Any]:
         "splats": [s for part in parts for s in part["splats"]],
         "crashes": [c for part in parts for c in part["crashes"]],
         "skipped": [s for part in parts for s in part["skipped"]],
+        "coverage": [c for part in parts for c in part.get("coverage", ())],
     }
 
 
@@ -168,19 +191,25 @@ def breakage(summary: dict[str, Any]) -> bool:
     return bool(summary["crashes"] or any(not s["allowed"] for s in summary["splats"]))
 
 
+def _coverage_entries(config: pytest.Config) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = config.stash.get(COVERAGE_KEY, [])
+    return entries
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     state = config.stash.get(RUN_KEY, None)
     if state is None:
         return
     if is_worker(config):  # the controller merges and reports
-        config.workeroutput[STATE_OUTPUT] = local_summary(state)  # type: ignore[attr-defined]
+        config.workeroutput[STATE_OUTPUT] = local_summary(state, _coverage_entries(config))  # type: ignore[attr-defined]
         return
     if not state.anything_recorded():
         return
-    summary = summary_dict(state)
-    if session.exitstatus == pytest.ExitCode.OK and breakage(summary):
-        # Last line of defence: a run whose summary lists a splat or a crash is never green.
+    summary = summary_dict(state, _coverage_entries(config))
+    if session.exitstatus == pytest.ExitCode.OK and (breakage(summary) or run_failed(summary["coverage"])):
+        # Last line of defence: a run whose summary lists a splat or a crash is never green; nor is one
+        # that was asked for module coverage and could not measure it.
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     state.run_root.mkdir(parents=True, exist_ok=True)
     summary["crashes"] = [{k: v for k, v in c.items() if k != "message"} for c in summary["crashes"]]
@@ -191,7 +220,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     state = config.stash.get(RUN_KEY, None)
     if state is None or is_worker(config) or not state.anything_recorded():
         return
-    summary = summary_dict(state)
+    summary = summary_dict(state, _coverage_entries(config))
     terminalreporter.section("knetlink-harness")
     for k in summary["kernels"]:
         times = ", ".join(f"{t:.1f}s" for t in k["boot_times_s"]) or "none"
@@ -209,6 +238,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"(reported on {crash['test']}):\n{crash['message']}", red=True
         )
     _write_skips(terminalreporter, summary["skipped"])
+    for text, error in summary_lines(summary["coverage"]):
+        terminalreporter.write_line(text, red=error)
     terminalreporter.write_line(f"results: {state.run_root} (summary.json)")
 
 

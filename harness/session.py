@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .accel import AccelDecision, choose_accel
 from .config import GUEST_SCRIPTS, HarnessConfig
+from .coverage import kernel_supports_coverage, unsupported_message
 from .engines import LaunchSpec, engine_for
 from .errors import BootError
 from .guest_kernel import GuestKernel
@@ -105,9 +106,12 @@ class KernelSession:
         """Build `source` (default: the configured module) for this kernel, once per session."""
         source = source or self.default_source()
         if source not in self._builds:
-            self.notify(f"building {source.directory} for {self.kernel.release} ...")
+            coverage = self.config.module_coverage and kernel_supports_coverage(self.kernel)
+            if self.config.module_coverage and not coverage:
+                self.notify(unsupported_message(self.kernel.release))
+            self.notify(f"building {source.directory} for {self.kernel.release}{' for gcov' if coverage else ''} ...")
             start = time.monotonic()
-            built = build_module(source.directory, self.kernel, targets=source.targets)
+            built = build_module(source.directory, self.kernel, targets=source.targets, coverage=coverage)
             how = "cached" if built.cached else f"built in {time.monotonic() - start:.1f} s"
             self.notify(f"module for {self.kernel.release}: {how} ({built.directory})")
             self._builds[source] = built

@@ -83,3 +83,75 @@ def test_taint_value_parsed_past_stray_console_lines() -> None:
 def test_taint_without_a_value_is_a_clear_error() -> None:
     with pytest.raises(HarnessError, match="no taint value"):
         parse_taint("cat: /proc/sys/kernel/tainted: No such file or directory\n")
+
+
+def test_key_changes_with_the_kernel_build_and_the_coverage_flag(tmp_path: Path) -> None:
+    """A kernel rebuilt under the same release (new .config, new exported symbols, new image) gets a new
+    module build; so does a coverage build."""
+    src = tree(tmp_path)
+    kdir = tmp_path / "kdir"
+    kdir.mkdir()
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"not an image")
+    k = Kernel("6.1.0-virtme-debug", image, kdir)
+    keys = {source_key(src, k, ())}
+    (kdir / ".config").write_text("CONFIG_X=y\n")
+    keys.add(source_key(src, k, ()))
+    (kdir / "Module.symvers").write_text("0x1\tsym\tvmlinux\tEXPORT_SYMBOL\t\n")
+    keys.add(source_key(src, k, ()))
+    keys.add(source_key(src, k, (), coverage=True))
+    assert len(keys) == 4
+    assert source_key(src, k, ()) == source_key(src, k, ())
+
+
+def test_key_changes_with_the_images_build_number(tmp_path: Path) -> None:
+    src = tree(tmp_path)
+
+    def image(version: bytes) -> Path:
+        data = bytearray(0x400)
+        data[0x202:0x206] = b"HdrS"
+        data[0x20E:0x210] = (0x100).to_bytes(2, "little")
+        data[0x300 : 0x300 + len(version)] = version
+        path = tmp_path / f"bzImage-{len(list(tmp_path.glob('bzImage-*')))}"
+        path.write_bytes(bytes(data))
+        return path
+
+    first = image(b"6.1.158-virtme-debug (root@host) #1 SMP PREEMPT_DYNAMIC Tue Dec  1 21:50:01 UTC 2026\0")
+    again = image(b"6.1.158-virtme-debug (root@host) #2 SMP PREEMPT_DYNAMIC Tue Dec  1 23:10:12 UTC 2026\0")
+    assert source_key(src, Kernel("6.1.158-virtme-debug", first, tmp_path), ()) != source_key(
+        src, Kernel("6.1.158-virtme-debug", again, tmp_path), ())  # fmt: skip
+
+
+def test_make_variables_go_before_the_targets(tmp_path: Path) -> None:
+    (tmp_path / "Kbuild").write_text("obj-m := x.o\n")
+    assert make_argv(tmp_path, K, [], jobs=2, variables=["GCOV_PROFILE=y"]) == [
+        "make", "-C", "/kdir", f"M={tmp_path}", "-j2", "GCOV_PROFILE=y", "modules"]  # fmt: skip
+
+
+RECORDING_MAKEFILE = "all:\n\t@echo '$(CURDIR) gcov=$(GCOV_PROFILE)' > where.txt; touch m.ko\n"
+
+
+def test_coverage_build_is_separate_built_in_place_and_profiled(tmp_path: Path) -> None:
+    """The module is built in its cache directory (the paths gcov records are that directory's), with
+    GCOV_PROFILE=y for a coverage build, which is a cache entry of its own."""
+    src = tmp_path / "cov"
+    src.mkdir()
+    (src / "Makefile").write_text(RECORDING_MAKEFILE)
+    plain = build_module(src, K, cache_root=tmp_path / "cache")
+    profiled = build_module(src, K, cache_root=tmp_path / "cache", coverage=True)
+    assert plain.directory != profiled.directory and profiled.coverage and not plain.coverage
+    assert (plain.directory / "where.txt").read_text() == f"{plain.directory} gcov=\n"
+    assert (profiled.directory / "where.txt").read_text() == f"{profiled.directory} gcov=y\n"
+    assert build_module(src, K, cache_root=tmp_path / "cache", coverage=True).cached
+
+
+def test_interrupted_build_is_redone(tmp_path: Path) -> None:
+    src = tmp_path / "int"
+    src.mkdir()
+    (src / "Makefile").write_text(RECORDING_MAKEFILE)
+    first = build_module(src, K, cache_root=tmp_path / "cache")
+    (first.directory / ".knh-built").unlink()  # as if the build had been killed before its end
+    (first.directory / "stale.o").write_text("half-built")
+    again = build_module(src, K, cache_root=tmp_path / "cache")
+    assert again.directory == first.directory and not again.cached
+    assert not (again.directory / "stale.o").exists()
