@@ -67,6 +67,7 @@ def run_inner(pytester: pytest.Pytester, session: KernelSession, config: Harness
     )  # fmt: skip
 
 
+@pytest.mark.full  # each boots guests of its own; the quick tier keeps the panic and oops cases
 @pytest.mark.kernel
 def test_timer_armed_at_unload_fails_the_test_that_unloaded(
     pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
@@ -117,6 +118,7 @@ def test_panic_after_the_settle_fails_the_next_test_naming_the_previous(
     assert "KERNEL BROKE between tests" in out, out
 
 
+@pytest.mark.full  # each boots guests of its own; the quick tier keeps the panic and oops cases
 @pytest.mark.kernel
 def test_panic_after_the_last_test_fails_the_run(
     pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig

@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+import pytest
+
 from harness.config import GUEST_SCRIPTS, HarnessConfig
 from harness.ebpf import BpfRunner
 from harness.ebpf_fixtures import skip_or_fail
@@ -62,6 +64,7 @@ def test_handler_and_acks_counted_per_message(
     assert len(kernel_log.links()) == SINGLES + BATCH
 
 
+@pytest.mark.full  # the quick tier keeps one probe test (bpftrace starts in seconds under TCG)
 def test_ack_errno_breakdown_for_valid_and_malformed_frames(
     ebpf: BpfRunner, py_sender: PySender, kernel_log: LinkLogWindow
 ) -> None:
@@ -97,6 +100,7 @@ TAIL_FACTOR = 50  # p99 below this many times the median of the same run
 P99_LIMIT_US = 5_000  # absolute bound for TCG (measured p99 13-23 µs, median 7.5-8.7 µs); KVM is faster
 
 
+@pytest.mark.full  # the quick tier keeps one probe test (bpftrace starts in seconds under TCG)
 def test_handler_latency_p99_within_bounds(
     ebpf: BpfRunner, guest: Guest, guest_kernel: GuestKernel, py_sender: PySender, knh_config: HarnessConfig,
     record_property: Callable[[str, object], None],

@@ -66,6 +66,7 @@ def test_warning_on_the_40th_poke_exits_253_and_prints_the_splat(knh_kernel_sess
     assert "the command's own status was 0" in proc.stderr, explain(proc)
 
 
+@pytest.mark.full  # each boots a guest of its own; the quick tier keeps the 253 case
 def test_39_pokes_do_not_warn_and_exit_0(knh_kernel_session: KernelSession) -> None:
     proc = run_exec(knh_kernel_session, "--dmesg", command=poke_script(39))
     assert proc.returncode == 0, explain(proc)
@@ -75,6 +76,7 @@ def test_39_pokes_do_not_warn_and_exit_0(knh_kernel_session: KernelSession) -> N
     assert "WARNING" not in proc.stderr + proc.stdout, explain(proc)
 
 
+@pytest.mark.full  # each boots a guest of its own; the quick tier keeps the 253 case
 def test_ignore_splats_keeps_the_commands_status_but_prints_the_splat(knh_kernel_session: KernelSession) -> None:
     proc = run_exec(knh_kernel_session, "--ignore-splats", command=poke_script(40))
     assert proc.returncode == 0, explain(proc)
@@ -82,12 +84,14 @@ def test_ignore_splats_keeps_the_commands_status_but_prints_the_splat(knh_kernel
     assert "--ignore-splats: exiting with the command's own status 0" in proc.stderr, explain(proc)
 
 
+@pytest.mark.full  # each boots a guest of its own; the quick tier keeps the 253 case
 def test_a_failing_command_without_splat_keeps_its_status(knh_kernel_session: KernelSession) -> None:
     proc = run_exec(knh_kernel_session, command=poke_script(1, then_exit=3))
     assert proc.returncode == 3, explain(proc)
     assert proc.stdout.splitlines()[-1] == "1" and "kernel splat" not in proc.stderr, explain(proc)
 
 
+@pytest.mark.full  # each boots a guest of its own; the quick tier keeps the 253 case
 def test_warning_on_the_40th_poke_fails_a_pytest_run(knh_kernel_session: KernelSession, tmp_path: Path) -> None:
     test_file = tmp_path / "test_poke.py"
     test_file.write_text(f"def test_forty_pokes(kmod, guest):\n    assert guest.run({poke_script(40)!r}).status == 0\n")
