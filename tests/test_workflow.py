@@ -76,3 +76,24 @@ def test_results_are_uploaded_even_when_tests_fail() -> None:
     step = upload[0][step_start:] + upload[1].split("\n      - ", 1)[0]
     assert "if: always()" in step
     assert "path: results/" in step
+
+
+def _job(name: str) -> str:
+    """The text of one job of the workflow (from its key to the next job's)."""
+    text = _text()
+    start = text.index(f"\n  {name}:\n")
+    nxt = re.search(r"\n  [a-z][a-z0-9_-]*:\n", text[start + 1 :])
+    return text[start : start + 1 + nxt.start()] if nxt else text[start:]
+
+
+def test_debug_job_caches_the_kernel_by_source_and_profile_and_runs_tox_debug() -> None:
+    job = _job("debug")
+    assert "uses: actions/cache@" in job
+    assert "~/.cache/knetlink-harness/kernel-builds" in job
+    key = re.search(r"key: (.+)", job)
+    assert key is not None, "the cache step has no key"
+    assert "steps.debug-key.outputs.source" in key.group(1), "the key must name the kernel source version"
+    assert "harness/kernel_config.py" in key.group(1), "the key must change with the debug profile"
+    assert "run: .venv/bin/tox -e debug" in job
+    assert "KNH_ACCEL: kvm" in job
+    assert job.index("actions/cache@") < job.index("--kernel debug") < job.index("tox -e debug")
