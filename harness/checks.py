@@ -14,18 +14,20 @@ the kernel is also checked *between* windows:
 
 A guest that died is a verdict, never "no verdict": its splats are read from the
 kernel console file (the only record left), from where the window began. A
-verdict lists the splats (harness.dmesg) and the unexpected new taint; the pytest
-glue (harness.watch) turns a failing verdict into a test failure.
+verdict lists the splats (harness.dmesg), the unexpected new taint and, on a kernel
+with kmemleak, what the scans after a module's unload found (harness.kmemleak); the
+pytest glue (harness.watch) turns a failing verdict into a test failure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .dmesg import AllowEntry, KernelLine, SplatReport, TaintFlag, scan_splats, unexpected_taint
 from .errors import HarnessError, KernelCheckError, LostGuestError
 from .guest_kernel import GuestKernel, LogMark
+from .kmemleak import LeakReading, LeakVerdict, judge_leaks, without_kmemleak_splats
 from .session import KernelSession
 from .vm import Guest
 
@@ -49,10 +51,11 @@ class KernelVerdict:
     taint_before: int
     taint_after: int
     died: GuestDied | None = None
+    leaks: LeakVerdict | None = None  # the kmemleak scans after a module's unload, when there were any
 
     @property
     def ok(self) -> bool:
-        return self.splats.ok and not self.new_taint and self.died is None
+        return self.splats.ok and not self.new_taint and self.died is None and (self.leaks is None or self.leaks.ok)
 
     @property
     def guest_suspect(self) -> bool:
@@ -75,7 +78,19 @@ class KernelVerdict:
         if self.new_taint:
             flags = ", ".join(str(f) for f in self.new_taint)
             parts.append(f"kernel taint changed {self.taint_before} -> {self.taint_after}: unexpected {flags}")
+        if self.leaks is not None and not self.leaks.ok:
+            parts.append(self.leaks.message())
         return "\n".join(parts)
+
+
+def with_leaks(verdict: KernelVerdict, reading: LeakReading | None, allowlist: Sequence[AllowEntry]) -> KernelVerdict:
+    """`verdict` with what kmemleak listed after a module's unload. The kmemleak lines of the same
+    check's kernel log (a scan's "N new suspected memory leaks") announce those same objects: the
+    reading replaces them, so one leak is one failure naming the module, and a kernel-only leak is
+    reported without failing."""
+    if reading is None:
+        return verdict
+    return replace(verdict, splats=without_kmemleak_splats(verdict.splats), leaks=judge_leaks(reading, allowlist))
 
 
 def judge(
@@ -194,14 +209,17 @@ def _settle(guest: Guest, policy: Policy) -> None:
 
 def check_window(window: Window, policy: Policy) -> KernelVerdict:
     """Check what the kernel did since the window's mark (or since it was last checked) and
-    move the mark on. After a module unload the kernel first gets `policy.settle_s`."""
+    move the mark on. After a module unload the kernel first gets `policy.settle_s`, then, on a
+    kernel with kmemleak, the scans for what the module leaked (GuestKernel.find_leaks)."""
     guest, ops = window.guest, window.ops
     if window.session.current_guest is not guest:
         return _death(guest, window.console_offset, policy)
 
     def probe() -> KernelVerdict:
+        reading = None
         if ops.unloads > window.unloads:
             _settle(guest, policy)
+            reading = ops.find_leaks()  # before the log is read: a scan's lines belong to this check
         window.unloads = ops.unloads
         lines = ops.lines_since(window.mark)
         taint = ops.taint()
@@ -209,7 +227,7 @@ def check_window(window: Window, policy: Policy) -> KernelVerdict:
         window.lines.extend(lines)
         verdict = judge(lines, window.taint, taint, policy.allowlist, policy.allowed_taint)
         window.mark, window.taint = mark, taint
-        return verdict
+        return with_leaks(verdict, reading, policy.allowlist)
 
     return _guarded(guest, window.console_offset, policy, "of the test", probe)
 

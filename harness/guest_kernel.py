@@ -1,5 +1,5 @@
 """Kernel-side operations on a running guest: load and unload modules, read the
-kernel log between two points, read the taint value.
+kernel log between two points, read the taint value, scan for leaks (kmemleak).
 
 Bulk data (the kernel log) goes through the shared results directory, not the
 serial console: the guest writes a file, the host reads it.
@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .dmesg import KernelLine, find_splats, parse_lines
 from .errors import HarnessError, HostKernelRefused, ModuleCrashError, ModuleLoadError
+from .kmemleak import (
+    CLEAR,
+    KMEMLEAK_PATH,
+    SCAN,
+    SCAN_OFF,
+    SCAN_TIMEOUT_S,
+    SCANS,
+    LeakReading,
+    UnloadedModule,
+    leak_reading,
+    parse_sections,
+    scan_delay,
+    sections_argv,
+    write_argv,
+)
 from .vm import Guest
 
 HOST_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -42,15 +58,20 @@ def parse_taint(output: str) -> int:
 
 
 class GuestKernel:
-    """Module and kernel-log operations on one guest; `scratch` is a guest-writable host dir."""
+    """Module and kernel-log operations on one guest; `scratch` is a guest-writable host dir.
+    `kmemleak`: the kernel may have kmemleak (harness.kmemleak.may_have_kmemleak); the guest is then
+    asked once, at the first insmod."""
 
-    def __init__(self, guest: Guest, scratch: Path) -> None:
+    def __init__(self, guest: Guest, scratch: Path, *, kmemleak: bool = False) -> None:
         self.guest = guest
         self.scratch = scratch
         self._token = secrets.token_hex(4)
         self._counter = itertools.count(1)
         self._verified_not_host = False
         self.unloads = 0  # successful rmmods on this guest: the after-test check lets the kernel settle after one
+        self._kmemleak: bool | None = None if kmemleak else False
+        self._loaded_from: dict[str, Path] = {}  # module name -> .ko, for naming its frames after the rmmod
+        self._unscanned: list[UnloadedModule] = []  # unloaded since the last kmemleak scan
 
     # -- safety ------------------------------------------------------------
     def ensure_not_host(self) -> None:
@@ -99,6 +120,8 @@ class GuestKernel:
         """Load `ko` in the guest; returns the module name. Raises ModuleLoadError with the kernel's
         words when the kernel refused it, ModuleCrashError when the kernel crashed loading it."""
         self.ensure_not_host()
+        if self.has_kmemleak():  # objects reported before never blame this module
+            self.guest.run(write_argv(CLEAR), check=True)
         mark = self.mark()
         argv = ["insmod", str(ko)] + [f"{k}={v}" for k, v in (params or {}).items()]
         result = self.guest.run(argv)
@@ -108,9 +131,13 @@ class GuestKernel:
             raise ModuleLoadError(
                 f"insmod {ko.name} failed (status {result.status})", result.output, [ln.text for ln in lines]
             )
-        return ko.stem.replace("-", "_")
+        name = ko.stem.replace("-", "_")
+        self._loaded_from[name] = ko
+        return name
 
     def rmmod(self, name: str) -> None:
+        ko = self._loaded_from.get(name) if self.has_kmemleak() else None
+        sections = parse_sections(self.guest.run(sections_argv(name), check=True).output) if ko else {}
         mark = self.mark()
         result = self.guest.run(["rmmod", name])
         if result.status != 0:
@@ -120,6 +147,8 @@ class GuestKernel:
                 f"rmmod {name} failed (status {result.status})", result.output, [ln.text for ln in lines]
             )
         self.unloads += 1
+        if ko is not None:
+            self._unscanned.append(UnloadedModule(name, ko, tuple(sorted(sections.items())), time.monotonic()))
 
     @staticmethod
     def _raise_if_crashed(what: str, status: int, output: str, lines: list[KernelLine]) -> None:
@@ -139,6 +168,44 @@ class GuestKernel:
 
     def loaded(self, name: str) -> bool:
         return self.guest.run(["test", "-d", f"/sys/module/{name}"]).status == 0
+
+    # -- kmemleak ----------------------------------------------------------------
+    def has_kmemleak(self) -> bool:
+        """Whether the kernel lists leaks in KMEMLEAK_PATH, asked once (the answer also stops a scan
+        thread, so no scan runs but the harness's)."""
+        if self._kmemleak is None:
+            self._kmemleak = self.guest.run(write_argv(SCAN_OFF)).status == 0
+        return self._kmemleak
+
+    def find_leaks(self) -> LeakReading | None:
+        """After rmmods since the last call: scan SCANS times (the last one late enough for what the
+        modules allocated), read the report and clear it. None when no module was unloaded since."""
+        unloaded, self._unscanned = self._unscanned, []
+        if not unloaded:
+            return None
+        last_rmmod = max(u.unloaded_at for u in unloaded)
+        took = []
+        for i in range(SCANS):
+            if i == SCANS - 1:
+                time.sleep(scan_delay(last_rmmod, time.monotonic()))
+            start = time.monotonic()
+            self.guest.run(write_argv(SCAN), check=True, timeout=SCAN_TIMEOUT_S)
+            took.append(time.monotonic() - start)
+        report = self.read_file(KMEMLEAK_PATH, "kmemleak")
+        self.guest.run(write_argv(CLEAR), check=True)  # the next reading lists only new objects
+        return leak_reading(report, unloaded, took)
+
+    def read_file(self, path: str, label: str) -> str:
+        """A guest file's text, copied through the scratch directory (not the console)."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        copy = self.scratch / f"{label}-{self._token}-{next(self._counter)}.txt"
+        self.guest.run(["cp", path, str(copy)], check=True)
+        try:
+            return copy.read_text(errors="replace")
+        except OSError as e:
+            raise HarnessError(f"the guest's copy of {path} ({copy}) is unreadable: {e}") from None
+        finally:
+            copy.unlink(missing_ok=True)
 
 
 def check_not_host(guest_boot_id: str, host_id: str) -> None:

@@ -1,17 +1,21 @@
-"""kmemleak on a debug kernel: the guest commands and the parser of its report.
+"""kmemleak on a debug kernel: the guest commands, the parser of its report, and what a report
+means for the test that unloaded a module.
 
 The debug profile (harness.kernel_build.DEBUG_PROFILE) builds kmemleak without
 its automatic scan thread; the harness scans itself, around each test that
-loads a module:
+loads a module (harness.guest_kernel does the guest side, harness.checks the check):
 
-1. before the test: ``clear`` (:data:`CLEAR`), so objects leaked earlier (by
-   the kernel's own boot, by another test) are never blamed on this one;
-2. after the module's rmmod: ``scan`` (:data:`SCAN`) :data:`SCANS` times, then read
-   :data:`KMEMLEAK_PATH` and :func:`parse_kmemleak` it (the first scan that finds an object
-   unreferenced only records a checksum of its content; the next one reports it if the content
-   did not change);
-3. :func:`split_by_module`: objects whose backtrace has a frame of the module
-   fail the test; the others are kernel objects, reported and allowlistable.
+1. before the module's insmod: ``clear`` (:data:`CLEAR`), so objects reported earlier (by
+   a scan of an earlier test) are never blamed on this one;
+2. before the rmmod: where the module's sections are (:func:`sections_argv`);
+3. at the test's next kernel check after the rmmod: ``scan`` (:data:`SCAN`) :data:`SCANS`
+   times, the last one at least :data:`MIN_AGE_S` after the rmmod (:func:`scan_delay`), then
+   read :data:`KMEMLEAK_PATH` and ``clear`` again; :func:`leak_reading` parses the report
+   and names the module's frames (the first scan that finds an object unreferenced only
+   records a checksum of its content; the next one reports it if the content did not change);
+4. :func:`judge_leaks`: objects whose backtrace has a frame of an unloaded module fail the
+   test; the others are the kernel's, reported and never failing. Both go through the splat
+   allowlist, matched against :func:`allow_text`.
 
 After the rmmod the module's code is gone, so the kernel prints its frames in a
 backtrace as bare addresses (``[<ffffffffa000005f>] 0xffffffffa000005f``): the
@@ -22,10 +26,13 @@ combines that with the functions of the module's ``.ko`` on the host, and
 [leak]``.
 
 kmemleak reports an object only when it is older than 5 s at the scan
-(``MSECS_MIN_AGE`` in mm/kmemleak.c, not tunable): an allocation made less than
-5 s before the scan shows up in a later scan, so :func:`scan_delay` says how
-long to wait after the allocating module was loaded. A scan writes to
-:data:`KMEMLEAK_PATH` and returns when it is done.
+(``MSECS_MIN_AGE`` in mm/kmemleak.c, not tunable): a module allocates at the latest
+before its rmmod returns, so the last scan starts :func:`scan_delay` after the rmmod.
+A scan writes to :data:`KMEMLEAK_PATH` and returns when it is done.
+
+Each scan that lists new objects also prints ``kmemleak: N new suspected memory leaks`` to the
+kernel log, a splat of kind ``kmemleak``; in a check that read the report those lines are
+superseded by it (:func:`without_kmemleak_splats`): one leak, one failure, naming the module.
 
 Report formats: 6.1 prints ``comm "insmod", pid 150, jiffies 4294902110 (age
 12.348s)`` and backtrace lines ``[<00000000a1b2c3d4>] func+0x3c/0x90 [mod]``;
@@ -43,7 +50,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from .dmesg import Splat, iter_splats
+from .dmesg import AllowEntry, Splat, SplatReport, iter_splats
+from .errors import KernelCheckError
 from .splatframes import ModuleFrame, module_frames
 
 KMEMLEAK_PATH: Final = "/sys/kernel/debug/kmemleak"
@@ -146,8 +154,9 @@ def split_by_module(objects: Iterable[LeakedObject], module: str) -> tuple[list[
 
 
 def scan_delay(loaded_at: float, now: float) -> float:
-    """Seconds to wait before a scan can report what a module allocated at `loaded_at` (monotonic
-    seconds, same clock as `now`): kmemleak skips objects younger than MIN_AGE_S."""
+    """Seconds to wait before a scan can report what was allocated at `loaded_at` or earlier (monotonic
+    seconds, same clock as `now`; the harness passes the rmmod's time): kmemleak skips objects younger
+    than MIN_AGE_S."""
     return max(0.0, loaded_at + MIN_AGE_S + 0.5 - now)
 
 
@@ -259,3 +268,148 @@ def _rename_line(line: str, old: tuple[str, ...], new: tuple[str, ...]) -> str:
         if before != after and line.rstrip().endswith(" " + before):
             return line.rstrip()[: -len(before)] + after
     return line
+
+
+# ---- after rmmods: a reading of the report, and what it means for the test ----------------------------
+
+SCAN_TIMEOUT_S: Final = 600.0  # one scan of a 1 GB guest: 5 to 15 s under TCG here (docs/kernels.md)
+
+
+def may_have_kmemleak(config: Mapping[str, str]) -> bool:
+    """Whether a kernel with `config` ({symbol: value}, harness.memdebug.kernel_config) may have kmemleak,
+    so the guest is asked once: CONFIG_DEBUG_KMEMLEAK=y, or no configuration found. A kernel configured
+    without it (every stock kernel here) is never asked."""
+    return not config or config.get("DEBUG_KMEMLEAK") == "y"
+
+
+@dataclass(frozen=True)
+class UnloadedModule:
+    """A module unloaded since the last scan: its .ko and where its sections were (parse_sections)."""
+
+    name: str
+    ko: Path
+    sections: tuple[tuple[str, int], ...]
+    unloaded_at: float  # time.monotonic() when its rmmod returned
+
+
+@dataclass(frozen=True)
+class LeakReading:
+    """What kmemleak listed after the unload of `modules`: the report parsed, their frames named."""
+
+    modules: tuple[str, ...]
+    objects: tuple[LeakedObject, ...]
+    scans_s: tuple[float, ...]  # how long each scan took
+
+
+def leak_reading(report: str, unloaded: Iterable[UnloadedModule], scans_s: Iterable[float]) -> LeakReading:
+    """The reading of `report` (KMEMLEAK_PATH after the scans). Raises KernelCheckError when a
+    module's .ko cannot be read (its frames could not be told from the kernel's)."""
+    gone = list(unloaded)
+    try:
+        tables = [module_symbols(u.name, u.ko, dict(u.sections)) for u in gone]
+    except (OSError, ValueError) as e:
+        raise KernelCheckError(f"cannot name the frames of an unloaded module for kmemleak: {e}") from e
+    objects = tuple(symbolize(obj, tables) for obj in parse_kmemleak(report))
+    return LeakReading(tuple(dict.fromkeys(u.name.replace("-", "_") for u in gone)), objects, tuple(scans_s))
+
+
+def allow_text(obj: LeakedObject) -> str:
+    """What splat allowlist entries match for a leaked object: its heading line and its backtrace,
+    `unreferenced object 0x... (size 64): from kmalloc_trace+0x26/0xc0, leak_alloc+0x5e/0xb2 [leak], ...`."""
+    return f"{obj.lines[0].strip()} from {', '.join(obj.frames)}"
+
+
+@dataclass(frozen=True)
+class AllowedLeak:
+    """A leaked object that a splat allowlist entry let through."""
+
+    obj: LeakedObject
+    entry: AllowEntry
+
+    @property
+    def reason(self) -> str:
+        return self.entry.reason
+
+
+@dataclass(frozen=True)
+class LeakVerdict:
+    """A reading judged: objects allocated through an unloaded module fail the test; the kernel's
+    are reported and never fail it; the allowlist lets either kind through, with its reason."""
+
+    modules: tuple[str, ...]
+    failures: tuple[LeakedObject, ...]
+    kernel: tuple[LeakedObject, ...]
+    allowed: tuple[AllowedLeak, ...]
+    scans_s: tuple[float, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def touches(self, obj: LeakedObject) -> bool:
+        return any(obj.touches(m) for m in self.modules)
+
+    def _scans(self) -> str:
+        return f"{len(self.scans_s)} scans after the rmmod, {sum(self.scans_s):.1f} s"
+
+    def message(self, max_lines: int = 20) -> str:
+        """The failure text: every object of the modules, with its kind, fingerprint and entry."""
+        if not self.failures:
+            return ""
+        head = (f"kmemleak: {_objects(len(self.failures))} leaked by module {', '.join(self.modules)} "
+                f"(unreferenced after its unload; {self._scans()}):")  # fmt: skip
+        return "\n".join([head, *_entries("kmemleak", self.failures, max_lines)])
+
+    def kernel_message(self, max_lines: int = 20) -> str:
+        """The report of the kernel's objects (and of allowed ones): not a failure."""
+        parts = []
+        if self.kernel:
+            parts.append(f"kmemleak: {_objects(len(self.kernel))} whose allocation does not pass through "
+                         f"{', '.join(self.modules)} (reported, not failing: the kernel's own, or kept alive "
+                         "by a reference the module took and never dropped; allowlist it if it is the kernel's):")
+            parts.extend(_entries("kernel leak", self.kernel, max_lines))
+        parts.extend(f"allowed kmemleak [{a.obj.splat.fingerprint}]: {a.obj.summary()}: {a.reason} "
+                     f"({a.entry.source}:{a.entry.line_no})" for a in self.allowed)  # fmt: skip
+        return "\n".join(parts)
+
+
+def _objects(n: int) -> str:
+    return f"{n} object{'s' if n != 1 else ''}"
+
+
+_FULL_ENTRIES: Final = 2  # objects shown with their whole entry; the others with their summary line
+
+
+def _entries(label: str, objects: Iterable[LeakedObject], max_lines: int) -> list[str]:
+    """One line per object (kind, fingerprint, summary); the first ones with their kmemleak entry."""
+    out = []
+    for i, obj in enumerate(objects):
+        out.append(f"{label} [{obj.splat.fingerprint}]: {obj.summary()}")
+        if i < _FULL_ENTRIES:
+            out.extend("    " + ln for ln in obj.lines[:max_lines])
+            if len(obj.lines) > max_lines:
+                out.append(f"    ... ({len(obj.lines) - max_lines} more lines)")
+    return out
+
+
+def judge_leaks(reading: LeakReading, allowlist: Iterable[AllowEntry]) -> LeakVerdict:
+    """Split a reading into the modules' objects (failures), the kernel's and the allowed ones."""
+    entries = tuple(allowlist)
+    failures: list[LeakedObject] = []
+    kernel: list[LeakedObject] = []
+    allowed: list[AllowedLeak] = []
+    verdict = LeakVerdict(reading.modules, (), (), (), reading.scans_s)
+    for obj in reading.objects:
+        entry = next((e for e in entries if e.pattern.match(allow_text(obj))), None)
+        if entry is not None:
+            allowed.append(AllowedLeak(obj, entry))
+        else:
+            (failures if verdict.touches(obj) else kernel).append(obj)
+    return replace(verdict, failures=tuple(failures), kernel=tuple(kernel), allowed=tuple(allowed))
+
+
+def without_kmemleak_splats(report: SplatReport) -> SplatReport:
+    """`report` without its kmemleak splats (the "N new suspected memory leaks" lines a scan prints,
+    verbose object lines): a check that read the kmemleak report judges those objects itself."""
+    return SplatReport(tuple(s for s in report.failures if s.kind != "kmemleak"),
+                       tuple(a for a in report.allowed if a.splat.kind != "kmemleak"))  # fmt: skip

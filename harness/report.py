@@ -154,6 +154,7 @@ def local_summary(state: RunState, coverage: Sequence[dict[str, Any]] = ()) -> d
         "crashes": list(state.crashes),
         "skipped": list(state.skips),
         "coverage": list(coverage),
+        "kmemleak": list(state.kmemleak),
     }
 
 
@@ -183,6 +184,7 @@ def summary_dict(state: RunState, coverage: Sequence[dict[str, Any]] = ()) -> di
         "crashes": [c for part in parts for c in part["crashes"]],
         "skipped": [s for part in parts for s in part["skipped"]],
         "coverage": [c for part in parts for c in part.get("coverage", ())],
+        "kmemleak": [r for part in parts for r in part.get("kmemleak", ())],
     }
 
 
@@ -238,9 +240,23 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"(reported on {crash['test']}):\n{crash['message']}", red=True
         )
     _write_skips(terminalreporter, summary["skipped"])
+    _write_kmemleak(terminalreporter, summary["kmemleak"])
     for text, error in summary_lines(summary["coverage"]):
         terminalreporter.write_line(text, red=error)
     terminalreporter.write_line(f"results: {state.run_root} (summary.json)")
+
+
+def _write_kmemleak(terminalreporter: Any, readings: list[dict[str, Any]]) -> None:
+    """kmemleak kernels: the scans after unloads, and the kernel's leaks (reported, never failing)."""
+    if not readings:
+        return
+    scans = [t for r in readings for t in r["scans_s"]]
+    kernel = [(r["test"], o) for r in readings for o in r["objects"]
+              if o["attributed"] == "kernel" and not o["allowed"]]  # fmt: skip
+    terminalreporter.write_line(
+        f"kmemleak: {len(readings)} reading(s) after unloads, {len(scans)} scans, {sum(scans):.1f} s; "
+        f"kernel leaks (reported, not failing): {len(kernel)}" + "".join(f"\n  {t}: {o['object']}" for t, o in kernel)
+    )
 
 
 def _write_skips(terminalreporter: Any, skips: list[dict[str, str]]) -> None:

@@ -20,6 +20,7 @@ from .dmesg import AllowEntry, SplatReport
 from .errors import HarnessError
 from .kernel import Kernel, expand_kernel_specs
 from .kernel_build import BuildOptions, resolve_kernel_spec
+from .kmemleak import LeakedObject, LeakVerdict
 from .session import KernelSession
 
 # Fixtures that make a test a kernel test (marked `kernel` at collection).
@@ -59,13 +60,14 @@ class RunState:
     crashes: list[dict[str, Any]] = field(default_factory=list)  # kernels broken between tests or at the end
     skips: list[dict[str, str]] = field(default_factory=list)  # skipped kernel tests: test, kernel, reason
     remote: list[dict[str, Any]] = field(default_factory=list)  # what xdist workers recorded (harness.parallel)
+    kmemleak: list[dict[str, Any]] = field(default_factory=list)  # each reading after an unload (kmemleak kernels)
 
     @property
     def policy(self) -> Policy:
         return Policy(self.allowlist, self.config.allowed_taint, self.config.settle)
 
     def anything_recorded(self) -> bool:
-        return bool(self.sessions or self.splats or self.crashes or self.skips or self.remote)
+        return bool(self.sessions or self.splats or self.crashes or self.skips or self.remote or self.kmemleak)
 
     def record_splats(self, test: str, release: str, phase: str, report: SplatReport, *,
                       with_allowed: bool = True) -> None:  # fmt: skip
@@ -76,6 +78,27 @@ class RunState:
         for entry in report.allowed if with_allowed else ():
             self.splats.append({**base, "kind": entry.splat.kind, "fingerprint": entry.splat.fingerprint,
                                 "allowed": True, "reason": entry.reason})  # fmt: skip
+
+    def record_leaks(self, test: str, release: str, phase: str, leaks: LeakVerdict) -> None:
+        """Add a kmemleak reading to the run summary: the modules' objects as splats (failures or
+        allowed), every object and the scans' durations under `kmemleak`."""
+        base = {"test": test, "kernel": release, "phase": phase}
+        for obj in leaks.failures:
+            self.splats.append({**base, "kind": "kmemleak", "fingerprint": obj.splat.fingerprint, "allowed": False})
+        for a in leaks.allowed:
+            if leaks.touches(a.obj):
+                self.splats.append({**base, "kind": "kmemleak", "fingerprint": a.obj.splat.fingerprint,
+                                    "allowed": True, "reason": a.reason})  # fmt: skip
+
+        def entry(obj: LeakedObject, attributed: str, reason: str | None = None) -> dict[str, Any]:
+            allowed = {"allowed": True, "reason": reason} if reason is not None else {"allowed": False}
+            return {"attributed": attributed, "fingerprint": obj.splat.fingerprint, "object": obj.summary(), **allowed}
+
+        self.kmemleak.append({**base, "modules": list(leaks.modules), "scans_s": [round(t, 3) for t in leaks.scans_s],
+                              "objects": [entry(o, "module") for o in leaks.failures]
+                              + [entry(o, "kernel") for o in leaks.kernel]
+                              + [entry(a.obj, "module" if leaks.touches(a.obj) else "kernel", a.reason)
+                                 for a in leaks.allowed]})  # fmt: skip
 
     def record_crash(self, session: KernelSession, test: str, phase: str, previous: str,
                      verdict: KernelVerdict) -> None:  # fmt: skip

@@ -22,7 +22,9 @@ from .errors import BootError
 from .guest_kernel import GuestKernel
 from .kernel import Kernel
 from .kernel_build import modules_dir_for
+from .kmemleak import may_have_kmemleak
 from .kmod import BuiltModule, build_module, default_cache_root
+from .memdebug import kernel_config
 from .vm import Guest, Launch, new_guest_name
 
 Notify = Callable[[str], None]
@@ -178,7 +180,8 @@ class KernelSession:
             self.notify(f"guest ready in {guest.boot_time_s:.1f} s")
             self._guest = self.last_guest = guest
             self.scratch.mkdir(parents=True, exist_ok=True)
-            self._guest_kernel = GuestKernel(guest, self.scratch)
+            kmemleak = may_have_kmemleak(kernel_config(self.kernel))  # stock kernels: no guest command
+            self._guest_kernel = GuestKernel(guest, self.scratch, kmemleak=kmemleak)
             return guest
         assert last is not None
         self._boot_error = last  # do not boot again for every remaining test

@@ -3,8 +3,9 @@
 Before a guest test: the kernel is checked since the previous test on that guest
 (a crash in between fails this test at setup, naming the previous one), then the
 test's window opens. After its call and after its teardown (an unload gets the
-settle first): a splat, new taint or a dead guest fails the test; a skip or xfail
-never covers one. After the last test, every watched guest is checked before it is
+settle first, and on a kmemleak kernel the leak scans): a splat, new taint, a leak
+through the unloaded module or a dead guest fails the test; a skip or xfail never
+covers one. After the last test, every watched guest is checked before it is
 shut down. The checks themselves are harness.checks.
 """
 
@@ -129,8 +130,13 @@ def _check(item: pytest.Item, window: Window, phase: str) -> KernelVerdict | Non
         window.session.recycle(f"kernel checks failed after the {phase} of {item.nodeid}")
         raise KernelCheckError(f"kernel check error after the {phase} of {item.nodeid}: {e}") from e
     release = window.session.kernel.release
-    run_state(item.config).record_splats(item.nodeid, release, "guest died" if verdict.died else phase,
-                                         verdict.splats, with_allowed=verdict.died is None)  # fmt: skip
+    state = run_state(item.config)
+    state.record_splats(item.nodeid, release, "guest died" if verdict.died else phase,
+                        verdict.splats, with_allowed=verdict.died is None)  # fmt: skip
+    if verdict.leaks is not None:
+        state.record_leaks(item.nodeid, release, phase, verdict.leaks)
+        if verdict.leaks.kernel or verdict.leaks.allowed:  # reported, never failing: the test's report says so
+            item.add_report_section(phase, "kmemleak", verdict.leaks.kernel_message())
     if verdict.guest_suspect:
         window.closed = True
         window.session.recycle(f"{phase} of {item.nodeid}: {verdict.message().splitlines()[0]}")
