@@ -51,11 +51,12 @@ GCOVR_TIMEOUT_S: Final = 600.0
 
 # In the guest: $1 = the build's directory under GCOV_DEBUGFS, $2 = where the copies go. debugfs gives the
 # .gcda files a size of 0, so each is read with cat (a copy by size would be empty).
+# One line: the guest shell reads commands line by line.
 _COPY_SCRIPT: Final = (
-    'cd "$1" 2>/dev/null || exit 0\n'
-    "find . -name '*.gcda' | while read -r f; do\n"
-    '  mkdir -p "$2/${f%/*}" && cat "$f" > "$2/$f" || exit 1\n'
-    "done\n"
+    'cd "$1" 2>/dev/null || exit 0; '
+    "find . -name '*.gcda' | while read -r f; do "
+    'mkdir -p "$2/${f%/*}" && cat "$f" > "$2/$f" || exit 1; '
+    "done"
 )
 
 
