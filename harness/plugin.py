@@ -19,7 +19,8 @@ from . import parallel
 from .config import SETTINGS
 from .dmesg import load_allowlist
 from .errors import HarnessError
-from .runstate import KERNEL_FIXTURES, RUN_KEY, RunState, kernel_params, resolve_settings, run_state
+from .kernel_source import parse_profile_spec
+from .runstate import KERNEL_FIXTURES, RUN_KEY, KernelParam, RunState, kernel_params, resolve_settings, run_state
 
 # In import order: a module listed later may import an earlier one (pytest rewrites asserts only on first import).
 # harness.parallel is imported here already, so it is registered in pytest_addoption instead.
@@ -52,6 +53,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "full: runs only in the full tier (--full, KNH_FULL=1, tox -e kernel-full)")
     config.addinivalue_line(
         "markers",
+        "debug_kernel: runs only on a debug-profile kernel (--kernel debug, debug:TREE; tox -e debug); deselected "
+        "for every other kernel of the matrix",
+    )
+    config.addinivalue_line(
+        "markers",
         "kernel_build: builds a kernel from KNH_KERNEL_TREE; skipped without one (a failure with --run-kernel-build)",
     )
     try:
@@ -73,11 +79,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if KERNEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kernel)
-    if not run_state(config).config.full:  # the quick tier leaves the full tier's tests out, and says so
-        deselected = [item for item in items if item.get_closest_marker("full") is not None]
-        if deselected:
-            config.hook.pytest_deselected(items=deselected)
-            items[:] = [item for item in items if item.get_closest_marker("full") is None]
+    full = run_state(config).config.full
+    deselected = [item for item in items if not selected(item, full=full)]  # the tiers, and says so
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if selected(item, full=full)]
+
+
+def selected(item: pytest.Item, *, full: bool) -> bool:
+    """Whether the run's tier and kernel keep `item`: `full` tests only in the full tier,
+    `debug_kernel` tests only when their kernel is a debug-profile one."""
+    if not full and item.get_closest_marker("full") is not None:
+        return False
+    if item.get_closest_marker("debug_kernel") is not None:
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("knh_kernel_session") if callspec is not None else None
+        return isinstance(param, KernelParam) and parse_profile_spec(param.spec) is not None
+    return True
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

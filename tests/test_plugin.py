@@ -1,6 +1,7 @@
 """The pytest plugin's behaviour without booting anything."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -306,3 +307,38 @@ def test_quick_tier_deselects_full_tests_and_full_runs_them(pytester: pytest.Pyt
     quick = pytester.runpytest("-p", "no:cacheprovider")
     quick.assert_outcomes(passed=1, deselected=1)
     pytester.runpytest("-p", "no:cacheprovider", "--full", "-k", "soak").assert_outcomes(passed=1)
+
+
+class _Item:
+    """What harness.plugin.selected reads of a collected test: its markers and its kernel parameter."""
+
+    def __init__(self, markers: tuple[str, ...], spec: str | None) -> None:
+        from harness.runstate import KernelParam
+
+        self.markers = markers
+        if spec is not None:
+            self.callspec = SimpleNamespace(params={"knh_kernel_session": KernelParam(spec, None, None)})
+
+    def get_closest_marker(self, name: str) -> object | None:
+        return name if name in self.markers else None
+
+
+@pytest.mark.parametrize(("markers", "spec", "full", "kept"), [
+    (("debug_kernel",), "debug", False, True),
+    (("debug_kernel",), "debug:/src/linux", False, True),
+    (("debug_kernel",), "6.1.0-57-amd64", True, False),
+    (("debug_kernel",), "all", True, False),
+    (("debug_kernel",), None, True, False),  # no kernel parameter: no debug kernel either
+    (("debug_kernel", "full"), "debug", False, False),
+    (("full",), "debug", False, False),
+    (("full",), "debug", True, True),
+    ((), "6.1.0-57-amd64", False, True),
+])  # fmt: skip
+def test_debug_kernel_tests_run_only_on_a_debug_profile_kernel(
+    markers: tuple[str, ...], spec: str | None, full: bool, kept: bool
+) -> None:
+    from typing import cast
+
+    from harness.plugin import selected
+
+    assert selected(cast(pytest.Item, _Item(markers, spec)), full=full) is kept
