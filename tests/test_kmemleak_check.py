@@ -11,6 +11,7 @@ pays no guest command.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -314,3 +315,102 @@ def test_summary_json_lists_the_readings_and_only_the_modules_leaks_break_the_ru
     assert not breakage(summary)  # a kernel-only leak is reported, never a failure of the run
     state.record_leaks("t.py::test_b", "6.12-x", "teardown", judge_leaks(reading("6.12"), ()))
     assert breakage(summary_dict(state)) and len(summary_dict(state)["kmemleak"]) == 2
+
+
+# ---- the watch: a pytest run on a fake session whose module unload leaves a kmemleak reading -------------
+
+LEAKING_SESSION_CONFTEST = '''
+import itertools
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness.dmesg import parse_lines
+from harness.guest_kernel import LogMark
+from harness.kmemleak import LeakReading, ModuleSymbols, parse_kmemleak, symbolize
+
+SYMBOLS = ModuleSymbols("leak", ((0xFFFFFFFFC0400000, 0xB2, "leak_alloc"), (0xFFFFFFFFC0406000, 0x40, "leak_init")))
+OBJECTS = [symbolize(o, [SYMBOLS]) for o in parse_kmemleak(Path(REPORT).read_text())]
+SCAN_LINE = "[   60.000000] kmemleak: 3 new suspected memory leaks (see /sys/kernel/debug/kmemleak)"
+
+
+class Ops:
+    def __init__(self, guest):
+        self.guest, self.unloads, self.n, self.log, self.found = guest, 0, itertools.count(1), [], None
+
+    def mark(self):
+        return LogMark(f"knh-mark:{next(self.n)}")
+
+    def lines_since(self, mark):
+        lines, self.log = self.log, []
+        return lines
+
+    def taint(self):
+        return 0
+
+    def find_leaks(self):
+        found, self.found = self.found, None
+        return found
+
+    def unload(self, objects):
+        self.unloads += 1
+        self.log = parse_lines(SCAN_LINE)
+        self.found = LeakReading(("leak",), tuple(objects), (5.0, 6.0))
+
+
+guest = SimpleNamespace(alive=True, launch=SimpleNamespace(name="g"), run=lambda argv, timeout=None: None,
+                        paths=SimpleNamespace(kernel_log=Path("/nonexistent"), transcript=Path("/nonexistent")))
+ops = Ops(guest)
+
+
+class Session:
+    current_guest = guest
+    kernel = SimpleNamespace(release="fake", label="fake")
+    spec_for_reproduction = "fake"
+
+    def guest_kernel(self):
+        return ops
+
+    def guest(self):
+        return guest
+
+    def recycle(self, reason):
+        pass
+
+
+@pytest.fixture(scope="session")
+def knh_kernel_session():
+    return Session()
+
+
+@pytest.fixture
+def leaking(guest):
+    yield
+    ops.unload([o for o in OBJECTS if o.touches("leak")])
+
+
+@pytest.fixture
+def kernel_leaking(guest):
+    yield
+    ops.unload([o for o in OBJECTS if not o.touches("leak")])
+'''
+
+
+def test_the_watch_fails_the_unloading_test_once_and_reports_a_kernel_leak(pytester: pytest.Pytester) -> None:
+    report = DATA / "kmemleak" / "kmemleak-6.12.txt"
+    pytester.makeconftest(LEAKING_SESSION_CONFTEST.replace("REPORT", repr(str(report))))
+    pytester.makepyfile(test_leaks="def test_module_leak(leaking):\n    pass\n\n"
+                                   "def test_kernel_leak(kernel_leaking):\n    pass\n")  # fmt: skip
+    results = pytester.path / "results"
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rA", "--results-dir", str(results))
+    result.assert_outcomes(passed=2, errors=1)
+    out = result.stdout.str()
+    assert out.count("leaked by module leak") == 1 and "new suspected memory leaks" not in out, out
+    assert "ERROR at teardown of test_module_leak" in out and "from leak_alloc [leak], leak_init [leak]" in out
+    assert "kmemleak" in out and "kernel leak [kmemleak:-:alloc_vmap_area:" in out  # test_kernel_leak's report
+    assert "kernel leaks (reported, not failing): 1" in out, out
+    summary = json.loads(next(results.glob("*/summary.json")).read_text())
+    assert [r["test"].split("::")[-1].split("[")[0] for r in summary["kmemleak"]] == ["test_module_leak",
+                                                                                      "test_kernel_leak"]
+    assert [s["test"].split("::")[-1].split("[")[0] for s in summary["splats"]] == ["test_module_leak"] * 2
