@@ -14,17 +14,15 @@ KNH_MEMORY_DEBUG=off), so the difference is documented by tests.
 | leak | kmalloc never freed | the harness's scans after the rmmod: kmemleak, leak_alloc | silent |
 
 Each test runs a small pytest session of its own (pytester, in a subprocess, like
-test_crash_attribution.py) on the debug kernel or the newest installed one, whatever kernel the
-outer run uses. The debug kernel must be built already (`python -m harness exec --kernel debug
---no-module -- true` builds it; docs/kernels.md has the time): without it the debug-kernel tests
-are skipped with that reason, or fail with KNH_RUN_DEBUG_KERNEL=1, which builds it instead.
-KNH_DEBUG_KERNEL names another debug spec (e.g. debug:/src/linux).
+test_crash_attribution.py) on the debug kernel or the newest installed one. The tests are marked
+debug_kernel: they run when the outer run's kernel is a debug-profile one (`tox -e debug`, or
+`pytest -m kernel --kernel debug` / `--kernel debug:TREE`), whose spec the inner runs use too, and
+are deselected on every other kernel.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 from pathlib import Path
 
@@ -32,12 +30,11 @@ import pytest
 
 from harness.config import HarnessConfig
 from harness.kernel import installed_kernels
-from harness.kernel_build import built_kernel_for_spec, resolve_kernel_spec
 from harness.kmod import default_cache_root
 from harness.session import KernelSession
 
-# The full tier only: every case boots the debug kernel (tens of seconds each under TCG).
-pytestmark = [pytest.mark.kernel, pytest.mark.full]
+# Only on a debug-profile kernel: every case boots it again (tens of seconds each under TCG).
+pytestmark = [pytest.mark.kernel, pytest.mark.debug_kernel]
 
 MODULES = Path(__file__).resolve().parent.parent / "modules"
 DEBUG_BOOT_TIMEOUT = 900  # KASAN + lockdep + kmemleak under TCG: see docs/kernels.md
@@ -65,16 +62,11 @@ def shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(default_cache_root().parent))
 
 
-@pytest.fixture(scope="module")
-def debug_spec() -> str:
-    spec = os.environ.get("KNH_DEBUG_KERNEL", "") or "debug"
-    if built_kernel_for_spec(spec) is None:
-        if os.environ.get("KNH_RUN_DEBUG_KERNEL", "") in ("1", "yes", "true"):
-            resolve_kernel_spec(spec, notify=lambda m: print(f"[knh] {m}", flush=True))
-        else:
-            pytest.skip(f"the debug kernel ({spec}) is not built: `python -m harness exec --kernel {spec} "
-                        "--no-module -- true` builds it, or KNH_RUN_DEBUG_KERNEL=1 builds it here")  # fmt: skip
-    return spec
+@pytest.fixture
+def debug_spec(knh_kernel_session: KernelSession) -> str:
+    """The outer run's debug kernel (built or taken from the cache when the run resolved it)."""
+    assert knh_kernel_session.spec is not None, "debug_kernel tests run only on a named debug-profile kernel"
+    return knh_kernel_session.spec
 
 
 @pytest.fixture(scope="module")
