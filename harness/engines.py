@@ -65,17 +65,19 @@ VmlinuxFor = Callable[[Kernel, Path], Path | None]
 
 @dataclass(frozen=True)
 class VngEngine:
-    """virtme-ng: its own init and udev on a PC machine, the host root over 9p."""
+    """virtme-ng: its own init (udevd without the coldplug) on a PC machine, the host root over 9p."""
 
     name: ClassVar[str] = "vng"
     executable: Callable[[], str] = vng_executable
     vmlinux: VmlinuxFor = cached_vmlinux
+    boot_path: Path | None = field(default=GUEST_SCRIPTS / "vng_boot")  # see VngSpec.boot_path
 
     def spec(self, launch: LaunchSpec) -> VngSpec:
         return VngSpec(
             kernel=launch.kernel, accel=launch.accel, shell=launch.shell, rw_dirs=launch.rw_dirs,
             image=self.vmlinux(launch.kernel, launch.cache), memory=launch.memory, cpus=launch.cpus,
             name=launch.name, vng=self.executable(), channel=launch.channel, mapped_dirs=launch.mapped_dirs,
+            boot_path=self.boot_path,
         )  # fmt: skip
 
     def argv(self, launch: LaunchSpec) -> list[str]:

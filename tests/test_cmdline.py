@@ -1,9 +1,13 @@
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from harness.cmdline import (
     BASE_KERNEL_ARGS,
+    INIT_PATH_TAIL,
     QemuSpec,
     VngSpec,
     channel_qemu_args,
@@ -11,6 +15,7 @@ from harness.cmdline import (
     shell_join,
     vng_argv,
 )
+from harness.config import GUEST_SCRIPTS
 from harness.kernel import Kernel
 
 K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/lib/modules/6.1.0-56-amd64/build"))
@@ -60,6 +65,67 @@ def test_blacklist_and_image_override() -> None:
     argv = vng_argv(spec(blacklist=("kvm", "ahci"), image=Path("/c/vmlinux")))
     assert argv[argv.index("--run") + 1] == "/c/vmlinux"
     assert argv[argv.index("--append") + 1] == "panic=-1 loglevel=5 log_buf_len=8M module_blacklist=kvm,ahci"
+
+
+def test_boot_path_goes_first_on_the_path_of_vngs_init() -> None:
+    argv = vng_argv(spec(blacklist=(), boot_path=Path("/g/vng_boot")))
+    assert argv[argv.index("--append") + 1] == (
+        "panic=-1 loglevel=5 log_buf_len=8M PATH=/g/vng_boot:/usr/sbin:/usr/bin:/sbin:/bin"
+    )
+
+
+@pytest.mark.parametrize("path", ["/g h/vng_boot", "/g:h/vng_boot", "/g'h/vng_boot", "g/vng_boot"])
+def test_a_boot_path_the_kernel_command_line_cannot_carry_is_left_out(path: str) -> None:
+    argv = vng_argv(spec(boot_path=Path(path)))
+    assert "PATH=" not in argv[argv.index("--append") + 1]
+
+
+VIRTME_INIT_DEFAULT_PATH = "/run/current-system/sw/bin:/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin"
+
+
+def guest_shell_path(path: str) -> str:
+    """The PATH that guest_scripts/guest-shell's bash sees when started with `path`."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    proc = subprocess.run(["/bin/sh", str(GUEST_SCRIPTS / "guest-shell")], input='printf %s "$PATH"\n', text=True,
+                          capture_output=True, env={**os.environ, "PATH": path}, timeout=30, check=True)  # fmt: skip
+    return proc.stdout
+
+
+def test_guest_shell_takes_inits_boot_path_off_again() -> None:
+    argv = vng_argv(spec(boot_path=GUEST_SCRIPTS / "vng_boot"))
+    init_path = next(a for a in argv[argv.index("--append") + 1].split() if a.startswith("PATH=")).removeprefix("PATH=")
+    # virtme-ng's init appends its own default PATH to the one it was given
+    assert guest_shell_path(f"{init_path}:{VIRTME_INIT_DEFAULT_PATH}") == VIRTME_INIT_DEFAULT_PATH
+    assert guest_shell_path("/usr/bin:/bin") == "/usr/bin:/bin"  # the qemu engine's fast-init: untouched
+
+
+def test_vng_boot_udevadm_skips_only_the_coldplug_and_the_settle() -> None:
+    udevadm = GUEST_SCRIPTS / "vng_boot" / "udevadm"
+    for args in (["trigger", "--type=devices", "--action=add"], ["settle", "--timeout=300"]):
+        proc = subprocess.run([str(udevadm), *args], capture_output=True, text=True, timeout=30, check=False)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", ""), args
+    real = next((p for p in ("/usr/bin/udevadm", "/bin/udevadm", "/usr/sbin/udevadm", "/sbin/udevadm")
+                 if os.access(p, os.X_OK)), None)  # fmt: skip
+    if real is None:
+        pytest.skip("no udevadm on this host to pass other commands to")
+    ours = subprocess.run([str(udevadm), "--version"], capture_output=True, text=True, timeout=30, check=False)
+    theirs = subprocess.run([real, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    assert ours.returncode == theirs.returncode == 0 and ours.stdout == theirs.stdout != ""
+
+
+def test_vng_boot_systemd_tmpfiles_only_opens_tmp_and_run_lock_to_everyone(tmp_path: Path) -> None:
+    log = tmp_path / "calls"
+    for tool in ("mkdir", "chmod"):  # stand-ins that record their arguments instead of touching the host
+        (tmp_path / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >> {log}\n')
+        (tmp_path / tool).chmod(0o755)
+    tool = GUEST_SCRIPTS / "vng_boot" / "systemd-tmpfiles"
+    proc = subprocess.run(["/bin/sh", str(tool), "--create", "--boot", "--exclude-prefix=/dev"], capture_output=True,
+                          text=True, timeout=30, check=False, env={"PATH": str(tmp_path)})  # fmt: skip
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert log.read_text().splitlines() == ["mkdir -p /run/lock", "chmod 1777 /tmp /run/lock"]
+    assert INIT_PATH_TAIL.split(":")[-1] == "/bin"  # the initramfs's busybox applets are found after it
 
 
 def test_qemu_engine_argv() -> None:

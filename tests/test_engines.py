@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 
 from harness import engines
-from harness.config import ENGINES, HarnessConfig
+from harness.config import ENGINES, GUEST_SCRIPTS, HarnessConfig
 from harness.engines import REGISTRY, LaunchSpec, QemuEngine, VngEngine, engine_for
 from harness.errors import ConfigError, MissingDependencyError
 from harness.kernel import Kernel
@@ -68,6 +69,17 @@ def test_vng_engine_argv_from_a_launch_spec(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+def test_vng_engine_puts_its_boot_tools_on_inits_path(tmp_path: Path) -> None:
+    engine = vng_engine()
+    assert engine.boot_path == GUEST_SCRIPTS / "vng_boot"
+    tools = sorted(p.name for p in engine.boot_path.iterdir() if os.access(p, os.X_OK))
+    assert tools == ["systemd-tmpfiles", "udevadm"]
+    append = engine.argv(launch(tmp_path))
+    assert f"PATH={GUEST_SCRIPTS / 'vng_boot'}:" in append[append.index("--append") + 1]
+    without = dataclasses.replace(engine, boot_path=None).argv(launch(tmp_path))
+    assert "PATH=" not in without[without.index("--append") + 1]
+
+
 def test_vng_engine_boots_the_bzimage_without_a_vmlinux_and_maps_tree_modules(tmp_path: Path) -> None:
     argv = vng_engine(vmlinux=None).argv(launch(tmp_path, accel="kvm", tree_modules=Path("/m/lib/modules/x")))
     assert argv[argv.index("--run") + 1] == "/boot/vmlinuz-6.1.0-56-amd64"
@@ -125,3 +137,12 @@ def test_session_launch_goes_through_the_registry(name: str, tmp_path: Path, mon
     assert (spec.kernel, spec.accel, spec.memory, spec.cpus) == (K, "tcg", "2G", 3)
     assert spec.rw_dirs == ((tmp_path / "results").resolve(),) and spec.channel == result.channel
     assert not any(fake.seen for n, fake in fakes.items() if n != name)
+
+
+def test_doctor_says_whether_vng_guests_skip_the_coldplug(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import doctor
+
+    assert doctor._vng_boot_path().ok
+    monkeypatch.setattr(doctor, "VngEngine", lambda: VngEngine(boot_path=Path("/opt/my harness/vng_boot")))
+    check = doctor._vng_boot_path()
+    assert not check.ok and not check.required and "coldplug" in check.detail and "blanks" in check.fix
