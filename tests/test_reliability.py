@@ -1,9 +1,12 @@
 """Reliability of the harness itself: no leaked QEMU, dead guests, boot and command timeouts,
 and the refusal to load a module into the host kernel.
 
-Tests marked `kernel` boot real guests (with the configured kernel, engine and
-accelerator) through their own KernelSession, so the suite's shared guest is
-never the one that gets crashed or starved.
+Tests marked `kernel` boot real guests (with the configured kernel and accelerator)
+through their own KernelSession, so the suite's shared guest is never the one that
+gets crashed or starved. They boot the qemu engine whatever the run's engine (they
+test the harness, not an engine, and it boots in a fraction of vng's time), except
+where virtme-ng itself is the subject: its process tree (vng, virtme-run, QEMU)
+must go away with a killed harness too.
 """
 
 from __future__ import annotations
@@ -56,8 +59,8 @@ def wait_gone(text: str, seconds: float = 10.0) -> list[tuple[int, str]]:
 
 @pytest.fixture
 def private_session(knh_kernel_session: KernelSession, tmp_path: Path) -> Iterator[KernelSession]:
-    """A KernelSession of its own (same kernel and settings) that may be crashed."""
-    config = replace(knh_kernel_session.config, accel=knh_kernel_session.accel().accel)
+    """A KernelSession of its own (same kernel and settings, the qemu engine) that may be crashed."""
+    config = replace(knh_kernel_session.config, engine="qemu", accel=knh_kernel_session.accel().accel)
     session = KernelSession(config, knh_kernel_session.kernel, tmp_path / "runs")
     try:
         yield session
@@ -85,18 +88,25 @@ BOOTER = textwrap.dedent("""
 """)
 
 
+KILLS = [
+    pytest.param("qemu", signal.SIGINT, "ready", id="qemu-SIGINT-after-boot"),
+    pytest.param("qemu", signal.SIGKILL, "ready", id="qemu-SIGKILL-after-boot"),
+    pytest.param("qemu", signal.SIGTERM, "ready", id="qemu-SIGTERM-after-boot"),
+    pytest.param("qemu", signal.SIGKILL, "booting", id="qemu-SIGKILL-during-boot"),
+    # virtme-ng starts QEMU as a grandchild: its tree must go too
+    pytest.param("vng", signal.SIGKILL, "booting", id="vng-SIGKILL-during-boot"),
+    pytest.param("vng", signal.SIGKILL, "ready", id="vng-SIGKILL-after-boot", marks=pytest.mark.full),
+]
+
+
 @pytest.mark.kernel
-@pytest.mark.parametrize(
-    ("sig", "when"),
-    [(signal.SIGINT, "ready"), (signal.SIGKILL, "ready"), (signal.SIGTERM, "ready"), (signal.SIGKILL, "booting")],
-    ids=["SIGINT-after-boot", "SIGKILL-after-boot", "SIGTERM-after-boot", "SIGKILL-during-boot"],
-)
-def test_killed_harness_leaves_no_qemu(knh_kernel_session: KernelSession, tmp_path: Path, sig: int,
+@pytest.mark.parametrize(("engine", "sig", "when"), KILLS)
+def test_killed_harness_leaves_no_qemu(knh_kernel_session: KernelSession, tmp_path: Path, engine: str, sig: int,
                                        when: str) -> None:  # fmt: skip
     cfg = knh_kernel_session.config
     script = tmp_path / "booter.py"
     script.write_text(BOOTER)
-    argv = [sys.executable, str(script), knh_kernel_session.kernel.release, cfg.engine,
+    argv = [sys.executable, str(script), knh_kernel_session.kernel.release, engine,
             knh_kernel_session.accel().accel, str(cfg.results_dir.resolve()), str(tmp_path / "runs")]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     name = None
@@ -126,7 +136,7 @@ def test_killed_harness_leaves_no_qemu(knh_kernel_session: KernelSession, tmp_pa
     left = wait_gone(name, 10.0) if name else []
     for pid, _ in left:  # clean up before failing, so one failure does not leak into the machine
         os.kill(pid, signal.SIGKILL)
-    assert left == [], f"after {signal.Signals(sig).name} ({when}) still running: {left}"
+    assert left == [], f"{engine}: after {signal.Signals(sig).name} ({when}) still running: {left}"
 
 
 # -- (b) a dead guest ----------------------------------------------------------------
@@ -155,7 +165,7 @@ def test_panicked_guest_raises_lost_guest_with_panic_text_then_fresh_guest(priva
 
 @pytest.mark.kernel
 def test_boot_timeout_is_killed_and_retried_once(knh_kernel_session: KernelSession, tmp_path: Path) -> None:
-    config: HarnessConfig = replace(knh_kernel_session.config, boot_timeout=0.5, boot_retries=1,
+    config: HarnessConfig = replace(knh_kernel_session.config, engine="qemu", boot_timeout=0.5, boot_retries=1,
                                     accel=knh_kernel_session.accel().accel)  # fmt: skip
     notes: list[str] = []
     session = KernelSession(config, knh_kernel_session.kernel, tmp_path / "runs", notify=notes.append)
@@ -183,8 +193,7 @@ def test_boot_timeout_is_killed_and_retried_once(knh_kernel_session: KernelSessi
 def test_broken_guest_shell_fails_boot_with_cause(knh_kernel_session: KernelSession, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """A guest whose shell cannot start: QEMU exits at once; both attempts fail and the error says so.
-    Always on the qemu engine (whatever the run's engine): the scenario is built on its /init, and it
-    keeps that engine booted in every kernel run."""
+    The scenario is built on the qemu engine's /init."""
     # a copy of guest_scripts outside /tmp (the guest mounts its own tmpfs there)
     scripts = Path("/var/tmp") / f"knh-broken-{tmp_path.name}"
     scripts.mkdir(parents=True, exist_ok=True)
