@@ -193,15 +193,22 @@ def ranges(numbers: Iterable[int]) -> list[tuple[int, int]]:
 
 
 def uncovered_lines(report: Mapping[str, Any]) -> dict[str, list[tuple[int, int, str]]]:
-    """{file: [(first, last, function)]}: the executable lines no test reached, in ranges within one function."""
+    """{file: [(first, last, function)]}: the executable lines no test reached, in ranges of one function
+    that no reached executable line interrupts (lines gcov does not count, blank or a brace, may lie between)."""
     out: dict[str, list[tuple[int, int, str]]] = {}
     for f in report.get("files", ()):
-        by_function: dict[str, list[int]] = {}
-        for line in f.get("lines", ()):
-            if int(line["count"]) == 0:
-                by_function.setdefault(line.get("function_name") or "?", []).append(int(line["line_number"]))
-        spans = [(a, b, fn) for fn, numbers in by_function.items() for a, b in ranges(numbers)]
-        out[f["file"]] = sorted(spans)
+        spans: list[tuple[int, int, str]] = []
+        open_span = False
+        for line in sorted(f.get("lines", ()), key=lambda ln: int(ln["line_number"])):
+            number, function = int(line["line_number"]), line.get("function_name") or "?"
+            if int(line["count"]) != 0:
+                open_span = False
+            elif open_span and spans[-1][2] == function:
+                spans[-1] = (spans[-1][0], number, function)
+            else:
+                spans.append((number, number, function))
+                open_span = True
+        out[f["file"]] = spans
     return out
 
 

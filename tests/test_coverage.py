@@ -99,6 +99,12 @@ REPORT = {"files": [{"file": "m.c", "lines": [
 def test_uncovered_lines_and_function_counts() -> None:
     assert ranges([9, 3, 4, 5, 11]) == [(3, 5), (9, 9), (11, 11)]
     assert uncovered_lines(REPORT) == {"m.c": [(3, 4, "a"), (6, 6, "a"), (9, 9, "b")]}
+    # lines gcov does not count (8, between 6 and 9) do not split a range; a reached line does
+    gap = {"files": [{"file": "m.c", "lines": [{"line_number": 3, "function_name": "a", "count": 0},
+                                                {"line_number": 5, "function_name": "a", "count": 0},
+                                                {"line_number": 6, "function_name": "a", "count": 1},
+                                                {"line_number": 7, "function_name": "a", "count": 0}]}]}  # fmt: skip
+    assert uncovered_lines(gap) == {"m.c": [(3, 5, "a"), (7, 7, "a")]}
     assert function_counts(REPORT) == {"a": 2, "b": 0}
 
 

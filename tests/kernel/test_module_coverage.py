@@ -1,0 +1,90 @@
+"""--module-coverage on the debug kernel (the one kernel built with CONFIG_GCOV_KERNEL): a small pytest
+session of its own (pytester, in a subprocess) loads tests/modules/cov_probe twice with coverage on;
+gcovr's report then counts the function the module ran at each load twice (the guest kernel keeps a
+module's counters across its unload and adds the next load's) and the one it never calls not at all,
+and the terminal summary prints the file's line and branch coverage.
+
+The debug kernel must be built already (`python -m harness exec --kernel debug --no-module -- true`
+builds it): without it the test is skipped with that reason, or fails with KNH_RUN_DEBUG_KERNEL=1,
+which builds it instead. KNH_DEBUG_KERNEL names another debug spec (e.g. debug:/src/linux).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.config import HarnessConfig
+from harness.coverage import function_counts
+from harness.kernel_build import built_kernel_for_spec, resolve_kernel_spec
+from harness.kmod import default_cache_root
+from harness.session import KernelSession
+
+# The full tier only: it boots the debug kernel (KASAN, lockdep: minutes under TCG).
+pytestmark = [pytest.mark.kernel, pytest.mark.full]
+
+MODULE = Path(__file__).resolve().parent.parent / "modules" / "cov_probe"
+DEBUG_BOOT_TIMEOUT = 900  # see docs/kernels.md
+
+CONFTEST = f"""
+import pytest
+from pathlib import Path
+from harness.session import ModuleSource
+
+@pytest.fixture(scope="session")
+def knh_module_source():
+    return ModuleSource(Path({str(MODULE)!r}))
+"""
+
+TWO_LOADS = """
+def test_first_load(kmod):
+    pass
+
+def test_second_load(kmod):
+    pass
+"""
+
+
+@pytest.fixture(autouse=True)
+def shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester points HOME at its own directory: keep the harness cache (kernels, builds) shared."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(default_cache_root().parent))
+
+
+@pytest.fixture(scope="module")
+def debug_spec() -> str:
+    spec = os.environ.get("KNH_DEBUG_KERNEL", "") or "debug"
+    if built_kernel_for_spec(spec) is None:
+        if os.environ.get("KNH_RUN_DEBUG_KERNEL", "") in ("1", "yes", "true"):
+            resolve_kernel_spec(spec, notify=lambda m: print(f"[knh] {m}", flush=True))
+        else:
+            pytest.skip(f"the debug kernel ({spec}) is not built: `python -m harness exec --kernel {spec} "
+                        "--no-module -- true` builds it, or KNH_RUN_DEBUG_KERNEL=1 builds it here")  # fmt: skip
+    return spec
+
+
+def test_report_counts_the_function_the_module_ran_and_not_the_one_it_did_not(
+    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig, debug_spec: str
+) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_inner=textwrap.dedent(TWO_LOADS))
+    results = pytester.path / "results"
+    boot_timeout = str(max(knh_config.boot_timeout, DEBUG_BOOT_TIMEOUT))
+    args = ["-p", "no:cacheprovider", "-rA", "--kernel", debug_spec, "--engine", knh_config.engine,
+            "--accel", knh_kernel_session.accel().accel, "--module-coverage", "--boot-timeout", boot_timeout,
+            "--results-dir", str(results)]  # fmt: skip
+    result = pytester.runpytest_subprocess(*args, timeout=3 * DEBUG_BOOT_TIMEOUT)
+    out = result.stdout.str()
+    result.assert_outcomes(passed=2)
+    (report_file,) = results.glob("run-*/*/coverage/cov_probe-*/coverage.json")
+    counts = function_counts(json.loads(report_file.read_text()))
+    assert counts["cov_taken"] == 2, counts  # once per load: the counters outlive the first rmmod
+    assert counts["cov_never"] == 0, counts
+    assert counts["cov_probe_init"] == 2, counts
+    assert (report_file.parent / "index.html").exists()
+    assert "module coverage (gcovr):" in out and "cov_probe.c: lines " in out and ", branches " in out, out
+    assert "cov_never" in (report_file.parent / "uncovered.txt").read_text()
