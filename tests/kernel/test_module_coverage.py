@@ -4,15 +4,14 @@ gcovr's report then counts the function the module ran at each load twice (the g
 module's counters across its unload and adds the next load's) and the one it never calls not at all,
 and the terminal summary prints the file's line and branch coverage.
 
-The debug kernel must be built already (`python -m harness exec --kernel debug --no-module -- true`
-builds it): without it the test is skipped with that reason, or fails with KNH_RUN_DEBUG_KERNEL=1,
-which builds it instead. KNH_DEBUG_KERNEL names another debug spec (e.g. debug:/src/linux).
+Marked debug_kernel: it runs when the outer run's kernel is a debug-profile one (`tox -e debug`,
+`pytest -m kernel --kernel debug` or `--kernel debug:TREE`), whose spec the inner run uses too, and is
+deselected on every other kernel.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 from pathlib import Path
 
@@ -20,12 +19,11 @@ import pytest
 
 from harness.config import HarnessConfig
 from harness.coverage import function_counts
-from harness.kernel_build import built_kernel_for_spec, resolve_kernel_spec
 from harness.kmod import default_cache_root
 from harness.session import KernelSession
 
-# The full tier only: it boots the debug kernel (KASAN, lockdep: minutes under TCG).
-pytestmark = [pytest.mark.kernel, pytest.mark.full]
+# Only on a debug-profile kernel: it boots it again (KASAN, lockdep: long under TCG).
+pytestmark = [pytest.mark.kernel, pytest.mark.debug_kernel]
 
 MODULE = Path(__file__).resolve().parent.parent / "modules" / "cov_probe"
 DEBUG_BOOT_TIMEOUT = 900  # see docs/kernels.md
@@ -55,16 +53,11 @@ def shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(default_cache_root().parent))
 
 
-@pytest.fixture(scope="module")
-def debug_spec() -> str:
-    spec = os.environ.get("KNH_DEBUG_KERNEL", "") or "debug"
-    if built_kernel_for_spec(spec) is None:
-        if os.environ.get("KNH_RUN_DEBUG_KERNEL", "") in ("1", "yes", "true"):
-            resolve_kernel_spec(spec, notify=lambda m: print(f"[knh] {m}", flush=True))
-        else:
-            pytest.skip(f"the debug kernel ({spec}) is not built: `python -m harness exec --kernel {spec} "
-                        "--no-module -- true` builds it, or KNH_RUN_DEBUG_KERNEL=1 builds it here")  # fmt: skip
-    return spec
+@pytest.fixture
+def debug_spec(knh_kernel_session: KernelSession) -> str:
+    """The outer run's debug kernel (built or taken from the cache when the run resolved it)."""
+    assert knh_kernel_session.spec is not None, "debug_kernel tests run only on a named debug-profile kernel"
+    return knh_kernel_session.spec
 
 
 def test_report_counts_the_function_the_module_ran_and_not_the_one_it_did_not(
