@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import argparse
 import errno
+import itertools
 import json
+import os
 import struct
 import sys
 import time
 
 import nlframes
-from nlframes import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR
+from nlframes import NLM_F_ACK, NLM_F_CAPPED, NLM_F_REQUEST, NLMSG_ERROR
 from nlsocket import RECV_TIMEOUT_S, NetlinkSocket, SocketError
 
 TYPE_CHECKING = False
@@ -132,60 +134,93 @@ def op_raw(sock: NetlinkSocket, req: Request) -> Response:
     return {"acks": acks, "bytes": len(datagram)}
 
 
+# The success ack of one message: header, error 0, the request's header echoed (NLM_F_CAPPED: no payload).
+_ACK_HEAD = struct.Struct("=IHHIIi")
+ACK_LEN = _ACK_HEAD.size + nlframes.NLMSG_HDRLEN
+
+
 def op_bench(sock: NetlinkSocket, req: Request) -> Response:
+    """``count`` round trips of one message, each: send it, receive its ack, check the ack.
+
+    What knl_send -n does, in the same syscalls (one write, one read per
+    message). A reply is first compared byte for byte with the success ack
+    the kernel builds for this message (length, NLMSG_ERROR, NLM_F_CAPPED,
+    the sequence number, our port id, error 0, the request's header); anything
+    else is decoded by _bench_ack, which waits for the message's own ack and
+    counts it as an error unless its errno is 0. The frame and the expected
+    ack share one buffer (the ack echoes the request's header), so a message
+    costs two stores of its sequence number and no allocation.
+    """
     count = _int_field(req, "count", 1000, 100000000)
-    payload = nlframes.build_payload(req)
-    # Encode once and only patch the sequence number: the loop costs what the
-    # kernel round trip costs, not what building a message costs.
-    frame = bytearray(
-        nlframes.encode_message(
-            payload, type=_int_field(req, "type", 0, 0xFFFF), flags=_int_field(req, "flags", DEFAULT_FLAGS, 0xFFFF)
-        )
+    frame = nlframes.encode_message(
+        nlframes.build_payload(req),
+        type=_int_field(req, "type", 0, 0xFFFF),
+        flags=_int_field(req, "flags", DEFAULT_FLAGS, 0xFFFF),
+        seed_len=bool(req.get("seed_len", False)),
     )
     nl = sock.open()
     sock.drain()
-    buf, view = sock.buf, sock.view
-    pack_into, unpack_from = struct.pack_into, struct.unpack_from
-    send, recv_into = nl.send, nl.recv_into
-    seq = sock.take_seq(count)
+    portid = nl.getsockname()[0]
+    region = bytearray(_ACK_HEAD.pack(ACK_LEN, NLMSG_ERROR, NLM_F_CAPPED, 0, portid, 0) + frame)
+    words = memoryview(region).cast("I")  # words[2]: the ack's seq, words[7]: the echoed (and sent) seq
+    ack = memoryview(region)[:ACK_LEN]
+    msg = memoryview(region)[_ACK_HEAD.size :]
+    head = bytearray(ACK_LEN)
+    bufs = [head, sock.buf]
+    fd = nl.fileno()
+    write, readv = os.write, os.readv
+    first = sock.take_seq(count)
+    end = first + count
+    seqs = range(first, end) if end <= 1 << 32 else itertools.chain(range(first, 1 << 32), range(end - (1 << 32)))
     errors = 0
     start = time.perf_counter()
-    for i in range(count):
-        cur = (seq + i) & 0xFFFFFFFF
-        pack_into("=I", frame, 8, cur)
+    for seq in seqs:
+        words[2] = words[7] = seq
         try:
-            send(frame)
+            write(fd, msg)
         except OSError as exc:
             sock.close()
             raise SocketError(f"socket: send: {exc}") from exc
-        while True:
-            try:
-                n = recv_into(buf)
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    continue  # receive queue overran; our ack may follow
-                errors += 1  # EAGAIN: no ack within RECV_TIMEOUT_S
-                break
-            # fast path: a single NLMSG_ERROR ack for this sequence number
-            if n >= 36:
-                mtype, rseq, err = unpack_from("=4xH2xI4xi", buf, 0)
-                if mtype == NLMSG_ERROR and rseq == cur:
-                    if err:
-                        errors += 1
-                    break
-            # anything else: decode properly, keep waiting for our ack
-            mine = [a for a in nlframes.decode_acks(view[:n]) if a.get("type") == NLMSG_ERROR and a.get("seq") == cur]
-            if mine:
-                if mine[0].get("error"):
-                    errors += 1
-                break
+        try:
+            n = readv(fd, bufs)
+        except OSError as exc:
+            n = -(exc.errno or errno.EIO)
+        if n != ACK_LEN or head != ack:
+            errors += _bench_ack(fd, bufs, seq, n) != 0
     elapsed = time.perf_counter() - start
     return {
         "count": count,
         "errors": errors,
+        "bytes": len(frame),
         "elapsed_s": round(elapsed, 6),
         "rate": round(count / elapsed, 1) if elapsed > 0 else None,
     }
+
+
+def _bench_ack(fd: int, bufs: list[bytearray], seq: int, n: int) -> int:
+    """The errno of message ``seq``'s ack (0 = success), given that a read into
+    ``bufs`` returned ``n`` (-errno: it failed) and was not the expected ack.
+
+    Decodes what came, then reads on until that ack: replies to other
+    sequence numbers are skipped, an overrun (ENOBUFS) reads on, a read that
+    times out (SO_RCVTIMEO) is ETIMEDOUT.
+    """
+    while True:
+        if n == -errno.EAGAIN:
+            return errno.ETIMEDOUT
+        if n < 0 and n != -errno.ENOBUFS:
+            return -n
+        if n > 0:
+            head, tail = bufs
+            data = bytes(head[:n]) + bytes(tail[: max(0, n - len(head))])
+            for reply in nlframes.decode_acks(data):
+                if reply.get("type") == NLMSG_ERROR and reply.get("seq") == seq:
+                    error = reply.get("error")
+                    return errno.EBADMSG if error is None else int(error)
+        try:
+            n = os.readv(fd, bufs)
+        except OSError as exc:
+            n = -(exc.errno or errno.EIO)
 
 
 def op_frames(sock: NetlinkSocket, req: Request) -> Response:

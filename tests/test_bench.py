@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from harness.knetlink.bench import KEYS, Figure, format_table, raw_boot_argv
 
 
@@ -74,3 +76,46 @@ def test_matrix_runs_differ_only_in_the_workers(tmp_path: Path) -> None:
     parallel = suite_argv(HarnessConfig(), ["a", "b"], tmp_path / "s.xml", parallel=True)
     assert [*serial[:-2], "-n", "auto", *serial[-2:]] == parallel
     assert serial.count("--kernel") == 2
+
+
+class ScriptedPy:
+    def __init__(self, rates: list[float], errors: int = 0) -> None:
+        self.rates, self.errors, self.python = rates, errors, "/usr/bin/python3"
+
+    def bench(self, count: int, text: str) -> dict[str, object]:
+        return {"count": count, "errors": self.errors, "rate": self.rates.pop(0)}
+
+
+class ScriptedC:
+    def __init__(self, rates: list[float], failed: int = 0) -> None:
+        self.rates, self.failed = rates, failed
+
+    def send(self, text: str, count: int, quiet: bool) -> object:
+        from harness.knetlink.senders import CSendResult
+
+        elapsed_us = round(count / self.rates.pop(0) * 1e6)
+        out = f"sent={count} acked={count - self.failed} failed={self.failed} elapsed_us={elapsed_us}\n"
+        return CSendResult(1 if self.failed else 0, [], out)
+
+
+def test_sender_rates_pair_each_python_run_with_the_c_run_after_it() -> None:
+    from harness.knetlink.bench import sender_rates
+
+    py, c = sender_rates(ScriptedPy([50.0, 30.0, 40.0]), ScriptedC([100.0, 50.0, 100.0]), 1000, 3)  # type: ignore[arg-type]
+    assert py.values == [50.0, 30.0, 40.0] and [round(v) for v in c.values] == [100, 50, 100]
+    assert py.as_dict()["paired_ratios"] == [0.5, 0.6, 0.4] and py.as_dict()["paired_ratio_median"] == 0.5
+    result = {"accel": "tcg", "cpus": 2, "senders": {"k1": {"py_sender_rate": py.as_dict(),
+                                                            "c_sender_rate": c.as_dict(), "python": "p"}}}  # fmt: skip
+    from harness.knetlink.bench import format_sender_table
+
+    table = format_sender_table(result)
+    assert "k1: py_sender_rate 40/s (30-50), c_sender_rate 100/s (50-100), 3 runs; py/c = 0.40 (medians), 0.50" in table
+
+
+@pytest.mark.parametrize("py_errors,c_failed", [(1, 0), (0, 1)])
+def test_sender_rates_refuse_a_run_with_a_failed_ack(py_errors: int, c_failed: int) -> None:
+    from harness.errors import HarnessError
+    from harness.knetlink.bench import sender_rates
+
+    with pytest.raises(HarnessError, match="sender bench"):
+        sender_rates(ScriptedPy([1.0], py_errors), ScriptedC([1.0], c_failed), 10, 1)  # type: ignore[arg-type]

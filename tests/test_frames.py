@@ -447,3 +447,100 @@ def test_nl_send_frames_with_a_netlink_family():
     assert bad_hex['error'].startswith('bad request: bad hex')
     assert empty['frames'] == [] and empty['links'] == []
     assert not_a_list['error'].startswith('bad request: "hex" must be')
+
+
+# ---- nl_send.py's bench loop against a scripted kernel ------------------------------------
+# A SOCK_SEQPACKET pair keeps datagram boundaries like netlink; a thread plays the kernel.
+
+class ScriptedNetlink:
+    """The guest end of the pair, with the netlink socket's port id."""
+
+    def __init__(self, sock, portid):
+        self._sock, self.portid = sock, portid
+
+    def getsockname(self):
+        return (self.portid, 0)
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def recv_into(self, *args):
+        return self._sock.recv_into(*args)
+
+    def close(self):
+        self._sock.close()
+
+
+def bench_against(replies_for, count, next_seq=1, **req):
+    """Run op_bench for ``count`` messages; ``replies_for(frame, i)`` gives the kernel's datagrams for
+    the i-th frame. Returns (the bench's reply, the frames the kernel got)."""
+    import socket
+    import threading
+
+    import nl_send
+    import nlsocket
+
+    guest_end, kernel_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    guest_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack('@ll', 0, 200_000))
+    frames = []
+
+    def kernel():
+        for i in range(count):
+            frame = kernel_end.recv(65536)
+            frames.append(frame)
+            for datagram in replies_for(frame, i):
+                kernel_end.send(datagram)
+
+    sock = nlsocket.NetlinkSocket(30)
+    sock.sock = ScriptedNetlink(guest_end, portid=4242)
+    sock.next_seq = next_seq
+    thread = threading.Thread(target=kernel, daemon=True)
+    thread.start()
+    try:
+        reply = nl_send.op_bench(sock, {'count': count, 'text': 'bench', **req})
+    finally:
+        thread.join(5)
+        sock.close()
+        kernel_end.close()
+    return reply, frames
+
+
+def success_ack(frame):
+    return ack_bytes(0, frame, flags=nf.NLM_F_CAPPED)
+
+
+def test_bench_sends_the_c_senders_frame_and_accepts_exact_acks():
+    reply, frames = bench_against(lambda frame, i: [success_ack(frame)], 50, seed_len=True)
+    assert reply['count'] == 50 and reply['errors'] == 0 and reply['bytes'] == 24
+    seqs = [HDR.unpack_from(f)[3] for f in frames]
+    assert seqs == list(range(seqs[0], seqs[0] + 50))
+    # knl_send's frame: nlmsg_len NLMSG_SPACE(5) = 24, type 0, REQUEST|ACK, payload NUL-padded
+    assert frames[0] == HDR.pack(24, 0, nf.NLM_F_REQUEST | nf.NLM_F_ACK, seqs[0], 0) + b'bench\0\0\0'
+
+
+@pytest.mark.parametrize('wrong', [
+    lambda frame: ack_bytes(-1, frame, flags=nf.NLM_F_CAPPED),  # as long as a success ack, errno EPERM
+    lambda frame: ack_bytes(-22, frame, echo_payload=True),  # error ack with the request echoed
+    lambda frame: ack_bytes(-95, frame) + success_ack(frame),  # the first of two acks for it counts
+])
+def test_bench_counts_every_message_whose_ack_is_not_success(wrong):
+    reply, _ = bench_against(lambda frame, i: [wrong(frame)] if i % 2 else [success_ack(frame)], 10)
+    assert reply['errors'] == 5
+
+
+def test_bench_waits_past_replies_to_other_messages_and_counts_a_missing_ack():
+    def replies(frame, i):
+        stale = ack_bytes(0, frame, seq=HDR.unpack_from(frame)[3] - 1, flags=nf.NLM_F_CAPPED)
+        noop = HDR.pack(16, nf.NLMSG_NOOP, 0, HDR.unpack_from(frame)[3], 0)
+        return [[stale, success_ack(frame)], [noop, success_ack(frame)], []][i % 3]
+
+    reply, _ = bench_against(replies, 6)
+    assert reply['errors'] == 2  # messages 2 and 5 got no ack (the read timed out)
+
+
+def test_bench_sequence_numbers_wrap_like_take_seq():
+    import nl_send
+
+    reply, frames = bench_against(lambda frame, i: [success_ack(frame)], 4, next_seq=2**32 - 2)
+    assert reply['errors'] == 0 and [HDR.unpack_from(f)[3] for f in frames] == [2**32 - 2, 2**32 - 1, 0, 1]
+    assert nl_send.ACK_LEN == 36

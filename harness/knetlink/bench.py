@@ -132,8 +132,76 @@ class BenchOptions:
     cycles: int = 5
     rtt_samples: int = 50
     messages: int = 20000
+    sender_runs: int = 3
     suite: bool = True
     engines: tuple[str, ...] = ("vng", "qemu")
+
+
+SENDER_TEXT = "bench"  # both senders send this payload in the same 24-byte frame (NLMSG_SPACE framing)
+
+
+def sender_rates(py: PySender, c: CSender, messages: int, runs: int) -> tuple[Figure, Figure]:
+    """(py_sender_rate, c_sender_rate): ``runs`` runs of ``messages`` round trips each, the two senders
+    alternating, so that each Python run has a C run next to it (``paired_ratios``, in run order).
+
+    A round trip is the same work in both: one message sent (one syscall), one ack received (one syscall)
+    and checked (its type and sequence number, its errno 0); docs/performance.md, "Sender rates".
+    """
+    note = f"send+ack round trips per second, {messages} messages per run, one process in one guest"
+    py_fig, c_fig = Figure(note=note), Figure(note=note)
+    for _ in range(runs):
+        reply = py.bench(messages, SENDER_TEXT)
+        if reply.get("errors") or reply.get("count") != messages:
+            raise HarnessError(f"python sender bench had errors: {reply}")
+        py_fig.add(float(reply["rate"]))
+        res = c.send(SENDER_TEXT, count=messages, quiet=True)
+        summary = res.summary()
+        if res.status != 0 or summary is None or summary["failed"] or summary["acked"] != messages:
+            raise HarnessError(f"C sender bench failed: {res.output}")
+        c_fig.add(summary["acked"] / (summary["elapsed_us"] / 1e6))
+    paired = [p / c for p, c in zip(py_fig.values, c_fig.values, strict=True)]
+    py_fig.extra["paired_ratios"] = [round(r, 3) for r in paired]
+    py_fig.extra["paired_ratio_median"] = round(statistics.median(paired), 3) if paired else None
+    return py_fig, c_fig
+
+
+def run_sender_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelSession], opts: BenchOptions,
+                     progress: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """Only the sender figures, for every kernel of ``cfg.kernels`` in turn (one guest each), in one run."""
+    kernels: dict[str, Any] = {}
+    accel = ""
+    for spec in expand_kernel_specs(cfg.kernels):
+        session = session_for(replace(cfg, kernels=(spec,) if spec else ()))
+        try:
+            accel = session.accel().accel
+            guest = session.guest()
+            loaded = session.load(BENCH_PARAMS)
+            proto = int(session.module_param(loaded, "proto"))
+            py = PySender(guest, proto, stderr=session.scratch / "bench-nl_send.stderr")
+            c = CSender(guest, session.build().directory / C_SENDER, proto)
+            py.start()
+            progress(f"{session.kernel.release}: {opts.sender_runs} x {opts.messages} round trips per sender ...")
+            py_fig, c_fig = sender_rates(py, c, opts.messages, opts.sender_runs)
+            py.release()
+            py.stop()
+            session.unload(loaded)
+        finally:
+            session.close()
+        kernels[session.kernel.release] = {"py_sender_rate": py_fig.as_dict(), "c_sender_rate": c_fig.as_dict(),
+                                           "python": py.python}  # fmt: skip
+    return {"senders": kernels, "accel": accel, "cpus": os.cpu_count() or 0}
+
+
+def format_sender_table(result: dict[str, Any]) -> str:
+    rows = [f"knetlink-harness bench (senders): accelerator {result['accel']}, {result['cpus']} cpus"]
+    for kernel, figs in result["senders"].items():
+        py, c = figs["py_sender_rate"], figs["c_sender_rate"]
+        rows.append(f"{kernel}: py_sender_rate {py['median']:.0f}/s ({py['min']:.0f}-{py['max']:.0f}), "
+                    f"c_sender_rate {c['median']:.0f}/s ({c['min']:.0f}-{c['max']:.0f}), {py['runs']} runs; "
+                    f"py/c = {py['median'] / c['median']:.2f} (medians), {py['paired_ratio_median']:.2f} (median of "
+                    f"the paired runs {py['paired_ratios']}); "
+                    f"python {figs['python']}")  # fmt: skip
+    return "\n".join(rows)
 
 
 def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelSession], opts: BenchOptions,
@@ -205,18 +273,7 @@ def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelS
     proto = int(session.module_param(loaded, "proto"))
     py = PySender(guest, proto, stderr=session.scratch / "bench-nl_send.stderr")
     c = CSender(guest, build.directory / C_SENDER, proto)
-    for _ in range(3):
-        reply = py.bench(opts.messages)
-        if reply.get("errors"):
-            raise HarnessError(f"python sender bench had errors: {reply}")
-        figs["py_sender_rate"].add(float(reply["rate"]))
-        res = c.send("bench", count=opts.messages, quiet=True)
-        summary = res.summary()
-        if res.status != 0 or summary is None or summary["failed"]:
-            raise HarnessError(f"C sender bench failed: {res.output}")
-        figs["c_sender_rate"].add(summary["acked"] / (summary["elapsed_us"] / 1e6))
-    note = f"send+ack round trips per second, {opts.messages} messages per run, one process in one guest"
-    figs["py_sender_rate"].note = figs["c_sender_rate"].note = note
+    figs["py_sender_rate"], figs["c_sender_rate"] = sender_rates(py, c, opts.messages, opts.sender_runs)
     figs["py_sender_rate"].extra["handler_latency_us"] = _handler_latency(session, py, opts.messages, progress)
     figs["fuzz_rate"] = _fuzz_rate(session, loaded, py, progress)
     py.release()
@@ -327,7 +384,9 @@ def format_table(result: dict[str, Any]) -> str:
                 rows.append(f"  engine {engine}: {e['median'] / r:.2f}")
     p, c = result["py_sender_rate"]["median"], result["c_sender_rate"]["median"]
     if p and c:
-        rows.append(f"py_sender_rate / c_sender_rate = {p / c:.2f}")
+        paired = result["py_sender_rate"].get("paired_ratio_median")
+        rows.append(f"py_sender_rate / c_sender_rate = {p / c:.2f}"
+                    + ("" if paired is None else f" (median of the paired runs: {paired:.2f})"))  # fmt: skip
     matrix = result.get("matrix")
     if matrix:
         for kernel, seconds in matrix["suite_quick_s"].items():

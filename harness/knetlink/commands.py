@@ -53,16 +53,26 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return run_with_session(args, body)
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     add_guest_options(p)
     p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--boots", type=int, default=3, help="boots per engine and raw boots (default 3)")
     p.add_argument("--messages", type=int, default=20000, help="messages per sender rate run (default 20000)")
     p.add_argument("--no-suite", action="store_true", help="skip suite_s/naive_suite_s")
+    p.add_argument("--senders-only", action="store_true",
+                   help="only py_sender_rate and c_sender_rate, on every --kernel in turn")  # fmt: skip
+    p.add_argument("--sender-runs", type=_at_least_one, default=3, help="runs per sender rate (default 3)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchOptions, format_table, run_bench
+    from .bench import BenchOptions, format_sender_table, format_table, run_bench, run_sender_bench
 
     out = Output(args.quiet)
     try:
@@ -73,12 +83,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             kernel = resolve_kernel_spec(c.kernels[0] if c.kernels else None, notify=out.progress)
             return KernelSession(c, kernel, run_root, notify=out.progress)
 
-        opts = BenchOptions(boots=args.boots, messages=args.messages, suite=not args.no_suite)
-        result = run_bench(cfg, session_for, opts, out.progress)
+        opts = BenchOptions(boots=args.boots, messages=args.messages, sender_runs=args.sender_runs,
+                            suite=not args.no_suite)  # fmt: skip
+        result = (run_sender_bench if args.senders_only else run_bench)(cfg, session_for, opts, out.progress)
     except HarnessError as e:
         out.error(str(e))
         return EXIT_HARNESS
-    print(format_table(result))
+    print(format_sender_table(result) if args.senders_only else format_table(result))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0

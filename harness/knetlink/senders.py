@@ -9,8 +9,10 @@ what each one caused. CSender runs the C sender (`knl_send`) as a normal guest c
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from ..errors import ChannelError, HarnessError
 from ..vm import Guest
 
 READY = "NLSEND READY"
+SYSTEM_PYTHON = Path("/usr/bin/python3")
 C_SENDER = "sender/knl_send"  # built by module/Makefile's default goal, relative to the module directory
 
 
@@ -82,6 +85,26 @@ def parse_acks(reply: dict[str, Any]) -> list[Ack]:
     return [Ack(int(a["seq"]), int(a["error"])) for a in reply.get("acks", [])]
 
 
+@functools.cache
+def guest_python() -> str:
+    """The interpreter nl_send.py runs on: the distribution's python3 when it is Python 3.10 or newer, else the
+    harness's own.
+
+    The guest sees the host's root, so either works. Distributions build their interpreter with PGO and LTO and
+    link libpython into it; under TCG a pyenv-style build (shared libpython, no PGO) ran the sender's send/ack
+    loop about 30% slower (docs/performance.md).
+    """
+    if SYSTEM_PYTHON.exists():
+        try:
+            proc = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info >= (3, 10))"],
+                                  capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            return sys.executable
+        if proc.returncode == 0 and proc.stdout.strip() == "True":
+            return str(SYSTEM_PYTHON)
+    return sys.executable
+
+
 class PySender:
     """The persistent Python sender in the guest, on the virtio-serial data channel.
 
@@ -96,7 +119,7 @@ class PySender:
         self.guest = guest
         self.proto = proto
         self.stderr = stderr
-        self.python = python or sys.executable
+        self.python = python or guest_python()
         self.script = script or GUEST_SCRIPTS / "nl_send.py"
         self._owner = f"nl_send:{self.proto}:{self.python}:{self.script}"
         self._channel: Channel | None = None
@@ -153,7 +176,10 @@ class PySender:
         return parse_frame_batch(self.request(req, timeout=max(60.0, len(frames) * 0.05)))
 
     def bench(self, count: int, text: str = "bench") -> dict[str, Any]:
-        return self.request({"op": "bench", "count": count, "text": text}, timeout=max(60.0, count / 500))
+        """``count`` send/ack round trips of the frame ``knl_send -n count text`` sends (nlmsg_len
+        NLMSG_SPACE(len(text)), the payload NUL-padded): {"count", "errors", "bytes", "elapsed_s", "rate"}."""
+        request = {"op": "bench", "count": count, "text": text, "seed_len": True}
+        return self.request(request, timeout=max(60.0, count / 500))
 
     def release(self) -> None:
         """Close the sender's netlink socket (the process stays for the next test)."""
