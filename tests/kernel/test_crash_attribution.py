@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from harness.config import HarnessConfig
-from harness.kmod import default_cache_root
 from harness.session import KernelSession
 
 CRASHY = Path(__file__).resolve().parent.parent / "modules" / "crashy"
@@ -48,11 +47,7 @@ def wait_until_dead(session, seconds=60.0):
         time.sleep(0.2)
 """
 
-
-@pytest.fixture(autouse=True)
-def shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pytester points HOME at its own directory: keep the harness cache (vmlinux, initramfs, builds) shared."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(default_cache_root().parent))
+pytestmark = pytest.mark.usefixtures("shared_cache")  # tests/kernel/conftest.py
 
 
 def run_inner(pytester: pytest.Pytester, session: KernelSession, config: HarnessConfig,

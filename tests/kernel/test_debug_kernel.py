@@ -30,11 +30,10 @@ import pytest
 
 from harness.config import HarnessConfig
 from harness.kernel import installed_kernels
-from harness.kmod import default_cache_root
 from harness.session import KernelSession
 
 # Only on a debug-profile kernel: every case boots it again (tens of seconds each under TCG).
-pytestmark = [pytest.mark.kernel, pytest.mark.debug_kernel]
+pytestmark = [pytest.mark.kernel, pytest.mark.debug_kernel, pytest.mark.usefixtures("shared_cache")]
 
 MODULES = Path(__file__).resolve().parent.parent / "modules"
 DEBUG_BOOT_TIMEOUT = 900  # KASAN + lockdep + kmemleak under TCG: see docs/kernels.md
@@ -54,19 +53,6 @@ def _conftest(module: str) -> str:
         def knh_module_source():
             return ModuleSource(Path({str(MODULES / module)!r}))
     """)
-
-
-@pytest.fixture(autouse=True)
-def shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pytester points HOME at its own directory: keep the harness cache (kernels, builds) shared."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(default_cache_root().parent))
-
-
-@pytest.fixture
-def debug_spec(knh_kernel_session: KernelSession) -> str:
-    """The outer run's debug kernel (built or taken from the cache when the run resolved it)."""
-    assert knh_kernel_session.spec is not None, "debug_kernel tests run only on a named debug-profile kernel"
-    return knh_kernel_session.spec
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,10 @@ import pytest
 
 from harness.config import HarnessConfig
 from harness.coverage import function_counts
-from harness.kmod import default_cache_root
 from harness.session import KernelSession
 
 # Only on a debug-profile kernel: it boots it again (KASAN, lockdep: long under TCG).
-pytestmark = [pytest.mark.kernel, pytest.mark.debug_kernel]
+pytestmark = [pytest.mark.kernel, pytest.mark.debug_kernel, pytest.mark.usefixtures("shared_cache")]
 
 MODULE = Path(__file__).resolve().parent.parent / "modules" / "cov_probe"
 DEBUG_BOOT_TIMEOUT = 900  # see docs/kernels.md
@@ -45,19 +44,6 @@ def test_first_load(kmod):
 def test_second_load(kmod):
     pass
 """
-
-
-@pytest.fixture(autouse=True)
-def shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pytester points HOME at its own directory: keep the harness cache (kernels, builds) shared."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(default_cache_root().parent))
-
-
-@pytest.fixture
-def debug_spec(knh_kernel_session: KernelSession) -> str:
-    """The outer run's debug kernel (built or taken from the cache when the run resolved it)."""
-    assert knh_kernel_session.spec is not None, "debug_kernel tests run only on a named debug-profile kernel"
-    return knh_kernel_session.spec
 
 
 def test_report_counts_the_function_the_module_ran_and_not_the_one_it_did_not(
