@@ -258,14 +258,18 @@ class KernelCoverage:
         guest.run(reset_argv(), check=True)
 
     def snapshot(self, guest: Guest) -> None:
-        """Copy the counters of every coverage build out of a live guest (replacing its earlier copy)."""
+        """Copy the counters of every coverage build out of a live guest. A complete copy replaces the
+        guest's earlier one; a copy that fails (the guest died, the run was interrupted) leaves it."""
         if not guest.alive:
             return
         for built in self.builds.values():
             dest = self.data_dir(guest.launch.name, built)
+            fresh = dest.with_name(dest.name + ".new")
+            shutil.rmtree(fresh, ignore_errors=True)
+            fresh.mkdir(parents=True)
+            guest.run(copy_argv(built.directory, fresh), check=True)
             shutil.rmtree(dest, ignore_errors=True)
-            dest.mkdir(parents=True)
-            guest.run(copy_argv(built.directory, dest), check=True)
+            fresh.rename(dest)
 
     def report(self, run: Runner = _run) -> list[dict[str, Any]]:
         """Run gcovr for each coverage build; one summary entry per build (or one saying why there is none)."""

@@ -227,3 +227,31 @@ def test_installed_distribution_kernels_have_no_gcov() -> None:
     from harness.coverage import kernel_supports_coverage
 
     assert not any(kernel_supports_coverage(k) for k in installed_kernels())
+
+
+class FakeGuest:
+    """A guest whose copy command writes one .gcda, or fails like an interrupted command."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.alive, self.fail = True, fail
+        self.launch = type("L", (), {"name": "knh-1"})()
+
+    def run(self, argv: list[str], check: bool = False) -> object:
+        from harness.errors import CommandTimeout
+
+        if self.fail:
+            raise CommandTimeout("interrupted")
+        (Path(argv[-1]) / "m.gcda").write_bytes(b"new")
+        return None
+
+
+def test_a_failed_copy_keeps_the_guests_earlier_one(tmp_path: Path) -> None:
+    kernel = Kernel("6.1-debug", Path("/i"), Path("/k"))
+    coverage = KernelCoverage(kernel, tmp_path, True)
+    coverage.track(BuiltModule(kernel, tmp_path / "m-1", (), (), cached=False, coverage=True))
+    coverage.snapshot(FakeGuest())  # type: ignore[arg-type]
+    data = coverage.data_dir("knh-1", coverage.builds[tmp_path / "m-1"])
+    assert (data / "m.gcda").read_bytes() == b"new"
+    with pytest.raises(Exception, match="interrupted"):
+        coverage.snapshot(FakeGuest(fail=True))  # type: ignore[arg-type]
+    assert (data / "m.gcda").read_bytes() == b"new"
