@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from .kernel import Kernel
-from .kernel_config import read_config
 from .kmod import BuiltModule
+from .memdebug import kernel_config
 from .vm import Guest
 
 GCOV_DEBUGFS: Final = "/sys/kernel/debug/gcov"
@@ -61,12 +61,12 @@ _COPY_SCRIPT: Final = (
 
 
 def kernel_has_gcov(config: Mapping[str, str]) -> bool:
-    """True when a .config (harness.kernel_config.read_config) has GCOV_KERNEL built in."""
+    """True when a kernel configuration (harness.memdebug.kernel_config) has GCOV_KERNEL built in."""
     return config.get("GCOV_KERNEL") == "y"
 
 
 def kernel_supports_coverage(kernel: Kernel) -> bool:
-    return kernel_has_gcov(read_config(kernel.build_dir / ".config"))
+    return kernel_has_gcov(kernel_config(kernel))
 
 
 def unsupported_message(release: str) -> str:
@@ -240,7 +240,7 @@ class KernelCoverage:
 
     @classmethod
     def for_kernel(cls, kernel: Kernel, directory: Path) -> KernelCoverage:
-        config = read_config(kernel.build_dir / ".config")
+        config = kernel_config(kernel)
         return cls(kernel, directory, kernel_has_gcov(config), gcov_tool(config))
 
     def track(self, built: BuiltModule) -> None:
