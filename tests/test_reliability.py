@@ -12,9 +12,11 @@ must go away with a killed harness too.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -195,8 +197,8 @@ def test_broken_guest_shell_fails_boot_with_cause(knh_kernel_session: KernelSess
     """A guest whose shell cannot start: QEMU exits at once; both attempts fail and the error says so.
     The scenario is built on the qemu engine's /init."""
     # a copy of guest_scripts outside /tmp (the guest mounts its own tmpfs there)
-    scripts = Path("/var/tmp") / f"knh-broken-{tmp_path.name}"
-    scripts.mkdir(parents=True, exist_ok=True)
+    # (a directory of its own: xdist workers running this test for other kernels share tmp_path's name)
+    scripts = Path(tempfile.mkdtemp(prefix="knh-broken-", dir="/var/tmp"))
     try:
         (scripts / "fast-init").write_bytes((GUEST_SCRIPTS / "fast-init").read_bytes())
         (scripts / "guest-shell").write_text("#!/bin/sh\necho 'knh-test: this guest shell refuses to start'\nexit 3\n")
@@ -218,9 +220,7 @@ def test_broken_guest_shell_fails_boot_with_cause(knh_kernel_session: KernelSess
         assert "this guest shell refuses to start" in message, message
         assert session.stats.retries == 1
     finally:
-        for f in scripts.iterdir():
-            f.unlink()
-        scripts.rmdir()
+        shutil.rmtree(scripts)
 
 
 # -- (d) command timeout ------------------------------------------------------------------
