@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness {exec,shell,bisect-run,doctor} ...`` (a module layer adds its
+"""Command line: ``python -m harness {exec,shell,build-kernel,bisect-run,doctor} ...`` (a module layer adds its
 own commands: harness.knetlink.commands adds ``seed`` and ``bench``).
 
 Exit status of ``exec``: the guest command's own status; 253 when the kernel
@@ -105,6 +105,16 @@ def build_parser(extra: Sequence[Command] = ()) -> argparse.ArgumentParser:
 
     p = sub.add_parser("shell", help="interactive guest shell with the module loaded")
     add_guest_options(p)
+
+    p = sub.add_parser("build-kernel", help="build the kernels a --kernel names (debug, debug:TREE, a tree), or "
+                       "take them from the cache; boot nothing",
+                       description="Build (or find in the cache) each kernel the --kernel options or KNH_KERNEL "
+                       "name, boot nothing, and print its release and image. A later run finds them in the "
+                       "cache: `build-kernel --kernel debug` ahead of `tox -e debug`, e.g. beside other work "
+                       "under `nice`. Exit 0, or 254 when a kernel cannot be built or found.")  # fmt: skip
+    p.add_argument(SETTINGS_BY_NAME["kernels"].option, dest="kernels", action="append", default=None,
+                   metavar="KERNEL", help=f"{SETTINGS_BY_NAME['kernels'].help} [env {SETTINGS_BY_NAME['kernels'].env}]")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
 
     p = sub.add_parser("bisect-run", help="git bisect run step: build the tree's kernel, run tests, exit 0/1/125",
                        description="Exit 0 good, 1 bad, 125 skip (kernel build failed, or boot failed: see "
@@ -294,6 +304,26 @@ def cmd_shell(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_kernel(args: argparse.Namespace) -> int:
+    """Resolve every kernel the configuration names, building source trees and profiles; print
+    `RELEASE IMAGE` per kernel on stdout."""
+    from .kernel import expand_kernel_specs
+
+    out = Output(args.quiet)
+    try:
+        cfg = config_from_args(args)
+        options = BuildOptions.from_config(cfg)
+        for spec in expand_kernel_specs(cfg.kernels):
+            start = time.monotonic()
+            kernel = resolve_kernel_spec(spec or None, notify=out.progress, options=options)
+            out.progress(f"{spec or 'default kernel'}: {kernel.release} ready ({time.monotonic() - start:.1f} s)")
+            print(kernel.release, kernel.image, flush=True)
+    except HarnessError as e:
+        out.error(str(e))
+        return EXIT_HARNESS
+    return 0
+
+
 def cmd_bisect_run(args: argparse.Namespace) -> int:
     """One `git bisect run` step; see harness/bisect.py for the exit-status contract."""
     from .bisect import EXIT_ABORT, absolutize_args, bisect_run, default_build_step
@@ -333,6 +363,8 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
         return cmd_exec(args)
     if args.command == "shell":
         return cmd_shell(args)
+    if args.command == "build-kernel":
+        return cmd_build_kernel(args)
     if args.command == "bisect-run":
         return cmd_bisect_run(args)
     if args.command == "doctor":

@@ -11,7 +11,7 @@ from harness.checks import KernelVerdict, judge
 from harness.config import HarnessConfig
 from harness.console import CommandResult
 from harness.dmesg import KernelLine, parse_allowlist, parse_lines
-from harness.errors import BuildError, LostGuestError, ModuleCrashError
+from harness.errors import BuildError, KernelBuildError, LostGuestError, ModuleCrashError
 from harness.guest_kernel import LogMark
 
 WARNING_LOG = (Path(__file__).parent / "data" / "dmesg" / "warning.log").read_text()
@@ -270,3 +270,29 @@ def test_bisect_status_speaks_git_bisect_run(status: int, git: int) -> None:
 def test_exec_bisect_flag_maps_a_splat_to_bad(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     s = FakeSession(0, new_log=WARNING_LOG, taint_after=TAINT_OE_W)
     assert run(monkeypatch, s, ["exec", "--no-module", "--bisect", "-q", "--", "true"]) == 1
+
+
+def test_build_kernel_resolves_each_named_kernel_and_boots_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: Any) -> None:  # fmt: skip
+    from harness.kernel import Kernel
+
+    resolved: list[str | None] = []
+
+    def resolve(spec: str | None, **_: Any) -> Kernel:
+        resolved.append(spec)
+        return Kernel(f"6.1.0-{spec}", Path("/img") / str(spec), Path("/b"))
+
+    monkeypatch.setattr(cli, "resolve_kernel_spec", resolve)
+    monkeypatch.setattr(cli, "open_session", lambda cfg, out: pytest.fail("build-kernel must not open a session"))
+    assert cli.main(["build-kernel", "--kernel", "debug", "--kernel", "tree", "-q"]) == 0
+    assert resolved == ["debug", "tree"]
+    assert capsys.readouterr().out == "6.1.0-debug /img/debug\n6.1.0-tree /img/tree\n"
+
+
+def test_build_kernel_failure_is_254_with_the_cause(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    def resolve(spec: str | None, **_: Any) -> Any:
+        raise KernelBuildError("make failed: see /cache/debug.log")
+
+    monkeypatch.setattr(cli, "resolve_kernel_spec", resolve)
+    assert cli.main(["build-kernel", "--kernel", "debug"]) == cli.EXIT_HARNESS
+    assert "make failed: see /cache/debug.log" in capsys.readouterr().err
