@@ -1,7 +1,9 @@
 """Hostile input: hand-made, often malformed datagrams and parameter values against the module.
 
 One row per datagram: the acks it must get (sequence number and errno, in
-order, and never more), the exact `link:` lines it must produce (the escaped
+order, and never more: each row is followed by a fence, a NOOP with
+NLM_F_ACK on the same socket, and every reply before the fence's ack is the
+row's), the exact `link:` lines it must produce (the escaped
 text, which must decode back to the payload bytes) and the module's counters
 afterwards. After every row a well-formed message is still acked with 0 and
 printed. That no row splats or taints the kernel is checked for every guest
@@ -17,7 +19,6 @@ from __future__ import annotations
 import errno
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from knetlink_stats import module_stats, param_path, read_param  # tests/kernel/knetlink_stats.py
@@ -28,7 +29,7 @@ from harness.guest_kernel import GuestKernel
 from harness.kmod import BuiltModule
 from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
 from harness.knetlink.links import parse_link_lines
-from harness.knetlink.senders import PySender, SenderError
+from harness.knetlink.senders import PySender, Reply, SenderError
 from harness.vm import Guest
 
 sys.path.insert(0, str(GUEST_SCRIPTS))
@@ -51,7 +52,7 @@ from nlframes import (
 
 EINVAL = errno.EINVAL
 REQ_ACK = NLM_F_REQUEST | NLM_F_ACK
-WAIT_MS = 300  # acks are queued synchronously inside sendmsg(); this only bounds a straggler
+FENCE_STATS = {"received": 1, "acked": 1}  # the fence is a control message with NLM_F_ACK: counted and acked
 
 
 def msg(payload: bytes, seq: int, type: int = 0, flags: int = REQ_ACK) -> bytes:
@@ -145,13 +146,20 @@ ROWS: dict[str, Row] = {
 }
 
 
-def raw_full(sender: PySender, datagram: bytes, expect: int) -> list[dict[str, Any]]:
-    """Send one datagram; collect every ack that comes (full ack dicts)."""
-    reply = sender.request({"op": "raw", "hex": datagram.hex(), "expect": expect, "wait_ms": WAIT_MS})
-    if "acks" not in reply:
-        raise SenderError(f"sender error: {reply.get('error')}")
-    acks: list[dict[str, Any]] = reply["acks"]
-    return acks
+def fenced(sender: PySender, datagram: bytes) -> list[Reply]:
+    """Send one datagram, then a fence; every reply the datagram caused. Netlink keeps a socket's
+    replies in order, so once the fence's ack is in, no reply to the datagram is still to come."""
+    batch = sender.frames([datagram], links=False)
+    if batch.stopped:
+        raise SenderError(f"no ack for the fence: {batch.stopped}")
+    [replies] = batch.replies
+    return replies
+
+
+def acks_of(replies: list[Reply]) -> list[tuple[int | None, int | None, int | None]]:
+    """(seq, errno, echoed nlmsg_len) of each reply; every reply must be an NLMSG_ERROR ack."""
+    assert all(not isinstance(r, str) and r[0] == NLMSG_ERROR for r in replies), replies
+    return [(r[1], r[2], r[3]) for r in replies if not isinstance(r, str)]
 
 
 def link_texts(kernel_log: LinkLogWindow) -> list[str]:
@@ -162,14 +170,14 @@ def link_texts(kernel_log: LinkLogWindow) -> list[str]:
 def test_hostile_row(case: str, kmod: KnetlinkModule, kernel_log: LinkLogWindow, py_sender: PySender,
                      guest: Guest) -> None:  # fmt: skip
     row = ROWS[case]
-    # ask for one ack more than expected: an extra ack would show up, a missing one too
-    acks = raw_full(py_sender, row.datagram, expect=len(row.acks) + 1)
-    assert [a.get("type") for a in acks] == [NLMSG_ERROR] * len(acks), acks
-    assert [(a["seq"], a["error"]) for a in acks] == row.acks, f"{case}: acks {acks}"
-    for a in acks:
-        if a["error"] == EINVAL:
+    # every reply before the fence's ack: an extra ack would show up, a missing one too
+    replies = fenced(py_sender, row.datagram)
+    acks = acks_of(replies)
+    assert [(seq, err) for seq, err, _ in acks] == row.acks, f"{case}: replies {replies}"
+    for seq, err, orig_len in acks:
+        if err == EINVAL:
             # sanitised header: the ack echoes 16 bytes, whatever nlmsg_len claimed
-            assert a["orig_len"] == 16, a
+            assert orig_len == 16, (seq, err, orig_len)
 
     # the still-alive message after the row
     alive = f"still alive after {case}"
@@ -183,16 +191,15 @@ def test_hostile_row(case: str, kmod: KnetlinkModule, kernel_log: LinkLogWindow,
     assert [d.truncated_bytes for d in decoded] == [max(0, len(nlframes.visible_payload(b)) - 128) for b in want]
 
     stats = module_stats(guest)
-    errors = sum(1 for a in acks if a["error"])
-    assert stats == {"received": row.received + 1, "printed": len(want), "acked": len(acks) + 1,
-                     "errors": errors}, stats  # fmt: skip
+    errors = sum(1 for _, err, _ in acks if err)
+    assert stats == {"received": row.received + 1 + FENCE_STATS["received"], "printed": len(want),
+                     "acked": len(acks) + 1 + FENCE_STATS["acked"], "errors": errors}, stats  # fmt: skip
     if errors:
         assert any("knetlink: malformed message at offset" in t for t in kernel_log.texts())
 
 
 def test_sixty_kib_is_one_truncated_line(kernel_log: LinkLogWindow, py_sender: PySender) -> None:
-    acks = raw_full(py_sender, msg(LONG, 7), expect=2)
-    assert [(a["seq"], a["error"]) for a in acks] == [(7, 0)]
+    assert [(seq, err) for seq, err, _ in acks_of(fenced(py_sender, msg(LONG, 7)))] == [(7, 0)]
     [line] = link_texts(kernel_log)
     assert line == "link:" + "A" * 128 + f"...[+{len(LONG) - 128} bytes]"
     assert not any("WARNING" in t for t in kernel_log.texts())
@@ -202,7 +209,7 @@ def test_zero_length_datagram_is_refused_by_the_kernel(kmod: KnetlinkModule, ker
                                                         py_sender: PySender, guest: Guest) -> None:  # fmt: skip
     """sendto() of 0 bytes fails with ENODATA on these kernels: it never reaches the module."""
     with pytest.raises(SenderError, match=r"\[Errno 61\] No data available"):
-        raw_full(py_sender, b"", expect=1)
+        py_sender.raw(b"", expect=1)
     assert [(a.seq, a.error) for a in py_sender.send("after zero length", seq=5)] == [(5, 0)]
     assert link_texts(kernel_log) == ["link:after zero length"]
     assert module_stats(guest) == {"received": 1, "printed": 1, "acked": 1, "errors": 0}
