@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import HarnessConfig
+from harness.memdebug import kernel_config
 from harness.session import KernelSession
 
 CRASHY = Path(__file__).resolve().parent.parent / "modules" / "crashy"
@@ -48,6 +49,13 @@ def wait_until_dead(session, seconds=60.0):
 """
 
 pytestmark = pytest.mark.usefixtures("shared_cache")  # tests/kernel/conftest.py
+
+
+def panic_delay_ms(session: KernelSession) -> int:
+    """How long after its load crashy's kthread panics: after the loading test's checks and
+    within the next test's wait. On a stock kernel those checks take well under 3 s; on a
+    KASAN kernel under TCG they alone take about 3 s."""
+    return 20_000 if kernel_config(session.kernel).get("KASAN") == "y" else 3000
 
 
 def run_inner(pytester: pytest.Pytester, session: KernelSession, config: HarnessConfig,
@@ -89,11 +97,12 @@ def test_timer_armed_at_unload_fails_the_test_that_unloaded(
 def test_panic_after_the_settle_fails_the_next_test_naming_the_previous(
     pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
 ) -> None:
-    result = run_inner(pytester, knh_kernel_session, knh_config, """
+    delay = panic_delay_ms(knh_kernel_session)
+    result = run_inner(pytester, knh_kernel_session, knh_config, f"""
         from wait_dead import wait_until_dead
 
         def test_loads_a_module_that_panics_later(guest_kernel, built_module):
-            guest_kernel.insmod(built_module.module(), {"panic_ms": "3000"})
+            guest_kernel.insmod(built_module.module(), {{"panic_ms": "{delay}"}})
 
         def test_host_only(knh_kernel_session):  # the session fixture keeps it in this place (no guest)
             wait_until_dead(knh_kernel_session)
@@ -108,7 +117,7 @@ def test_panic_after_the_settle_fails_the_next_test_naming_the_previous(
     result.assert_outcomes(passed=3, errors=1)
     assert "ERROR at setup of test_next_guest_test" in out, out
     assert "between tests: after test_inner.py::test_loads_a_module_that_panics_later[" in out, out
-    assert "crashy: deliberate panic 3000 ms after load" in out, out
+    assert f"crashy: deliberate panic {delay} ms after load" in out, out
     assert "PASSED test_inner.py::test_after_that" in out, out
     assert "KERNEL BROKE between tests" in out, out
 
@@ -118,11 +127,12 @@ def test_panic_after_the_settle_fails_the_next_test_naming_the_previous(
 def test_panic_after_the_last_test_fails_the_run(
     pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
 ) -> None:
-    result = run_inner(pytester, knh_kernel_session, knh_config, """
+    delay = panic_delay_ms(knh_kernel_session)
+    result = run_inner(pytester, knh_kernel_session, knh_config, f"""
         from wait_dead import wait_until_dead
 
         def test_loads_a_module_that_panics_later(guest_kernel, built_module):
-            guest_kernel.insmod(built_module.module(), {"panic_ms": "3000"})
+            guest_kernel.insmod(built_module.module(), {{"panic_ms": "{delay}"}})
 
         def test_host_only_last(knh_kernel_session):  # the session fixture keeps it last (no guest)
             wait_until_dead(knh_kernel_session)
@@ -131,7 +141,7 @@ def test_panic_after_the_last_test_fails_the_run(
     assert result.ret != 0, out
     assert "the guest kernel died after the last test on it" in out, out
     assert "after the last test on it: test_inner.py::test_loads_a_module_that_panics_later[" in out, out
-    assert "crashy: deliberate panic 3000 ms after load" in out, out
+    assert f"crashy: deliberate panic {delay} ms after load" in out, out
     assert "KERNEL BROKE after the last test" in out, out
 
 
