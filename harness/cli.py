@@ -110,10 +110,12 @@ def build_parser(extra: Sequence[Command] = ()) -> argparse.ArgumentParser:
                        "take them from the cache; boot nothing",
                        description="Build (or find in the cache) each kernel the --kernel options or KNH_KERNEL "
                        "name, boot nothing, and print its release and image. A later run finds them in the "
-                       "cache: `build-kernel --kernel debug` ahead of `tox -e debug`, e.g. beside other work "
-                       "under `nice`. Exit 0, or 254 when a kernel cannot be built or found.")  # fmt: skip
+                       "cache when it has the same build settings (KNH_KERNEL_BASE, KNH_KERNEL_BTF, "
+                       "KNH_KERNEL_CONFIG): `build-kernel --kernel debug` ahead of `tox -e debug`, e.g. beside "
+                       "other work under `nice`. Exit 0, or 254 when a kernel cannot be built or found.")  # fmt: skip
     p.add_argument(SETTINGS_BY_NAME["kernels"].option, dest="kernels", action="append", default=None,
-                   metavar="KERNEL", help=f"{SETTINGS_BY_NAME['kernels'].help} [env {SETTINGS_BY_NAME['kernels'].env}]")
+                   metavar="KERNEL", help="kernel to build or find: debug, debug:TREE, a kernel source tree, an "
+                   f"installed release or 'all' (repeatable) [env {SETTINGS_BY_NAME['kernels'].env}]")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
 
     p = sub.add_parser("bisect-run", help="git bisect run step: build the tree's kernel, run tests, exit 0/1/125",

@@ -289,10 +289,32 @@ def test_build_kernel_resolves_each_named_kernel_and_boots_nothing(monkeypatch: 
     assert capsys.readouterr().out == "6.1.0-debug /img/debug\n6.1.0-tree /img/tree\n"
 
 
-def test_build_kernel_failure_is_254_with_the_cause(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+def test_build_kernel_failure_is_254_with_the_cause_and_stops(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    resolved: list[str | None] = []
+
     def resolve(spec: str | None, **_: Any) -> Any:
+        resolved.append(spec)
         raise KernelBuildError("make failed: see /cache/debug.log")
 
     monkeypatch.setattr(cli, "resolve_kernel_spec", resolve)
-    assert cli.main(["build-kernel", "--kernel", "debug"]) == cli.EXIT_HARNESS
-    assert "make failed: see /cache/debug.log" in capsys.readouterr().err
+    assert cli.main(["build-kernel", "--kernel", "debug", "--kernel", "tree"]) == cli.EXIT_HARNESS
+    out = capsys.readouterr()
+    assert "make failed: see /cache/debug.log" in out.err
+    assert out.out == "" and resolved == ["debug"]
+
+
+@pytest.mark.parametrize(("argv", "want"), [([], ["env-a", "env-b"]), (["--kernel", "opt"], ["opt"])])
+def test_build_kernel_takes_the_option_over_knh_kernel(monkeypatch: pytest.MonkeyPatch, capsys: Any,
+                                                       argv: list[str], want: list[str]) -> None:  # fmt: skip
+    from harness.kernel import Kernel
+
+    resolved: list[str | None] = []
+
+    def resolve(spec: str | None, **_: Any) -> Kernel:
+        resolved.append(spec)
+        return Kernel("r", Path("/img"), Path("/b"))
+
+    monkeypatch.setattr(cli, "resolve_kernel_spec", resolve)
+    monkeypatch.setenv("KNH_KERNEL", "env-a env-b env-a")
+    assert cli.main(["build-kernel", "-q", *argv]) == 0
+    assert resolved == want

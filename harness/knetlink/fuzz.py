@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 
 from ..errors import HarnessError
 from .fuzz_model import EINVAL, HDRLEN, Expected, frame_batches, kmsg_text, model
-from .senders import FrameBatch, Reply
+from .senders import FENCE_STATS, FrameBatch, Reply
 
 NLMSG_ERROR = 2
 DEFAULT_BATCH = 50
@@ -76,8 +76,9 @@ class FuzzRun:
 
     def expected_stats(self) -> dict[str, int]:
         """The module's counters after this run on a freshly loaded module (each fence: received and acked)."""
-        return {"received": self.messages - self.malformed + self.frames, "printed": self.data_messages,
-                "acked": self.acks + self.frames, "errors": self.malformed}  # fmt: skip
+        return {"received": self.messages - self.malformed + self.frames * FENCE_STATS["received"],
+                "printed": self.data_messages, "acked": self.acks + self.frames * FENCE_STATS["acked"],
+                "errors": self.malformed}  # fmt: skip
 
     def summary(self) -> dict[str, object]:
         return {"frames": self.frames, "messages": self.messages, "data_messages": self.data_messages,
@@ -153,9 +154,9 @@ def batch_problems(frames: list[bytes], wants: list[Expected], batch: FrameBatch
         problems.append(links)
     if batch.stats_before is not None and batch.stats_after is not None and not problems:
         got = {k: batch.stats_after[k] - batch.stats_before[k] for k in batch.stats_after}
-        rules = {"received": sum(w.messages - w.malformed for w in wants) + len(frames),
+        rules = {"received": sum(w.messages - w.malformed for w in wants) + len(frames) * FENCE_STATS["received"],
                  "printed": sum(len(w.links) for w in wants),
-                 "acked": sum(len(w.acks) for w in wants) + len(frames),
+                 "acked": sum(len(w.acks) for w in wants) + len(frames) * FENCE_STATS["acked"],
                  "errors": sum(w.malformed for w in wants)}  # fmt: skip
         if got != rules:
             problems.append(Problem(None, f"the stat_* counters changed by {got}, the rules say {rules} "

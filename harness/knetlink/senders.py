@@ -45,6 +45,10 @@ Reply = tuple[int | None, int | None, int | None, int | None] | str
 """A reply to a frame: (type, seq, errno, echoed nlmsg_len), or "overrun" (the kernel dropped
 replies) or "truncated" (a reply cut short)."""
 
+FENCE_STATS: dict[str, int] = {"received": 1, "acked": 1}
+"""What each fence of a frames request adds to the module's stat_* counters: the module counts a
+control message (the fence is an NLMSG_NOOP) and acks it when it asks for NLM_F_ACK."""
+
 
 @dataclass(frozen=True)
 class FrameBatch:

@@ -29,7 +29,7 @@ from harness.guest_kernel import GuestKernel
 from harness.kmod import BuiltModule
 from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
 from harness.knetlink.links import parse_link_lines
-from harness.knetlink.senders import PySender, Reply, SenderError
+from harness.knetlink.senders import FENCE_STATS, PySender, Reply, SenderError
 from harness.vm import Guest
 
 sys.path.insert(0, str(GUEST_SCRIPTS))
@@ -52,7 +52,6 @@ from nlframes import (
 
 EINVAL = errno.EINVAL
 REQ_ACK = NLM_F_REQUEST | NLM_F_ACK
-FENCE_STATS = {"received": 1, "acked": 1}  # the fence is a control message with NLM_F_ACK: counted and acked
 
 
 def msg(payload: bytes, seq: int, type: int = 0, flags: int = REQ_ACK) -> bytes:
@@ -158,8 +157,9 @@ def fenced(sender: PySender, datagram: bytes) -> list[Reply]:
 
 def acks_of(replies: list[Reply]) -> list[tuple[int | None, int | None, int | None]]:
     """(seq, errno, echoed nlmsg_len) of each reply; every reply must be an NLMSG_ERROR ack."""
-    assert all(not isinstance(r, str) and r[0] == NLMSG_ERROR for r in replies), replies
-    return [(r[1], r[2], r[3]) for r in replies if not isinstance(r, str)]
+    acks = [r for r in replies if not isinstance(r, str) and r[0] == NLMSG_ERROR]
+    assert len(acks) == len(replies), replies
+    return [(seq, err, orig_len) for _, seq, err, orig_len in acks]
 
 
 def link_texts(kernel_log: LinkLogWindow) -> list[str]:
