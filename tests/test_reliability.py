@@ -76,14 +76,15 @@ BOOTER = textwrap.dedent("""
     import signal, sys, time
     from pathlib import Path
     from harness.config import resolve
-    from harness.kernel import resolve_kernel
+    from harness.kernel_build import resolve_kernel_spec
     from harness.session import KernelSession
 
     # Ctrl-C semantics even when the test run itself ignores SIGINT (started in the background)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    release, engine, accel, results, run_root = sys.argv[1:6]
-    cfg = resolve({"engine": engine, "accel": accel, "results_dir": results}, environ={})
-    session = KernelSession(cfg, resolve_kernel(release), Path(run_root), notify=lambda m: print(m, flush=True))
+    spec, engine, accel, boot_timeout, results, run_root = sys.argv[1:7]
+    cfg = resolve({"engine": engine, "accel": accel, "boot_timeout": boot_timeout, "results_dir": results},
+                  environ={})
+    session = KernelSession(cfg, resolve_kernel_spec(spec), Path(run_root), notify=lambda m: print(m, flush=True))
     guest = session.guest()
     print("GUEST", guest.launch.name, guest.pid, flush=True)
     time.sleep(3600)  # no cleanup on purpose: the signal must not leave QEMU behind
@@ -108,8 +109,10 @@ def test_killed_harness_leaves_no_qemu(knh_kernel_session: KernelSession, tmp_pa
     cfg = knh_kernel_session.config
     script = tmp_path / "booter.py"
     script.write_text(BOOTER)
-    argv = [sys.executable, str(script), knh_kernel_session.kernel.release, engine,
-            knh_kernel_session.accel().accel, str(cfg.results_dir.resolve()), str(tmp_path / "runs")]  # fmt: skip
+    # the outer run's kernel as a --kernel value (a release, or `debug`, a tree, an image: cached builds)
+    argv = [sys.executable, str(script), knh_kernel_session.spec_for_reproduction, engine,
+            knh_kernel_session.accel().accel, str(cfg.boot_timeout), str(cfg.results_dir.resolve()),
+            str(tmp_path / "runs")]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     name = None
     transcript = []
