@@ -118,11 +118,29 @@ class Console:
             raise err from None
         return CommandResult(command, status, output, time.monotonic() - start)
 
-    def interrupt(self, timeout: float = 5.0) -> bool:
-        """Send Ctrl-C; True when the prompt came back."""
-        self.child.send("\x03")
+    def interrupt(self, timeout: float = 5.0, every: float = 1.0) -> bool:
+        """Send Ctrl-C, again `every` seconds until a prompt comes back (a program may survive the
+        first one, or miss it while it starts); True when the shell is back and in step."""
+        deadline = time.monotonic() + timeout
         try:
-            idx = self.child.expect([self.prompt_re, pexpect.TIMEOUT], timeout=timeout)
+            while True:
+                self.child.send("\x03")
+                wait = min(every, deadline - time.monotonic())
+                if self.child.expect([self.prompt_re, pexpect.TIMEOUT], timeout=max(wait, 0)) == 0:
+                    return self._resync(max(deadline - time.monotonic(), 1.0))
+                if time.monotonic() >= deadline:
+                    return False
         except pexpect.EOF:
             return False
-        return idx == 0
+
+    def _resync(self, timeout: float) -> bool:
+        """Skip what is left of an interrupted command: a Ctrl-C that reached the shell's own
+        prompt printed one more prompt, which the next command must not take for its own."""
+        marker = f"KNH-SYNC-{secrets.token_hex(4)}"
+        self.child.send(f"echo {marker[:4]}''{marker[4:]}\n")  # split: an echo of the line cannot match
+        try:
+            if self.child.expect([marker, pexpect.TIMEOUT], timeout=timeout) != 0:
+                return False
+            return self.child.expect([self.prompt_re, pexpect.TIMEOUT], timeout=timeout) == 0
+        except pexpect.EOF:
+            return False

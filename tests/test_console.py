@@ -1,5 +1,6 @@
 """The console protocol against a real local shell (guest_scripts/guest-shell, no VM)."""
 
+import time
 from collections.abc import Iterator
 
 import pexpect
@@ -42,6 +43,21 @@ def test_timeout_interrupts_and_keeps_shell(console: Console) -> None:
     with pytest.raises(CommandTimeout, match="interrupted; the guest is usable"):
         console.run("sleep 30", 0.5)
     assert console.run("echo alive", 5).output == "alive\n"
+
+
+def test_timeout_sends_ctrl_c_again_to_a_program_that_survives_the_first(console: Console) -> None:
+    survivor = "bash -c 'trap \"trap - INT\" INT; while :; do sleep 0.1; done'"
+    with pytest.raises(CommandTimeout, match="interrupted; the guest is usable"):
+        console.run(survivor, 0.5)
+    assert console.run("echo alive", 5).output == "alive\n"
+
+
+def test_ctrl_c_at_the_prompt_leaves_no_stale_prompt_for_the_next_command(console: Console) -> None:
+    console.child.send("\x03")  # one more prompt in the stream, as a late Ctrl-C makes
+    time.sleep(0.3)  # the shell prints it before the next Ctrl-C (two at once would be one signal)
+    assert console.interrupt()
+    assert console.run("echo one", 5).output == "one\n"
+    assert console.run("echo two; exit_with() { return $1; }; exit_with 3", 5).status == 3
 
 
 def test_incomplete_input_is_an_error(console: Console) -> None:
