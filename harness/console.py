@@ -133,14 +133,22 @@ class Console:
         except pexpect.EOF:
             return False
 
-    def _resync(self, timeout: float) -> bool:
+    def _resync(self, timeout: float, every: float = 1.0) -> bool:
         """Skip what is left of an interrupted command: a Ctrl-C that reached the shell's own
-        prompt printed one more prompt, which the next command must not take for its own."""
-        marker = f"KNH-SYNC-{secrets.token_hex(4)}"
-        self.child.send(f"echo {marker[:4]}''{marker[4:]}\n")  # split: an echo of the line cannot match
+        prompt printed one more prompt, which the next command must not take for its own. A
+        marker is echoed, again `every` seconds with a new one while none comes back (a Ctrl-C
+        still on its way discards the line typed before it); the last one sent is awaited,
+        output of earlier ones skipped."""
+        deadline = time.monotonic() + timeout
         try:
-            if self.child.expect([marker, pexpect.TIMEOUT], timeout=timeout) != 0:
-                return False
-            return self.child.expect([self.prompt_re, pexpect.TIMEOUT], timeout=timeout) == 0
+            while True:
+                marker = f"KNH-SYNC-{secrets.token_hex(4)}"
+                self.child.send(f"echo {marker[:4]}''{marker[4:]}\n")  # split: an echo of the line cannot match
+                wait = max(min(every, deadline - time.monotonic()), 0)
+                if self.child.expect([marker, pexpect.TIMEOUT], timeout=wait) == 0:
+                    left = max(deadline - time.monotonic(), every)
+                    return self.child.expect([self.prompt_re, pexpect.TIMEOUT], timeout=left) == 0
+                if time.monotonic() >= deadline:
+                    return False
         except pexpect.EOF:
             return False

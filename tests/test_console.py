@@ -1,5 +1,6 @@
 """The console protocol against a real local shell (guest_scripts/guest-shell, no VM)."""
 
+import signal
 import time
 from collections.abc import Iterator
 
@@ -13,9 +14,12 @@ from harness.errors import CommandTimeout, HarnessError, LostGuestError
 
 @pytest.fixture
 def console() -> Iterator[Console]:
+    # Ctrl-C must act as in a guest, whose shell init starts: a test run started in the background
+    # (`cmd &` in a script, as CI may) ignores SIGINT, and bash cannot undo an inherited SIG_IGN.
     child = pexpect.spawn(
-        str(GUEST_SCRIPTS / "guest-shell"), encoding="utf-8", echo=False, env={"PATH": "/usr/bin:/bin"}
-    )
+        str(GUEST_SCRIPTS / "guest-shell"), encoding="utf-8", echo=False, env={"PATH": "/usr/bin:/bin"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     child.delaybeforesend = None
     c = Console(child)
     c.wait_ready(10)
