@@ -31,13 +31,22 @@ from .errors import BootError, ChannelError, CommandTimeout, GuestCommandError, 
 _PR_SET_PDEATHSIG = 1
 
 
+# Signals the guest's process tree must not inherit as ignored: a harness started under nohup or in
+# the background of a script ignores SIGHUP or SIGINT, and vng, its shell and virtme-run (and QEMU
+# until it installs its own handlers) would then outlive the hangup that the harness's death causes.
+HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
+
+
 def _child_setup(kernel_log: str) -> None:
     """Runs in the forked child before exec: stderr (the guest kernel console) to a file,
-    and die with the parent. QEMU itself is a grandchild; it goes away on the pty hangup
-    that the parent's death causes, and on close() via the process group."""
+    the hangup signals at their defaults, and die with the parent. QEMU itself is a grandchild;
+    it goes away on the pty hangup that the parent's death causes, and on close() via the
+    process group."""
     fd = os.open(kernel_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 2)
     os.close(fd)
+    for sig in HANGUP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -1,0 +1,30 @@
+"""The guest launcher's child setup (harness.vm._child_setup), in a real forked child."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+# A parent that ignores the hangup signals (as under nohup, or `cmd &` in a script) starts a child
+# through _child_setup; the child reports the signals it ignores (SigIgn of /proc/self/status).
+PROGRAM = """
+import signal, subprocess, sys
+from harness import vm
+for sig in vm.HANGUP_SIGNALS:
+    signal.signal(sig, signal.SIG_IGN)
+log = sys.argv[1]
+out = subprocess.run(["grep", "SigIgn", "/proc/self/status"], capture_output=True, text=True,
+                     preexec_fn=lambda: vm._child_setup(log), check=True).stdout
+print(out.split()[1])
+"""
+
+
+def test_child_setup_gives_the_guest_tree_default_hangup_signals(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", PROGRAM, str(tmp_path / "kernel.log")], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    ignored = int(out.strip(), 16)
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        assert not ignored & (1 << (sig - 1)), f"{sig.name} ignored in the guest launcher's child: {out}"
+    assert (tmp_path / "kernel.log").exists()  # stderr went to the guest kernel console file
