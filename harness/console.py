@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,16 +123,12 @@ class Console:
         """Send Ctrl-C, again `every` seconds until a prompt comes back (a program may survive the
         first one, or miss it while it starts); True when the shell is back and in step."""
         deadline = time.monotonic() + timeout
-        try:
-            while True:
-                self.child.send("\x03")
-                wait = min(every, deadline - time.monotonic())
-                if self.child.expect([self.prompt_re, pexpect.TIMEOUT], timeout=max(wait, 0)) == 0:
-                    return self._resync(max(deadline - time.monotonic(), 1.0))
-                if time.monotonic() >= deadline:
-                    return False
-        except pexpect.EOF:
-            return False
+
+        def ctrl_c() -> re.Pattern[str]:
+            self.child.send("\x03")
+            return self.prompt_re
+
+        return self._until_answered(ctrl_c, deadline, every) and self._resync(max(deadline - time.monotonic(), 1.0))
 
     def _resync(self, timeout: float, every: float = 1.0) -> bool:
         """Skip what is left of an interrupted command: a Ctrl-C that reached the shell's own
@@ -140,14 +137,29 @@ class Console:
         still on its way discards the line typed before it); the last one sent is awaited,
         output of earlier ones skipped."""
         deadline = time.monotonic() + timeout
+
+        def echo_marker() -> str:
+            marker = f"KNH-SYNC-{secrets.token_hex(4)}"
+            self.child.send(f"echo {marker[:4]}''{marker[4:]}\n")  # split: an echo of the line cannot match
+            return marker
+
+        if not self._until_answered(echo_marker, deadline, every):
+            return False
+        try:
+            left = max(deadline - time.monotonic(), every)
+            return self.child.expect([self.prompt_re, pexpect.TIMEOUT], timeout=left) == 0
+        except pexpect.EOF:
+            return False
+
+    def _until_answered(self, send: Callable[[], str | re.Pattern[str]], deadline: float, every: float) -> bool:
+        """Call `send` (it sends something and returns what answers it), again every `every` seconds
+        until that answer is read; False at `deadline` or when the console closes."""
         try:
             while True:
-                marker = f"KNH-SYNC-{secrets.token_hex(4)}"
-                self.child.send(f"echo {marker[:4]}''{marker[4:]}\n")  # split: an echo of the line cannot match
+                answer = send()
                 wait = max(min(every, deadline - time.monotonic()), 0)
-                if self.child.expect([marker, pexpect.TIMEOUT], timeout=wait) == 0:
-                    left = max(deadline - time.monotonic(), every)
-                    return self.child.expect([self.prompt_re, pexpect.TIMEOUT], timeout=left) == 0
+                if self.child.expect([answer, pexpect.TIMEOUT], timeout=wait) == 0:
+                    return True
                 if time.monotonic() >= deadline:
                     return False
         except pexpect.EOF:
