@@ -112,6 +112,24 @@ def _param(text: str) -> str:
     return text
 
 
+def _build_choice(text: str) -> str:
+    from .build_plan import BUILD_CHOICES
+
+    if text not in BUILD_CHOICES:
+        raise ValueError(f"must be one of {', '.join(BUILD_CHOICES)}")
+    return text
+
+
+def _make_var(text: str) -> str:
+    from .build_plan import expand_make_vars
+
+    try:
+        expand_make_vars([text], Path("/kdir"), "release")
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     """One configurable value and the three places it can be set."""
@@ -155,7 +173,15 @@ SETTINGS: tuple[Setting, ...] = (
             "directory for console transcripts, kernel logs and reports (the only path the guest may write)",
             lambda s: Path(s)),
     Setting("module_dir", "--module-dir", "KNH_MODULE_DIR", "knh_module_dir", str(DEFAULT_MODULE_DIR),
-            "out-of-tree module source directory (Kbuild + Makefile taking KDIR)", lambda s: Path(s)),
+            "out-of-tree module source directory (a dkms.conf, a Makefile or a Kbuild file)", lambda s: Path(s)),
+    Setting("module_build", "--module-build", "KNH_MODULE_BUILD", "knh_module_build", "auto",
+            "how the module is built: auto (dkms.conf, else the Makefile, else Kbuild), dkms (MAKE[i] of "
+            "dkms.conf), makefile (make in the directory, the kernel build directory as KDIR, KERNEL_DIR, "
+            "KERNELDIR, KSRC... and the release as KVER) or kbuild (make -C <kernel build dir> M=<dir> modules)",
+            _build_choice),
+    Setting("make_vars", "--make-var", "KNH_MAKE_VARS", "knh_make_vars", "",
+            "NAME=VALUE for make on every kernel ({kdir}: the kernel build directory, {release}: its release); "
+            "repeatable", multi=True, item_parse=_make_var),
     Setting("make_targets", "--make-targets", "KNH_MAKE_TARGETS", "knh_make_targets", "",
             "make targets for the module build (default: the Makefile's default goal)", multi=True),
     Setting("splat_allowlist", "--splat-allowlist", "KNH_SPLAT_ALLOWLIST", "knh_splat_allowlist",
@@ -222,6 +248,8 @@ class HarnessConfig:
     cpus: int = _default("cpus")
     results_dir: Path = _default("results_dir")  # noqa: RUF009 (a Path is immutable)
     module_dir: Path = _default("module_dir")  # noqa: RUF009
+    module_build: str = _default("module_build")
+    make_vars: tuple[str, ...] = _default("make_vars")
     make_targets: tuple[str, ...] = _default("make_targets")
     splat_allowlist: Path = _default("splat_allowlist")  # noqa: RUF009
     allowed_taint: str = _default("allowed_taint")

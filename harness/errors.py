@@ -53,6 +53,18 @@ class BuildError(HarnessError):
         self.log = log
 
 
+class BuildExcluded(HarnessError):
+    """The driver's dkms.conf excludes this kernel (BUILD_EXCLUSIVE_*): DKMS would not build it, so its
+    tests skip with DKMS's reason; nothing was tested on that kernel."""
+
+    infra = True
+
+
+class MissingKernelDependency(HarnessError):
+    """The module needs a module or symbol this kernel does not provide (its subsystem is not
+    configured); found before anything was loaded. The message names each and what provides it."""
+
+
 def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -140,6 +152,10 @@ class ModuleLoadError(HarnessError):
         super().__init__("\n".join(detail))
         self.output = output
         self.kernel_lines = kernel_lines
+
+
+class ModuleBusyError(ModuleLoadError):
+    """rmmod refused: the module is in use. The message names its holders and reference count."""
 
 
 class ModuleCrashError(HarnessError):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .dmesg import KernelLine, find_splats, parse_lines
-from .errors import HarnessError, HostKernelRefused, ModuleCrashError, ModuleLoadError
+from .errors import HarnessError, HostKernelRefused, ModuleBusyError, ModuleCrashError, ModuleLoadError
 from .kmemleak import (
     CLEAR,
     KMEMLEAK_PATH,
@@ -136,6 +136,8 @@ class GuestKernel:
         return name
 
     def rmmod(self, name: str) -> None:
+        """Unload `name`. Raises ModuleBusyError (with holders and reference count) when the kernel
+        refuses because the module is in use, ModuleCrashError when it crashed."""
         ko = self._loaded_from.get(name) if self.has_kmemleak() else None
         sections = parse_sections(self.guest.run(sections_argv(name), check=True).output) if ko else {}
         mark = self.mark()
@@ -143,6 +145,14 @@ class GuestKernel:
         if result.status != 0:
             lines = self.lines_since(mark)
             self._raise_if_crashed(f"rmmod {name}", result.status, result.output, lines)
+            usage = self.guest.run(["sh", "-c", USAGE_SCRIPT, "usage", name]).output
+            refcnt, holders = parse_usage(usage)
+            if refcnt is not None and (refcnt > 0 or holders):
+                raise ModuleBusyError(
+                    f"rmmod {name} failed (status {result.status}): the module is in use: reference count "
+                    f"{refcnt}, holders: {', '.join(holders) or 'none (references taken by code, not modules)'}",
+                    result.output, [ln.text for ln in lines],
+                )  # fmt: skip
             raise ModuleLoadError(
                 f"rmmod {name} failed (status {result.status})", result.output, [ln.text for ln in lines]
             )
@@ -165,6 +175,27 @@ class GuestKernel:
             output,
             text,
         )
+
+    def module_list(self) -> tuple[str, ...]:
+        """The guest's loaded modules, newest first (the order of /proc/modules)."""
+        output = self.guest.run(["cut", "-d", " ", "-f1", "/proc/modules"], check=True).output
+        return tuple(line.strip() for line in output.splitlines() if line.strip())
+
+    def modprobe(self, names: Sequence[str]) -> None:
+        """Load modules of the guest kernel's own tree, with what they need (modprobe -a)."""
+        self.ensure_not_host()
+        mark = self.mark()
+        result = self.guest.run(["modprobe", "-a", *names])
+        if result.status != 0:
+            lines = self.lines_since(mark)
+            self._raise_if_crashed(f"modprobe {' '.join(names)}", result.status, result.output, lines)
+            what = f"modprobe of the kernel modules the module depends on ({', '.join(names)})"
+            raise ModuleLoadError(f"{what} failed (status {result.status})", result.output, [ln.text for ln in lines])
+
+    def restore_modules(self, before: Sequence[str]) -> None:
+        """Unload, newest first, every module loaded since the guest's module list was `before`."""
+        for name in [n for n in self.module_list() if n not in before]:
+            self.rmmod(name)
 
     def loaded(self, name: str) -> bool:
         return self.guest.run(["test", "-d", f"/sys/module/{name}"]).status == 0
@@ -206,6 +237,22 @@ class GuestKernel:
             raise HarnessError(f"the guest's copy of {path} ({copy}) is unreadable: {e}") from None
         finally:
             copy.unlink(missing_ok=True)
+
+
+# A module's reference count and holders, for a refused rmmod: "refcnt N" then one "holder NAME" each.
+USAGE_SCRIPT = 'echo "refcnt $(cat /sys/module/$1/refcnt)"; for h in /sys/module/$1/holders/*; do ' \
+               '[ -e "$h" ] && echo "holder ${h##*/}"; done; true'  # fmt: skip
+
+
+def parse_usage(output: str) -> tuple[int | None, list[str]]:
+    refcnt, holders = None, []
+    for line in output.splitlines():
+        word, _, value = line.strip().partition(" ")
+        if word == "refcnt" and value.strip().isdigit():
+            refcnt = int(value)
+        elif word == "holder" and value:
+            holders.append(value.strip())
+    return refcnt, holders
 
 
 def check_not_host(guest_boot_id: str, host_id: str) -> None:

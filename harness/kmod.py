@@ -18,19 +18,42 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BuildError
+from .build_plan import (
+    MakeCommand,
+    choose_build,
+    dkms_command,
+    dkms_variables,
+    expand_make_vars,
+    kbuild_command,
+    makefile_command,
+)
+from .dkms import DKMS_CONF, DkmsConf, exclusion, read_dkms_conf
+from .errors import BuildError, BuildExcluded, ConfigError
 from .kernel import Kernel, image_version
 from .kernel_source import locked
+from .memdebug import kernel_config
+from .module_deps import (
+    kernel_dependencies,
+    load_order,
+    missing_symbol,
+    module_name,
+    parse_depends,
+    parse_symvers,
+    undefined_symbols,
+    under_test,
+)
 
 IGNORED_SUFFIXES = (".o", ".ko", ".mod", ".mod.c", ".cmd", ".symvers", ".order", ".swp")
 BUILD_LOG = "build.log"
 DONE_MARK = ".knh-built"
+MODULES_LIST = ".knh-modules"  # the .ko files to load, relative to the build, in the build's order
 
 
 def default_cache_root() -> Path:
@@ -48,6 +71,20 @@ class BuiltModule:
     warnings: tuple[str, ...]  # compiler warning lines from the build log
     cached: bool
     coverage: bool = False  # built with GCOV_PROFILE=y (harness.coverage)
+    depends: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (module, its depends=) in load order
+    choice: str = ""  # the build line: how the module was built (harness.build_plan)
+
+    @property
+    def kernel_dependencies(self) -> tuple[str, ...]:
+        """Modules of the kernel the built ones need (to modprobe before loading them)."""
+        return kernel_dependencies(dict(self.depends))
+
+    def under_test(self) -> Path:
+        """The .ko a test loads last: the only one, or the one no other built module depends on."""
+        if len(self.modules) == 1:
+            return self.modules[0]
+        name = under_test(dict(self.depends), [n for n, _ in self.depends])
+        return self.module(name)
 
     def module(self, name: str | None = None) -> Path:
         """The .ko called `name` (without .ko), or the only one built."""
@@ -56,7 +93,7 @@ class BuiltModule:
                 raise BuildError(f"build produced {len(self.modules)} modules; name one", "")
             return self.modules[0]
         for ko in self.modules:
-            if ko.stem == name:
+            if module_name(ko.name) == module_name(name):
                 return ko
         raise BuildError(f"no {name}.ko among {[m.name for m in self.modules]}", "")
 
@@ -100,21 +137,6 @@ def source_key(src: Path, kernel: Kernel, targets: Sequence[str], *, coverage: b
     return h.hexdigest()[:16]
 
 
-def make_argv(build_copy: Path, kernel: Kernel, targets: Sequence[str], jobs: int | None = None,
-              variables: Sequence[str] = ()) -> list[str]:  # fmt: skip
-    """The module's own Makefile (taking KDIR) when it has one; a Kbuild-only directory is built by
-    the kernel's build system directly (make -C KDIR M=dir modules). `variables` (NAME=VALUE) go on
-    make's command line, which passes them down to the kernel's make."""
-    if (build_copy / "Makefile").exists():
-        argv = ["make", "-C", str(build_copy), f"KDIR={kernel.build_dir}"]
-    else:
-        argv = ["make", "-C", str(kernel.build_dir), f"M={build_copy}"]
-        targets = targets or ["modules"]
-    if jobs:
-        argv.append(f"-j{jobs}")
-    return argv + list(variables) + list(targets)
-
-
 def warning_lines(log: str) -> tuple[str, ...]:
     return tuple(line for line in log.splitlines() if "warning:" in line.lower())
 
@@ -122,21 +144,49 @@ def warning_lines(log: str) -> tuple[str, ...]:
 GCOV_VARIABLES = ("GCOV_PROFILE=y",)  # kbuild: compile every object of the module for gcov
 
 
-def build_module(
-    src: Path,
-    kernel: Kernel,
-    *,
-    cache_root: Path | None = None,
-    targets: Sequence[str] = (),
-    coverage: bool = False,
-) -> BuiltModule:
-    """Build `src` for `kernel` (or reuse an identical earlier build); `coverage`: with GCOV_PROFILE=y."""
+def host_arch() -> str:
+    """DKMS's `arch`: the guest's architecture, which is the host's."""
+    return platform.machine()
+
+
+def ko_depends(ko: Path) -> tuple[str, ...]:
+    """The modules `ko` needs loaded first (its depends= field, read on the host with modinfo)."""
+    proc = subprocess.run(["modinfo", "-F", "depends", str(ko)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(f"modinfo cannot read {ko} (exit {proc.returncode}): not a kernel module?", proc.stderr)
+    return parse_depends(proc.stdout)
+
+
+def find_kos(directory: Path) -> list[Path]:
+    """Every .ko under `directory` (drivers that build into src/ or drivers/ too), hidden directories left out."""
+    return sorted(ko for ko in directory.rglob("*.ko")
+                  if not any(part.startswith(".") for part in ko.relative_to(directory).parts))  # fmt: skip
+
+
+def build_module(src: Path, kernel: Kernel, *, cache_root: Path | None = None, targets: Sequence[str] = (),
+                 coverage: bool = False, choice: str = "auto",
+                 make_vars: Sequence[str] = ()) -> BuiltModule:  # fmt: skip
+    """Build `src` for `kernel` (or reuse an identical earlier build); `coverage`: with GCOV_PROFILE=y;
+    `choice`: dkms, makefile, kbuild or auto (from the files present); `make_vars`: NAME=VALUE items
+    for make, {kdir} and {release} expanded. Raises ConfigError (no such build), BuildExcluded (a
+    dkms.conf excludes the kernel) or BuildError."""
     src = src.resolve()
-    if not (src / "Makefile").exists() and not (src / "Kbuild").exists():
-        raise BuildError(f"{src} has no Makefile or Kbuild: not a module source directory", "")
+    if not src.is_dir():
+        raise ConfigError(f"module source directory {src} does not exist; fix: point --module-dir (or "
+                          "knh_module_source) at the driver's directory")  # fmt: skip
+    choice = choose_build(src, choice)
+    variables = expand_make_vars(make_vars, kernel.build_dir, kernel.release) + (GCOV_VARIABLES if coverage else ())
     cache_root = cache_root or default_cache_root()
-    key = source_key(src, kernel, targets, coverage=coverage)
+    key = source_key(src, kernel, (*targets, f"build={choice}", *variables), coverage=coverage)
     final = cache_root / "modules" / kernel.release / f"{src.name}-{key}"
+    dkms_root = final.with_name(f".{final.name}.dkms")  # DKMS's dkms_tree and source_tree for this build
+    conf = None
+    if choice == "dkms":
+        dkms_vars = dkms_variables(kernel.build_dir, kernel.release, host_arch(), dkms_root / "tree", dkms_root / "src")
+        conf = read_dkms_conf(src / DKMS_CONF, dkms_vars)
+        reason = exclusion(conf, kernel.release, host_arch(), kernel_config(kernel))
+        if reason:
+            raise BuildExcluded(reason)
     if (final / DONE_MARK).exists():
         return _result(kernel, final, cached=True, coverage=coverage)
     with locked(final.with_name(f".{final.name}.lock")):  # another process building the same waits
@@ -145,17 +195,17 @@ def build_module(
         shutil.rmtree(final, ignore_errors=True)  # an interrupted build
         try:
             shutil.copytree(src, final, ignore=shutil.ignore_patterns(*(f"*{s}" for s in IGNORED_SUFFIXES)))
-            argv = make_argv(final, kernel, targets, jobs=os.cpu_count(),
-                             variables=GCOV_VARIABLES if coverage else ())  # fmt: skip
-            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-            log = f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}"
-            (final / BUILD_LOG).write_text(log)
-            if proc.returncode != 0:
-                raise BuildError(
-                    f"module build failed for {kernel.release} (exit {proc.returncode}): {' '.join(argv)}", log
-                )
-            if not list(final.glob("*.ko")):
-                raise BuildError(f"module build for {kernel.release} produced no .ko", log)
+            if conf is not None:
+                command = _dkms_command(final, kernel, conf, dkms_root, variables)
+            elif choice == "makefile":
+                command = makefile_command(final, kernel.build_dir, kernel.release, jobs=os.cpu_count(),
+                                           make_vars=variables, targets=targets)  # fmt: skip
+            else:
+                command = kbuild_command(final, kernel.build_dir, jobs=os.cpu_count(), make_vars=variables,
+                                         targets=targets)  # fmt: skip
+            _run_build(final, kernel, choice, command)
+            kos = _built_kos(final, conf)
+            (final / MODULES_LIST).write_text("".join(f"{ko.relative_to(final)}\n" for ko in kos))
             (final / DONE_MARK).write_text(key + "\n")
         except BaseException:
             shutil.rmtree(final, ignore_errors=True)
@@ -163,13 +213,87 @@ def build_module(
     return _result(kernel, final, cached=False, coverage=coverage)
 
 
+def describe_choice(choice: str, command: MakeCommand) -> str:
+    """The one line that says how the module is built (progress line and head of the build log)."""
+    why = {"dkms": "dkms.conf", "makefile": "the module's Makefile", "kbuild": "Kbuild only: the kernel's make"}
+    return f"build: {choice} ({why[choice]}): {command.shown()}"
+
+
+def _dkms_command(copy: Path, kernel: Kernel, conf: DkmsConf, dkms_root: Path, variables: Sequence[str]) -> MakeCommand:
+    """MAKE[i] of the dkms.conf, with DKMS's build directory ($dkms_tree/<name>/<version>/build) and
+    source directory ($source_tree/<name>-<version>) pointing at the copy."""
+    shutil.rmtree(dkms_root, ignore_errors=True)
+    build = dkms_root / "tree" / conf.package / conf.version / "build"
+    build.parent.mkdir(parents=True)
+    build.symlink_to(copy)
+    (dkms_root / "src").mkdir()
+    (dkms_root / "src" / f"{conf.package}-{conf.version}").symlink_to(copy)
+    dkms_vars = dkms_variables(kernel.build_dir, kernel.release, host_arch(), dkms_root / "tree", dkms_root / "src")
+    return dkms_command(copy, conf.make_command(kernel.release), kernel.build_dir, dkms_vars, jobs=os.cpu_count(),
+                        make_vars=variables)
+
+
+def _run_build(copy: Path, kernel: Kernel, choice: str, command: MakeCommand) -> None:
+    proc = subprocess.run(command.argv, cwd=command.cwd, env={**os.environ, **command.env}, capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    env = " ".join(f"{k}={v}" for k, v in sorted(command.env.items()))
+    log = f"# {describe_choice(choice, command)}\n# environment added: {env}\n{proc.stdout}{proc.stderr}"
+    (copy / BUILD_LOG).write_text(log)
+    if proc.returncode != 0:
+        raise BuildError(f"module build failed for {kernel.release} (exit {proc.returncode}): "
+                         f"{describe_choice(choice, command)}{_undefined_note(log, kernel)}", log)  # fmt: skip
+
+
+def _undefined_note(log: str, kernel: Kernel) -> str:
+    """For a build that failed on symbols no module of the kernel exports: which, and what provides them."""
+    undefined = undefined_symbols(log)
+    if not undefined:
+        return ""
+    symvers = parse_symvers(_read(kernel.build_dir / "Module.symvers"))
+    config = kernel_config(kernel)
+    lines = [missing_symbol(symbol, symvers, kernel.build_dir).describe(kernel.release, config)
+             for symbol, _ in undefined]  # fmt: skip
+    return "\nthe module uses symbols this kernel does not export:\n  " + "\n  ".join(lines)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _built_kos(copy: Path, conf: DkmsConf | None) -> list[Path]:
+    """The .ko files to load: a dkms.conf's BUILT_MODULE_NAME/LOCATION in order, else every .ko found."""
+    if conf is not None and conf.modules:
+        kos = [copy / location / f"{name}.ko" for name, location in conf.modules]
+        missing = [str(ko.relative_to(copy)) for ko in kos if not ko.exists()]
+        if missing:
+            log = _read(copy / BUILD_LOG)
+            found = [str(k.relative_to(copy)) for k in find_kos(copy)]
+            raise BuildError(f"dkms.conf names {', '.join(missing)} (BUILT_MODULE_NAME/BUILT_MODULE_LOCATION), "
+                             f"which the build did not make; found: {found}", log)  # fmt: skip
+        return kos
+    kos = find_kos(copy)
+    if not kos:
+        raise BuildError(f"module build produced no .ko under {copy}", _read(copy / BUILD_LOG))
+    return kos
+
+
 def _result(kernel: Kernel, directory: Path, cached: bool, coverage: bool) -> BuiltModule:
-    log = (directory / BUILD_LOG).read_text() if (directory / BUILD_LOG).exists() else ""
+    log = _read(directory / BUILD_LOG)
+    listed = _read(directory / MODULES_LIST).split()
+    kos = [directory / rel for rel in listed] if listed else find_kos(directory)
+    depends = {module_name(ko.name): ko_depends(ko) for ko in kos}
+    by_name = {module_name(ko.name): ko for ko in kos}
+    order = load_order(depends, [module_name(ko.name) for ko in kos])
     return BuiltModule(
         kernel=kernel,
         directory=directory,
-        modules=tuple(sorted(directory.glob("*.ko"))),
+        modules=tuple(by_name[n] for n in order),
         warnings=warning_lines(log),
         cached=cached,
         coverage=coverage,
+        depends=tuple((n, depends[n]) for n in order),
+        choice=log.splitlines()[0].removeprefix("# ") if log.startswith("# build:") else "",
     )

@@ -18,13 +18,14 @@ from .accel import AccelDecision, choose_accel
 from .config import GUEST_SCRIPTS, HarnessConfig
 from .coverage import kernel_supports_coverage, unsupported_message
 from .engines import LaunchSpec, engine_for
-from .errors import BootError
+from .errors import BootError, HarnessError, MissingKernelDependency
 from .guest_kernel import GuestKernel
 from .kernel import Kernel
 from .kernel_build import modules_dir_for
 from .kmemleak import may_have_kmemleak
 from .kmod import BuiltModule, build_module, default_cache_root
 from .memdebug import kernel_config
+from .module_deps import missing_module, module_name, modules_dep_names, parse_symvers
 from .vm import Guest, Launch, new_guest_name
 
 Notify = Callable[[str], None]
@@ -36,19 +37,30 @@ def _silent(_: str) -> None:
 
 @dataclass(frozen=True)
 class ModuleSource:
-    """An out-of-tree module source directory and the make targets that build it."""
+    """An out-of-tree module source directory and how to build it: make targets, the build choice
+    (harness.build_plan.BUILD_CHOICES; None: the module_build setting), make variables added to the
+    make_vars setting's, and the .ko to test when the build makes several (None: the one no other
+    built module depends on)."""
 
     directory: Path
     targets: tuple[str, ...] = ()
+    build: str | None = None
+    make_vars: tuple[str, ...] = ()
+    module: str | None = None
 
 
 @dataclass(frozen=True)
 class LoadedModule:
-    """A module loaded into the session's guest: its name, the .ko it came from, the insmod parameters."""
+    """A module loaded into the session's guest: its name, the .ko it came from, the insmod parameters,
+    and every module loaded for it, in load order, itself last (the kernel's modules it needs and the
+    driver's other .ko files); `before`: the guest's module list before, restored at unload (None when
+    nothing but the module itself was loaded)."""
 
     name: str
     path: Path
     params: Mapping[str, str]
+    loaded: tuple[str, ...] = ()
+    before: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -77,6 +89,7 @@ class KernelSession:
         self.spec = spec  # what the user named (release, image path or tree), if anything
         self.stats = BootStats()
         self._builds: dict[ModuleSource, BuiltModule] = {}
+        self._build_errors: dict[ModuleSource, HarnessError] = {}  # one make per kernel and source
         self._accel: AccelDecision | None = None
         self._guest: Guest | None = None
         self.last_guest: Guest | None = None  # kept after it died, for its logs
@@ -105,19 +118,31 @@ class KernelSession:
         return ModuleSource(self.config.module_dir.resolve(), self.config.make_targets)
 
     def build(self, source: ModuleSource | None = None) -> BuiltModule:
-        """Build `source` (default: the configured module) for this kernel, once per session."""
+        """Build `source` (default: the configured module) for this kernel, once per session: a build
+        that failed (or that a dkms.conf excludes) raises the same error again without a new make."""
         source = source or self.default_source()
+        if source in self._build_errors:
+            raise self._build_errors[source]
         if source not in self._builds:
-            coverage = self.config.module_coverage and kernel_supports_coverage(self.kernel)
-            if self.config.module_coverage and not coverage:
-                self.notify(unsupported_message(self.kernel.release))
-            self.notify(f"building {source.directory} for {self.kernel.release}{' for gcov' if coverage else ''} ...")
-            start = time.monotonic()
-            built = build_module(source.directory, self.kernel, targets=source.targets, coverage=coverage)
-            how = "cached" if built.cached else f"built in {time.monotonic() - start:.1f} s"
-            self.notify(f"module for {self.kernel.release}: {how} ({built.directory})")
-            self._builds[source] = built
+            try:
+                self._builds[source] = self._build(source)
+            except HarnessError as e:
+                self._build_errors[source] = e
+                raise
         return self._builds[source]
+
+    def _build(self, source: ModuleSource) -> BuiltModule:
+        coverage = self.config.module_coverage and kernel_supports_coverage(self.kernel)
+        if self.config.module_coverage and not coverage:
+            self.notify(unsupported_message(self.kernel.release))
+        self.notify(f"building {source.directory} for {self.kernel.release}{' for gcov' if coverage else ''} ...")
+        start = time.monotonic()
+        built = build_module(source.directory, self.kernel, targets=source.targets, coverage=coverage,
+                             choice=source.build or self.config.module_build,
+                             make_vars=self.config.make_vars + source.make_vars)  # fmt: skip
+        how = "cached" if built.cached else f"built in {time.monotonic() - start:.1f} s"
+        self.notify(f"module for {self.kernel.release}: {how} ({built.directory}); {built.choice}")
+        return built
 
     @property
     def accel_decision(self) -> AccelDecision | None:
@@ -188,19 +213,45 @@ class KernelSession:
         raise last
 
     def load(self, params: Mapping[str, str] | None = None, source: ModuleSource | None = None) -> LoadedModule:
-        """Build `source` (default: the configured module) if needed, boot if needed, insmod it with
-        `params`. Raises ModuleLoadError (refused), ModuleCrashError (the kernel crashed) or BuildError."""
+        """Build `source` (default: the configured module) if needed, boot if needed, load the kernel's
+        modules it depends on (modprobe), then the driver's own .ko files in dependency order, the one
+        under test last with `params`. Raises MissingKernelDependency (before loading anything),
+        ModuleLoadError (refused), ModuleCrashError (the kernel crashed) or BuildError."""
+        source = source or self.default_source()
         built = self.build(source)
-        ko = built.module()
+        ko = built.module(source.module) if source.module else built.under_test()
         params = dict(params or {})
-        name = self.guest_kernel().insmod(ko, params)
-        return LoadedModule(name, ko, params)
+        others = [k for k in built.modules if k != ko]
+        deps = built.kernel_dependencies
+        if not deps and not others:
+            return LoadedModule(self.guest_kernel().insmod(ko, params), ko, params, loaded=(module_name(ko.name),))
+        check_kernel_provides(self.kernel, deps)  # before any load, with the option that provides each
+        ops = self.guest_kernel()
+        before = ops.module_list()
+        try:
+            if deps:
+                ops.modprobe(deps)
+            for other in others:
+                ops.insmod(other)
+            name = ops.insmod(ko, params)
+        except HarnessError:
+            if self._guest is not None and self._guest.alive:
+                ops.restore_modules(before)
+            raise
+        loaded = tuple(n for n in reversed(ops.module_list()) if n not in before)
+        return LoadedModule(name, ko, params, loaded=loaded, before=before)
 
     def unload(self, module: LoadedModule) -> None:
-        """rmmod `module` if the guest is alive and the module still loaded (a test may have unloaded it)."""
+        """rmmod `module` if the guest is alive and the module still loaded (a test may have unloaded
+        it), then what was loaded for it, newest first, back to the module list before the load.
+        Raises ModuleBusyError naming holders and reference count when the kernel refuses."""
         guest = self._guest
-        if guest is not None and guest.alive and self.guest_kernel().loaded(module.name):
+        if guest is None or not guest.alive:
+            return
+        if self.guest_kernel().loaded(module.name):
             self.guest_kernel().rmmod(module.name)
+        if module.before is not None:
+            self.guest_kernel().restore_modules(module.before)
 
     def module_param(self, module: LoadedModule, name: str) -> str:
         """The loaded module's parameter as the kernel holds it (/sys/module/<name>/parameters/<param>)."""
@@ -227,3 +278,30 @@ class KernelSession:
         if self._guest is not None:
             self._guest.close()
             self._guest, self._guest_kernel = None, None
+
+
+def kernel_modules_dir(kernel: Kernel) -> Path:
+    """The module tree the guest sees at /lib/modules/<release> (a tree-built kernel's own, mapped there)."""
+    return modules_dir_for(kernel) or Path("/lib/modules") / kernel.release
+
+
+def check_kernel_provides(kernel: Kernel, modules: tuple[str, ...]) -> None:
+    """Raise MissingKernelDependency when the kernel's module tree (modules.dep, read on the host: the
+    guest sees the same files) lacks any of `modules`, naming each and the option that builds it."""
+    if not modules:
+        return
+    tree = kernel_modules_dir(kernel)
+    try:
+        available = modules_dep_names((tree / "modules.dep").read_text())
+    except OSError as e:
+        raise MissingKernelDependency(f"the module needs {', '.join(modules)} from {kernel.release}'s modules, but "
+                                      f"{tree}/modules.dep is unreadable ({e.strerror}); fix: install the "
+                                      "kernel's modules package or run depmod for it") from None  # fmt: skip
+    missing = [m for m in modules if m not in available]
+    if missing:
+        symvers_path = kernel.build_dir / "Module.symvers"
+        symvers = parse_symvers(symvers_path.read_text(errors="replace")) if symvers_path.exists() else {}
+        config = kernel_config(kernel)
+        lines = [missing_module(m, symvers, kernel.build_dir).describe(kernel.release, config) for m in missing]
+        raise MissingKernelDependency(f"{kernel.release} lacks modules the module under test depends on "
+                                      "(nothing was loaded):\n  " + "\n  ".join(lines))  # fmt: skip

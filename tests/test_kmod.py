@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -5,7 +6,9 @@ import pytest
 from harness.errors import BuildError, HarnessError, HostKernelRefused
 from harness.guest_kernel import check_not_host, parse_taint
 from harness.kernel import Kernel
-from harness.kmod import build_module, make_argv, source_key, warning_lines
+from harness.kmod import build_module, source_key, warning_lines
+
+FakeKo = Callable[..., Path]  # the fake_ko fixture (tests/conftest.py)
 
 K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/kdir"))
 
@@ -30,17 +33,6 @@ def test_key_changes_with_sources_and_kernel(tmp_path: Path) -> None:
     assert source_key(src, K, ("sender",)) != k2
 
 
-def test_make_argv_uses_the_modules_makefile(tmp_path: Path) -> None:
-    (tmp_path / "Makefile").write_text("all:\n")
-    assert make_argv(tmp_path, K, ["all", "sender"], jobs=2) == ["make", "-C", str(tmp_path), "KDIR=/kdir", "-j2",
-                                                                 "all", "sender"]  # fmt: skip
-
-
-def test_kbuild_only_directory_is_built_by_the_kernels_make(tmp_path: Path) -> None:
-    (tmp_path / "Kbuild").write_text("obj-m := x.o\n")
-    assert make_argv(tmp_path, K, [], jobs=2) == ["make", "-C", "/kdir", f"M={tmp_path}", "-j2", "modules"]
-
-
 def test_warning_lines() -> None:
     log = "CC m.o\nm.c:3:1: warning: unused variable 'x'\nLD m.ko\n"
     assert warning_lines(log) == ("m.c:3:1: warning: unused variable 'x'",)
@@ -55,10 +47,10 @@ def test_failed_build_raises_with_log_and_leaves_no_cache(tmp_path: Path) -> Non
     assert not list((tmp_path / "cache" / "modules" / K.release).glob("bad-*"))
 
 
-def test_build_is_cached(tmp_path: Path) -> None:
+def test_build_is_cached(tmp_path: Path, fake_ko: FakeKo) -> None:
     src = tmp_path / "ok"
     src.mkdir()
-    (src / "Makefile").write_text("all:\n\t@echo built >> count.txt; touch ok.ko\n")
+    (src / "Makefile").write_text(f"all:\n\t@echo built >> count.txt; cp {fake_ko()} ok.ko\n")
     first = build_module(src, K, cache_root=tmp_path / "cache")
     second = build_module(src, K, cache_root=tmp_path / "cache")
     assert (first.cached, second.cached) == (False, True)
@@ -122,21 +114,16 @@ def test_key_changes_with_the_images_build_number(tmp_path: Path) -> None:
         src, Kernel("6.1.158-virtme-debug", again, tmp_path), ())  # fmt: skip
 
 
-def test_make_variables_go_before_the_targets(tmp_path: Path) -> None:
-    (tmp_path / "Kbuild").write_text("obj-m := x.o\n")
-    assert make_argv(tmp_path, K, [], jobs=2, variables=["GCOV_PROFILE=y"]) == [
-        "make", "-C", "/kdir", f"M={tmp_path}", "-j2", "GCOV_PROFILE=y", "modules"]  # fmt: skip
+def recording_makefile(ko: Path) -> str:
+    return f"all:\n\t@echo '$(CURDIR) gcov=$(GCOV_PROFILE)' > where.txt; cp {ko} m.ko\n"
 
 
-RECORDING_MAKEFILE = "all:\n\t@echo '$(CURDIR) gcov=$(GCOV_PROFILE)' > where.txt; touch m.ko\n"
-
-
-def test_coverage_build_is_separate_built_in_place_and_profiled(tmp_path: Path) -> None:
+def test_coverage_build_is_separate_built_in_place_and_profiled(tmp_path: Path, fake_ko: FakeKo) -> None:
     """The module is built in its cache directory (the paths gcov records are that directory's), with
     GCOV_PROFILE=y for a coverage build, which is a cache entry of its own."""
     src = tmp_path / "cov"
     src.mkdir()
-    (src / "Makefile").write_text(RECORDING_MAKEFILE)
+    (src / "Makefile").write_text(recording_makefile(fake_ko()))
     plain = build_module(src, K, cache_root=tmp_path / "cache")
     profiled = build_module(src, K, cache_root=tmp_path / "cache", coverage=True)
     assert plain.directory != profiled.directory and profiled.coverage and not plain.coverage
@@ -145,10 +132,10 @@ def test_coverage_build_is_separate_built_in_place_and_profiled(tmp_path: Path) 
     assert build_module(src, K, cache_root=tmp_path / "cache", coverage=True).cached
 
 
-def test_interrupted_build_is_redone(tmp_path: Path) -> None:
+def test_interrupted_build_is_redone(tmp_path: Path, fake_ko: FakeKo) -> None:
     src = tmp_path / "int"
     src.mkdir()
-    (src / "Makefile").write_text(RECORDING_MAKEFILE)
+    (src / "Makefile").write_text(recording_makefile(fake_ko()))
     first = build_module(src, K, cache_root=tmp_path / "cache")
     (first.directory / ".knh-built").unlink()  # as if the build had been killed before its end
     (first.directory / "stale.o").write_text("half-built")
