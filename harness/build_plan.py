@@ -36,8 +36,18 @@ class MakeCommand:
     env: Mapping[str, str]
 
     def shown(self) -> str:
-        """The command as the build log and the progress line print it (the environment it adds aside)."""
-        return f"(cd {self.cwd} && {' '.join(self.argv)})"
+        """The command as the build log and the progress line print it (the environment it adds aside);
+        the kernel build directory's and release's aliases are folded into one word each."""
+        words: list[str] = []
+        for arg in self.argv:
+            name, _, _ = arg.partition("=")
+            if name in KERNEL_DIR_NAMES[1:] or name in RELEASE_NAMES[1:]:
+                continue
+            alias = KERNEL_DIR_NAMES if name == KERNEL_DIR_NAMES[0] else RELEASE_NAMES
+            folded = name in (KERNEL_DIR_NAMES[0], RELEASE_NAMES[0]) and any(
+                a.startswith(f"{alias[1]}=") for a in self.argv)
+            words.append(f"{arg} (also as {', '.join(alias[1:])})" if folded else arg)
+        return f"(cd {self.cwd} && {' '.join(words)})"
 
 
 def choose_build(src: Path, override: str = "auto") -> str:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness {exec,shell,build-kernel,bisect-run,doctor} ...`` (a module layer adds its
+"""Command line: ``python -m harness {exec,shell,check,build-kernel,bisect-run,doctor} ...`` (a module layer adds its
 own commands: harness.knetlink.commands adds ``seed`` and ``bench``).
 
 Exit status of ``exec``: the guest command's own status; 253 when the kernel
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .build_plan import BUILD_CHOICES
 from .checks import KernelVerdict, judge
 from .config import ENGINES, SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
 from .dmesg import KernelLine, load_allowlist
@@ -48,7 +49,7 @@ class Output:
         print(f"knetlink-harness: error: {message}", file=sys.stderr, flush=True)
 
 
-def add_guest_options(p: argparse.ArgumentParser, *, module: bool = True) -> None:
+def add_guest_options(p: argparse.ArgumentParser, *, module: bool = True, no_module: bool = True) -> None:
     def opt(name: str, **kw: Any) -> None:
         s = SETTINGS_BY_NAME[name]
         p.add_argument(s.option, dest=name, help=f"{s.help} [env {s.env}]", **kw)
@@ -64,9 +65,12 @@ def add_guest_options(p: argparse.ArgumentParser, *, module: bool = True) -> Non
     opt("results_dir", default=None, metavar="DIR")
     if module:
         opt("module_dir", default=None, metavar="DIR")
+        opt("module_build", default=None, choices=BUILD_CHOICES)
+        opt("make_vars", action="append", default=None, metavar="NAME=VALUE")
         opt("make_targets", action="append", default=None, metavar="TARGET")
         opt("module_params", action="append", default=None, metavar="NAME=VALUE")
-        p.add_argument("--no-module", action="store_true", help="boot without building or loading the module")
+        if no_module:
+            p.add_argument("--no-module", action="store_true", help="boot without building or loading the module")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
 
 
@@ -106,6 +110,18 @@ def build_parser(extra: Sequence[Command] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("shell", help="interactive guest shell with the module loaded")
     add_guest_options(p)
 
+    p = sub.add_parser("check", help="load/unload check of any driver, no test code: build, load with its "
+                       "dependencies, unload, N cycles; a table per kernel",
+                       description=loadcheck_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_guest_options(p, no_module=False)
+    for name in ("splat_allowlist", "allowed_taint"):
+        s = SETTINGS_BY_NAME[name]
+        p.add_argument(s.option, dest=name, default=None, help=f"{s.help} [env {s.env}]")
+    p.add_argument("--cycles", type=int, default=10, metavar="N",
+                   help="load/unload cycles after the first (default 10)")  # fmt: skip
+    p.add_argument("--max-slab-growth", type=int, default=1024, metavar="KB",
+                   help="unreclaimable slab growth over the check that fails it (default 1024 kB)")  # fmt: skip
+
     p = sub.add_parser("build-kernel", help="build the kernels a --kernel names (debug, debug:TREE, a tree), or "
                        "take them from the cache; boot nothing",
                        description="Build (or find in the cache) each kernel the --kernel options or KNH_KERNEL "
@@ -141,8 +157,8 @@ def build_parser(extra: Sequence[Command] = ()) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> HarnessConfig:
     names = ("kernels", "accel", "engine", "boot_timeout", "boot_retries", "command_timeout", "memory", "cpus",
-             "results_dir", "module_dir", "make_targets", "module_params", "splat_allowlist",
-             "allowed_taint")  # fmt: skip
+             "results_dir", "module_dir", "module_build", "make_vars", "make_targets", "module_params",
+             "splat_allowlist", "allowed_taint")  # fmt: skip
     options = {n: getattr(args, n, None) for n in names}
     cfg = resolve(options, ini=_project_ini())
     from dataclasses import replace
@@ -306,6 +322,53 @@ def cmd_shell(args: argparse.Namespace) -> int:
     return 0
 
 
+def loadcheck_doc() -> str:
+    from . import loadcheck
+
+    return (loadcheck.__doc__ or "") + (f"\nExit status: 0 every kernel passed (or was excluded by the driver's "
+            f"dkms.conf, not all); 1 the module failed a check; {EXIT_KERNEL_SPLAT} a splat, new taint or leak; "
+            f"{EXIT_HARNESS} the harness could not get that far; {EXIT_GUEST_DIED} a guest died.")  # fmt: skip
+
+
+CHECK_STATUS = {"pass": 0, "skip": 0, "fail": 1, "splat": EXIT_KERNEL_SPLAT, "harness": EXIT_HARNESS,
+                "died": EXIT_GUEST_DIED}  # fmt: skip
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The load/unload check on every kernel the configuration names; one table; the worst status."""
+    from .kernel import expand_kernel_specs
+    from .loadcheck import CheckPolicy, CheckRow, check_kernel, format_table
+
+    out = Output(args.quiet)
+    rows: list[CheckRow] = []
+    try:
+        cfg = config_from_args(args)
+        policy = CheckPolicy(args.cycles, module_params_dict(cfg.module_params), load_allowlist(cfg.splat_allowlist),
+                             cfg.allowed_taint, args.max_slab_growth)  # fmt: skip
+        specs = expand_kernel_specs(cfg.kernels)
+    except HarnessError as e:
+        out.error(str(e))
+        return EXIT_HARNESS
+    run_root = cfg.results_dir / time.strftime("check-%Y%m%d-%H%M%S")
+    for spec in specs:
+        try:
+            kernel = resolve_kernel_spec(spec or None, notify=out.progress, options=BuildOptions.from_config(cfg))
+        except HarnessError as e:
+            rows.append(CheckRow(spec or "default", status="ERROR", problems=[str(e)], outcome="harness"))
+            continue
+        session = KernelSession(cfg, kernel, run_root, notify=out.progress, spec=spec or None)
+        try:
+            rows.append(check_kernel(session, session.default_source(), policy))
+        finally:
+            session.close()
+        out.progress(f"{kernel.release}: {rows[-1].status} ({rows[-1].seconds:.1f} s)")
+    print(format_table(rows), flush=True)
+    if all(r.outcome == "skip" for r in rows):
+        out.error("no kernel was checked: the driver's dkms.conf excludes every kernel named")
+        return EXIT_HARNESS
+    return max(CHECK_STATUS[r.outcome] for r in rows)
+
+
 def cmd_build_kernel(args: argparse.Namespace) -> int:
     """Resolve every kernel the configuration names, building source trees and profiles; print
     `RELEASE IMAGE` per kernel on stdout."""
@@ -365,6 +428,8 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
         return cmd_exec(args)
     if args.command == "shell":
         return cmd_shell(args)
+    if args.command == "check":
+        return cmd_check(args)
     if args.command == "build-kernel":
         return cmd_build_kernel(args)
     if args.command == "bisect-run":

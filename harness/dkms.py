@@ -86,10 +86,11 @@ def parse_fields(output: str) -> DkmsConf:
 
 
 def read_dkms_conf(path: Path, variables: Mapping[str, str]) -> DkmsConf:
-    """Source `path` with bash and DKMS's `variables` set, as DKMS does."""
+    """Source `path` with bash and DKMS's `variables` set, from the driver's directory (where a value
+    such as `PACKAGE_VERSION="$(cat VERSION)"` finds its file), as DKMS does."""
     env = {**os.environ, **variables}
-    proc = subprocess.run(["bash", "-c", READ_SCRIPT, "dkms.conf", str(path), " ".join(SCALARS), " ".join(ARRAYS)],
-                          capture_output=True, text=True, env=env, check=False, timeout=30)  # fmt: skip
+    argv = ["bash", "-c", READ_SCRIPT, "dkms.conf", str(path), " ".join(SCALARS), " ".join(ARRAYS)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=30, cwd=path.parent)
     if proc.returncode != 0:
         raise BuildError(f"{path} cannot be read the way DKMS reads it (bash exited {proc.returncode}); fix the "
                          "file or choose another build with --module-build", proc.stderr)  # fmt: skip

@@ -75,6 +75,11 @@ class BuiltModule:
     choice: str = ""  # the build line: how the module was built (harness.build_plan)
 
     @property
+    def build_kind(self) -> str:
+        """dkms, makefile or kbuild (harness.build_plan.BUILD_CHOICES)."""
+        return self.choice.removeprefix("build: ").split(" ", 1)[0]
+
+    @property
     def kernel_dependencies(self) -> tuple[str, ...]:
         """Modules of the kernel the built ones need (to modprobe before loading them)."""
         return kernel_dependencies(dict(self.depends))
@@ -237,7 +242,8 @@ def _run_build(copy: Path, kernel: Kernel, choice: str, command: MakeCommand) ->
     proc = subprocess.run(command.argv, cwd=command.cwd, env={**os.environ, **command.env}, capture_output=True,
                           text=True, check=False)  # fmt: skip
     env = " ".join(f"{k}={v}" for k, v in sorted(command.env.items()))
-    log = f"# {describe_choice(choice, command)}\n# environment added: {env}\n{proc.stdout}{proc.stderr}"
+    log = (f"# {describe_choice(choice, command)}\n# argv: {command.argv}\n# environment added: {env}\n"
+           f"{proc.stdout}{proc.stderr}")  # fmt: skip
     (copy / BUILD_LOG).write_text(log)
     if proc.returncode != 0:
         raise BuildError(f"module build failed for {kernel.release} (exit {proc.returncode}): "
