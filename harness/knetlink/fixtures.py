@@ -66,7 +66,7 @@ def kernel_log(guest_kernel: GuestKernel) -> LinkLogWindow:
 
 @pytest.fixture
 def kmod(kmod: LoadedModule, knh_kernel_session: KernelSession) -> KnetlinkModule:
-    return KnetlinkModule(kmod.name, kmod.path, kmod.params, session=knh_kernel_session)
+    return KnetlinkModule(kmod.name, kmod.path, kmod.params, kmod.loaded, kmod.before, session=knh_kernel_session)
 
 
 @pytest.fixture
