@@ -55,9 +55,10 @@ def choose_build(src: Path, override: str = "auto") -> str:
     the files present. A forced choice the directory cannot satisfy is a ConfigError."""
     if override not in BUILD_CHOICES:
         raise ConfigError(f"module build {override!r} is not one of {', '.join(BUILD_CHOICES)}")
+    makefile = next((src / n for n in ("GNUmakefile", "makefile", "Makefile") if (src / n).is_file()), None)
     present = {
         "dkms": (src / "dkms.conf").is_file(),
-        "makefile": any((src / n).is_file() for n in ("Makefile", "makefile", "GNUmakefile")),
+        "makefile": makefile is not None and not kbuild_only(makefile.read_text(errors="replace")),
         "kbuild": (src / "Kbuild").is_file() or (src / "Makefile").is_file(),
     }
     if override != "auto":
@@ -71,6 +72,16 @@ def choose_build(src: Path, override: str = "auto") -> str:
             return choice
     raise ConfigError(f"{src} has no dkms.conf, Makefile or Kbuild: not a module source directory; fix: point "
                       "--module-dir (or knh_module_source) at the directory that builds the .ko")  # fmt: skip
+
+
+RULE = re.compile(r"^(?!\t)[^#=\s][^=#]*?(?<![:+?!])::?(?!=)", re.M)
+
+
+def kbuild_only(makefile: str) -> bool:
+    """True for a Makefile that is really a Kbuild file (`obj-m += x.o` and no rule): make alone
+    says "No targets"; the kernel's make builds it (drivers that build into src/ ship one)."""
+    text = makefile.replace("\\\n", " ")
+    return bool(re.search(r"^\s*obj-(m|y|\$\()", text, re.M)) and not RULE.search(text)
 
 
 def expand_make_vars(make_vars: Sequence[str], kdir: Path, release: str) -> tuple[str, ...]:

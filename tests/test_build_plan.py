@@ -60,6 +60,17 @@ def test_choice_follows_the_files_dkms_then_makefile_then_kbuild(tmp_path: Path)
         choose_build(driver(tmp_path, "f", {"Makefile": ""}), "dkms")
 
 
+def test_a_makefile_with_only_kbuild_lines_is_built_by_the_kernels_make(tmp_path: Path) -> None:
+    """xpadneo's src/Makefile: `obj-m += hid-xpadneo.o` and object lists, no rule: `make` says "No targets"."""
+    kbuild = ("obj-m += hid-xpadneo.o\nhid-xpadneo-y := \\\n\txpadneo.o \\\n\tcore.o\n"
+              "ccflags-y += -DVERSION=$(VERSION)\n")
+    assert choose_build(driver(tmp_path, "src", {"Makefile": kbuild})) == "kbuild"
+    own = "obj-m := x.o\nKDIR ?= /lib/modules/$(shell uname -r)/build\nall:\n\t$(MAKE) -C $(KDIR) M=$(CURDIR)\n"
+    assert choose_build(driver(tmp_path, "own", {"Makefile": own})) == "makefile"
+    tools = "all: tool\ntool: tool.c\n\tcc -o $@ $<\n"
+    assert choose_build(driver(tmp_path, "tools", {"Makefile": tools})) == "makefile"
+
+
 def test_makefile_gets_the_build_dir_under_every_name_and_never_kernelrelease() -> None:
     cmd = makefile_command(Path("/c"), Path("/kdir"), "6.1.0-1", jobs=2, make_vars=("W=1",), targets=("all",))
     for name in ("KDIR", "KERNEL_DIR", "KERNELDIR", "KSRC", "KERNEL_SRC", "KBUILD_DIR"):
