@@ -274,7 +274,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         taint_before, mark = ops.taint(), ops.mark()  # the window starts before insmod
         if build is not None:
             loaded = session.load(module_params_dict(session.config.module_params))
-            out.progress(f"loaded {loaded.name}")
+            out.progress(f"loaded {', '.join(loaded.loaded)}")
         result = session.guest().run(argv, timeout=session.config.command_timeout)
         sys.stdout.write(result.output)
         sys.stdout.flush()
@@ -306,7 +306,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
         session = open_session(cfg, out)
         if not args.no_module:
             loaded = session.load(module_params_dict(cfg.module_params))
-            out.progress(f"loaded {loaded.name}; exit the shell with 'exit' or Ctrl-D")
+            out.progress(f"loaded {', '.join(loaded.loaded)}; exit the shell with 'exit' or Ctrl-D")
         guest = session.guest()
     except HarnessError as e:
         out.error(str(e))

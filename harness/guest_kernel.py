@@ -177,8 +177,9 @@ class GuestKernel:
         )
 
     def module_list(self) -> tuple[str, ...]:
-        """The guest's loaded modules, newest first (the order of /proc/modules)."""
-        output = self.guest.run(["cut", "-d", " ", "-f1", "/proc/modules"], check=True).output
+        """The guest's loaded modules, newest first (the order of /proc/modules); read by the shell
+        itself (a `cut` process costs ~45 ms under TCG, the builtin loop one round trip)."""
+        output = self.guest.run(MODULE_LIST_SCRIPT, check=True).output
         return tuple(line.strip() for line in output.splitlines() if line.strip())
 
     def modprobe(self, names: Sequence[str]) -> None:
@@ -193,7 +194,20 @@ class GuestKernel:
             raise ModuleLoadError(f"{what} failed (status {result.status})", result.output, [ln.text for ln in lines])
 
     def restore_modules(self, before: Sequence[str]) -> None:
-        """Unload, newest first, every module loaded since the guest's module list was `before`."""
+        """Unload, newest first, every module loaded since the guest's module list was `before`: one
+        rmmod for all of them; one at a time when it fails (so the error names the module) or when
+        kmemleak must learn where a module the harness loaded was (GuestKernel.rmmod)."""
+        extra = [n for n in self.module_list() if n not in before]
+        if not extra:
+            return
+        if not (self.has_kmemleak() and any(n in self._loaded_from for n in extra)):
+            mark = self.mark()
+            result = self.guest.run(["rmmod", *extra])
+            if result.status == 0:
+                self.unloads += 1
+                return
+            lines = self.lines_since(mark)
+            self._raise_if_crashed(f"rmmod {' '.join(extra)}", result.status, result.output, lines)
         for name in [n for n in self.module_list() if n not in before]:
             self.rmmod(name)
 
@@ -239,6 +253,7 @@ class GuestKernel:
             copy.unlink(missing_ok=True)
 
 
+MODULE_LIST_SCRIPT = 'while read -r name _; do echo "$name"; done < /proc/modules'
 # A module's reference count and holders, for a refused rmmod: "refcnt N" then one "holder NAME" each.
 USAGE_SCRIPT = 'echo "refcnt $(cat /sys/module/$1/refcnt)"; for h in /sys/module/$1/holders/*; do ' \
                '[ -e "$h" ] && echo "holder ${h##*/}"; done; true'  # fmt: skip
