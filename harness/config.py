@@ -214,6 +214,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("run_kernel_build", "--run-kernel-build", "KNH_RUN_KERNEL_BUILD", "knh_run_kernel_build", "0",
             "1: the kernel_build tests must run: a missing KNH_KERNEL_TREE fails them instead of skipping them",
             _flag, flag=True),
+    Setting("load_check", "--load-check", "KNH_LOAD_CHECK", "knh_load_check", "0",
+            "N > 0: the suite gets test_load_unload_cycles per kernel: the module (knh_module_source) loaded with "
+            "its dependencies and unloaded N + 1 times, the module list restored each time, no splat, taint, slab "
+            "growth or leak (python -m harness check as a test); 0: off", _non_negative_int),
     Setting("module_coverage", "--module-coverage", "KNH_MODULE_COVERAGE", "knh_module_coverage", "0",
             "1: build the module with GCOV_PROFILE=y on kernels with CONFIG_GCOV_KERNEL (--kernel debug) and write "
             "an HTML and a JSON coverage report (gcovr) per kernel under the run's results directory",
@@ -262,6 +266,7 @@ class HarnessConfig:
     kernel_jobs: int = _default("kernel_jobs")
     vng: str = _default("vng")
     run_kernel_build: bool = _default("run_kernel_build")
+    load_check: int = _default("load_check")
     module_coverage: bool = _default("module_coverage")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 

@@ -10,8 +10,11 @@ around every guest test), harness.report (artifacts, summaries), harness.paralle
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -75,7 +78,48 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN_KEY] = RunState(cfg, allowlist, run_root)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+_DIRECTORIES = pytest.StashKey[dict[Path, pytest.Directory]]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> None:
+    """Remember the Directory nodes collected (the load check's test joins the suite's)."""
+    if isinstance(collector, pytest.Directory):
+        collector.config.stash.setdefault(_DIRECTORIES, {})[collector.path] = collector
+
+
+class LoadCheckModule(pytest.Module):
+    """harness/loadcheck_suite.py collected as if it were a file of the suite (its conftest.py files
+    and knh_module_source apply), without pytest importing it by path."""
+
+    def _getobj(self) -> ModuleType:
+        return importlib.import_module("harness.loadcheck_suite")
+
+
+def suite_dir(session: pytest.Session, items: list[pytest.Item]) -> Path:
+    """Where the suite's tests are: the first collected test's directory, else the first directory
+    argument (its conftest.py overrides knh_module_source), else the rootdir."""
+    if items:
+        return items[0].path.parent
+    for arg in session.config.args:
+        path = session.config.invocation_params.dir / arg.split("::")[0]
+        if path.exists():
+            return path if path.is_dir() else path.parent
+    return session.config.rootpath
+
+
+def load_check_items(session: pytest.Session, items: list[pytest.Item]) -> list[pytest.Item]:
+    """test_load_unload_cycles, one per kernel, for the load_check setting, in the suite's directory."""
+    directory = suite_dir(session, items)
+    # The collected Directory node: pytest scopes a conftest.py's fixtures to it (knh_module_source).
+    parent: pytest.Collector = session.config.stash.get(_DIRECTORIES, {}).get(directory, session)
+    module = LoadCheckModule.from_parent(parent, path=directory / "knh_load_check.py")
+    return [node for node in module.collect() if isinstance(node, pytest.Item)]
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if run_state(config).config.load_check:
+        items.extend(load_check_items(session, items))
     for item in items:
         if KERNEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kernel)

@@ -89,7 +89,8 @@ class FakeSession:
 
     def load(self, params: Any = None, source: Any = None) -> Any:
         ko = self.build().module()
-        return SimpleNamespace(name=self.guest_kernel().insmod(ko, params), path=ko, params=params)
+        name = self.guest_kernel().insmod(ko, params)
+        return SimpleNamespace(name=name, path=ko, params=params, loaded=(name,))
 
     def guest(self) -> FakeGuest:
         return self._guest

@@ -134,3 +134,28 @@ def test_check_command_fails_a_module_that_will_not_unload(knh_kernel_session: K
     proc = run_check(knh_kernel_session, "no_unload", "--cycles", "1")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL" in proc.stdout and "reference count 1" in proc.stdout, proc.stdout
+
+
+@pytest.mark.usefixtures("shared_cache")  # tests/kernel/conftest.py
+def test_load_check_option_adds_the_check_to_a_suite(pytester: pytest.Pytester,
+                                                     knh_kernel_session: KernelSession) -> None:  # fmt: skip
+    """A suite of one host-only test run with --load-check 2 on dep_intree gets test_load_unload_cycles."""
+    pytester.makeconftest(f"""
+import pytest
+from pathlib import Path
+from harness.session import ModuleSource
+
+@pytest.fixture(scope="session")
+def knh_module_source():
+    return ModuleSource(Path({str(MODULES / "dep_intree")!r}))
+""")
+    pytester.makepyfile(test_host="def test_host():\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-rA", "--kernel", knh_kernel_session.spec_for_reproduction,
+        "--engine", "qemu", "--accel", knh_kernel_session.accel().accel,
+        "--results-dir", str(pytester.path / "results"), "--load-check", "2",
+    )  # fmt: skip
+    result.assert_outcomes(passed=2)
+    out = result.stdout.str()
+    assert "PASSED knh_load_check.py::test_load_unload_cycles" in out
+    assert re.search(r"crc8\+dep_intree\s+2/2\s+0\s+none\s.*PASS", out), out
