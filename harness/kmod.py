@@ -234,6 +234,7 @@ def _dkms_command(copy: Path, kernel: Kernel, conf: DkmsConf, dkms_root: Path, v
     (dkms_root / "src").mkdir()
     (dkms_root / "src" / f"{conf.package}-{conf.version}").symlink_to(copy)
     dkms_vars = dkms_variables(kernel.build_dir, kernel.release, host_arch(), dkms_root / "tree", dkms_root / "src")
+    dkms_vars.update(module=conf.package, module_version=conf.version)  # DKMS's -m and -v
     return dkms_command(copy, conf.make_command(kernel.release), kernel.build_dir, dkms_vars, jobs=os.cpu_count(),
                         make_vars=variables)
 

@@ -188,13 +188,15 @@ def test_dkms_build_runs_make0_and_loads_built_module_names_in_order(tmp_path: P
     src = driver(tmp_path, "dk", {
         "dkms.conf": DKMS_CONF.replace("MAKE[1]", "#").replace("MAKE_MATCH[1]", "#").replace(
             "make -C ${kernel_source_dir} M=", "make -C "),
-        "src/Makefile": f"all:\n\t@echo '$(CURDIR)' > got; cp {core} drv_core.ko; cp {client} drv.ko; "
+        "src/Makefile": f"all:\n\t@echo '$(CURDIR)' > got; echo '$(module) $(module_version) $(kernelver)' > vars; "
+                        f"cp {core} drv_core.ko; cp {client} drv.ko; "
                         f"cp {core} stray.ko\n"})  # fmt: skip
     built = build_module(src, kernel, cache_root=tmp_path / "cache")
     assert [ko.name for ko in built.modules] == ["drv_core.ko", "drv.ko"]  # not stray.ko: dkms.conf names them
     assert built.under_test().name == "drv.ko" and built.kernel_dependencies == ()
     assert (built.directory / "src" / "got").read_text() == f"{built.directory / 'src'}\n"  # via $dkms_tree
     assert "build: dkms (dkms.conf)" in built.choice
+    assert (built.directory / "src" / "vars").read_text() == f"drv 1.2 {kernel.release}\n"  # DKMS's variables
 
 
 def test_a_kernel_the_dkms_conf_excludes_is_never_built(tmp_path: Path, kernel: Kernel) -> None:
@@ -281,3 +283,12 @@ def test_a_dependency_missing_from_the_module_tree_fails_before_loading(tmp_path
     with pytest.raises(MissingKernelDependency, match=r"(?s)nothing was loaded.*module videodev: provided by "
                                                       r"CONFIG_VIDEO_DEV .*CONFIG_VIDEO_DEV is not set in 6\.1-x"):
         check_kernel_provides(k, ("crc8", "videodev"))
+
+
+def test_a_kernel_excluded_by_dkms_conf_skips_the_test_with_dkms_reason() -> None:
+    from harness.runstate import HarnessFailed, fail_on_harness_error
+
+    with pytest.raises(pytest.skip.Exception, match=r"not built for this kernel: dkms\.conf of x: BUILD_EXCLUSIVE"):
+        fail_on_harness_error(BuildExcluded("dkms.conf of x: BUILD_EXCLUSIVE_KERNEL=\"^5\" does not match 6.1"))
+    with pytest.raises(HarnessFailed):
+        fail_on_harness_error(BuildError("module build failed", "log"))
