@@ -126,13 +126,15 @@ def dkms_variables(kdir: Path, release: str, arch: str, dkms_tree: Path, source_
 def dkms_command(copy: Path, make: str | None, kdir: Path, variables: Mapping[str, str], *, jobs: int | None,
                  make_vars: Sequence[str] = ()) -> MakeCommand:  # fmt: skip
     """MAKE[i] run by bash from the build directory as DKMS runs it: a leading bare `make` becomes
-    `make -jN KERNELRELEASE=<release>` (DKMS's own rewrite), the user's make variables are arguments of
-    its last command (`"$@"`); DKMS's default command when there is none."""
+    `make -jN KERNELRELEASE=<release>` (DKMS's own rewrite); DKMS's default command when there is
+    none. The user's make variables go in MAKEFLAGS, which every make the command starts honours
+    as command-line variables (a MAKE[0] may run several, or `cd src && make`)."""
     env = {**variables, "PWD": str(copy)}
+    if make_vars:
+        env["MAKEFLAGS"] = " ".join(v.replace("\\", "\\\\").replace(" ", "\\ ") for v in make_vars)
     release = variables["kernelver"]
     parallel = [f"-j{jobs}"] if jobs else []
     if make is None:
-        argv = ("make", *parallel, f"KERNELRELEASE={release}", "-C", str(kdir), f"M={copy}", *make_vars)
-        return MakeCommand(argv, copy, env)
+        return MakeCommand(("make", *parallel, f"KERNELRELEASE={release}", "-C", str(kdir), f"M={copy}"), copy, env)
     script = re.sub(r"^make\b", " ".join(["make", *parallel, f"KERNELRELEASE={release}"]), make.strip())
-    return MakeCommand(("bash", "-c", script + ' "$@"', "dkms-make", *make_vars), copy, env)
+    return MakeCommand(("bash", "-c", script), copy, env)

@@ -24,9 +24,11 @@ SCALARS = ("PACKAGE_NAME", "PACKAGE_VERSION", "CLEAN", "BUILD_EXCLUSIVE_KERNEL",
            "BUILD_EXCLUSIVE_KERNEL_MAX", "BUILD_EXCLUSIVE_ARCH", "BUILD_EXCLUSIVE_CONFIG")  # fmt: skip
 ARRAYS = ("MAKE", "MAKE_MATCH", "BUILT_MODULE_NAME", "BUILT_MODULE_LOCATION")
 
-# Sourced like DKMS does; `s NAME VALUE` for scalars, `a NAME INDEX VALUE` for array items.
+# Sourced like DKMS does (inside a function, whose `local` a file may use; its status ignored: a file
+# may end in a false test); `s NAME VALUE` for scalars, `a NAME INDEX VALUE` for array items.
 READ_SCRIPT = r"""
-. "$1" >/dev/null || exit 3
+read_conf() { . "$1"; }
+read_conf "$1" >/dev/null
 for v in $2; do printf 's %s %s\0' "$v" "${!v}"; done
 for a in $3; do
   declare -n arr="$a"
@@ -87,7 +89,14 @@ def parse_fields(output: str) -> DkmsConf:
 
 def read_dkms_conf(path: Path, variables: Mapping[str, str]) -> DkmsConf:
     """Source `path` with bash and DKMS's `variables` set, from the driver's directory (where a value
-    such as `PACKAGE_VERSION="$(cat VERSION)"` finds its file), as DKMS does."""
+    such as `PACKAGE_VERSION="$(cat VERSION)"` finds its file), as DKMS does. DKMS knows the package's
+    name and version (`dkms build -m NAME -v VERSION`) before it reads the file: the first reading
+    finds them, the second has `module` and `module_version` set, as a MAKE[0] built on them needs."""
+    first = _source(path, variables)
+    return _source(path, {**variables, "module": first.package, "module_version": first.version})
+
+
+def _source(path: Path, variables: Mapping[str, str]) -> DkmsConf:
     env = {**os.environ, **variables}
     argv = ["bash", "-c", READ_SCRIPT, "dkms.conf", str(path), " ".join(SCALARS), " ".join(ARRAYS)]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=30, cwd=path.parent)

@@ -64,6 +64,8 @@ class MissingKernelDependency(HarnessError):
     """The module needs a module or symbol this kernel does not provide (its subsystem is not
     configured); found before anything was loaded. The message names each and what provides it."""
 
+    infra = True  # nothing was tested on this kernel
+
 
 def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])

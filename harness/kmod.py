@@ -40,9 +40,11 @@ from .kernel import Kernel, image_version
 from .kernel_source import locked
 from .memdebug import kernel_config
 from .module_deps import (
+    closure,
     kernel_dependencies,
     load_order,
-    missing_symbol,
+    missing_symbols,
+    modinfo_field,
     module_name,
     parse_depends,
     parse_symvers,
@@ -79,17 +81,30 @@ class BuiltModule:
         """dkms, makefile or kbuild (harness.build_plan.BUILD_CHOICES)."""
         return self.choice.removeprefix("build: ").split(" ", 1)[0]
 
-    @property
-    def kernel_dependencies(self) -> tuple[str, ...]:
-        """Modules of the kernel the built ones need (to modprobe before loading them)."""
-        return kernel_dependencies(dict(self.depends))
+    def kernel_dependencies_of(self, kos: Sequence[Path]) -> tuple[str, ...]:
+        """Modules of the kernel that `kos` (built here) need: to modprobe before loading them."""
+        depends = dict(self.depends)
+        wanted = [module_name(ko.name) for ko in kos]
+        return tuple(d for d in kernel_dependencies(depends) if any(d in depends[n] for n in wanted))
 
     def under_test(self) -> Path:
-        """The .ko a test loads last: the only one, or the one no other built module depends on."""
+        """The .ko a test loads last: the only one, or the last one no other built module depends on."""
         if len(self.modules) == 1:
             return self.modules[0]
         name = under_test(dict(self.depends), [n for n, _ in self.depends])
         return self.module(name)
+
+    def load_plan(self, name: str | None = None) -> list[Path]:
+        """The .ko files to load, in order: `name` after the built modules it needs, or every built one
+        in dependency order, the one under test last."""
+        depends = dict(self.depends)
+        if name is not None:
+            target = module_name(self.module(name).name)
+            needed = closure(depends, target)
+            return [ko for ko in self.modules if module_name(ko.name) in needed and module_name(ko.name) != target] + [
+                self.module(name)]  # fmt: skip
+        last = self.under_test()
+        return [ko for ko in self.modules if ko != last] + [last]
 
     def module(self, name: str | None = None) -> Path:
         """The .ko called `name` (without .ko), or the only one built."""
@@ -103,6 +118,9 @@ class BuiltModule:
         raise BuildError(f"no {name}.ko among {[m.name for m in self.modules]}", "")
 
 
+IGNORED_DIRS = ("__pycache__", "results")  # a driver's own test suite beside it: bytecode, the harness's results
+
+
 def source_files(src: Path) -> list[Path]:
     files = []
     for path in sorted(src.rglob("*")):
@@ -110,7 +128,8 @@ def source_files(src: Path) -> list[Path]:
         if (
             path.is_file()
             and not path.name.endswith(IGNORED_SUFFIXES)
-            and not any(part.startswith(".") for part in rel.parts)
+            and not any(part.startswith(".") or part in IGNORED_DIRS for part in rel.parts[:-1])
+            and not rel.name.startswith(".")
         ):
             files.append(path)
     return files
@@ -155,11 +174,14 @@ def host_arch() -> str:
 
 
 def ko_depends(ko: Path) -> tuple[str, ...]:
-    """The modules `ko` needs loaded first (its depends= field, read on the host with modinfo)."""
-    proc = subprocess.run(["modinfo", "-F", "depends", str(ko)], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise BuildError(f"modinfo cannot read {ko} (exit {proc.returncode}): not a kernel module?", proc.stderr)
-    return parse_depends(proc.stdout)
+    """The modules `ko` needs loaded first (its depends= field, read from its .modinfo section)."""
+    try:
+        depends = modinfo_field(ko.read_bytes(), "depends")
+    except OSError as e:
+        raise BuildError(f"{ko} is unreadable: {e.strerror}", "") from None
+    if depends is None:
+        raise BuildError(f"{ko} has no depends= in a .modinfo section: not a kernel module built by kbuild", "")
+    return parse_depends(depends)
 
 
 def find_kos(directory: Path) -> list[Path]:
@@ -186,6 +208,9 @@ def build_module(src: Path, kernel: Kernel, *, cache_root: Path | None = None, t
     final = cache_root / "modules" / kernel.release / f"{src.name}-{key}"
     dkms_root = final.with_name(f".{final.name}.dkms")  # DKMS's dkms_tree and source_tree for this build
     conf = None
+    if choice == "dkms" and targets:
+        raise ConfigError(f"make targets {' '.join(targets)} do not apply to a dkms.conf build (its MAKE[i] says "
+                          "what to build); fix: drop --make-targets, or set --module-build makefile")  # fmt: skip
     if choice == "dkms":
         dkms_vars = dkms_variables(kernel.build_dir, kernel.release, host_arch(), dkms_root / "tree", dkms_root / "src")
         conf = read_dkms_conf(src / DKMS_CONF, dkms_vars)
@@ -199,7 +224,8 @@ def build_module(src: Path, kernel: Kernel, *, cache_root: Path | None = None, t
             return _result(kernel, final, cached=True, coverage=coverage)
         shutil.rmtree(final, ignore_errors=True)  # an interrupted build
         try:
-            shutil.copytree(src, final, ignore=shutil.ignore_patterns(*(f"*{s}" for s in IGNORED_SUFFIXES)))
+            shutil.copytree(src, final, ignore=shutil.ignore_patterns(*(f"*{s}" for s in IGNORED_SUFFIXES),
+                                                                      *IGNORED_DIRS))  # fmt: skip
             if conf is not None:
                 command = _dkms_command(final, kernel, conf, dkms_root, variables)
             elif choice == "makefile":
@@ -258,8 +284,8 @@ def _undefined_note(log: str, kernel: Kernel) -> str:
         return ""
     symvers = parse_symvers(_read(kernel.build_dir / "Module.symvers"))
     config = kernel_config(kernel)
-    lines = [missing_symbol(symbol, symvers, kernel.build_dir).describe(kernel.release, config)
-             for symbol, _ in undefined]  # fmt: skip
+    symbols = list(dict.fromkeys(symbol for symbol, _ in undefined))
+    lines = [m.describe(kernel.release, config) for m in missing_symbols(symbols, symvers, kernel.build_dir)]
     return "\nthe module uses symbols this kernel does not export:\n  " + "\n  ".join(lines)
 
 

@@ -10,6 +10,7 @@ naming it and the config option that builds it.
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,40 @@ MODULE_SUFFIX = re.compile(r"\.ko(\.xz|\.zst|\.gz)?$")
 def module_name(text: str) -> str:
     """The kernel's name of a module: file name without .ko[.xz|.zst|.gz], '-' as '_'."""
     return MODULE_SUFFIX.sub("", Path(text).name).replace("-", "_")
+
+
+def modinfo_section(elf: bytes) -> bytes:
+    """The .modinfo section of a module's ELF image (b"" when there is none), read from the section
+    headers: what `modinfo` reads, without needing kmod on the host's PATH."""
+    if elf[:4] != b"\x7fELF" or len(elf) < 0x40:
+        return b""
+    wide, order = elf[4] == 2, "<" if elf[5] == 1 else ">"
+    head = struct.Struct(order + ("16xHHIQQQIHHHHHH" if wide else "16xHHIIIIIHHHHHH"))
+    _, _, _, _, _, shoff, _, _, _, _, shentsize, shnum, shstrndx = head.unpack_from(elf)
+    entry = struct.Struct(order + ("IIQQQQIIQQ" if wide else "IIIIIIIIII"))
+
+    def section(i: int) -> tuple[int, int, int]:
+        name, _, _, _, offset, size, *_ = entry.unpack_from(elf, shoff + i * shentsize)
+        return name, offset, size
+
+    try:
+        _, names_at, _ = section(shstrndx)
+        for i in range(shnum):
+            name, offset, size = section(i)
+            if elf[names_at + name : elf.index(b"\0", names_at + name)] == b".modinfo":
+                return elf[offset : offset + size]
+    except (struct.error, ValueError):
+        return b""
+    return b""
+
+
+def modinfo_field(elf: bytes, field: str) -> str | None:
+    """The value of `field` (depends, name, vermagic...) in a module's .modinfo, None when absent."""
+    for entry in modinfo_section(elf).split(b"\0"):
+        key, sep, value = entry.partition(b"=")
+        if sep and key.decode(errors="replace") == field:
+            return value.decode(errors="replace")
+    return None
 
 
 def parse_depends(field: str) -> tuple[str, ...]:
@@ -75,6 +110,19 @@ def load_order(depends: Mapping[str, Sequence[str]], preferred: Sequence[str] = 
     return order
 
 
+def closure(depends: Mapping[str, Sequence[str]], name: str) -> set[str]:
+    """`name` and the built modules it needs, directly or not."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        if current in seen or current not in depends:
+            continue
+        seen.add(current)
+        todo.extend(depends[current])
+    return seen
+
+
 def under_test(depends: Mapping[str, Sequence[str]], order: Sequence[str]) -> str:
     """The module a test is about when a driver builds several: the last one no other built module
     depends on (the client, not its core)."""
@@ -107,18 +155,23 @@ def config_option(tree: Path, module_path: str) -> str | None:
     return None
 
 
-def exporting_file(tree: Path, symbol: str) -> Path | None:
-    """The source file of a kernel source tree that exports `symbol`, or None (headers only, or none does)."""
-    if not (tree / "kernel").is_dir():  # a headers package: no sources to search
-        return None
-    pattern = rf"EXPORT_SYMBOL(_GPL)?(_NS(_GPL)?)?\(\s*{re.escape(symbol)}\b"
+def exporting_files(tree: Path, symbols: Sequence[str]) -> dict[str, Path]:
+    """The source files of a kernel source tree that export `symbols` (one grep for all of them); {}
+    for a headers package (no sources) or when none does."""
+    if not symbols or not (tree / "kernel").is_dir():
+        return {}
+    patterns = [arg for sym in symbols for arg in ("-e", rf"EXPORT_SYMBOL(_GPL)?(_NS(_GPL)?)?\(\s*{re.escape(sym)}\b")]
     try:
-        proc = subprocess.run(["grep", "-rlE", "--include=*.c", pattern, str(tree)], capture_output=True, text=True,
-                              check=False, timeout=120)  # fmt: skip
+        proc = subprocess.run(["grep", "-rHoE", "--include=*.c", *patterns, str(tree)], capture_output=True,
+                              text=True, check=False, timeout=120)  # fmt: skip
     except subprocess.TimeoutExpired:
-        return None
-    found = proc.stdout.split()
-    return Path(found[0]) if found else None
+        return {}
+    found: dict[str, Path] = {}
+    for line in proc.stdout.splitlines():
+        path, _, match = line.partition(":")
+        name = re.sub(r"^EXPORT_SYMBOL\w*\(\s*", "", match)
+        found.setdefault(name, Path(path))
+    return found
 
 
 def option_for_file(tree: Path, source: Path) -> str | None:
@@ -159,16 +212,22 @@ class MissingDependency:
                 "subsystem that provides it is not configured in this kernel")  # fmt: skip
 
 
-def missing_symbol(symbol: str, symvers: Mapping[str, str], tree: Path) -> MissingDependency:
-    """What would provide `symbol`, which the kernel's Module.symvers lacks: the option building the
-    file that exports it in a source tree (a kernel built here), else nothing known."""
-    if symbol in symvers:
-        return MissingDependency(f"symbol {symbol}", None, symvers[symbol])
-    source = exporting_file(tree.resolve(), symbol)
-    if source is None:
-        return MissingDependency(f"symbol {symbol}", None, None)
-    rel = source.relative_to(tree.resolve())
-    return MissingDependency(f"symbol {symbol}", option_for_file(tree.resolve(), source), str(rel))
+def missing_symbols(symbols: Sequence[str], symvers: Mapping[str, str], tree: Path) -> list[MissingDependency]:
+    """What would provide each of `symbols`, which the kernel's Module.symvers lacks: the option building
+    the file that exports it in a source tree (a kernel built here), else nothing known."""
+    root = tree.resolve()
+    sources = exporting_files(root, [s for s in symbols if s not in symvers])
+    out = []
+    for symbol in symbols:
+        if symbol in symvers:
+            out.append(MissingDependency(f"symbol {symbol}", None, symvers[symbol]))
+        elif symbol in sources:
+            source = sources[symbol]
+            option = option_for_file(root, source)
+            out.append(MissingDependency(f"symbol {symbol}", option, str(source.relative_to(root))))
+        else:
+            out.append(MissingDependency(f"symbol {symbol}", None, None))
+    return out
 
 
 def missing_module(name: str, symvers: Mapping[str, str], tree: Path) -> MissingDependency:

@@ -19,14 +19,14 @@ from .accel import AccelDecision, choose_accel
 from .config import GUEST_SCRIPTS, HarnessConfig
 from .coverage import kernel_supports_coverage, unsupported_message
 from .engines import LaunchSpec, engine_for
-from .errors import BootError, HarnessError, MissingKernelDependency
+from .errors import BootError, HarnessError, MissingKernelDependency, ModuleCrashError
 from .guest_kernel import GuestKernel
 from .kernel import Kernel
 from .kernel_build import modules_dir_for
 from .kmemleak import may_have_kmemleak
 from .kmod import BuiltModule, build_module, default_cache_root
 from .memdebug import kernel_config
-from .module_deps import missing_module, module_name, modules_dep_names, parse_symvers
+from .module_deps import missing_module, modules_dep_names, parse_symvers
 from .vm import Guest, Launch, new_guest_name
 
 Notify = Callable[[str], None]
@@ -53,15 +53,16 @@ class ModuleSource:
 @dataclass(frozen=True)
 class LoadedModule:
     """A module loaded into the session's guest: its name, the .ko it came from, the insmod parameters,
-    and every module loaded for it, in load order, itself last (the kernel's modules it needs and the
-    driver's other .ko files); `before`: the guest's module list before, restored at unload (None when
-    nothing but the module itself was loaded)."""
+    and every module loaded for it, in load order, itself last (the kernel's modules it needs, the
+    driver's other .ko files, what its init loaded); `before`: the guest's module list before, restored
+    at unload (None: unload only the module)."""
 
     name: str
     path: Path
     params: Mapping[str, str]
     loaded: tuple[str, ...] = ()
     before: tuple[str, ...] | None = None
+    guest: str = ""  # the guest it was loaded into (its launch name)
 
 
 @dataclass
@@ -217,39 +218,48 @@ class KernelSession:
         """Build `source` (default: the configured module) if needed, boot if needed, load the kernel's
         modules it depends on (modprobe), then the driver's own .ko files in dependency order, the one
         under test last with `params`. Raises MissingKernelDependency (before loading anything),
-        ModuleLoadError (refused), ModuleCrashError (the kernel crashed) or BuildError."""
+        ModuleLoadError (refused), ModuleCrashError (the kernel crashed) or BuildError; after a refusal
+        the guest's module list is back to what it was."""
         source = source or self.default_source()
         built = self.build(source)
-        ko = built.module(source.module) if source.module else built.under_test()
-        params = dict(params or {})
-        others = [k for k in built.modules if k != ko]
-        deps = built.kernel_dependencies
-        if not deps and not others:
-            return LoadedModule(self.guest_kernel().insmod(ko, params), ko, params, loaded=(module_name(ko.name),))
+        kos = built.load_plan(source.module)
+        deps = built.kernel_dependencies_of(kos)
         check_kernel_provides(self.kernel, deps)  # before any load, with the option that provides each
+        params = dict(params or {})
         ops = self.guest_kernel()
+        guest = self.guest().launch.name
         before = ops.module_list()
         try:
             if deps:
                 ops.modprobe(deps)
-            for other in others:
+            for other in kos[:-1]:
                 ops.insmod(other)
-            name = ops.insmod(ko, params)
-        except HarnessError:
-            if self._guest is not None and self._guest.alive:
-                ops.restore_modules(before)
+            name = ops.insmod(kos[-1], params)
+        except ModuleCrashError:
+            raise  # the kernel broke: the guest is for the kernel watch, not for more rmmods
+        except HarnessError as e:
+            self._restore_after_refusal(ops, before, e)
             raise
         loaded = tuple(n for n in reversed(ops.module_list()) if n not in before)
-        return LoadedModule(name, ko, params, loaded=loaded, before=before)
+        return LoadedModule(name, kos[-1], params, loaded=loaded, before=before, guest=guest)
+
+    def _restore_after_refusal(self, ops: GuestKernel, before: tuple[str, ...], error: HarnessError) -> None:
+        """Unload what a refused load left (its dependencies); a failure to do so is a note on `error`."""
+        if self._guest is None or not self._guest.alive:
+            return
+        try:
+            ops.restore_modules(before)
+        except HarnessError as cleanup:
+            error.add_note(f"and unloading what was loaded for it failed too: {cleanup.args[0].splitlines()[0]}")
 
     def unload(self, module: LoadedModule) -> None:
-        """rmmod `module` if the guest is alive and the module still loaded (a test may have unloaded
-        it), then what was loaded for it, newest first, back to the module list before the load.
+        """Unload `module` and what was loaded for it, newest first, back to the module list of the guest
+        before the load (a test may have unloaded some itself); nothing when that guest is gone.
         Raises ModuleBusyError naming holders and reference count when the kernel refuses."""
         guest = self._guest
-        if guest is None or not guest.alive:
+        if guest is None or not guest.alive or (module.guest and module.guest != guest.launch.name):
             return
-        if module.before is not None:  # the module and what was loaded for it: one rmmod, newest first
+        if module.before is not None:
             self.guest_kernel().restore_modules(module.before)
         elif self.guest_kernel().loaded(module.name):
             self.guest_kernel().rmmod(module.name)

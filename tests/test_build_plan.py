@@ -89,12 +89,25 @@ def test_make_vars_expand_placeholders_and_reject_unknown_ones() -> None:
 
 def test_dkms_command_rewrites_a_leading_make_as_dkms_does() -> None:
     variables = {"kernelver": "6.1.0-1"}
-    cmd = dkms_command(Path("/c"), "make -C src KDIR=/k", Path("/k"), variables, jobs=2, make_vars=("V=1",))
-    assert cmd.argv == ("bash", "-c", 'make -j2 KERNELRELEASE=6.1.0-1 -C src KDIR=/k "$@"', "dkms-make", "V=1")
+    cmd = dkms_command(Path("/c"), "make -C src KDIR=/k", Path("/k"), variables, jobs=2, make_vars=("V=1", "F=a b"))
+    assert cmd.argv == ("bash", "-c", "make -j2 KERNELRELEASE=6.1.0-1 -C src KDIR=/k")
+    assert cmd.env["MAKEFLAGS"] == "V=1 F=a\\ b"
     quoted = dkms_command(Path("/c"), "'make' -C src", Path("/k"), variables, jobs=2)
-    assert quoted.argv[2] == "'make' -C src \"$@\""
+    assert quoted.argv[2] == "'make' -C src" and "MAKEFLAGS" not in quoted.env
     default = dkms_command(Path("/c"), None, Path("/k"), variables, jobs=None)
     assert default.argv == ("make", "KERNELRELEASE=6.1.0-1", "-C", "/k", "M=/c")
+
+
+def test_make_vars_reach_every_make_of_a_dkms_command(tmp_path: Path, kernel: Kernel, fake_ko: FakeKo) -> None:
+    """MAKE[0]="cd src && make && make again": both makes see --make-var values, spaces kept."""
+    src = driver(tmp_path, "multi", {
+        "dkms.conf": 'PACKAGE_NAME=multi\nPACKAGE_VERSION=1\nMAKE[0]="cd src && make && make again"\n',
+        "src/Makefile": f"all:\n\t@echo '[$(TAG)]' > first; cp {fake_ko()} m.ko\n"
+                        "again:\n\t@echo '[$(TAG)]' > second\n"})  # fmt: skip
+    built = build_module(src, kernel, cache_root=tmp_path / "cache", make_vars=("TAG=a b",))
+    assert [(built.directory / "src" / f).read_text() for f in ("first", "second")] == ["[a b]\n", "[a b]\n"]
+    with pytest.raises(ConfigError, match=r"do not apply to a dkms\.conf build"):
+        build_module(src, kernel, cache_root=tmp_path / "cache", targets=("modules",))
 
 
 # -- dkms.conf -----------------------------------------------------------------------------------------
@@ -113,9 +126,18 @@ BUILD_EXCLUSIVE_CONFIG="CONFIG_HAVE_IT !CONFIG_NOT_SET"
 """
 
 
+# DKMS knows $module and $module_version before it reads the file; a file may end in a false test.
+DKMS_MODULE_VARS = """MAKE[2]="make -C ${kernel_source_dir} M=${dkms_tree}/${module}/${module_version}/build"
+MAKE_MATCH[2]="^4\\."
+local_only() { local x=1; }
+[ "$kernelver" = "never" ] && MAKE[3]="unused"
+"""
+
+
 def test_dkms_conf_is_read_as_dkms_reads_it(tmp_path: Path) -> None:
-    conf = read_dkms_conf(driver(tmp_path, "d", {"dkms.conf": DKMS_CONF}) / "dkms.conf",
+    conf = read_dkms_conf(driver(tmp_path, "d", {"dkms.conf": DKMS_CONF + DKMS_MODULE_VARS}) / "dkms.conf",
                           {"kernel_source_dir": "/kdir", "dkms_tree": "/t"})  # fmt: skip
+    assert conf.make_command("4.19") == "make -C /kdir M=/t/drv/1.2/build"  # $module, $module_version
     assert (conf.package, conf.version) == ("drv", "1.2")
     assert conf.modules == (("drv_core", "src/"), ("drv", "src/"))
     assert conf.make_command("6.1.0") == "make -C /kdir M=/t/drv/1.2/build/src"
@@ -193,7 +215,7 @@ def test_dkms_build_runs_make0_and_loads_built_module_names_in_order(tmp_path: P
                         f"cp {core} stray.ko\n"})  # fmt: skip
     built = build_module(src, kernel, cache_root=tmp_path / "cache")
     assert [ko.name for ko in built.modules] == ["drv_core.ko", "drv.ko"]  # not stray.ko: dkms.conf names them
-    assert built.under_test().name == "drv.ko" and built.kernel_dependencies == ()
+    assert built.under_test().name == "drv.ko" and built.kernel_dependencies_of(built.modules) == ()
     assert (built.directory / "src" / "got").read_text() == f"{built.directory / 'src'}\n"  # via $dkms_tree
     assert "build: dkms (dkms.conf)" in built.choice
     assert (built.directory / "src" / "vars").read_text() == f"drv 1.2 {kernel.release}\n"  # DKMS's variables
@@ -215,7 +237,26 @@ def test_kos_in_subdirectories_are_found_in_dependency_order(tmp_path: Path, ker
     built = build_module(src, kernel, cache_root=tmp_path / "cache")
     names = [ko.relative_to(built.directory).as_posix() for ko in built.modules]
     assert names == ["drivers/z_core.ko", "drivers/b_client.ko"]
-    assert built.kernel_dependencies == ("videodev",)
+    assert built.kernel_dependencies_of(built.modules) == ("videodev",)
+
+
+def test_load_plan_of_a_named_module_is_it_after_what_it_needs(tmp_path: Path, kernel: Kernel,
+                                                               fake_ko: FakeKo) -> None:  # fmt: skip
+    """core <- client (needs videodev) and an unrelated leaf: naming core loads core alone; naming
+    client loads core first; by default all of them, the last leaf last."""
+    core = fake_ko(name="core")
+    client = fake_ko(depends="core,videodev", name="client")
+    other = fake_ko(depends="snd", name="other")
+    src = driver(tmp_path, "three", {"Makefile": f"all:\n\tcp {core} core.ko; cp {client} client.ko; "
+                                                 f"cp {other} other.ko\n"})  # fmt: skip
+    built = build_module(src, kernel, cache_root=tmp_path / "cache")
+    assert [ko.name for ko in built.load_plan("core")] == ["core.ko"]
+    assert [ko.name for ko in built.load_plan("client")] == ["core.ko", "client.ko"]
+    assert built.kernel_dependencies_of(built.load_plan("client")) == ("videodev",)
+    assert built.kernel_dependencies_of(built.load_plan("core")) == ()
+    plan = [ko.name for ko in built.load_plan()]
+    assert plan.index("core.ko") < plan.index("client.ko") and plan[-1] == built.under_test().name
+    assert built.kernel_dependencies_of(built.load_plan()) == ("videodev", "snd")
 
 
 def test_a_failed_build_runs_make_once_per_kernel(tmp_path: Path, kernel: Kernel) -> None:
