@@ -170,3 +170,11 @@ def knh_module_source():
     out = result.stdout.str()
     assert "PASSED knh_load_check.py::test_load_unload_cycles" in out
     assert re.search(r"crc8\+dep_intree\s+2/2\s+0\s+none\s.*PASS", out), out
+
+
+@pytest.mark.full
+def test_check_command_fails_a_module_that_leaks_slab_at_every_load(knh_kernel_session: KernelSession) -> None:
+    """slab_leak leaks 512 KiB per load: 4 cycles after the first grow SUnreclaim past the 1024 kB limit."""
+    proc = run_check(knh_kernel_session, "slab_leak", "--cycles", "4", "--module-param", "kb=512")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(r"unreclaimable slab grew by \d+ kB over 4 load/unload cycles \(limit 1024 kB\)", proc.stdout)
