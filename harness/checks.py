@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from .decode import decoded_section
 from .dmesg import AllowEntry, KernelLine, SplatReport, TaintFlag, scan_splats, unexpected_taint
 from .errors import HarnessError, KernelCheckError, LostGuestError
 from .guest_kernel import GuestKernel, LogMark
@@ -52,6 +53,7 @@ class KernelVerdict:
     taint_after: int
     died: GuestDied | None = None
     leaks: LeakVerdict | None = None  # the kmemleak scans after a module's unload, when there were any
+    decoded: str = ""  # the failing splats' frames in modules built here, with source lines (harness.decode)
 
     @property
     def ok(self) -> bool:
@@ -71,16 +73,29 @@ class KernelVerdict:
         if self.died is not None:
             parts.append(f"the guest kernel died ({self.died.reason}); its kernel console shows:")
             parts.append(self.splats.summary() if self.splats.failures else "  (no splat text on the console)")
+            if self.decoded:
+                parts.append(self.decoded)
             parts.append(f"--- guest kernel console (last lines) ---\n{self.died.console_tail}")
             return "\n".join(parts)
         if self.splats.failures:
             parts.append(f"kernel splat(s) during the test ({len(self.splats.failures)}):\n{self.splats.summary()}")
+            if self.decoded:
+                parts.append(self.decoded)
         if self.new_taint:
             flags = ", ".join(str(f) for f in self.new_taint)
             parts.append(f"kernel taint changed {self.taint_before} -> {self.taint_after}: unexpected {flags}")
         if self.leaks is not None and not self.leaks.ok:
             parts.append(self.leaks.message())
         return "\n".join(parts)
+
+
+def with_decoded(verdict: KernelVerdict, session: KernelSession) -> KernelVerdict:
+    """`verdict` with its failing splats' frames in the modules the session built decoded to source lines."""
+    if verdict.decoded or not verdict.splats.failures:
+        return verdict
+    kos, sources = session.module_objects()
+    texts = [decoded_section(splat.lines, kos, sources) for splat in verdict.splats.failures]
+    return replace(verdict, decoded="\n".join(t for t in dict.fromkeys(texts) if t))
 
 
 def with_leaks(verdict: KernelVerdict, reading: LeakReading | None, allowlist: Sequence[AllowEntry]) -> KernelVerdict:
@@ -170,7 +185,7 @@ def open_window(session: KernelSession, cursor: Cursor | None, policy: Policy) -
     between = None
     if cursor is not None and cursor.guest is ops.guest:
         lines = lines_before(ops.lines_since(cursor.mark), mark)
-        between = judge(lines, cursor.taint, taint, policy.allowlist, policy.allowed_taint)
+        between = with_decoded(judge(lines, cursor.taint, taint, policy.allowlist, policy.allowed_taint), session)
     return Window(session, ops, mark, taint, offset, ops.unloads), between
 
 
@@ -213,7 +228,7 @@ def check_window(window: Window, policy: Policy) -> KernelVerdict:
     kernel with kmemleak, the scans for what the module leaked (GuestKernel.find_leaks)."""
     guest, ops = window.guest, window.ops
     if window.session.current_guest is not guest:
-        return _death(guest, window.console_offset, policy)
+        return with_decoded(_death(guest, window.console_offset, policy), window.session)
 
     def probe() -> KernelVerdict:
         reading = None
@@ -229,7 +244,7 @@ def check_window(window: Window, policy: Policy) -> KernelVerdict:
         window.mark, window.taint = mark, taint
         return with_leaks(verdict, reading, policy.allowlist)
 
-    return _guarded(guest, window.console_offset, policy, "of the test", probe)
+    return with_decoded(_guarded(guest, window.console_offset, policy, "of the test", probe), window.session)
 
 
 def cursor_after(window: Window, test: str) -> Cursor | None:
@@ -255,7 +270,7 @@ def check_after_last(session: KernelSession, cursor: Cursor, policy: Policy) -> 
         lines = ops.lines_since(cursor.mark)
         return judge(lines, cursor.taint, ops.taint(), policy.allowlist, policy.allowed_taint)
 
-    return _guarded(cursor.guest, cursor.console_offset, policy, "after the last test", probe)
+    return with_decoded(_guarded(cursor.guest, cursor.console_offset, policy, "after the last test", probe), session)
 
 
 def cursor_current(session: KernelSession, cursor: Cursor | None) -> bool:

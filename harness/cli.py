@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .build_plan import BUILD_CHOICES
-from .checks import KernelVerdict, judge
+from .checks import KernelVerdict, judge, with_decoded
 from .config import ENGINES, SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
 from .dmesg import KernelLine, load_allowlist
 from .errors import HarnessError, LostGuestError, ModuleCrashError
@@ -230,6 +230,8 @@ def kernel_report(verdict: KernelVerdict) -> str:
         parts.append(f"kernel splat(s) during the command ({len(verdict.splats.failures)}):")
     if verdict.splats.failures or verdict.splats.allowed:
         parts.append(verdict.splats.summary())
+    if verdict.decoded:
+        parts.append(verdict.decoded)
     if verdict.new_taint:
         flags = ", ".join(str(f) for f in verdict.new_taint)
         parts.append(f"kernel taint changed {verdict.taint_before} -> {verdict.taint_after}: unexpected {flags}")
@@ -280,6 +282,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         lines = ops.lines_since(mark)
         verdict = judge(lines, taint_before, ops.taint(), allowlist, session.config.allowed_taint)
+        verdict = with_decoded(verdict, session)
         if args.dmesg:
             write_log(lines, "the command's start" if build is None else "the module load")
         sys.stdout.flush()

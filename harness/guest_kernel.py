@@ -10,10 +10,11 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .decode import decoded_section
 from .dmesg import KernelLine, find_splats, parse_lines
 from .errors import HarnessError, HostKernelRefused, ModuleBusyError, ModuleCrashError, ModuleLoadError
 from .kmemleak import (
@@ -31,6 +32,7 @@ from .kmemleak import (
     sections_argv,
     write_argv,
 )
+from .module_deps import module_name
 from .vm import Guest
 
 HOST_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -62,7 +64,8 @@ class GuestKernel:
     `kmemleak`: the kernel may have kmemleak (harness.kmemleak.may_have_kmemleak); the guest is then
     asked once, at the first insmod."""
 
-    def __init__(self, guest: Guest, scratch: Path, *, kmemleak: bool = False) -> None:
+    def __init__(self, guest: Guest, scratch: Path, *, kmemleak: bool = False,
+                 sources: Callable[[], Mapping[Path, Path]] | None = None) -> None:  # fmt: skip
         self.guest = guest
         self.scratch = scratch
         self._token = secrets.token_hex(4)
@@ -72,6 +75,7 @@ class GuestKernel:
         self._kmemleak: bool | None = None if kmemleak else False
         self._loaded_from: dict[str, Path] = {}  # module name -> .ko, for naming its frames after the rmmod
         self._unscanned: list[UnloadedModule] = []  # unloaded since the last kmemleak scan
+        self._sources = sources  # {build copy: source directory} of the modules built, for decoded frames
 
     # -- safety ------------------------------------------------------------
     def ensure_not_host(self) -> None:
@@ -127,7 +131,7 @@ class GuestKernel:
         result = self.guest.run(argv)
         if result.status != 0:
             lines = self.lines_since(mark)
-            self._raise_if_crashed(f"insmod {ko.name}", result.status, result.output, lines)
+            self._raise_if_crashed(f"insmod {ko.name}", result.status, result.output, lines, also=ko)
             raise ModuleLoadError(
                 f"insmod {ko.name} failed (status {result.status})", result.output, [ln.text for ln in lines]
             )
@@ -160,15 +164,20 @@ class GuestKernel:
         if ko is not None:
             self._unscanned.append(UnloadedModule(name, ko, tuple(sorted(sections.items())), time.monotonic()))
 
-    @staticmethod
-    def _raise_if_crashed(what: str, status: int, output: str, lines: list[KernelLine]) -> None:
+    def _raise_if_crashed(self, what: str, status: int, output: str, lines: list[KernelLine],
+                          also: Path | None = None) -> None:  # fmt: skip
         """A failed insmod/rmmod is a crash, not a refusal, when the kernel printed a splat
-        or the command was killed by a signal (an oops in process context kills the task)."""
+        or the command was killed by a signal (an oops in process context kills the task). The
+        splats' frames in the modules loaded here (and `also`, being loaded) are decoded."""
         splats = find_splats(lines)
         if not splats and status < 128:
             return
         signal = f", killed by signal {status - 128}" if status > 128 else ""
         text = "\n".join(sp.summary() for sp in splats) or "(no splat in the kernel log; see the guest kernel console)"
+        kos = {**self._loaded_from, **({module_name(also.name): also} if also else {})}
+        sources = self._sources() if self._sources else {}
+        decoded = [decoded_section(sp.lines, kos, sources) for sp in splats]
+        text = "\n".join([text, *(d for d in dict.fromkeys(decoded) if d)])
         raise ModuleCrashError(
             f"{what}: the kernel crashed (status {status}{signal}); this is a bug in the module or the kernel, "
             "not a refusal to load: fix the crash shown below",

@@ -26,7 +26,7 @@ from .kernel_build import modules_dir_for
 from .kmemleak import may_have_kmemleak
 from .kmod import BuiltModule, build_module, default_cache_root
 from .memdebug import kernel_config
-from .module_deps import missing_module, modules_dep_names, parse_symvers
+from .module_deps import missing_module, module_name, modules_dep_names, parse_symvers
 from .vm import Guest, Launch, new_guest_name
 
 Notify = Callable[[str], None]
@@ -208,7 +208,8 @@ class KernelSession:
             self._guest = self.last_guest = guest
             self.scratch.mkdir(parents=True, exist_ok=True)
             kmemleak = may_have_kmemleak(kernel_config(self.kernel))  # stock kernels: no guest command
-            self._guest_kernel = GuestKernel(guest, self.scratch, kmemleak=kmemleak)
+            self._guest_kernel = GuestKernel(guest, self.scratch, kmemleak=kmemleak,
+                                             sources=lambda: self.module_objects()[1])  # fmt: skip
             return guest
         assert last is not None
         self._boot_error = last  # do not boot again for every remaining test
@@ -249,8 +250,9 @@ class KernelSession:
             return
         try:
             ops.restore_modules(before)
-        except HarnessError as cleanup:
-            error.add_note(f"and unloading what was loaded for it failed too: {cleanup.args[0].splitlines()[0]}")
+        except HarnessError as cleanup:  # said, not raised: the refusal is the error to report
+            self.notify(f"after the refused load ({error.args[0].splitlines()[0]}), unloading what was loaded "
+                        f"for it failed too: {cleanup.args[0].splitlines()[0]}")  # fmt: skip
 
     def unload(self, module: LoadedModule) -> None:
         """Unload `module` and what was loaded for it, newest first, back to the module list of the guest
@@ -263,6 +265,13 @@ class KernelSession:
             self.guest_kernel().restore_modules(module.before)
         elif self.guest_kernel().loaded(module.name):
             self.guest_kernel().rmmod(module.name)
+
+    def module_objects(self) -> tuple[dict[str, Path], dict[Path, Path]]:
+        """The modules built in this session ({name: .ko}) and their sources ({build copy: source
+        directory}), for decoding a splat's frames (harness.decode)."""
+        kos = {module_name(ko.name): ko for built in self._builds.values() for ko in built.modules}
+        sources = {built.directory: source.directory for source, built in self._builds.items()}
+        return kos, sources
 
     def module_param(self, module: LoadedModule, name: str) -> str:
         """The loaded module's parameter as the kernel holds it (/sys/module/<name>/parameters/<param>)."""

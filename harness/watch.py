@@ -27,6 +27,7 @@ from .checks import (
     dead_since,
     judge_death,
     open_window,
+    with_decoded,
 )
 from .errors import BootError, HarnessError, KernelCheckError, LostGuestError
 from .runstate import fail_on_harness_error, run_state, uses_guest
@@ -86,6 +87,7 @@ def _lost(e: LostGuestError) -> KernelVerdict:
 
 def _fail_between(item: pytest.Item, session: KernelSession, cursor: Cursor, verdict: KernelVerdict) -> None:
     """The kernel broke after `cursor.test` passed its checks: fail this test's setup, naming it."""
+    verdict = with_decoded(verdict, session)
     what = "died" if verdict.died else "was not clean"
     headline = (f"the guest kernel {what} between tests: after {cursor.test} passed its checks and before "
                 f"{item.nodeid} began (guest {cursor.guest.launch.name}, {session.kernel.release})")  # fmt: skip

@@ -54,6 +54,11 @@ def run_exec(session: KernelSession, *extra: str, command: list[str]) -> subproc
     return run(session, argv, REPO)
 
 
+def source_line(path: Path, statement: str) -> int:
+    """The line number of `statement` in `path` (found, never assumed: the decoded frame must name it)."""
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if statement in line)
+
+
 def explain(proc: subprocess.CompletedProcess[str]) -> str:
     return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
 
@@ -64,6 +69,8 @@ def test_warning_on_the_40th_poke_exits_253_and_prints_the_splat(knh_kernel_sess
     assert proc.stdout.splitlines()[-1] == "40", explain(proc)
     assert "WARNING: CPU:" in proc.stderr and "warn_nth_poke_set" in proc.stderr, explain(proc)
     assert "the command's own status was 0" in proc.stderr, explain(proc)
+    line = source_line(WARN_NTH / "warn_nth.c", "WARN_ON(count == READ_ONCE(warn_at));")
+    assert f"tests/modules/warn_nth/warn_nth.c:{line} (warn_nth_poke_set)" in proc.stderr, explain(proc)
 
 
 @pytest.mark.full  # each boots a guest of its own; the quick tier keeps the 253 case
@@ -100,3 +107,17 @@ def test_warning_on_the_40th_poke_fails_a_pytest_run(knh_kernel_session: KernelS
     proc = run(knh_kernel_session, argv, tmp_path)
     assert proc.returncode == 1, explain(proc)
     assert "1 failed" in proc.stdout and "[warning:warn_nth_poke_set:" in proc.stdout, explain(proc)
+
+
+def test_an_oops_in_init_is_decoded_to_the_dereferencing_line(knh_kernel_session: KernelSession) -> None:
+    """crashy with oops_init=1 writes through NULL in its init: exec exits 253 and names crashy.c at the
+    write, from the RIP frame decoded with the .ko's debug info."""
+    crashy = REPO / "tests" / "modules" / "crashy"
+    options = [*same_guest_options(knh_kernel_session)[:-2], "--module-dir", str(crashy),
+               "--module-param", "oops_init=1"]  # fmt: skip
+    proc = run(knh_kernel_session, [sys.executable, "-m", "harness", "exec", "-q", *options, "--", "true"], REPO)
+    assert proc.returncode == EXIT_KERNEL_SPLAT, explain(proc)
+    line = source_line(crashy / "crashy.c", "*crashy_null = 1;")
+    assert "--- module frames decoded (addr2line) ---" in proc.stderr, explain(proc)
+    assert "crashy_init+0x" in proc.stderr and f"tests/modules/crashy/crashy.c:{line} (crashy_init)" in proc.stderr, (
+        explain(proc))  # fmt: skip

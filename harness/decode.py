@@ -1,0 +1,191 @@
+"""A splat's frames in a module decoded to source file and line, from the module's own debug info.
+
+A report names module code as ``func+0x19/0xb5 [crashy]`` (in ``RIP:``, in the
+call trace, in KASAN, lockdep or kmemleak lines). In the unrelocated ``.ko`` the
+symbol ``func`` sits at an offset in its section (``objdump -t``), so
+``addr2line -f -i -j <section> <offset>`` gives the file, line and inlined callers,
+as the kernel's ``scripts/faddr2line`` does. The RIP frame is the faulting
+instruction itself; every other frame is a return address, looked up one byte
+earlier so the line is the call's. Parsers are pure; `FrameDecoder` runs binutils
+once per module (symbols) and once per module and report (lines).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+FRAME_RE: Final = re.compile(
+    r"(?P<rip>RIP: [0-9a-f]{4}:)?(?P<unreliable>\? )?(?P<func>[A-Za-z_.$][\w.$]*)"
+    r"\+0x(?P<off>[0-9a-fA-F]+)/0x[0-9a-fA-F]+ \[(?P<module>[\w-]+)(?: [0-9a-f]+)?\]"
+)
+SYMBOL_RE: Final = re.compile(r"^[0-9a-f]+ [lgw ][ w]\s*\S*\s*F (?P<section>\S+)\s+[0-9a-f]+ (?P<name>\S+)$")
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One mention of module code in a report."""
+
+    function: str
+    offset: int
+    module: str  # '-' as '_'
+    rip: bool  # the faulting instruction (a RIP: line), not a return address
+
+    @property
+    def text(self) -> str:
+        return f"{self.function}+{self.offset:#x} [{self.module}]"
+
+
+@dataclass(frozen=True)
+class SourceLine:
+    function: str
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    frame: FrameRef
+    lines: tuple[SourceLine, ...]  # innermost first: the line itself, then the callers it is inlined into
+
+    def __str__(self) -> str:
+        if not self.lines:
+            return f"{self.frame.text}: no source line"
+        first, *inlined = self.lines
+        where = f"{self.frame.text} -> {first.file}:{first.line} ({first.function})"
+        return where + "".join(f"\n      inlined into {s.function} at {s.file}:{s.line}" for s in inlined)
+
+
+def frame_refs(lines: Iterable[str]) -> list[FrameRef]:
+    """Every mention of module code, in order, each once (a frame the unwinder marks unreliable,
+    `? func+...`, and the RIP frame repeated in the trace left out); the RIP frame first."""
+    refs: list[FrameRef] = []
+    for text in lines:
+        for m in FRAME_RE.finditer(text):
+            if m.group("unreliable") or m.group("func").startswith("__pfx_"):
+                continue
+            refs.append(FrameRef(m.group("func"), int(m.group("off"), 16), m.group("module").replace("-", "_"),
+                                 bool(m.group("rip"))))  # fmt: skip
+    rips = {(r.function, r.offset, r.module) for r in refs if r.rip}
+    unique = [r for r in dict.fromkeys(refs) if r.rip or (r.function, r.offset, r.module) not in rips]
+    return sorted(unique, key=lambda r: not r.rip)
+
+
+def parse_symbols(objdump_t: str) -> dict[str, tuple[str, int]]:
+    """`objdump -t` of a module: {function: (section, offset in it)}."""
+    out = {}
+    for line in objdump_t.splitlines():
+        m = SYMBOL_RE.match(line)
+        if m:
+            out[m.group("name")] = (m.group("section"), int(line.split()[0], 16))
+    return out
+
+
+def parse_addr2line(output: str) -> dict[int, tuple[SourceLine, ...]]:
+    """`addr2line -a -f -i` output: {address: its lines, innermost first}; an address without line
+    information gets ()."""
+    out: dict[int, tuple[SourceLine, ...]] = {}
+    address: int | None = None
+    current: list[SourceLine] = []
+    lines = output.splitlines()
+    i = 0
+    while i < len(lines):
+        if re.fullmatch(r"0x[0-9a-f]+", lines[i]):
+            if address is not None:
+                out[address] = tuple(current)
+            address, current, i = int(lines[i], 16), [], i + 1
+            continue
+        if i + 1 < len(lines):
+            path, _, line = lines[i + 1].rpartition(":")
+            line = line.split(" ", 1)[0]
+            if path not in ("", "??") and line.isdigit() and int(line) > 0:
+                current.append(SourceLine(lines[i], path, int(line)))
+        i += 2
+    if address is not None:
+        out[address] = tuple(current)
+    return out
+
+
+@dataclass
+class FrameDecoder:
+    """Decodes frames of the modules in `kos` ({module name: .ko}); what cannot be decoded is said once.
+    `sources` ({build copy: source directory}) shows a file of a build copy at its source's path."""
+
+    kos: Mapping[str, Path]
+    sources: Mapping[Path, Path] = field(default_factory=dict)
+    _symbols: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def decode(self, lines: Iterable[str]) -> list[DecodedFrame]:
+        refs = [r for r in frame_refs(lines) if r.module in self.kos]
+        found: dict[FrameRef, tuple[SourceLine, ...]] = {}
+        for module in dict.fromkeys(r.module for r in refs):
+            found.update(self._decode_module(module, [r for r in refs if r.module == module]))
+        return [DecodedFrame(r, found.get(r, ())) for r in refs]
+
+    def _decode_module(self, module: str, refs: Sequence[FrameRef]) -> dict[FrameRef, tuple[SourceLine, ...]]:
+        ko = self.kos[module]
+        symbols = self._symbols_of(ko)
+        by_section: dict[str, list[tuple[FrameRef, int]]] = {}
+        for ref in refs:
+            name = ref.function if ref.function in symbols else ref.function.split(".", 1)[0]
+            if name in symbols:
+                section, start = symbols[name]
+                by_section.setdefault(section, []).append((ref, start + ref.offset - (0 if ref.rip else 1)))
+        out: dict[FrameRef, tuple[SourceLine, ...]] = {}
+        for section, wanted in by_section.items():
+            argv = ["addr2line", "-a", "-f", "-i", "-e", str(ko), "-j", section, *(hex(a) for _, a in wanted)]
+            try:
+                proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                self._note(f"addr2line could not run on {ko.name} ({e}); install binutils")
+                return out
+            found = parse_addr2line(proc.stdout)
+            for ref, address in wanted:
+                out[ref] = tuple(SourceLine(sl.function, self._shown(sl.file), sl.line)
+                                 for sl in found.get(address, ()))  # fmt: skip
+        if refs and not any(out.values()):
+            self._note(f"{ko.name} has no line information (built without debug info: CONFIG_DEBUG_INFO in the "
+                       "kernel's config, or -g): its frames are shown raw")  # fmt: skip
+        return out
+
+    def _symbols_of(self, ko: Path) -> dict[str, tuple[str, int]]:
+        key = str(ko)
+        if key not in self._symbols:
+            try:
+                proc = subprocess.run(["objdump", "-t", str(ko)], capture_output=True, text=True, check=False,
+                                      timeout=30)  # fmt: skip
+                self._symbols[key] = parse_symbols(proc.stdout)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                self._note(f"objdump could not read {ko.name} ({e}); install binutils")
+                self._symbols[key] = {}
+        return self._symbols[key]
+
+    def _shown(self, file: str) -> str:
+        """A file of a build copy at its source's path, relative to the working directory when under it."""
+        path = Path(file)
+        for copy, source in self.sources.items():
+            if path.is_relative_to(copy):
+                path = source / path.relative_to(copy)
+                break
+        return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+def decoded_section(lines: Iterable[str], kos: Mapping[str, Path],
+                    sources: Mapping[Path, Path] | None = None) -> str:  # fmt: skip
+    """The text a failure message adds under a splat: each module frame with its source line, the RIP
+    frame first, and once what could not be decoded; "" when the report names no module built here."""
+    decoder = FrameDecoder(kos, dict(sources or {}))
+    decoded = decoder.decode(lines)
+    if not decoded:
+        return ""
+    body = [f"  {d}" for d in decoded if d.lines] + [f"  ({n})" for n in decoder.notes]
+    return "--- module frames decoded (addr2line) ---\n" + "\n".join(body) if body else ""
