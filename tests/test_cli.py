@@ -76,6 +76,9 @@ class FakeSession:
         self.closed = False
         self.booted = False
 
+    def module_objects(self) -> tuple[dict[str, Path], dict[Path, Path]]:
+        return {}, {}
+
     def build(self) -> Any:
         if self.build_error:
             raise self.build_error

@@ -280,7 +280,7 @@ class LeakOps:
 
 
 def check(ops: LeakOps, allowlist: str = "") -> Any:
-    session = SimpleNamespace(current_guest=ops.guest)
+    session = SimpleNamespace(current_guest=ops.guest, module_objects=lambda: ({}, {}))
     window = Window(session, ops, LogMark("knh-mark:x:1"), 0x3000, 0, unloads=0)  # type: ignore[arg-type]
     return check_window(window, Policy(parse_allowlist(allowlist), "OE", 0))
 

@@ -78,7 +78,7 @@ def fake_window(ops: FakeOps, *, alive: bool, console: Path) -> object:
     ops.guest.alive = alive  # type: ignore[attr-defined]
     ops.guest.paths = SimpleNamespace(kernel_log=console)  # type: ignore[attr-defined]
     ops.guest.dead_reason = None if alive else "QEMU exited"  # type: ignore[attr-defined]
-    session = SimpleNamespace(current_guest=ops.guest)
+    session = SimpleNamespace(current_guest=ops.guest, module_objects=lambda: ({}, {}))
     return Window(session, ops, mark=None, taint=0, console_offset=0, unloads=0)  # type: ignore[arg-type]
 
 
@@ -140,7 +140,8 @@ def knh_kernel_session():
     guest = SimpleNamespace(alive=True, paths=SimpleNamespace(kernel_log=__import__("pathlib").Path("/nonexistent")))
     ops = Ops(guest)
     return SimpleNamespace(guest_kernel=lambda: ops, guest=lambda: guest, current_guest=guest,
-                           kernel=SimpleNamespace(release="fake"), spec_for_reproduction="fake")
+                           kernel=SimpleNamespace(release="fake"), spec_for_reproduction="fake",
+                           module_objects=lambda: ({}, {}))
 '''
 
 
@@ -216,6 +217,9 @@ class Session:
         self.root, self.current_guest, self._ops = root, None, None
         self.kernel = SimpleNamespace(release="fake-1.0", label="fake-1.0")
         self.spec_for_reproduction = "fake-1.0"
+
+    def module_objects(self):
+        return {}, {}
 
     def guest(self):
         if self.current_guest is None or not self.current_guest.alive:
