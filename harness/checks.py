@@ -21,10 +21,10 @@ pytest glue (harness.watch) turns a failing verdict into a test failure.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from .decode import decoded_section
+from .decode import DecodedFrame, decode_frames, render
 from .dmesg import AllowEntry, KernelLine, SplatReport, TaintFlag, scan_splats, unexpected_taint
 from .errors import HarnessError, KernelCheckError, LostGuestError
 from .guest_kernel import GuestKernel, LogMark
@@ -54,6 +54,7 @@ class KernelVerdict:
     died: GuestDied | None = None
     leaks: LeakVerdict | None = None  # the kmemleak scans after a module's unload, when there were any
     decoded: str = ""  # the failing splats' frames in modules built here, with source lines (harness.decode)
+    frames: Mapping[str, tuple[DecodedFrame, ...]] = field(default_factory=dict)  # fingerprint -> decoded frames
 
     @property
     def ok(self) -> bool:
@@ -94,8 +95,14 @@ def with_decoded(verdict: KernelVerdict, session: KernelSession) -> KernelVerdic
     if verdict.decoded or not verdict.splats.failures:
         return verdict
     kos, sources = session.module_objects()
-    texts = [decoded_section(splat.lines, kos, sources) for splat in verdict.splats.failures]
-    return replace(verdict, decoded="\n".join(t for t in dict.fromkeys(texts) if t))
+    frames: dict[str, tuple[DecodedFrame, ...]] = {}
+    notes: list[str] = []
+    for splat in verdict.splats.failures:
+        found, said = decode_frames(splat.lines, kos, sources)
+        frames[splat.fingerprint] = tuple(found)
+        notes += [n for n in said if n not in notes]
+    shown = list(dict.fromkeys(d for found in frames.values() for d in found))
+    return replace(verdict, decoded=render(shown, notes), frames=frames)
 
 
 def with_leaks(verdict: KernelVerdict, reading: LeakReading | None, allowlist: Sequence[AllowEntry]) -> KernelVerdict:

@@ -179,13 +179,28 @@ class FrameDecoder:
             self.notes.append(text)
 
 
+def decode_frames(lines: Iterable[str], kos: Mapping[str, Path],
+                  sources: Mapping[Path, Path] | None = None) -> tuple[list[DecodedFrame], list[str]]:  # fmt: skip
+    """The report's frames in the modules of `kos` that have a source line, and what could not be decoded."""
+    decoder = FrameDecoder(kos, dict(sources or {}))
+    return [d for d in decoder.decode(lines) if d.lines], decoder.notes
+
+
+def render(frames: Sequence[DecodedFrame], notes: Sequence[str]) -> str:
+    """The text a failure message adds under a splat; "" when there is nothing to say."""
+    body = [f"  {d}" for d in frames] + [f"  ({n})" for n in notes]
+    return "--- module frames decoded (addr2line) ---\n" + "\n".join(body) if body else ""
+
+
+def frame_record(decoded: DecodedFrame) -> dict[str, object]:
+    """A decoded frame for summary.json: the frame, its line and the callers it is inlined into."""
+    first, *inlined = decoded.lines
+    return {"frame": decoded.frame.text, "function": first.function, "file": first.file, "line": first.line,
+            "inlined_into": [f"{s.function} at {s.file}:{s.line}" for s in inlined]}  # fmt: skip
+
+
 def decoded_section(lines: Iterable[str], kos: Mapping[str, Path],
                     sources: Mapping[Path, Path] | None = None) -> str:  # fmt: skip
-    """The text a failure message adds under a splat: each module frame with its source line, the RIP
-    frame first, and once what could not be decoded; "" when the report names no module built here."""
-    decoder = FrameDecoder(kos, dict(sources or {}))
-    decoded = decoder.decode(lines)
-    if not decoded:
-        return ""
-    body = [f"  {d}" for d in decoded if d.lines] + [f"  ({n})" for n in decoder.notes]
-    return "--- module frames decoded (addr2line) ---\n" + "\n".join(body) if body else ""
+    """Each module frame with its source line, the RIP frame first, and once what could not be
+    decoded; "" when the report names no module built here."""
+    return render(*decode_frames(lines, kos, sources))

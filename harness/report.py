@@ -7,6 +7,7 @@ over module coverage that was asked for and not measured.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from .coverage import kernel_supports_coverage, no_capable_kernel_message, run_f
 from .junit import FAILURE_KIND_PROPERTY
 from .parallel import STATE_OUTPUT, is_worker
 from .runstate import RUN_KEY, KernelParam, RunState, run_state, uses_guest
+from .summary_md import github_annotations, render_markdown, terminal_groups
 from .watch import WINDOW_KEY
 
 # Module coverage entries (harness.coverage.KernelCoverage.report) of the kernels this process ran.
@@ -61,6 +63,7 @@ def pytest_runtest_makereport(
         del report.wasxfail
     if uses_guest(item):
         outcomes = run_state(item.config).outcomes.setdefault(item.nodeid, {})
+        run_state(item.config).test_kernels[item.nodeid] = _kernel_label(item)
         if report.when == "call" or report.failed or report.skipped:
             outcomes[report.when] = report.outcome
     if report.skipped and item.get_closest_marker("kernel") is not None:
@@ -77,7 +80,20 @@ def pytest_runtest_makereport(
         lines.append(f"(collecting artifacts failed: {type(e).__name__}: {e})")
     lines.append("reproduce: " + reproduce_command(item, kernel_spec))
     report.sections.append(("knetlink-harness", "\n".join(lines)))
+    path, line, _ = item.location
+    run_state(item.config).failures.append({
+        "test": item.nodeid, "kernel": _kernel_label(item), "phase": report.when, "file": path, "line": (line or 0) + 1,
+        "message": _first_line(report), "reproduce": reproduce_command(item, kernel_spec),
+        "artifacts": [ln for ln in lines if not ln.startswith("reproduce: ")],
+    })  # fmt: skip
     return report
+
+
+def _first_line(report: pytest.TestReport) -> str:
+    """The failure's first meaningful line (the exception message's, not a traceback's)."""
+    text = report.longreprtext
+    errors = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("E ")]
+    return next((ln for ln in errors if ln), next((ln for ln in text.splitlines() if ln.strip()), ""))[:300]
 
 
 def _collect_artifacts(item: pytest.Item, window: Window) -> list[str]:
@@ -155,6 +171,8 @@ def local_summary(state: RunState, coverage: Sequence[dict[str, Any]] = ()) -> d
         "skipped": list(state.skips),
         "coverage": list(coverage),
         "kmemleak": list(state.kmemleak),
+        "failures": list(state.failures),
+        "test_kernels": dict(state.test_kernels),
     }
 
 
@@ -175,6 +193,13 @@ def summary_dict(state: RunState, coverage: Sequence[dict[str, Any]] = ()) -> di
     counts: dict[str, int] = {}
     for outcome in tests.values():
         counts[outcome] = counts.get(outcome, 0) + 1
+    kernels_of: dict[str, str] = {}
+    for part in parts:
+        kernels_of.update(part.get("test_kernels", {}))
+    per_kernel: dict[str, dict[str, int]] = {}
+    for nodeid, outcome in tests.items():
+        row = per_kernel.setdefault(kernels_of.get(nodeid, "(no kernel)"), {})
+        row[outcome] = row.get(outcome, 0) + 1
     return {
         "engine": state.config.engine,
         "kernels": [k for part in parts for k in part["kernels"]],
@@ -185,6 +210,8 @@ def summary_dict(state: RunState, coverage: Sequence[dict[str, Any]] = ()) -> di
         "skipped": [s for part in parts for s in part["skipped"]],
         "coverage": [c for part in parts for c in part.get("coverage", ())],
         "kmemleak": [r for part in parts for r in part.get("kmemleak", ())],
+        "failures": [f for part in parts for f in part.get("failures", ())],
+        "per_kernel": per_kernel,
     }
 
 
@@ -216,6 +243,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state.run_root.mkdir(parents=True, exist_ok=True)
     summary["crashes"] = [{k: v for k, v in c.items() if k != "message"} for c in summary["crashes"]]
     (state.run_root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    markdown = render_markdown(summary, state.run_root.name)
+    (state.run_root / "summary.md").write_text(markdown)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:  # GitHub Actions: the same report on the run's page
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(markdown)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -231,9 +264,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"{k['accel_notice']}"
         )
     splats = [s for s in summary["splats"] if not s["allowed"]]
-    terminalreporter.write_line(
-        f"kernel splats: {len(splats)}" + "".join(f"\n  {s['test']}: {s['fingerprint']}" for s in splats)
-    )
+    groups = terminal_groups(summary)
+    terminalreporter.write_line(f"kernel splats: {len(splats)}" + (f", {len(groups)} distinct" if splats else "")
+                                + "".join(f"\n{g}" for g in groups))  # fmt: skip
     for crash in summary["crashes"]:
         terminalreporter.write_line(
             f"KERNEL BROKE {crash['phase']} on {crash['kernel']}, after {crash['previous_test']} "
@@ -243,7 +276,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     _write_kmemleak(terminalreporter, summary["kmemleak"])
     for text, error in summary_lines(summary["coverage"]):
         terminalreporter.write_line(text, red=error)
-    terminalreporter.write_line(f"results: {state.run_root} (summary.json)")
+    terminalreporter.write_line(f"results: {state.run_root} (summary.json, summary.md)")
+    if os.environ.get("GITHUB_ACTIONS") == "true":  # annotations on the run's page
+        for line in github_annotations(summary):
+            terminalreporter.write_line(line)
 
 
 def _write_kmemleak(terminalreporter: Any, readings: list[dict[str, Any]]) -> None:

@@ -7,7 +7,7 @@ share this state instead of a dozen loose stash keys.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,14 @@ import pytest
 
 from .checks import Cursor, KernelVerdict, Policy
 from .config import SETTINGS, HarnessConfig, resolve
+from .decode import DecodedFrame, frame_record
 from .dmesg import AllowEntry, SplatReport
 from .errors import BuildExcluded, HarnessError
 from .kernel import Kernel, expand_kernel_specs
 from .kernel_build import BuildOptions, resolve_kernel_spec
 from .kmemleak import LeakedObject, LeakVerdict
 from .session import KernelSession
+from .splatframes import module_frames
 
 # Fixtures that make a test a kernel test (marked `kernel` at collection).
 KERNEL_FIXTURES = frozenset({"knh_kernel_session", "built_module", "guest", "guest_kernel", "kernel_log", "kmod"})
@@ -61,6 +63,8 @@ class RunState:
     skips: list[dict[str, str]] = field(default_factory=list)  # skipped kernel tests: test, kernel, reason
     remote: list[dict[str, Any]] = field(default_factory=list)  # what xdist workers recorded (harness.parallel)
     kmemleak: list[dict[str, Any]] = field(default_factory=list)  # each reading after an unload (kmemleak kernels)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # failed guest tests: where, reproduce, artifacts
+    test_kernels: dict[str, str] = field(default_factory=dict)  # nodeid -> kernel label, for per-kernel counts
 
     @property
     def policy(self) -> Policy:
@@ -69,12 +73,17 @@ class RunState:
     def anything_recorded(self) -> bool:
         return bool(self.sessions or self.splats or self.crashes or self.skips or self.remote or self.kmemleak)
 
-    def record_splats(self, test: str, release: str, phase: str, report: SplatReport, *,
-                      with_allowed: bool = True) -> None:  # fmt: skip
-        """Add a check's splats to the run summary; the allowlisted ones too, with their reason."""
+    def record_splats(self, test: str, release: str, phase: str, report: SplatReport, *, with_allowed: bool = True,
+                      frames: Mapping[str, Sequence[DecodedFrame]] | None = None) -> None:  # fmt: skip
+        """Add a check's splats to the run summary, each failing one with its heading and its frames
+        decoded to source lines (`frames`: fingerprint -> frames); the allowlisted ones too, with their
+        reason."""
         base = {"test": test, "kernel": release, "phase": phase}
         for splat in report.failures:
-            self.splats.append({**base, "kind": splat.kind, "fingerprint": splat.fingerprint, "allowed": False})
+            decoded = [frame_record(d) for d in (frames or {}).get(splat.fingerprint, ())]
+            self.splats.append({**base, "kind": splat.kind, "fingerprint": splat.fingerprint, "allowed": False,
+                                "heading": splat.heading, "module_frames": [str(f) for f in module_frames(splat)],
+                                "frames": decoded})  # fmt: skip
         for entry in report.allowed if with_allowed else ():
             self.splats.append({**base, "kind": entry.splat.kind, "fingerprint": entry.splat.fingerprint,
                                 "allowed": True, "reason": entry.reason})  # fmt: skip

@@ -93,7 +93,8 @@ def _fail_between(item: pytest.Item, session: KernelSession, cursor: Cursor, ver
                 f"{item.nodeid} began (guest {cursor.guest.launch.name}, {session.kernel.release})")  # fmt: skip
     state = run_state(item.config)
     state.record_crash(session, item.nodeid, "between tests", cursor.test, verdict)
-    state.record_splats(item.nodeid, session.kernel.release, "between tests", verdict.splats, with_allowed=False)
+    state.record_splats(item.nodeid, session.kernel.release, "between tests", verdict.splats, with_allowed=False,
+                        frames=verdict.frames)  # fmt: skip
     if verdict.guest_suspect:
         session.recycle(headline)
     pytest.fail(f"{headline}\n{verdict.message()}", pytrace=False)
@@ -134,7 +135,7 @@ def _check(item: pytest.Item, window: Window, phase: str) -> KernelVerdict | Non
     release = window.session.kernel.release
     state = run_state(item.config)
     state.record_splats(item.nodeid, release, "guest died" if verdict.died else phase,
-                        verdict.splats, with_allowed=verdict.died is None)  # fmt: skip
+                        verdict.splats, with_allowed=verdict.died is None, frames=verdict.frames)  # fmt: skip
     if verdict.leaks is not None:
         state.record_leaks(item.nodeid, release, phase, verdict.leaks)
         if verdict.leaks.kernel or verdict.leaks.allowed:  # reported, never failing: the test's report says so
@@ -221,5 +222,5 @@ def check_after_last_test(config: pytest.Config, session: KernelSession) -> str 
                 f"{session.kernel.release})")  # fmt: skip
     state.record_crash(session, "(end of run)", "after the last test", cursor.test, verdict)
     state.record_splats(cursor.test, session.kernel.release, "after the last test", verdict.splats,
-                        with_allowed=False)  # fmt: skip
+                        with_allowed=False, frames=verdict.frames)  # fmt: skip
     return f"{headline}\n{verdict.message()}"

@@ -149,8 +149,13 @@ def test_panic_after_the_last_test_fails_the_run(
 
 @pytest.mark.kernel
 def test_oops_in_insmod_is_a_crash_and_never_a_skip(
-    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
+    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Also: the run's summary.md (and the GitHub job summary) shows the three oopses as one failure,
+    decoded to the line of crashy.c that writes through NULL."""
+    step_summary = pytester.path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
     result = run_inner(pytester, knh_kernel_session, knh_config, """
         import pytest
         from harness.errors import HarnessError, ModuleLoadError
@@ -177,3 +182,10 @@ def test_oops_in_insmod_is_a_crash_and_never_a_skip(
     assert "crashy_init" in out, out
     assert "a kernel splat is never skipped" in out, out
     assert "the xfail-marked test raised ModuleCrashError" in out, out
+    [summary_md] = (pytester.path / "results").glob("run-*/summary.md")
+    text = summary_md.read_text()
+    line = next(i for i, t in enumerate((CRASHY / "crashy.c").read_text().splitlines(), 1) if "*crashy_null = 1;" in t)
+    release = knh_kernel_session.kernel.release
+    assert "## Distinct failures: 1" in text and f"### 1. null-deref on {release}, 3 tests" in text, text
+    assert f"tests/modules/crashy/crashy.c:{line}` (crashy_init)" in text, text
+    assert step_summary.read_text() == text
