@@ -18,35 +18,17 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .build_plan import BUILD_CHOICES
 from .checks import KernelVerdict, judge, with_decoded
+from .cli_base import EXIT_GUEST_DIED, EXIT_HARNESS, EXIT_KERNEL_SPLAT, Command, Output
 from .config import ENGINES, SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
 from .dmesg import KernelLine, load_allowlist
 from .errors import HarnessError, LostGuestError, ModuleCrashError
 from .kernel_build import BuildOptions, resolve_kernel_spec
 from .session import KernelSession
-
-EXIT_KERNEL_SPLAT = 253
-EXIT_HARNESS = 254
-EXIT_GUEST_DIED = 255
-
-
-class Output:
-    """Progress on stderr unless quiet; results on stdout."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def progress(self, message: str) -> None:
-        if not self.quiet:
-            print(f"[knh] {message}", file=sys.stderr, flush=True)
-
-    def error(self, message: str) -> None:
-        print(f"knetlink-harness: error: {message}", file=sys.stderr, flush=True)
 
 
 def add_guest_options(p: argparse.ArgumentParser, *, module: bool = True, no_module: bool = True) -> None:
@@ -72,16 +54,6 @@ def add_guest_options(p: argparse.ArgumentParser, *, module: bool = True, no_mod
         if no_module:
             p.add_argument("--no-module", action="store_true", help="boot without building or loading the module")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
-
-
-@dataclass(frozen=True)
-class Command:
-    """A subcommand a module layer adds to ``python -m harness`` (see harness.knetlink.commands)."""
-
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
 
 
 def build_parser(extra: Sequence[Command] = ()) -> argparse.ArgumentParser:
@@ -423,6 +395,9 @@ def cmd_bisect_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> int:
     """Run the core commands, and `extra` ones a module layer adds."""
+    from .shards import COMMANDS
+
+    extra = (*COMMANDS, *extra)
     args = build_parser(extra).parse_args(argv)
     for command in extra:
         if args.command == command.name:

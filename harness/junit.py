@@ -85,3 +85,22 @@ def seconds_by_param(path: Path, labels: Sequence[str]) -> dict[str, float]:
         if label is not None:
             out[label] = out.get(label, 0.0) + float(case.get("time") or 0.0)
     return out
+
+
+def merge_junit(paths: Sequence[Path]) -> ET.ElementTree:
+    """One JUnit document of every <testsuite> in `paths` (shards of a run), under one <testsuites>
+    with the totals summed; an unreadable file is left out."""
+    root = ET.Element("testsuites")
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for path in paths:
+        try:
+            top = ET.parse(path).getroot()
+        except (OSError, ET.ParseError):
+            continue
+        for suite in [top] if top.tag == "testsuite" else top.findall("testsuite"):
+            root.append(suite)
+            for key in totals:
+                totals[key] += int(suite.get(key, "0") or 0)
+    for key, value in totals.items():
+        root.set(key, str(value))
+    return ET.ElementTree(root)

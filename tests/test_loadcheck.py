@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from harness.cli import CHECK_STATUS, EXIT_GUEST_DIED, EXIT_HARNESS, EXIT_KERNEL_SPLAT
+from harness.cli import CHECK_STATUS
+from harness.cli_base import EXIT_GUEST_DIED, EXIT_HARNESS, EXIT_KERNEL_SPLAT
 from harness.guest_kernel import parse_usage
 from harness.loadcheck import CheckRow, format_table, parse_meminfo
 

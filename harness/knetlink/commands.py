@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli import EXIT_HARNESS, Command, Output, add_guest_options, config_from_args, run_with_session
+from ..cli import add_guest_options, config_from_args, run_with_session
+from ..cli_base import EXIT_HARNESS, Command, Output
 from ..config import HarnessConfig, module_params_dict
 from ..errors import HarnessError
 from ..kernel_build import resolve_kernel_spec
