@@ -65,7 +65,7 @@ def test_kernel_job_proves_kvm_and_never_falls_back_to_tcg() -> None:
 def test_kernel_job_installs_with_setup_and_runs_tox_kernel() -> None:
     text = _text()
     assert "run: scripts/setup.sh" in text
-    assert "run: .venv/bin/tox -e kernel-full" in text
+    assert ".venv/bin/tox -e kernel-full" in _job("kernel")
     assert 'echo "KNH_KERNEL=$release" >> "$GITHUB_ENV"' in text
 
 
@@ -97,3 +97,12 @@ def test_debug_job_caches_the_kernel_by_source_and_profile_and_runs_tox_debug() 
     assert "run: .venv/bin/tox -e debug" in job
     assert "KNH_ACCEL: kvm" in job
     assert job.index("actions/cache@") < job.index("--kernel debug") < job.index("tox -e debug")
+
+
+def test_the_matrix_comes_from_the_harness_and_the_shards_are_merged() -> None:
+    plan, kernel, report = _job("plan"), _job("kernel"), _job("report")
+    assert "python -m harness matrix --json" in plan and 'echo "matrix=$matrix" >> "$GITHUB_OUTPUT"' in plan
+    assert "matrix: ${{ fromJSON(needs.plan.outputs.matrix) }}" in kernel and "needs: plan" in kernel
+    assert "KNH_ENGINE: ${{ matrix.engine }}" in kernel and "FLAVOUR: ${{ matrix.kernel }}" in kernel
+    assert "needs: kernel" in report and "if: always()" in report
+    assert "uses: actions/download-artifact@" in report and "python -m harness report --out merged" in report
