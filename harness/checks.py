@@ -80,26 +80,29 @@ class KernelVerdict:
             return "\n".join(parts)
         if self.splats.failures:
             parts.append(f"kernel splat(s) during the test ({len(self.splats.failures)}):\n{self.splats.summary()}")
-            if self.decoded:
-                parts.append(self.decoded)
         if self.new_taint:
             flags = ", ".join(str(f) for f in self.new_taint)
             parts.append(f"kernel taint changed {self.taint_before} -> {self.taint_after}: unexpected {flags}")
         if self.leaks is not None and not self.leaks.ok:
             parts.append(self.leaks.message())
+        if self.decoded:
+            parts.append(self.decoded)
         return "\n".join(parts)
 
 
 def with_decoded(verdict: KernelVerdict, session: KernelSession) -> KernelVerdict:
     """`verdict` with its failing splats' frames in the modules the session built decoded to source lines."""
-    if verdict.decoded or not verdict.splats.failures:
+    reports = [(s.fingerprint, s.lines) for s in verdict.splats.failures]
+    if verdict.leaks is not None:  # a leaked object's backtrace, named after the unloaded module's code
+        reports += [(o.splat.fingerprint, (*o.lines, *o.frames)) for o in verdict.leaks.failures]
+    if verdict.decoded or not reports:
         return verdict
-    kos, sources = session.module_objects()
+    kos, sources, vmlinux = session.decode_inputs()
     frames: dict[str, tuple[DecodedFrame, ...]] = {}
     notes: list[str] = []
-    for splat in verdict.splats.failures:
-        found, said = decode_frames(splat.lines, kos, sources)
-        frames[splat.fingerprint] = tuple(found)
+    for fingerprint, lines in reports:
+        found, said = decode_frames(lines, kos, sources, vmlinux)
+        frames[fingerprint] = tuple(found)
         notes += [n for n in said if n not in notes]
     shown = list(dict.fromkeys(d for found in frames.values() for d in found))
     return replace(verdict, decoded=render(shown, notes), frames=frames)

@@ -12,6 +12,7 @@ once per module (symbols) and once per module and report (lines).
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,8 +22,9 @@ from typing import Final
 
 FRAME_RE: Final = re.compile(
     r"(?P<rip>RIP: [0-9a-f]{4}:)?(?P<unreliable>\? )?(?P<func>[A-Za-z_.$][\w.$]*)"
-    r"\+0x(?P<off>[0-9a-fA-F]+)/0x[0-9a-fA-F]+ \[(?P<module>[\w-]+)(?: [0-9a-f]+)?\]"
+    r"\+0x(?P<off>[0-9a-fA-F]+)/0x[0-9a-fA-F]+(?: \[(?P<module>[\w-]+)(?: [0-9a-f]+)?\])?"
 )
+NM_RE: Final = re.compile(r"^([0-9a-f]+) [tTwW] (\S+)$")
 SYMBOL_RE: Final = re.compile(r"^[0-9a-f]+ [lgw ][ w]\s*\S*\s*F (?P<section>\S+)\s+[0-9a-f]+ (?P<name>\S+)$")
 
 
@@ -32,12 +34,12 @@ class FrameRef:
 
     function: str
     offset: int
-    module: str  # '-' as '_'
+    module: str  # '-' as '_'; "" for the kernel itself
     rip: bool  # the faulting instruction (a RIP: line), not a return address
 
     @property
     def text(self) -> str:
-        return f"{self.function}+{self.offset:#x} [{self.module}]"
+        return f"{self.function}+{self.offset:#x}" + (f" [{self.module}]" if self.module else "")
 
 
 @dataclass(frozen=True)
@@ -61,15 +63,15 @@ class DecodedFrame:
 
 
 def frame_refs(lines: Iterable[str]) -> list[FrameRef]:
-    """Every mention of module code, in order, each once (a frame the unwinder marks unreliable,
+    """Every mention of code (a module's or the kernel's), in order, each once (a frame the unwinder marks unreliable,
     `? func+...`, and the RIP frame repeated in the trace left out); the RIP frame first."""
     refs: list[FrameRef] = []
     for text in lines:
         for m in FRAME_RE.finditer(text):
             if m.group("unreliable") or m.group("func").startswith("__pfx_"):
                 continue
-            refs.append(FrameRef(m.group("func"), int(m.group("off"), 16), m.group("module").replace("-", "_"),
-                                 bool(m.group("rip"))))  # fmt: skip
+            module = (m.group("module") or "").replace("-", "_")
+            refs.append(FrameRef(m.group("func"), int(m.group("off"), 16), module, bool(m.group("rip"))))
     rips = {(r.function, r.offset, r.module) for r in refs if r.rip}
     unique = [r for r in dict.fromkeys(refs) if r.rip or (r.function, r.offset, r.module) not in rips]
     return sorted(unique, key=lambda r: not r.rip)
@@ -82,6 +84,16 @@ def parse_symbols(objdump_t: str) -> dict[str, tuple[str, int]]:
         m = SYMBOL_RE.match(line)
         if m:
             out[m.group("name")] = (m.group("section"), int(line.split()[0], 16))
+    return out
+
+
+def parse_nm(nm: str) -> dict[str, int]:
+    """`nm` of a vmlinux: {text symbol: address} (the first of a name that appears twice)."""
+    out: dict[str, int] = {}
+    for line in nm.splitlines():
+        m = NM_RE.match(line)
+        if m:
+            out.setdefault(m.group(2), int(m.group(1), 16))
     return out
 
 
@@ -117,15 +129,35 @@ class FrameDecoder:
 
     kos: Mapping[str, Path]
     sources: Mapping[Path, Path] = field(default_factory=dict)
+    vmlinux: Path | None = None  # the kernel's image with debug info, when at hand: its frames decoded too
     _symbols: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def decode(self, lines: Iterable[str]) -> list[DecodedFrame]:
-        refs = [r for r in frame_refs(lines) if r.module in self.kos]
+        refs = [r for r in frame_refs(lines) if r.module in self.kos or (not r.module and self.vmlinux)]
         found: dict[FrameRef, tuple[SourceLine, ...]] = {}
-        for module in dict.fromkeys(r.module for r in refs):
+        for module in dict.fromkeys(r.module for r in refs if r.module):
             found.update(self._decode_module(module, [r for r in refs if r.module == module]))
+        kernel = [r for r in refs if not r.module]
+        if kernel and self.vmlinux is not None:
+            found.update(self._decode_kernel(self.vmlinux, kernel))
         return [DecodedFrame(r, found.get(r, ())) for r in refs]
+
+    def _decode_kernel(self, vmlinux: Path, refs: Sequence[FrameRef]) -> dict[FrameRef, tuple[SourceLine, ...]]:
+        """Frames of the kernel itself, from the vmlinux's symbols (link addresses: the offsets are
+        KASLR-proof) and its line table."""
+        symbols = kernel_symbols(vmlinux)
+        wanted = [(r, symbols[r.function] + r.offset - (0 if r.rip else 1)) for r in refs if r.function in symbols]
+        if not wanted:
+            return {}
+        argv = ["addr2line", "-a", "-f", "-i", "-e", str(vmlinux), *(hex(a) for _, a in wanted)]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self._note(f"addr2line could not run on {vmlinux} ({e})")
+            return {}
+        found = parse_addr2line(proc.stdout)
+        return {ref: found.get(address, ()) for ref, address in wanted}
 
     def _decode_module(self, module: str, refs: Sequence[FrameRef]) -> dict[FrameRef, tuple[SourceLine, ...]]:
         ko = self.kos[module]
@@ -179,10 +211,25 @@ class FrameDecoder:
             self.notes.append(text)
 
 
-def decode_frames(lines: Iterable[str], kos: Mapping[str, Path],
-                  sources: Mapping[Path, Path] | None = None) -> tuple[list[DecodedFrame], list[str]]:  # fmt: skip
-    """The report's frames in the modules of `kos` that have a source line, and what could not be decoded."""
-    decoder = FrameDecoder(kos, dict(sources or {}))
+@functools.lru_cache(maxsize=2)
+def _nm(vmlinux: str, mtime_ns: int) -> dict[str, int]:
+    proc = subprocess.run(["nm", vmlinux], capture_output=True, text=True, check=False, timeout=120)
+    return parse_nm(proc.stdout)
+
+
+def kernel_symbols(vmlinux: Path) -> dict[str, int]:
+    """The text symbols of a vmlinux, read once per file version."""
+    try:
+        return _nm(str(vmlinux), vmlinux.stat().st_mtime_ns)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+
+
+def decode_frames(lines: Iterable[str], kos: Mapping[str, Path], sources: Mapping[Path, Path] | None = None,
+                  vmlinux: Path | None = None) -> tuple[list[DecodedFrame], list[str]]:  # fmt: skip
+    """The report's frames in the modules of `kos` (and in the kernel, given its `vmlinux` with debug
+    info) that have a source line, and what could not be decoded."""
+    decoder = FrameDecoder(kos, dict(sources or {}), vmlinux)
     return [d for d in decoder.decode(lines) if d.lines], decoder.notes
 
 

@@ -209,7 +209,7 @@ class KernelSession:
             self.scratch.mkdir(parents=True, exist_ok=True)
             kmemleak = may_have_kmemleak(kernel_config(self.kernel))  # stock kernels: no guest command
             self._guest_kernel = GuestKernel(guest, self.scratch, kmemleak=kmemleak,
-                                             sources=lambda: self.module_objects()[1])  # fmt: skip
+                                             sources=lambda: self.decode_inputs()[1])  # fmt: skip
             return guest
         assert last is not None
         self._boot_error = last  # do not boot again for every remaining test
@@ -266,12 +266,21 @@ class KernelSession:
         elif self.guest_kernel().loaded(module.name):
             self.guest_kernel().rmmod(module.name)
 
-    def module_objects(self) -> tuple[dict[str, Path], dict[Path, Path]]:
-        """The modules built in this session ({name: .ko}) and their sources ({build copy: source
-        directory}), for decoding a splat's frames (harness.decode)."""
+    def decode_inputs(self) -> tuple[dict[str, Path], dict[Path, Path], Path | None]:
+        """What decodes a splat's frames (harness.decode): the modules built in this session ({name:
+        .ko}), their sources ({build copy: source directory}) and the kernel's image with debug info."""
         kos = {module_name(ko.name): ko for built in self._builds.values() for ko in built.modules}
         sources = {built.directory: source.directory for source, built in self._builds.items()}
-        return kos, sources
+        return kos, sources, self.kernel_debug_image()
+
+    def kernel_debug_image(self) -> Path | None:
+        """The kernel's image with debug info, when at hand: the vmlinux of a kernel built here, or a
+        distribution's debug package (/usr/lib/debug); None otherwise."""
+        for path in (self.kernel.build_dir / "vmlinux", Path("/usr/lib/debug/boot") / f"vmlinux-{self.kernel.release}",
+                     Path("/usr/lib/debug/lib/modules") / self.kernel.release / "vmlinux"):  # fmt: skip
+            if path.is_file():
+                return path
+        return None
 
     def module_param(self, module: LoadedModule, name: str) -> str:
         """The loaded module's parameter as the kernel holds it (/sys/module/<name>/parameters/<param>)."""

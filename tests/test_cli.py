@@ -76,8 +76,8 @@ class FakeSession:
         self.closed = False
         self.booted = False
 
-    def module_objects(self) -> tuple[dict[str, Path], dict[Path, Path]]:
-        return {}, {}
+    def decode_inputs(self) -> tuple[dict[str, Path], dict[Path, Path], Path | None]:
+        return {}, {}, None
 
     def build(self) -> Any:
         if self.build_error:

@@ -56,6 +56,7 @@ def test_frame_refs_from_rip_trace_and_kmemleak_lines() -> None:
             " kbleds_init+0x8c/0x1000 [kbleds]"]  # fmt: skip
     assert frame_refs(text) == [
         FrameRef("kbleds_init", 0x8C, "kbleds", True),
+        FrameRef("do_one_initcall", 0x5B, "", False),  # the kernel's own: decoded only with its vmlinux
         FrameRef("kbleds_helper.isra.0", 0x10, "kbleds", False),
         FrameRef("leak_alloc", 0x1C, "leak_mod", False),
     ]
@@ -130,3 +131,15 @@ def test_the_section_names_the_source_directory_and_says_what_cannot_be_decoded(
     assert f"knh_first+{starts[3]:#x} [m] -> /home/me/driver/m.c:3 (knh_first)" in text
     assert "(plain.ko has no line information (built without debug info" in text
     assert decoded_section(["RIP: 0010:other+0x1/0x2 [elsewhere]"], {"m": ko}) == ""
+
+
+def test_kernel_frames_are_decoded_with_the_kernels_image_and_left_raw_without(tmp_path: Path) -> None:
+    """A linked program with debug info stands for a vmlinux: its symbols have link addresses."""
+    (tmp_path / "m.c").write_text(SOURCE + "\nint main(void) { int x = 1; return knh_second(&x); }\n")
+    image = tmp_path / "vmlinux"
+    subprocess.run(["gcc", "-g", "-O0", "-no-pie", str(tmp_path / "m.c"), "-o", str(image)], check=True)
+    lines = ["RIP: 0010:knh_third+0x1/0x10", " knh_second+0x1/0x28"]
+    rip, caller = FrameDecoder({}, vmlinux=image).decode(lines)
+    assert (rip.frame.module, rip.lines[0].function, rip.lines[0].line) == ("", "knh_third", 13)
+    assert (caller.lines[0].function, caller.lines[0].line) == ("knh_second", 8)
+    assert FrameDecoder({}).decode(lines) == []  # no image: nothing said about the kernel's frames

@@ -280,7 +280,7 @@ class LeakOps:
 
 
 def check(ops: LeakOps, allowlist: str = "") -> Any:
-    session = SimpleNamespace(current_guest=ops.guest, module_objects=lambda: ({}, {}))
+    session = SimpleNamespace(current_guest=ops.guest, decode_inputs=lambda: ({}, {}, None))
     window = Window(session, ops, LogMark("knh-mark:x:1"), 0x3000, 0, unloads=0)  # type: ignore[arg-type]
     return check_window(window, Policy(parse_allowlist(allowlist), "OE", 0))
 
@@ -371,6 +371,9 @@ class Session:
 
     def guest_kernel(self):
         return ops
+
+    def decode_inputs(self):
+        return {}, {}, None
 
     def guest(self):
         return guest

@@ -78,7 +78,7 @@ def fake_window(ops: FakeOps, *, alive: bool, console: Path) -> object:
     ops.guest.alive = alive  # type: ignore[attr-defined]
     ops.guest.paths = SimpleNamespace(kernel_log=console)  # type: ignore[attr-defined]
     ops.guest.dead_reason = None if alive else "QEMU exited"  # type: ignore[attr-defined]
-    session = SimpleNamespace(current_guest=ops.guest, module_objects=lambda: ({}, {}))
+    session = SimpleNamespace(current_guest=ops.guest, decode_inputs=lambda: ({}, {}, None))
     return Window(session, ops, mark=None, taint=0, console_offset=0, unloads=0)  # type: ignore[arg-type]
 
 
@@ -141,7 +141,7 @@ def knh_kernel_session():
     ops = Ops(guest)
     return SimpleNamespace(guest_kernel=lambda: ops, guest=lambda: guest, current_guest=guest,
                            kernel=SimpleNamespace(release="fake"), spec_for_reproduction="fake",
-                           module_objects=lambda: ({}, {}))
+                           decode_inputs=lambda: ({}, {}, None))
 '''
 
 
@@ -218,8 +218,8 @@ class Session:
         self.kernel = SimpleNamespace(release="fake-1.0", label="fake-1.0")
         self.spec_for_reproduction = "fake-1.0"
 
-    def module_objects(self):
-        return {}, {}
+    def decode_inputs(self):
+        return {}, {}, None
 
     def guest(self):
         if self.current_guest is None or not self.current_guest.alive:

@@ -23,6 +23,7 @@ are deselected on every other kernel.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -97,6 +98,10 @@ def test_debug_kernel_fails_the_test_with_the_report(
     assert result.ret != 0, out
     assert f"{kind} at log line" in out, out
     assert heading in out and function in out, out
+    # the module's frames decoded from its .ko, and the kernel's from the debug build's vmlinux
+    assert "--- module frames decoded (addr2line) ---" in out, out
+    assert re.search(rf"\[{module}\] -> \S*tests/modules/{module}/{module}\.c:\d+ \(", out), out
+    assert re.search(r"\n  [\w.]+\+0x[0-9a-f]+ -> \S+\.[ch]:\d+ \(", out), out
 
 
 def test_debug_kernel_kmemleak_fails_the_test_that_unloaded_the_leaking_module(
@@ -110,6 +115,9 @@ def test_debug_kernel_kmemleak_fails_the_test_that_unloaded_the_leaking_module(
     assert "leaked by module leak (unreferenced after its unload; 2 scans after the rmmod" in out, out
     assert "kmemleak [kmemleak:-:leak_alloc:leak_init" in out and "from leak_alloc [leak], leak_init [leak]" in out
     assert "new suspected memory leak" not in out and "kmemleak at log line" not in out, out
+    line = next(i for i, t in enumerate((MODULES / "leak" / "leak.c").read_text().splitlines(), 1)
+                if "kmalloc(64, GFP_KERNEL)" in t)  # fmt: skip
+    assert re.search(rf"leak_alloc\+0x[0-9a-f]+ \[leak\] -> \S*tests/modules/leak/leak\.c:{line} ", out), out
     summary = json.loads(next((pytester.path / "results").glob("*/summary.json")).read_text())
     (reading,) = summary["kmemleak"]
     assert reading["modules"] == ["leak"] and {o["attributed"] for o in reading["objects"]} >= {"module"}
