@@ -16,25 +16,16 @@ same kernel, engine and accelerator as the outer run, and reads its outcome:
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import pytest
+from inner_runs import MODULES, source_conftest  # tests/kernel/inner_runs.py
 
 from harness.config import HarnessConfig
 from harness.memdebug import kernel_config
 from harness.session import KernelSession
 
-CRASHY = Path(__file__).resolve().parent.parent / "modules" / "crashy"
-
-CONFTEST = f"""
-import pytest
-from pathlib import Path
-from harness.session import ModuleSource
-
-@pytest.fixture(scope="session")
-def knh_module_source():
-    return ModuleSource(Path({str(CRASHY)!r}))
-"""
+CRASHY = MODULES / "crashy"
+CONFTEST = source_conftest(CRASHY)
 
 # A host-only test that waits (up to a minute) for the kthread's panic to end the guest, so the
 # panic lands between two tests (or after the last one) however slow the machine is.

@@ -9,16 +9,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from inner_runs import MODULES, source_conftest  # tests/kernel/inner_runs.py
 
 from harness.errors import BuildError, BuildExcluded, ModuleBusyError
 from harness.guest_kernel import GuestKernel
 from harness.memdebug import kernel_config
 from harness.session import KernelSession, LoadedModule, ModuleSource
 
-MODULES = Path(__file__).resolve().parent.parent / "modules"
 pytestmark = pytest.mark.kernel
 
 
@@ -151,15 +150,7 @@ def test_load_check_option_adds_the_check_to_a_suite(pytester: pytest.Pytester,
                                                      knh_kernel_session: KernelSession) -> None:  # fmt: skip
     """A suite of one host-only test run with --load-check 2 on dep_intree gets test_load_unload_cycles."""
     needs_crc8_module(knh_kernel_session)
-    pytester.makeconftest(f"""
-import pytest
-from pathlib import Path
-from harness.session import ModuleSource
-
-@pytest.fixture(scope="session")
-def knh_module_source():
-    return ModuleSource(Path({str(MODULES / "dep_intree")!r}))
-""")
+    pytester.makeconftest(source_conftest(MODULES / "dep_intree"))
     pytester.makepyfile(test_host="def test_host():\n    pass\n")
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-rA", "--kernel", knh_kernel_session.spec_for_reproduction,

@@ -12,19 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inner_runs import MODULES, source_conftest  # tests/kernel/inner_runs.py
 
 from harness.kernel import expand_kernel_specs
 
-CRASHY = Path(__file__).resolve().parent.parent / "modules" / "crashy"
-CONFTEST = f"""
-import pytest
-from pathlib import Path
-from harness.session import ModuleSource
-
-@pytest.fixture(scope="session")
-def knh_module_source():
-    return ModuleSource(Path({str(CRASHY)!r}))
-"""
+CONFTEST = source_conftest(MODULES / "crashy")
 TESTS = """
 def test_oops(guest_kernel, built_module):
     guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
