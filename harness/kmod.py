@@ -21,7 +21,7 @@ import os
 import platform
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +168,19 @@ def warning_lines(log: str) -> tuple[str, ...]:
 GCOV_VARIABLES = ("GCOV_PROFILE=y",)  # kbuild: compile every object of the module for gcov
 
 
+DEBUG_INFO_VARIABLES = ("KCFLAGS=-g",)  # kbuild adds KCFLAGS to every compiler command line
+
+
+def debug_info_variables(config: Mapping[str, str], variables: Sequence[str]) -> tuple[str, ...]:
+    """Make variables that give the module debug info on a kernel configured without any (a debug kernel
+    built here saves its build time that way): a splat's frames in the module then decode to source
+    lines (harness.decode). Nothing when the kernel has CONFIG_DEBUG_INFO, its config is unknown, or
+    the user sets KCFLAGS."""
+    if not config or config.get("DEBUG_INFO") == "y" or any(v.startswith("KCFLAGS=") for v in variables):
+        return ()
+    return DEBUG_INFO_VARIABLES
+
+
 def host_arch() -> str:
     """DKMS's `arch`: the guest's architecture, which is the host's."""
     return platform.machine()
@@ -203,6 +216,7 @@ def build_module(src: Path, kernel: Kernel, *, cache_root: Path | None = None, t
                           "knh_module_source) at the driver's directory")  # fmt: skip
     choice = choose_build(src, choice)
     variables = expand_make_vars(make_vars, kernel.build_dir, kernel.release) + (GCOV_VARIABLES if coverage else ())
+    variables += debug_info_variables(kernel_config(kernel), variables)
     cache_root = cache_root or default_cache_root()
     key = source_key(src, kernel, (*targets, f"build={choice}", *variables), coverage=coverage)
     final = cache_root / "modules" / kernel.release / f"{src.name}-{key}"

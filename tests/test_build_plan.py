@@ -333,3 +333,17 @@ def test_a_kernel_excluded_by_dkms_conf_skips_the_test_with_dkms_reason() -> Non
         fail_on_harness_error(BuildExcluded("dkms.conf of x: BUILD_EXCLUSIVE_KERNEL=\"^5\" does not match 6.1"))
     with pytest.raises(HarnessFailed):
         fail_on_harness_error(BuildError("module build failed", "log"))
+
+
+def test_a_kernel_without_debug_info_gets_modules_with_it(tmp_path: Path, kernel: Kernel, fake_ko: FakeKo) -> None:
+    """The debug kernel built here has CONFIG_DEBUG_INFO_NONE: its modules are compiled with KCFLAGS=-g, so a
+    splat's frames still decode; a kernel with DEBUG_INFO, or a user's own KCFLAGS, is left alone."""
+    from harness.kmod import debug_info_variables
+
+    assert debug_info_variables({"DEBUG_INFO_NONE": "y"}, ()) == ("KCFLAGS=-g",)
+    assert debug_info_variables({"DEBUG_INFO": "y"}, ()) == ()
+    assert debug_info_variables({"DEBUG_INFO_NONE": "y"}, ("KCFLAGS=-O1",)) == ()
+    assert debug_info_variables({}, ()) == ()
+    src = driver(tmp_path, "dbg", {"Makefile": f"all:\n\t@echo '[$(KCFLAGS)]' > got; cp {fake_ko()} d.ko\n"})
+    built = build_module(src, kernel, cache_root=tmp_path / "cache")  # the fixture's .config has no DEBUG_INFO
+    assert (built.directory / "got").read_text() == "[-g]\n"

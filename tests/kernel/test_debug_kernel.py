@@ -98,10 +98,9 @@ def test_debug_kernel_fails_the_test_with_the_report(
     assert result.ret != 0, out
     assert f"{kind} at log line" in out, out
     assert heading in out and function in out, out
-    # the module's frames decoded from its .ko, and the kernel's from the debug build's vmlinux
+    # the module's frames decoded from its .ko (built with -g: the debug kernel has no debug info of its own)
     assert "--- module frames decoded (addr2line) ---" in out, out
     assert re.search(rf"\[{module}\] -> \S*tests/modules/{module}/{module}\.c:\d+ \(", out), out
-    assert re.search(r"\n  [\w.]+\+0x[0-9a-f]+ -> \S+\.[ch]:\d+ \(", out), out
 
 
 def test_debug_kernel_kmemleak_fails_the_test_that_unloaded_the_leaking_module(
@@ -117,7 +116,9 @@ def test_debug_kernel_kmemleak_fails_the_test_that_unloaded_the_leaking_module(
     assert "new suspected memory leak" not in out and "kmemleak at log line" not in out, out
     line = next(i for i, t in enumerate((MODULES / "leak" / "leak.c").read_text().splitlines(), 1)
                 if "kmalloc(64, GFP_KERNEL)" in t)  # fmt: skip
-    assert re.search(rf"leak_alloc\+0x[0-9a-f]+ \[leak\] -> \S*tests/modules/leak/leak\.c:{line} ", out), out
+    # the kmalloc call's line, directly or as the line kmalloc (inlined from slab.h) is inlined into
+    assert re.search(rf"leak_alloc\+0x[0-9a-f]+ \[leak\] -> (\S*tests/modules/leak/leak\.c:{line} |.*\n\s+"
+                     rf"inlined into leak_alloc at \S*tests/modules/leak/leak\.c:{line}\b)", out), out
     summary = json.loads(next((pytester.path / "results").glob("*/summary.json")).read_text())
     (reading,) = summary["kmemleak"]
     assert reading["modules"] == ["leak"] and {o["attributed"] for o in reading["objects"]} >= {"module"}
