@@ -26,7 +26,7 @@ from .checks import KernelVerdict, judge, with_decoded
 from .cli_base import EXIT_GUEST_DIED, EXIT_HARNESS, EXIT_KERNEL_SPLAT, Command, Output
 from .config import ENGINES, SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
 from .dmesg import KernelLine, load_allowlist
-from .errors import HarnessError, LostGuestError, ModuleCrashError
+from .errors import ConfigError, HarnessError, LostGuestError, ModuleCrashError
 from .kernel_build import BuildOptions, resolve_kernel_spec
 from .session import KernelSession
 
@@ -364,6 +364,16 @@ def cmd_build_kernel(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_configitems(items: Sequence[str]) -> None:
+    """bisect-run's --configitem values, checked as the kernel_config setting's items are."""
+    parse = SETTINGS_BY_NAME["kernel_config"].item_parse or str
+    for item in items:
+        try:
+            parse(item)
+        except ValueError as e:
+            raise ConfigError(f"invalid --configitem {item!r}: {e}; e.g. CONFIG_PREEMPT_RT=y") from None
+
+
 def cmd_bisect_run(args: argparse.Namespace) -> int:
     """One `git bisect run` step; see harness/bisect.py for the exit-status contract."""
     from .bisect import EXIT_ABORT, absolutize_args, bisect_run, default_build_step
@@ -379,6 +389,7 @@ def cmd_bisect_run(args: argparse.Namespace) -> int:
     tree = Path(args.kernel_tree).resolve()
     try:
         env_options = BuildOptions.from_env()
+        check_configitems(args.configitem)  # a usage error now, not a failed build on every commit
         options = BuildOptions(btf=args.btf or env_options.btf,
                                extra_config=(*env_options.extra_config, *args.configitem),
                                jobs=args.jobs or env_options.jobs, vng=env_options.vng)  # fmt: skip

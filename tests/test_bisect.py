@@ -497,3 +497,18 @@ def test_git_bisect_run_end_to_end(tmp_path: Path, fake_vng: Path) -> None:
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     assert f"{c3} is the first bad commit" in out
+
+
+def test_a_malformed_configitem_aborts_before_any_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--configitem CONFIG_FOO` (no =value) is a usage error: exit 128 (abort) at once; building with it
+    would fail on every commit, each one skipped (125), and the bisection would end on skips alone."""
+    import harness.bisect
+    from harness import cli
+
+    calls: list[object] = []
+    monkeypatch.setattr(harness.bisect, "bisect_run", lambda *a, **k: calls.append(a) or 125)
+    status = cli.main(["bisect-run", "--kernel-tree", str(tmp_path), "--configitem", "CONFIG_FOO", "-q", "--",
+                       "tests/kernel/test_seed.py"])  # fmt: skip
+    assert status == harness.bisect.EXIT_ABORT and calls == []
+    assert cli.main(["bisect-run", "--kernel-tree", str(tmp_path), "--configitem", "CONFIG_FOO=y", "-q", "--",
+                     "tests/kernel/test_seed.py"]) == 125  # fmt: skip
