@@ -139,18 +139,21 @@ def config_from_args(args: argparse.Namespace) -> HarnessConfig:
 
 
 def _project_ini() -> dict[str, Any]:
-    """ini keys from pyproject.toml of the current directory, so CLI and pytest agree."""
+    """ini keys from pyproject.toml of the current directory, so CLI and pytest agree (on Python 3.10
+    through tomli, which pytest itself needs there). A file that cannot be read is a ConfigError, as
+    it is for pytest."""
     path = Path("pyproject.toml")
     if not path.exists():
         return {}
     try:
         import tomllib
     except ImportError:  # Python 3.10
-        return {}
+        import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path.resolve()} cannot be read for its knh_ ini keys: {e}; fix the file (pytest "
+                          "refuses it too)") from None  # fmt: skip
     section = data.get("tool", {}).get("pytest", {}).get("ini_options", {})
     return {k: v for k, v in section.items() if k.startswith("knh_")}
 

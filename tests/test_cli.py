@@ -322,3 +322,19 @@ def test_build_kernel_takes_the_option_over_knh_kernel(monkeypatch: pytest.Monke
     monkeypatch.setenv("KNH_KERNEL", "env-a env-b env-a")
     assert cli.main(["build-kernel", "-q", *argv]) == 0
     assert resolved == want
+
+
+def test_a_broken_pyproject_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """pytest refuses a pyproject.toml it cannot parse; the CLI must not run on without its knh_ ini keys."""
+    (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options\nknh_engine = 'qemu'\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["exec", "--no-module", "-q", "--", "true"]) == cli.EXIT_HARNESS
+    err = capsys.readouterr().err
+    assert "pyproject.toml" in err and "cannot be read" in err, err
+
+
+def test_ini_keys_of_pyproject_reach_the_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\nknh_engine = 'qemu'\nother = 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli._project_ini() == {"knh_engine": "qemu"}
