@@ -2,30 +2,32 @@
 
 A report names module code as ``func+0x19/0xb5 [crashy]`` (in ``RIP:``, in the
 call trace, in KASAN, lockdep or kmemleak lines). In the unrelocated ``.ko`` the
-symbol ``func`` sits at an offset in its section (``objdump -t``), so
+symbol ``func`` sits at an offset in its section (its symbol table, read by harness.elf), so
 ``addr2line -f -i -j <section> <offset>`` gives the file, line and inlined callers,
 as the kernel's ``scripts/faddr2line`` does. The RIP frame is the faulting
 instruction itself; every other frame is a return address, looked up one byte
-earlier so the line is the call's. Parsers are pure; `FrameDecoder` runs binutils
-once per module (symbols) and once per module and report (lines).
+earlier so the line is the call's. Parsers are pure; `FrameDecoder` reads each module's symbol
+table once and runs addr2line once per module section and report.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import struct
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from .elf import ko_functions
+
 FRAME_RE: Final = re.compile(
     r"(?P<rip>RIP: [0-9a-f]{4}:)?(?P<unreliable>\? )?(?P<func>[A-Za-z_.$][\w.$]*)"
     r"\+0x(?P<off>[0-9a-fA-F]+)/0x[0-9a-fA-F]+(?: \[(?P<module>[\w-]+)(?: [0-9a-f]+)?\])?"
 )
 NM_RE: Final = re.compile(r"^([0-9a-f]+) [tTwW] (\S+)$")
-SYMBOL_RE: Final = re.compile(r"^[0-9a-f]+ [lgw ][ w]\s*\S*\s*F (?P<section>\S+)\s+[0-9a-f]+ (?P<name>\S+)$")
 
 
 @dataclass(frozen=True)
@@ -75,16 +77,6 @@ def frame_refs(lines: Iterable[str]) -> list[FrameRef]:
     rips = {(r.function, r.offset, r.module) for r in refs if r.rip}
     unique = [r for r in dict.fromkeys(refs) if r.rip or (r.function, r.offset, r.module) not in rips]
     return sorted(unique, key=lambda r: not r.rip)
-
-
-def parse_symbols(objdump_t: str) -> dict[str, tuple[str, int]]:
-    """`objdump -t` of a module: {function: (section, offset in it)}."""
-    out = {}
-    for line in objdump_t.splitlines():
-        m = SYMBOL_RE.match(line)
-        if m:
-            out[m.group("name")] = (m.group("section"), int(line.split()[0], 16))
-    return out
 
 
 def parse_nm(nm: str) -> dict[str, int]:
@@ -186,14 +178,13 @@ class FrameDecoder:
         return out
 
     def _symbols_of(self, ko: Path) -> dict[str, tuple[str, int]]:
+        """{function: (section, offset in it)} from the .ko's symbol table (harness.elf)."""
         key = str(ko)
         if key not in self._symbols:
             try:
-                proc = subprocess.run(["objdump", "-t", str(ko)], capture_output=True, text=True, check=False,
-                                      timeout=30)  # fmt: skip
-                self._symbols[key] = parse_symbols(proc.stdout)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                self._note(f"objdump could not read {ko.name} ({e}); install binutils")
+                self._symbols[key] = {name: (section, offset) for section, offset, _, name in ko_functions(ko)}
+            except (OSError, ValueError, struct.error) as e:
+                self._note(f"the symbol table of {ko.name} is unreadable ({e})")
                 self._symbols[key] = {}
         return self._symbols[key]
 

@@ -44,13 +44,13 @@ from __future__ import annotations
 
 import bisect
 import re
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
 from .dmesg import AllowEntry, Splat, SplatReport, iter_splats
+from .elf import ko_functions
 from .errors import KernelCheckError
 from .splatframes import ModuleFrame, module_frames
 
@@ -205,32 +205,6 @@ class ModuleSymbols:
         if not start <= address < start + max(size, 1):
             return None
         return f"{name}+0x{address - start:x}/0x{size:x} [{self.module}]"
-
-
-def ko_functions(ko: Path) -> list[tuple[str, int, int, str]]:
-    """(section, offset, size, name) of every function in an ELF64 little-endian .ko's symbol table."""
-    data = ko.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise ValueError(f"{ko} is not a 64-bit little-endian ELF file")
-    (shoff,) = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
-
-    def name_at(table: int, offset: int) -> str:
-        start = headers[table][4] + offset
-        return data[start : data.index(b"\0", start)].decode(errors="replace")
-
-    section_names = [name_at(shstrndx, h[0]) for h in headers]
-    out: list[tuple[str, int, int, str]] = []
-    for h in headers:
-        if h[1] != 2:  # SHT_SYMTAB
-            continue
-        strtab, offset, size, entsize = h[6], h[4], h[5], h[9] or 24
-        for pos in range(offset, offset + size, entsize):
-            st_name, st_info, _, st_shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", data, pos)
-            if st_info & 0xF == 2 and 0 < st_shndx < len(headers):  # STT_FUNC in a real section
-                out.append((section_names[st_shndx], st_value, st_size, name_at(strtab, st_name)))
-    return out
 
 
 def module_symbols(module: str, ko: Path, sections: Mapping[str, int]) -> ModuleSymbols:

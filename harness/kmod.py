@@ -35,6 +35,7 @@ from .build_plan import (
     makefile_command,
 )
 from .dkms import DKMS_CONF, DkmsConf, exclusion, read_dkms_conf
+from .elf import modinfo_field
 from .errors import BuildError, BuildExcluded, ConfigError
 from .kernel import Kernel, image_version
 from .kernel_source import locked
@@ -44,7 +45,6 @@ from .module_deps import (
     kernel_dependencies,
     load_order,
     missing_symbols,
-    modinfo_field,
     module_name,
     parse_depends,
     parse_symvers,

@@ -10,7 +10,6 @@ naming it and the config option that builds it.
 from __future__ import annotations
 
 import re
-import struct
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,40 +22,6 @@ MODULE_SUFFIX = re.compile(r"\.ko(\.xz|\.zst|\.gz)?$")
 def module_name(text: str) -> str:
     """The kernel's name of a module: file name without .ko[.xz|.zst|.gz], '-' as '_'."""
     return MODULE_SUFFIX.sub("", Path(text).name).replace("-", "_")
-
-
-def modinfo_section(elf: bytes) -> bytes:
-    """The .modinfo section of a module's ELF image (b"" when there is none), read from the section
-    headers: what `modinfo` reads, without needing kmod on the host's PATH."""
-    if elf[:4] != b"\x7fELF" or len(elf) < 0x40:
-        return b""
-    wide, order = elf[4] == 2, "<" if elf[5] == 1 else ">"
-    head = struct.Struct(order + ("16xHHIQQQIHHHHHH" if wide else "16xHHIIIIIHHHHHH"))
-    _, _, _, _, _, shoff, _, _, _, _, shentsize, shnum, shstrndx = head.unpack_from(elf)
-    entry = struct.Struct(order + ("IIQQQQIIQQ" if wide else "IIIIIIIIII"))
-
-    def section(i: int) -> tuple[int, int, int]:
-        name, _, _, _, offset, size, *_ = entry.unpack_from(elf, shoff + i * shentsize)
-        return name, offset, size
-
-    try:
-        _, names_at, _ = section(shstrndx)
-        for i in range(shnum):
-            name, offset, size = section(i)
-            if elf[names_at + name : elf.index(b"\0", names_at + name)] == b".modinfo":
-                return elf[offset : offset + size]
-    except (struct.error, ValueError):
-        return b""
-    return b""
-
-
-def modinfo_field(elf: bytes, field: str) -> str | None:
-    """The value of `field` (depends, name, vermagic...) in a module's .modinfo, None when absent."""
-    for entry in modinfo_section(elf).split(b"\0"):
-        key, sep, value = entry.partition(b"=")
-        if sep and key.decode(errors="replace") == field:
-            return value.decode(errors="replace")
-    return None
 
 
 def parse_depends(field: str) -> tuple[str, ...]:

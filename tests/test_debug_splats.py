@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from harness.dmesg import Splat, find_splats, parse_allowlist, scan_splats
+from harness.elf import ko_functions
 from harness.kmemleak import (
     CLEAR,
     KMEMLEAK_PATH,
     SCAN,
     ModuleSymbols,
-    ko_functions,
     module_symbols,
     parse_kmemleak,
     parse_sections,

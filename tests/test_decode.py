@@ -17,7 +17,6 @@ from harness.decode import (
     decoded_section,
     frame_refs,
     parse_addr2line,
-    parse_symbols,
 )
 
 DATA = Path(__file__).resolve().parent / "data" / "dmesg"
@@ -62,11 +61,7 @@ def test_frame_refs_from_rip_trace_and_kmemleak_lines() -> None:
     ]
 
 
-def test_objdump_symbols_and_addr2line_output() -> None:
-    objdump = ("0000000000000010 l     F .init.text\t00000000000000b5 crashy_init\n"
-               "0000000000000050 l     F .text\t000000000000002b crashy_tick\n"
-               "0000000000000000 l    d  .text\t0000000000000000 .text\n")  # fmt: skip
-    assert parse_symbols(objdump) == {"crashy_init": (".init.text", 0x10), "crashy_tick": (".text", 0x50)}
+def test_addr2line_output() -> None:
     output = ("0x0000000000000029\ncrashy_init\n/b/crashy.c:55\n"
               "0x0000000000000060\nmsecs_to_jiffies\n/k/jiffies.h:525\ncrashy_tick\n/b/crashy.c:40 (discriminator 1)\n"
               "0x0000000000005000\n??\n??:0\n")  # fmt: skip
@@ -92,6 +87,14 @@ def module(tmp_path: Path) -> tuple[Path, dict[int, int]]:
     for m in re.finditer(r"^m\.c\s+(\d+)\s+(0x[0-9a-f]+|0)\s", table, re.M):
         starts.setdefault(int(m.group(1)), int(m.group(2), 16))
     return ko, starts
+
+
+def test_the_symbol_table_gives_each_function_its_section_and_offset(module: tuple[Path, dict[int, int]]) -> None:
+    ko, _ = module
+    symbols = FrameDecoder({"m": ko})._symbols_of(ko)
+    assert symbols["knh_first"] == (".init.text", 0) and symbols["knh_second"] == (".text", 0)
+    section, offset = symbols["knh_third"]
+    assert section == ".text" and offset > 0
 
 
 def test_the_rip_frame_is_the_line_of_its_instruction(module: tuple[Path, dict[int, int]]) -> None:
