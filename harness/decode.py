@@ -30,6 +30,10 @@ FRAME_RE: Final = re.compile(
 NM_RE: Final = re.compile(r"^([0-9a-f]+) [tTwW] (\S+)$")
 
 
+# What decodes a report's frames: {module: .ko}, {build copy: source directory}, the kernel's image.
+DecodeInputs = tuple[dict[str, Path], dict[Path, Path], Path | None]
+
+
 @dataclass(frozen=True)
 class FrameRef:
     """One mention of module code in a report."""
@@ -237,8 +241,8 @@ def frame_record(decoded: DecodedFrame) -> dict[str, object]:
             "inlined_into": [f"{s.function} at {s.file}:{s.line}" for s in inlined]}  # fmt: skip
 
 
-def decoded_section(lines: Iterable[str], kos: Mapping[str, Path],
-                    sources: Mapping[Path, Path] | None = None) -> str:  # fmt: skip
+def decoded_section(lines: Iterable[str], kos: Mapping[str, Path], sources: Mapping[Path, Path] | None = None,
+                    vmlinux: Path | None = None) -> str:  # fmt: skip
     """Each module frame with its source line, the RIP frame first, and once what could not be
     decoded; "" when the report names no module built here."""
-    return render(*decode_frames(lines, kos, sources))
+    return render(*decode_frames(lines, kos, sources, vmlinux))

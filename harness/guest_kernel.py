@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .decode import decoded_section
+from .decode import DecodeInputs, decoded_section
 from .dmesg import KernelLine, find_splats, parse_lines
 from .errors import HarnessError, HostKernelRefused, ModuleBusyError, ModuleCrashError, ModuleLoadError
 from .kmemleak import (
@@ -65,7 +65,7 @@ class GuestKernel:
     asked once, at the first insmod."""
 
     def __init__(self, guest: Guest, scratch: Path, *, kmemleak: bool = False,
-                 sources: Callable[[], Mapping[Path, Path]] | None = None) -> None:  # fmt: skip
+                 decode_inputs: Callable[[], DecodeInputs] | None = None) -> None:  # fmt: skip
         self.guest = guest
         self.scratch = scratch
         self._token = secrets.token_hex(4)
@@ -75,7 +75,7 @@ class GuestKernel:
         self._kmemleak: bool | None = None if kmemleak else False
         self._loaded_from: dict[str, Path] = {}  # module name -> .ko, for naming its frames after the rmmod
         self._unscanned: list[UnloadedModule] = []  # unloaded since the last kmemleak scan
-        self._sources = sources  # {build copy: source directory} of the modules built, for decoded frames
+        self._decode_inputs = decode_inputs  # KernelSession.decode_inputs: what a crash's frames decode with
 
     # -- safety ------------------------------------------------------------
     def ensure_not_host(self) -> None:
@@ -174,9 +174,9 @@ class GuestKernel:
             return
         signal = f", killed by signal {status - 128}" if status > 128 else ""
         text = "\n".join(sp.summary() for sp in splats) or "(no splat in the kernel log; see the guest kernel console)"
-        kos = {**self._loaded_from, **({module_name(also.name): also} if also else {})}
-        sources = self._sources() if self._sources else {}
-        decoded = [decoded_section(sp.lines, kos, sources) for sp in splats]
+        kos, sources, vmlinux = self._decode_inputs() if self._decode_inputs else ({}, {}, None)
+        kos = {**kos, **self._loaded_from, **({module_name(also.name): also} if also else {})}
+        decoded = [decoded_section(sp.lines, kos, sources, vmlinux) for sp in splats]
         text = "\n".join([text, *(d for d in dict.fromkeys(decoded) if d)])
         raise ModuleCrashError(
             f"{what}: the kernel crashed (status {status}{signal}); this is a bug in the module or the kernel, "

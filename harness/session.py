@@ -18,6 +18,7 @@ from pathlib import Path
 from .accel import AccelDecision, choose_accel
 from .config import GUEST_SCRIPTS, HarnessConfig
 from .coverage import kernel_supports_coverage, unsupported_message
+from .decode import DecodeInputs
 from .engines import LaunchSpec, engine_for
 from .errors import BootError, HarnessError, MissingKernelDependency, ModuleCrashError
 from .guest_kernel import GuestKernel
@@ -209,7 +210,7 @@ class KernelSession:
             self.scratch.mkdir(parents=True, exist_ok=True)
             kmemleak = may_have_kmemleak(kernel_config(self.kernel))  # stock kernels: no guest command
             self._guest_kernel = GuestKernel(guest, self.scratch, kmemleak=kmemleak,
-                                             sources=lambda: self.decode_inputs()[1])  # fmt: skip
+                                             decode_inputs=self.decode_inputs)  # fmt: skip
             return guest
         assert last is not None
         self._boot_error = last  # do not boot again for every remaining test
@@ -266,7 +267,7 @@ class KernelSession:
         elif self.guest_kernel().loaded(module.name):
             self.guest_kernel().rmmod(module.name)
 
-    def decode_inputs(self) -> tuple[dict[str, Path], dict[Path, Path], Path | None]:
+    def decode_inputs(self) -> DecodeInputs:
         """What decodes a splat's frames (harness.decode): the modules built in this session ({name:
         .ko}), their sources ({build copy: source directory}) and the kernel's image with debug info."""
         kos = {module_name(ko.name): ko for built in self._builds.values() for ko in built.modules}
