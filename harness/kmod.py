@@ -47,7 +47,7 @@ from .module_deps import (
     missing_symbols,
     module_name,
     parse_depends,
-    parse_symvers,
+    read_symvers,
     undefined_symbols,
     under_test,
 )
@@ -215,20 +215,21 @@ def build_module(src: Path, kernel: Kernel, *, cache_root: Path | None = None, t
         raise ConfigError(f"module source directory {src} does not exist; fix: point --module-dir (or "
                           "knh_module_source) at the driver's directory")  # fmt: skip
     choice = choose_build(src, choice)
+    config = kernel_config(kernel)
     variables = expand_make_vars(make_vars, kernel.build_dir, kernel.release) + (GCOV_VARIABLES if coverage else ())
-    variables += debug_info_variables(kernel_config(kernel), variables)
+    variables += debug_info_variables(config, variables)
     cache_root = cache_root or default_cache_root()
     key = source_key(src, kernel, (*targets, f"build={choice}", *variables), coverage=coverage)
     final = cache_root / "modules" / kernel.release / f"{src.name}-{key}"
     dkms_root = final.with_name(f".{final.name}.dkms")  # DKMS's dkms_tree and source_tree for this build
     conf = None
+    dkms_vars = dkms_variables(kernel.build_dir, kernel.release, host_arch(), dkms_root / "tree", dkms_root / "src")
     if choice == "dkms" and targets:
         raise ConfigError(f"make targets {' '.join(targets)} do not apply to a dkms.conf build (its MAKE[i] says "
                           "what to build); fix: drop --make-targets, or set --module-build makefile")  # fmt: skip
     if choice == "dkms":
-        dkms_vars = dkms_variables(kernel.build_dir, kernel.release, host_arch(), dkms_root / "tree", dkms_root / "src")
         conf = read_dkms_conf(src / DKMS_CONF, dkms_vars)
-        reason = exclusion(conf, kernel.release, host_arch(), kernel_config(kernel))
+        reason = exclusion(conf, kernel.release, host_arch(), config)
         if reason:
             raise BuildExcluded(reason)
     if (final / DONE_MARK).exists():
@@ -241,7 +242,8 @@ def build_module(src: Path, kernel: Kernel, *, cache_root: Path | None = None, t
             shutil.copytree(src, final, ignore=shutil.ignore_patterns(*(f"*{s}" for s in IGNORED_SUFFIXES),
                                                                       *IGNORED_DIRS))  # fmt: skip
             if conf is not None:
-                command = _dkms_command(final, kernel, conf, dkms_root, variables)
+                named = {**dkms_vars, "module": conf.package, "module_version": conf.version}  # DKMS's -m, -v
+                command = _dkms_command(final, kernel, conf, dkms_root, named, variables)
             elif choice == "makefile":
                 command = makefile_command(final, kernel.build_dir, kernel.release, jobs=os.cpu_count(),
                                            make_vars=variables, targets=targets)  # fmt: skip
@@ -264,17 +266,17 @@ def describe_choice(choice: str, command: MakeCommand) -> str:
     return f"build: {choice} ({why[choice]}): {command.shown()}"
 
 
-def _dkms_command(copy: Path, kernel: Kernel, conf: DkmsConf, dkms_root: Path, variables: Sequence[str]) -> MakeCommand:
+def _dkms_command(copy: Path, kernel: Kernel, conf: DkmsConf, dkms_root: Path, dkms_vars: Mapping[str, str],
+                  variables: Sequence[str]) -> MakeCommand:  # fmt: skip
     """MAKE[i] of the dkms.conf, with DKMS's build directory ($dkms_tree/<name>/<version>/build) and
-    source directory ($source_tree/<name>-<version>) pointing at the copy."""
+    source directory ($source_tree/<name>-<version>) pointing at the copy; `dkms_vars` with DKMS's
+    -m and -v (module, module_version)."""
     shutil.rmtree(dkms_root, ignore_errors=True)
     build = dkms_root / "tree" / conf.package / conf.version / "build"
     build.parent.mkdir(parents=True)
     build.symlink_to(copy)
     (dkms_root / "src").mkdir()
     (dkms_root / "src" / f"{conf.package}-{conf.version}").symlink_to(copy)
-    dkms_vars = dkms_variables(kernel.build_dir, kernel.release, host_arch(), dkms_root / "tree", dkms_root / "src")
-    dkms_vars.update(module=conf.package, module_version=conf.version)  # DKMS's -m and -v
     return dkms_command(copy, conf.make_command(kernel.release), kernel.build_dir, dkms_vars, jobs=os.cpu_count(),
                         make_vars=variables)
 
@@ -296,7 +298,7 @@ def _undefined_note(log: str, kernel: Kernel) -> str:
     undefined = undefined_symbols(log)
     if not undefined:
         return ""
-    symvers = parse_symvers(_read(kernel.build_dir / "Module.symvers"))
+    symvers = read_symvers(kernel.build_dir)
     config = kernel_config(kernel)
     symbols = list(dict.fromkeys(symbol for symbol, _ in undefined))
     lines = [m.describe(kernel.release, config) for m in missing_symbols(symbols, symvers, kernel.build_dir)]

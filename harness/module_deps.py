@@ -49,6 +49,14 @@ def parse_symvers(text: str) -> dict[str, str]:
     return out
 
 
+def read_symvers(build_dir: Path) -> dict[str, str]:
+    """The kernel build directory's Module.symvers, parsed; {} when it has none."""
+    try:
+        return parse_symvers((build_dir / "Module.symvers").read_text(errors="replace"))
+    except OSError:
+        return {}
+
+
 def undefined_symbols(build_log: str) -> list[tuple[str, str]]:
     """(symbol, module) pairs modpost found undefined in a build log."""
     return MODPOST_UNDEFINED.findall(build_log)

@@ -27,7 +27,7 @@ from .kernel_build import modules_dir_for
 from .kmemleak import may_have_kmemleak
 from .kmod import BuiltModule, build_module, default_cache_root
 from .memdebug import kernel_config
-from .module_deps import missing_module, module_name, modules_dep_names, parse_symvers
+from .module_deps import missing_module, module_name, modules_dep_names, read_symvers
 from .vm import Guest, Launch, new_guest_name
 
 Notify = Callable[[str], None]
@@ -335,9 +335,7 @@ def check_kernel_provides(kernel: Kernel, modules: tuple[str, ...]) -> None:
                                       "kernel's modules package or run depmod for it") from None  # fmt: skip
     missing = [m for m in modules if m not in available]
     if missing:
-        symvers_path = kernel.build_dir / "Module.symvers"
-        symvers = parse_symvers(symvers_path.read_text(errors="replace")) if symvers_path.exists() else {}
-        config = kernel_config(kernel)
+        symvers, config = read_symvers(kernel.build_dir), kernel_config(kernel)
         lines = [missing_module(m, symvers, kernel.build_dir).describe(kernel.release, config) for m in missing]
         raise MissingKernelDependency(f"{kernel.release} lacks modules the module under test depends on "
                                       "(nothing was loaded):\n  " + "\n  ".join(lines))  # fmt: skip
