@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from collections import Counter
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from .coverage import kernel_supports_coverage, no_capable_kernel_message, run_f
 from .junit import FAILURE_KIND_PROPERTY
 from .parallel import STATE_OUTPUT, is_worker
 from .runstate import RUN_KEY, KernelParam, RunState, run_state, uses_guest
-from .summary_md import github_annotations, render_markdown, terminal_groups
+from .summary_md import append_step_summary, github_annotations, render_markdown, terminal_groups
 from .watch import WINDOW_KEY
 
 # Module coverage entries (harness.coverage.KernelCoverage.report) of the kernels this process ran.
@@ -190,9 +191,7 @@ def summary_dict(state: RunState, coverage: Sequence[dict[str, Any]] = ()) -> di
             tests[nodeid] = "skipped"
         else:
             tests[nodeid] = phases.get("call", "unknown")
-    counts: dict[str, int] = {}
-    for outcome in tests.values():
-        counts[outcome] = counts.get(outcome, 0) + 1
+    counts = Counter(tests.values())
     kernels_of: dict[str, str] = {}
     for part in parts:
         kernels_of.update(part.get("test_kernels", {}))
@@ -245,10 +244,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     (state.run_root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     markdown = render_markdown(summary, state.run_root.name)
     (state.run_root / "summary.md").write_text(markdown)
-    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if step_summary:  # GitHub Actions: the same report on the run's page
-        with open(step_summary, "a", encoding="utf-8") as f:
-            f.write(markdown)
+    append_step_summary(markdown)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

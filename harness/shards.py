@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 from .cli_base import EXIT_HARNESS, Command, Output
 from .junit import merge_junit
 from .kernel import expand_kernel_specs
-from .summary_md import render_markdown
+from .summary_md import append_step_summary, render_markdown
 
 TIERS = ("quick", "full")
 LIST_KEYS = ("kernels", "splats", "crashes", "skipped", "coverage", "kmemleak", "failures")
@@ -43,9 +43,7 @@ def merge_summaries(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             row = per_kernel.setdefault(kernel, {})
             for outcome, n in kernel_counts.items():
                 row[outcome] = row.get(outcome, 0) + n
-    counts: dict[str, int] = {}
-    for outcome in outcomes.values():
-        counts[outcome] = counts.get(outcome, 0) + 1
+    counts = Counter(outcomes.values())
     merged: dict[str, Any] = {
         "engine": ", ".join(dict.fromkeys(str(s.get("engine", "?")) for s in summaries)),
         "tests": {"total": len(outcomes), **counts},
@@ -112,10 +110,7 @@ def run_report(args: argparse.Namespace) -> int:
     junits = sorted(p for d in args.directories for p in d.rglob("*.xml") if not p.is_relative_to(args.out))
     if junits:
         merge_junit(junits).write(args.out / "junit.xml", encoding="utf-8", xml_declaration=True)
-    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if step_summary:
-        with open(step_summary, "a", encoding="utf-8") as f:
-            f.write(markdown)
+    append_step_summary(markdown)
     sys.stdout.write(markdown)
     failed = merged["tests"].get("failed", 0) + merged["tests"].get("error", 0)
     return 1 if failed or merged["crashes"] or any(not s["allowed"] for s in merged["splats"]) else 0

@@ -8,6 +8,7 @@ then failed tests without a splat), kernels that broke between tests, skipped te
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,3 +153,11 @@ def terminal_groups(summary: Mapping[str, Any]) -> Sequence[str]:
         where = f"; {top['file']}:{top['line']} ({top['function']})" if top else ""
         out.append(f"  {', '.join(group.fingerprints)}: {_hit(group)}{where}")
     return out
+
+
+def append_step_summary(markdown: str) -> None:
+    """Under GitHub Actions (GITHUB_STEP_SUMMARY set), add `markdown` to the job's summary page."""
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(markdown)
