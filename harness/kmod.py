@@ -97,14 +97,12 @@ class BuiltModule:
     def load_plan(self, name: str | None = None) -> list[Path]:
         """The .ko files to load, in order: `name` after the built modules it needs, or every built one
         in dependency order, the one under test last."""
-        depends = dict(self.depends)
-        if name is not None:
-            target = module_name(self.module(name).name)
-            needed = closure(depends, target)
-            return [ko for ko in self.modules if module_name(ko.name) in needed and module_name(ko.name) != target] + [
-                self.module(name)]  # fmt: skip
-        last = self.under_test()
-        return [ko for ko in self.modules if ko != last] + [last]
+        if name is None:
+            last = self.under_test()
+            return [ko for ko in self.modules if ko != last] + [last]
+        last = self.module(name)
+        needed = closure(dict(self.depends), module_name(last.name))
+        return [ko for ko in self.modules if ko != last and module_name(ko.name) in needed] + [last]
 
     def module(self, name: str | None = None) -> Path:
         """The .ko called `name` (without .ko), or the only one built."""
