@@ -47,6 +47,11 @@ class FrameRef:
     def text(self) -> str:
         return f"{self.function}+{self.offset:#x}" + (f" [{self.module}]" if self.module else "")
 
+    @property
+    def looked_up(self) -> int:
+        """The offset whose line is the frame's: a return address's byte before, the RIP's own."""
+        return self.offset if self.rip else self.offset - 1
+
 
 @dataclass(frozen=True)
 class SourceLine:
@@ -143,17 +148,8 @@ class FrameDecoder:
         """Frames of the kernel itself, from the vmlinux's symbols (link addresses: the offsets are
         KASLR-proof) and its line table."""
         symbols = kernel_symbols(vmlinux)
-        wanted = [(r, symbols[r.function] + r.offset - (0 if r.rip else 1)) for r in refs if r.function in symbols]
-        if not wanted:
-            return {}
-        argv = ["addr2line", "-a", "-f", "-i", "-e", str(vmlinux), *(hex(a) for _, a in wanted)]
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            self._note(f"addr2line could not run on {vmlinux} ({e})")
-            return {}
-        found = parse_addr2line(proc.stdout)
-        return {ref: found.get(address, ()) for ref, address in wanted}
+        wanted = [(r, symbols[r.function] + r.looked_up) for r in refs if r.function in symbols]
+        return self._lines(vmlinux, None, wanted)
 
     def _decode_module(self, module: str, refs: Sequence[FrameRef]) -> dict[FrameRef, tuple[SourceLine, ...]]:
         ko = self.kos[module]
@@ -163,23 +159,30 @@ class FrameDecoder:
             name = ref.function if ref.function in symbols else ref.function.split(".", 1)[0]
             if name in symbols:
                 section, start = symbols[name]
-                by_section.setdefault(section, []).append((ref, start + ref.offset - (0 if ref.rip else 1)))
+                by_section.setdefault(section, []).append((ref, start + ref.looked_up))
         out: dict[FrameRef, tuple[SourceLine, ...]] = {}
         for section, wanted in by_section.items():
-            argv = ["addr2line", "-a", "-f", "-i", "-e", str(ko), "-j", section, *(hex(a) for _, a in wanted)]
-            try:
-                proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                self._note(f"addr2line could not run on {ko.name} ({e}); install binutils")
-                return out
-            found = parse_addr2line(proc.stdout)
-            for ref, address in wanted:
-                out[ref] = tuple(SourceLine(sl.function, self._shown(sl.file), sl.line)
-                                 for sl in found.get(address, ()))  # fmt: skip
+            out.update(self._lines(ko, section, wanted))
         if refs and not any(out.values()):
             self._note(f"{ko.name} has no line information (built without debug info: CONFIG_DEBUG_INFO in the "
                        "kernel's config, or -g): its frames are shown raw")  # fmt: skip
         return out
+
+    def _lines(self, image: Path, section: str | None,
+               wanted: Sequence[tuple[FrameRef, int]]) -> dict[FrameRef, tuple[SourceLine, ...]]:  # fmt: skip
+        """One addr2line run over `image` (offsets into `section` of a .ko, or a vmlinux's addresses)."""
+        if not wanted:
+            return {}
+        argv = ["addr2line", "-a", "-f", "-i", "-e", str(image), *(["-j", section] if section else []),
+                *(hex(a) for _, a in wanted)]  # fmt: skip
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self._note(f"addr2line could not run on {image.name} ({e}); install binutils")
+            return {}
+        found = parse_addr2line(proc.stdout)
+        return {ref: tuple(SourceLine(sl.function, self._shown(sl.file), sl.line) for sl in found.get(address, ()))
+                for ref, address in wanted}  # fmt: skip
 
     def _symbols_of(self, ko: Path) -> dict[str, tuple[str, int]]:
         """{function: (section, offset in it)} from the .ko's symbol table (harness.elf)."""
