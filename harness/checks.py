@@ -227,9 +227,10 @@ def _guarded(guest: Guest, offset: int, policy: Policy, what: str,
         raise KernelCheckError(f"the kernel checks {what} could not run: {e}") from e
 
 
-def _settle(guest: Guest, policy: Policy) -> None:
-    if policy.settle_s > 0:
-        guest.run(["sleep", f"{policy.settle_s:g}"], timeout=policy.settle_s + 30)
+def settle(guest: Guest, seconds: float) -> None:
+    """Give the guest kernel `seconds` after an unload (the settle setting), before it is judged."""
+    if seconds > 0:
+        guest.run(["sleep", f"{seconds:g}"], timeout=seconds + 30)
 
 
 def check_window(window: Window, policy: Policy) -> KernelVerdict:
@@ -243,7 +244,7 @@ def check_window(window: Window, policy: Policy) -> KernelVerdict:
     def probe() -> KernelVerdict:
         reading = None
         if ops.unloads > window.unloads:
-            _settle(guest, policy)
+            settle(guest, policy.settle_s)
             reading = ops.find_leaks()  # before the log is read: a scan's lines belong to this check
         window.unloads = ops.unloads
         lines = ops.lines_since(window.mark)
@@ -275,7 +276,7 @@ def check_after_last(session: KernelSession, cursor: Cursor, policy: Policy) -> 
     The kernel first gets `policy.settle_s` (a crash still in flight lands here)."""
 
     def probe() -> KernelVerdict:
-        _settle(cursor.guest, policy)
+        settle(cursor.guest, policy.settle_s)
         ops = session.guest_kernel()
         lines = ops.lines_since(cursor.mark)
         return judge(lines, cursor.taint, ops.taint(), policy.allowlist, policy.allowed_taint)

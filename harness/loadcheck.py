@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .checks import judge, with_leaks
+from .checks import judge, settle, with_leaks
 from .dmesg import AllowEntry
 from .errors import BuildError, BuildExcluded, HarnessError, LostGuestError, ModuleCrashError
 from .guest_kernel import GuestKernel
@@ -129,8 +129,7 @@ def _run(session: KernelSession, source: ModuleSource, policy: CheckPolicy, row:
         if cycle == 0:  # the baseline after one load: caches the first load fills are not a leak
             mem_before = _meminfo(ops)
     row.cycles = f"{done}/{policy.cycles}"
-    if session.config.settle > 0:
-        session.guest().run(["sleep", f"{session.config.settle:g}"])
+    settle(session.guest(), session.config.settle)
     reading = ops.find_leaks()
     mem_after = _meminfo(ops)
     verdict = with_leaks(judge(ops.lines_since(mark), taint_before, ops.taint(), policy.allowlist,
