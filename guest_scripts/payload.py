@@ -7,7 +7,7 @@ byte as ``\\xHH`` (lowercase hex). :func:`escape_payload` predicts that text,
 
 This file imports nothing: the guest scripts import it as ``payload`` (their
 own directory is on ``sys.path``), the harness as
-``harness.guest_scripts.payload`` (see ``harness.dmesg``).
+``harness.guest_scripts.payload`` (see ``harness.kernel_log.dmesg``).
 """
 
 from __future__ import annotations

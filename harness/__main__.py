@@ -1,3 +1,3 @@
-from .knetlink.commands import main
+from harness.knetlink.commands import main
 
 raise SystemExit(main())

@@ -8,13 +8,15 @@ is reported together with the place it came from.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .accel import ACCEL_CHOICES
-from .errors import ConfigError
+from harness.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # In a checkout guest_scripts/ sits next to harness/; an installed package carries it as
@@ -26,7 +28,16 @@ GUEST_SCRIPTS = (
 )
 DEFAULT_MODULE_DIR = PROJECT_ROOT / "module"
 ENGINES = ("vng", "qemu")
+ACCEL_CHOICES = ("auto", "kvm", "tcg")
+BUILD_CHOICES = ("auto", "dkms", "makefile", "kbuild")  # how a module directory is built (harness.build.plan)
+PLACEHOLDERS = ("kdir", "release")  # --make-var values may use {kdir} and {release}
 DEFAULT_ALLOWLIST = Path(__file__).resolve().parent / "splat_allowlist.txt"
+
+
+def vng_executable() -> str:
+    """virtme-ng from the running interpreter's environment, else from PATH."""
+    local = Path(sys.executable).parent / "vng"
+    return str(local) if local.exists() else (shutil.which("vng") or "vng")
 
 
 def _positive_float(text: str) -> float:
@@ -64,7 +75,7 @@ def _accel(text: str) -> str:
 
 
 def _taint_letters(text: str) -> str:
-    from .dmesg import TAINT_FLAGS
+    from harness.kernel_log.dmesg import TAINT_FLAGS
 
     known = {f.letter for f in TAINT_FLAGS}
     bad = sorted(set(text) - known)
@@ -113,21 +124,35 @@ def _param(text: str) -> str:
 
 
 def _build_choice(text: str) -> str:
-    from .build_plan import BUILD_CHOICES
-
     if text not in BUILD_CHOICES:
         raise ValueError(f"must be one of {', '.join(BUILD_CHOICES)}")
     return text
 
 
 def _make_var(text: str) -> str:
-    from .build_plan import expand_make_vars
-
     try:
         expand_make_vars([text], Path("/kdir"), "release")
     except ConfigError as e:
         raise ValueError(str(e)) from None
     return text
+
+
+def expand_make_vars(make_vars: Sequence[str], kdir: Path, release: str) -> tuple[str, ...]:
+    """NAME=VALUE items with {kdir} and {release} replaced; any other {placeholder} is a ConfigError."""
+    out = []
+    values = {"kdir": str(kdir), "release": release}
+    for item in make_vars:
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"make variable {item!r} is not NAME=VALUE")
+        unknown = sorted(set(re.findall(r"{(\w*)}", value)) - set(PLACEHOLDERS))
+        if unknown:
+            raise ConfigError(f"make variable {item!r} uses {{{unknown[0]}}}; the placeholders are "
+                              f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)}")  # fmt: skip
+        for key, text in values.items():
+            value = value.replace("{" + key + "}", text)
+        out.append(f"{name}={value}")
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ class GuestError(HarnessError):
         transcript: Path | None = None,
         splats: str = "",
     ) -> None:
-        """`splats`: the headings of the splats on the guest's kernel console (harness.vm finds them);
+        """`splats`: the headings of the splats on the guest's kernel console (harness.guest.vm finds them);
         a panic's reason comes before a call trace that can be longer than any tail."""
         parts = [message]
         if console_tail.strip():
@@ -191,7 +191,7 @@ class EbpfError(HarnessError):
 class EbpfUnavailable(EbpfError):
     """The guest cannot run bpftrace programs, or cannot time a call (the reason says why).
 
-    Tests skip, or fail when the require_ebpf setting is on (harness.ebpf_fixtures.skip_or_fail).
+    Tests skip, or fail when the require_ebpf setting is on (harness.pytest_plugin.ebpf_fixtures.skip_or_fail).
     """
 
 

@@ -6,7 +6,7 @@ gone and the guest's module list back to what it was; over the whole check no sp
 and on a kernel with kmemleak no leak of the module; over the `cycles` after the first (whose
 allocations fill caches once) unreclaimable slab growth within `max_slab_growth_kb`.
 `check_kernel` runs it on one session; `format_table` prints the rows; `check_status` is the exit
-status (exec's statuses: harness.cli).
+status (exec's statuses: harness.cli.commands).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .checks import judge, settle, with_leaks
-from .dmesg import AllowEntry
-from .errors import BuildError, BuildExcluded, HarnessError, LostGuestError, ModuleCrashError
-from .guest_kernel import GuestKernel
-from .session import KernelSession, LoadedModule, ModuleSource
+from harness.errors import BuildError, BuildExcluded, HarnessError, LostGuestError, ModuleCrashError
+from harness.guest.kernel_ops import GuestKernel
+from harness.kernel_log.dmesg import AllowEntry
+from harness.kernel_watch import judge, settle, with_leaks
+from harness.session import KernelSession, LoadedModule, ModuleSource
 
 MEMINFO_FIELDS = ("MemAvailable", "Slab", "SUnreclaim")
 

@@ -15,20 +15,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .accel import AccelDecision, choose_accel
-from .config import GUEST_SCRIPTS, HarnessConfig
-from .coverage import kernel_supports_coverage, unsupported_message
-from .decode import DecodeInputs
-from .engines import LaunchSpec, engine_for
-from .errors import BootError, HarnessError, MissingKernelDependency, ModuleCrashError
-from .guest_kernel import GuestKernel
-from .kernel import Kernel
-from .kernel_build import modules_dir_for
-from .kmemleak import may_have_kmemleak
-from .kmod import BuiltModule, build_module, default_cache_root
-from .memdebug import kernel_config
-from .module_deps import missing_module, module_name, modules_dep_names, read_symvers
-from .vm import Guest, Launch, new_guest_name
+from harness.build.decode import DecodeInputs
+from harness.build.kernel import Kernel
+from harness.build.kernel_build import modules_dir_for
+from harness.build.memdebug import kernel_config
+from harness.build.module_build import BuiltModule, build_module, default_cache_root
+from harness.build.module_deps import missing_module, module_name, modules_dep_names, read_symvers
+from harness.config import GUEST_SCRIPTS, HarnessConfig
+from harness.errors import BootError, HarnessError, MissingKernelDependency, ModuleCrashError
+from harness.guest.accel import AccelDecision, choose_accel
+from harness.guest.coverage import kernel_supports_coverage, unsupported_message
+from harness.guest.engines import LaunchSpec, engine_for
+from harness.guest.kernel_ops import GuestKernel
+from harness.guest.vm import Guest, Launch, new_guest_name
+from harness.kernel_log.kmemleak import may_have_kmemleak
 
 Notify = Callable[[str], None]
 
@@ -40,7 +40,7 @@ def _silent(_: str) -> None:
 @dataclass(frozen=True)
 class ModuleSource:
     """An out-of-tree module source directory and how to build it: make targets, the build choice
-    (harness.build_plan.BUILD_CHOICES; None: the module_build setting), make variables added to the
+    (harness.config.BUILD_CHOICES; None: the module_build setting), make variables added to the
     make_vars setting's, and the .ko to test when the build makes several (None: the one no other
     built module depends on)."""
 
@@ -268,7 +268,7 @@ class KernelSession:
             self.guest_kernel().rmmod(module.name)
 
     def decode_inputs(self) -> DecodeInputs:
-        """What decodes a splat's frames (harness.decode): the modules built in this session ({name:
+        """What decodes a splat's frames (harness.build.decode): the modules built in this session ({name:
         .ko}), their sources ({build copy: source directory}) and the kernel's image with debug info."""
         kos = {module_name(ko.name): ko for built in self._builds.values() for ko in built.modules}
         sources = {built.directory: source.directory for source, built in self._builds.items()}

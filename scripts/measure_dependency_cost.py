@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.build.kernel import expand_kernel_specs
+from harness.build.kernel_build import resolve_kernel_spec
 from harness.config import resolve
-from harness.kernel import expand_kernel_specs
-from harness.kernel_build import resolve_kernel_spec
 from harness.session import KernelSession, ModuleSource
 
 MODULES = Path(__file__).resolve().parent.parent / "tests" / "modules"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Measure what the stock-kernel memory-debug helpers (harness/memdebug.py) cost.
+"""Measure what the stock-kernel memory-debug helpers (harness/build/memdebug.py) cost.
 
 For each kernel and each variant (KNH_MEMORY_DEBUG=off, kfence, slub, all) this
 boots the fast (qemu) engine with `python -m harness exec --no-module`, rounds
@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.kernel import Kernel, installed_kernels  # noqa: E402
-from harness.kernel_build import built_kernel_for_spec  # noqa: E402
-from harness.memdebug import kernel_config, memory_debug_args  # noqa: E402
+from harness.build.kernel import Kernel, installed_kernels  # noqa: E402
+from harness.build.kernel_build import built_kernel_for_spec  # noqa: E402
+from harness.build.memdebug import kernel_config, memory_debug_args  # noqa: E402
 
 VARIANTS = ("off", "kfence", "slub", "all")
 LOOP = 'a=$(date +%s%N); i=0; while [ $i -lt 100 ]; do /bin/true; i=$((i+1)); done; b=$(date +%s%N); ' \

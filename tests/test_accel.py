@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.accel import ProbeResult, choose_accel, interpret_probe, probe_argv
 from harness.errors import ConfigError
+from harness.guest.accel import ProbeResult, choose_accel, interpret_probe, probe_argv
 
 IMG = Path("/boot/vmlinuz-x")
 

@@ -55,7 +55,7 @@ def test_raw_boot_is_the_qemu_engines_machine_without_its_guest() -> None:
 
 
 def test_seconds_by_param_sums_junit_times_per_kernel(tmp_path: Path) -> None:
-    from harness.junit import seconds_by_param
+    from harness.formats.junit import seconds_by_param
 
     junit = tmp_path / "j.xml"
     junit.write_text('<testsuites><testsuite>'

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import bisect as b
-from harness.errors import HarnessError, KernelNotFoundError
-from harness.kernel import Kernel
-from harness.kernel_build import (
+from harness.build.kernel import Kernel
+from harness.build.kernel_build import (
     REQUIRED_CONFIG,
     BuildOptions,
     KernelBuildError,
@@ -36,6 +34,8 @@ from harness.kernel_build import (
     tiny_fragment,
     tree_state,
 )
+from harness.cli import bisect_run as b
+from harness.errors import HarnessError, KernelNotFoundError
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = Kernel("6.1.192-virtme", Path("/nonexistent/bzImage"), Path("/nonexistent"))
@@ -502,13 +502,13 @@ def test_git_bisect_run_end_to_end(tmp_path: Path, fake_vng: Path) -> None:
 def test_a_malformed_configitem_aborts_before_any_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """`--configitem CONFIG_FOO` (no =value) is a usage error: exit 128 (abort) at once; building with it
     would fail on every commit, each one skipped (125), and the bisection would end on skips alone."""
-    import harness.bisect
-    from harness import cli
+    import harness.cli.bisect_run
+    from harness.cli import commands as cli
 
     calls: list[object] = []
-    monkeypatch.setattr(harness.bisect, "bisect_run", lambda *a, **k: calls.append(a) or 125)
+    monkeypatch.setattr(harness.cli.bisect_run, "bisect_run", lambda *a, **k: calls.append(a) or 125)
     status = cli.main(["bisect-run", "--kernel-tree", str(tmp_path), "--configitem", "CONFIG_FOO", "-q", "--",
                        "tests/kernel/test_seed.py"])  # fmt: skip
-    assert status == harness.bisect.EXIT_ABORT and calls == []
+    assert status == harness.cli.bisect_run.EXIT_ABORT and calls == []
     assert cli.main(["bisect-run", "--kernel-tree", str(tmp_path), "--configitem", "CONFIG_FOO=y", "-q", "--",
                      "tests/kernel/test_seed.py"]) == 125  # fmt: skip

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.build_plan import choose_build, dkms_command, expand_make_vars, makefile_command
-from harness.config import HarnessConfig
-from harness.dkms import DkmsConf, exclusion, parse_fields, read_dkms_conf
-from harness.errors import BuildError, BuildExcluded, ConfigError, MissingKernelDependency
-from harness.kernel import Kernel
-from harness.kmod import build_module
-from harness.module_deps import (
+from harness.build.dkms import DkmsConf, exclusion, parse_fields, read_dkms_conf
+from harness.build.kernel import Kernel
+from harness.build.module_build import build_module
+from harness.build.module_deps import (
     config_option,
     kernel_dependencies,
     load_order,
@@ -25,6 +22,9 @@ from harness.module_deps import (
     undefined_symbols,
     under_test,
 )
+from harness.build.plan import choose_build, dkms_command, makefile_command
+from harness.config import HarnessConfig, expand_make_vars
+from harness.errors import BuildError, BuildExcluded, ConfigError, MissingKernelDependency
 from harness.session import KernelSession, ModuleSource, check_kernel_provides
 
 FakeKo = Callable[..., Path]  # the fake_ko fixture (tests/conftest.py)
@@ -327,7 +327,7 @@ def test_a_dependency_missing_from_the_module_tree_fails_before_loading(tmp_path
 
 
 def test_a_kernel_excluded_by_dkms_conf_skips_the_test_with_dkms_reason() -> None:
-    from harness.runstate import HarnessFailed, fail_on_harness_error
+    from harness.pytest_plugin.runstate import HarnessFailed, fail_on_harness_error
 
     with pytest.raises(pytest.skip.Exception, match=r"not built for this kernel: dkms\.conf of x: BUILD_EXCLUSIVE"):
         fail_on_harness_error(BuildExcluded("dkms.conf of x: BUILD_EXCLUSIVE_KERNEL=\"^5\" does not match 6.1"))
@@ -338,7 +338,7 @@ def test_a_kernel_excluded_by_dkms_conf_skips_the_test_with_dkms_reason() -> Non
 def test_a_kernel_without_debug_info_gets_modules_with_it(tmp_path: Path, kernel: Kernel, fake_ko: FakeKo) -> None:
     """The debug kernel built here has CONFIG_DEBUG_INFO_NONE: its modules are compiled with KCFLAGS=-g, so a
     splat's frames still decode; a kernel with DEBUG_INFO, or a user's own KCFLAGS, is left alone."""
-    from harness.kmod import debug_info_variables
+    from harness.build.module_build import debug_info_variables
 
     assert debug_info_variables({"DEBUG_INFO_NONE": "y"}, ()) == ("KCFLAGS=-g",)
     assert debug_info_variables({"DEBUG_INFO": "y"}, ()) == ()

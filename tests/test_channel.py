@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.channel import Channel
 from harness.errors import ChannelError
+from harness.guest.channel import Channel
 
 
 def serve(path: Path, replies: list[bytes]) -> threading.Thread:

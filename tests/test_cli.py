@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from harness import cli
-from harness.checks import KernelVerdict, judge
+from harness.cli import commands as cli
 from harness.config import HarnessConfig
-from harness.console import CommandResult
-from harness.dmesg import KernelLine, parse_allowlist, parse_lines
 from harness.errors import BuildError, KernelBuildError, LostGuestError, ModuleCrashError
-from harness.guest_kernel import LogMark
+from harness.guest.console import CommandResult
+from harness.guest.kernel_ops import LogMark
+from harness.kernel_log.dmesg import KernelLine, parse_allowlist, parse_lines
+from harness.kernel_watch import KernelVerdict, judge
 
 WARNING_LOG = (Path(__file__).parent / "data" / "dmesg" / "warning.log").read_text()
 TAINT_OE, TAINT_OE_W = 0x3000, 0x3200  # O and E: loading any out-of-tree module; W: a WARNING
@@ -278,7 +278,7 @@ def test_exec_bisect_flag_maps_a_splat_to_bad(monkeypatch: pytest.MonkeyPatch, c
 
 def test_build_kernel_resolves_each_named_kernel_and_boots_nothing(monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: Any) -> None:  # fmt: skip
-    from harness.kernel import Kernel
+    from harness.build.kernel import Kernel
 
     resolved: list[str | None] = []
 
@@ -310,7 +310,7 @@ def test_build_kernel_failure_is_254_with_the_cause_and_stops(monkeypatch: pytes
 @pytest.mark.parametrize(("argv", "want"), [([], ["env-a", "env-b"]), (["--kernel", "opt"], ["opt"])])
 def test_build_kernel_takes_the_option_over_knh_kernel(monkeypatch: pytest.MonkeyPatch, capsys: Any,
                                                        argv: list[str], want: list[str]) -> None:  # fmt: skip
-    from harness.kernel import Kernel
+    from harness.build.kernel import Kernel
 
     resolved: list[str | None] = []
 

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.cmdline import (
+from harness.build.kernel import Kernel
+from harness.config import GUEST_SCRIPTS
+from harness.guest.cmdline import (
     BASE_KERNEL_ARGS,
     INIT_PATH_TAIL,
     QemuSpec,
@@ -15,8 +17,6 @@ from harness.cmdline import (
     shell_join,
     vng_argv,
 )
-from harness.config import GUEST_SCRIPTS
-from harness.kernel import Kernel
 
 K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/lib/modules/6.1.0-56-amd64/build"))
 
@@ -153,7 +153,7 @@ def test_qemu_engine_is_microvm_with_mmio_devices_and_an_early_clock_under_tcg()
 
 
 def test_host_tsc_khz(tmp_path: Path) -> None:
-    from harness.accel import host_tsc_khz
+    from harness.guest.accel import host_tsc_khz
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: x\ncpu MHz\t\t: 2994.374\n")
@@ -206,4 +206,4 @@ def test_one_place_knows_qemus_machine_options() -> None:
         for p in harness.rglob("*.py")
         if any(opt in p.read_text() for opt in ('"-nodefaults"', '"-accel"', '"-serial"', '"microvm"'))
     )
-    assert writers == ["cmdline.py"]
+    assert writers == ["guest/cmdline.py"]

@@ -8,8 +8,8 @@ import pexpect
 import pytest
 
 from harness.config import GUEST_SCRIPTS
-from harness.console import Console, check_command, normalize_output
 from harness.errors import CommandTimeout, HarnessError, LostGuestError
+from harness.guest.console import Console, check_command, normalize_output
 
 
 @pytest.fixture

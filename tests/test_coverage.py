@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.coverage import (
+from harness.build.kernel import Kernel, installed_kernels
+from harness.build.module_build import BuiltModule
+from harness.guest.coverage import (
     FileCoverage,
     KernelCoverage,
     copy_argv,
@@ -29,8 +31,6 @@ from harness.coverage import (
     uncovered_lines,
     unsupported_message,
 )
-from harness.kernel import Kernel, installed_kernels
-from harness.kmod import BuiltModule
 
 BUILD = Path("/cache/modules/6.1.0-virtme-debug/knetlink-0123456789abcdef")
 
@@ -135,7 +135,7 @@ def test_gcovr_argv() -> None:
 
 
 def _paths(directory: Path) -> object:
-    from harness.coverage import ReportPaths
+    from harness.guest.coverage import ReportPaths
 
     return ReportPaths(directory)
 
@@ -224,7 +224,7 @@ def test_a_matrix_with_one_gcov_kernel_runs(pytester: pytest.Pytester, tmp_path:
 @pytest.mark.skipif(not installed_kernels(), reason="no installed kernel with headers")
 def test_installed_distribution_kernels_have_no_gcov() -> None:
     """Why --kernel debug is the fix: Debian's kernels are built without CONFIG_GCOV_KERNEL."""
-    from harness.coverage import kernel_supports_coverage
+    from harness.guest.coverage import kernel_supports_coverage
 
     assert not any(kernel_supports_coverage(k) for k in installed_kernels())
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.dmesg import Splat, find_splats, parse_allowlist, scan_splats
-from harness.elf import ko_functions
-from harness.kmemleak import (
+from harness.formats.elf import ko_functions
+from harness.kernel_log.dmesg import Splat, find_splats, parse_allowlist, scan_splats
+from harness.kernel_log.frames import ModuleFrame, module_frames, names_module_function
+from harness.kernel_log.kmemleak import (
     CLEAR,
     KMEMLEAK_PATH,
     SCAN,
@@ -32,7 +33,6 @@ from harness.kmemleak import (
     symbolize,
     write_argv,
 )
-from harness.splatframes import ModuleFrame, module_frames, names_module_function
 
 DATA = Path(__file__).resolve().parent / "data"
 DEBUG_LOGS = DATA / "dmesg" / "debug"
@@ -217,7 +217,7 @@ def test_kmemleak_verbose_dmesg_lines_and_the_age_of_older_kernels() -> None:
         "[   20.000004] kmemleak:     [<00000000c3d4e5f6>] leak_alloc+0x3c/0x90 [leak]\n"
         "[   20.000005] knetlink: unrelated\n"
     )
-    from harness.dmesg import parse_lines
+    from harness.kernel_log.dmesg import parse_lines
 
     (obj,) = parse_kmemleak(line.text for line in parse_lines(text))
     assert (obj.address, obj.size, obj.pid, obj.age_s) == (0xFFFF888004C3A400, 32, 150, 12.348)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.decode import (
+from harness.build.decode import (
     FrameDecoder,
     FrameRef,
     SourceLine,

@@ -1,4 +1,4 @@
-"""Tests for harness.dmesg against golden kernel logs and hand-made snippets."""
+"""Tests for harness.kernel_log.dmesg against golden kernel logs and hand-made snippets."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import dmesg
-from harness.dmesg import (
+from harness.config import DEFAULT_ALLOWLIST
+from harness.errors import ConfigError
+from harness.kernel_log.dmesg import (
     AllowEntry,
     AllowlistError,
     KernelLine,
@@ -27,10 +28,9 @@ from harness.dmesg import (
     scan_splats,
     unexpected_taint,
 )
-from harness.errors import ConfigError
 
 DATA = Path(__file__).parent / "data" / "dmesg"
-SHIPPED_ALLOWLIST = Path(dmesg.__file__).with_name("splat_allowlist.txt")
+SHIPPED_ALLOWLIST = DEFAULT_ALLOWLIST
 
 
 def golden(name: str) -> str:
@@ -743,7 +743,7 @@ def test_unexpected_taint_default_allows_module_loading() -> None:
 
 def test_lost_guest_error_names_the_panic_even_when_the_trace_outgrows_the_tail(tmp_path: Path) -> None:
     from harness.errors import LostGuestError
-    from harness.vm import console_splats
+    from harness.guest.vm import console_splats
 
     frames = [f"[    1.874947]  ? some_function_{i}+0x44/0x240" for i in range(60)]
     log = tmp_path / "kernel.log"

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import ebpf, ebpf_fixtures
-from harness.bpftrace import Bucket, Histogram, Stats, parse_output
 from harness.config import HarnessConfig, resolve
-from harness.console import CommandResult
-from harness.ebpf import READY_MARKER, BpfRunner, resolve_program
 from harness.errors import BpfOutputError, BpfProcessError, ConfigError, EbpfError, EbpfUnavailable
+from harness.guest import ebpf
+from harness.guest.console import CommandResult
+from harness.guest.ebpf import READY_MARKER, BpfRunner, resolve_program
+from harness.kernel_log.bpftrace import Bucket, Histogram, Stats, parse_output
 from harness.knetlink import ebpf as knetlink_ebpf
 from harness.knetlink.ebpf import KnetlinkCounts, LatencyReport
+from harness.pytest_plugin import ebpf_fixtures
 
 # knetlink.bt on 6.1: 4 single messages, one datagram of 3, one frame whose nlmsg_len (100) exceeds the datagram.
 KNETLINK_61 = """\

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import engines
+from harness.build.kernel import Kernel
 from harness.config import ENGINES, GUEST_SCRIPTS, HarnessConfig
-from harness.engines import REGISTRY, LaunchSpec, QemuEngine, VngEngine, engine_for
 from harness.errors import ConfigError, MissingDependencyError
-from harness.kernel import Kernel
+from harness.guest import engines
+from harness.guest.engines import REGISTRY, LaunchSpec, QemuEngine, VngEngine, engine_for
 from harness.session import KernelSession
 
 K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/lib/modules/6.1.0-56-amd64/build"))
@@ -140,7 +140,7 @@ def test_session_launch_goes_through_the_registry(name: str, tmp_path: Path, mon
 
 
 def test_doctor_says_whether_vng_guests_skip_the_coldplug(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import doctor
+    from harness.cli import doctor
 
     assert doctor._vng_boot_path().ok
     monkeypatch.setattr(doctor, "VngEngine", lambda: VngEngine(boot_path=Path("/opt/my harness/vng_boot")))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.initramfs import cpio_newc, extract_vmlinux, load_levels, load_order, module_name, parse_modules_dep
+from harness.build.initramfs import cpio_newc, extract_vmlinux, load_levels, load_order, module_name, parse_modules_dep
 
 DEP = """kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko
 kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio.ko

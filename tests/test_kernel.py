@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.build.kernel import image_release, installed_kernels, release_sort_key, resolve_kernel
 from harness.errors import KernelNotFoundError
-from harness.kernel import image_release, installed_kernels, release_sort_key, resolve_kernel
 
 
 def fake_bzimage(path: Path, version: str) -> Path:
@@ -75,7 +75,7 @@ def test_no_kernel_at_all(tmp_path: Path) -> None:
 
 
 def test_all_expands_to_installed_kernels_oldest_first(tmp_path: Path) -> None:
-    from harness.kernel import expand_kernel_specs
+    from harness.build.kernel import expand_kernel_specs
 
     make_install(tmp_path, "6.12.117+deb12-amd64")
     make_install(tmp_path, "6.1.0-56-amd64")

@@ -1,4 +1,4 @@
-"""The debug profile of harness.kernel_build: its data, `debug`/`debug:TREE` specs, the out-of-tree
+"""The debug profile of harness.build.kernel_build: its data, `debug`/`debug:TREE` specs, the out-of-tree
 (make O=) build that keeps it apart from the plain build of the same tree, the error naming a symbol
 the tree cannot enable, the distribution source unpacked once, and the build's progress messages.
 
@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import kernel_build as kb
-from harness import kernel_source
-from harness.build_progress import BuildProgress, count_compiled, previous_objects
-from harness.errors import KernelNotFoundError
-from harness.kernel_build import (
+from harness.build import kernel_build as kb
+from harness.build import kernel_source
+from harness.build.kernel_build import (
     DEBUG_PROFILE,
     BuildOptions,
     KernelBuildError,
@@ -32,6 +30,8 @@ from harness.kernel_build import (
     resolve_kernel_spec,
     unpack_source,
 )
+from harness.build.progress import BuildProgress, count_compiled, previous_objects
+from harness.errors import KernelNotFoundError
 
 SUBLEVEL_RELEASE = "6.1.192"
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from harness.checks import Policy, Window, check_window, judge, with_leaks
 from harness.config import HarnessConfig
-from harness.dmesg import parse_allowlist, parse_lines
 from harness.errors import KernelCheckError
-from harness.guest_kernel import GuestKernel, LogMark
-from harness.kmemleak import (
+from harness.guest.kernel_ops import GuestKernel, LogMark
+from harness.guest.vm import CommandResult
+from harness.kernel_log.dmesg import parse_allowlist, parse_lines
+from harness.kernel_log.kmemleak import (
     CLEAR,
     KMEMLEAK_PATH,
     MIN_AGE_S,
@@ -44,8 +44,8 @@ from harness.kmemleak import (
     without_kmemleak_splats,
     write_argv,
 )
-from harness.runstate import RunState
-from harness.vm import CommandResult
+from harness.kernel_watch import Policy, Window, check_window, judge, with_leaks
+from harness.pytest_plugin.runstate import RunState
 
 DATA = Path(__file__).resolve().parent / "data"
 LEAK_SYMBOLS = {  # where the leak module's functions were in the captures (as in test_debug_splats.py)
@@ -222,8 +222,8 @@ def test_clear_before_insmod_sections_before_rmmod_then_scans_read_and_clear(
         sleeps.append(seconds)
         clock[0] += seconds
 
-    monkeypatch.setattr("harness.guest_kernel.time.monotonic", lambda: clock[0])
-    monkeypatch.setattr("harness.guest_kernel.time.sleep", sleep)
+    monkeypatch.setattr("harness.guest.kernel_ops.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("harness.guest.kernel_ops.time.sleep", sleep)
     guest = FakeGuest(kmemleak=True, report=REPORT_6_1, sections=SECTIONS)
     ops = GuestKernel(guest, tmp_path / "scratch", kmemleak=True)  # type: ignore[arg-type]
     name = ops.insmod(leak_ko, {"count": "1"})
@@ -305,7 +305,7 @@ def test_without_kmemleak_the_kmemleak_line_of_a_scan_stays_a_splat() -> None:
 
 
 def test_summary_json_lists_the_readings_and_only_the_modules_leaks_break_the_run(tmp_path: Path) -> None:
-    from harness.report import breakage, summary_dict
+    from harness.pytest_plugin.report import breakage, summary_dict
 
     state = RunState(HarnessConfig(), (), tmp_path)
     kernel = judge_leaks(reading("6.12"), ()).kernel
@@ -326,9 +326,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.dmesg import parse_lines
-from harness.guest_kernel import LogMark
-from harness.kmemleak import LeakReading, ModuleSymbols, parse_kmemleak, symbolize
+from harness.kernel_log.dmesg import parse_lines
+from harness.guest.kernel_ops import LogMark
+from harness.kernel_log.kmemleak import LeakReading, ModuleSymbols, parse_kmemleak, symbolize
 
 SYMBOLS = ModuleSymbols("leak", ((0xFFFFFFFFC0400000, 0xB2, "leak_alloc"), (0xFFFFFFFFC0406000, 0x40, "leak_init")))
 OBJECTS = [symbolize(o, [SYMBOLS]) for o in parse_kmemleak(Path(REPORT).read_text())]

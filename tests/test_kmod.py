@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.build.kernel import Kernel
+from harness.build.module_build import build_module, source_key, warning_lines
 from harness.errors import BuildError, HarnessError, HostKernelRefused
-from harness.guest_kernel import check_not_host, parse_taint
-from harness.kernel import Kernel
-from harness.kmod import build_module, source_key, warning_lines
+from harness.guest.kernel_ops import check_not_host, parse_taint
 
 FakeKo = Callable[..., Path]  # the fake_ko fixture (tests/conftest.py)
 

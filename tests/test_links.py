@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.dmesg import parse_lines
+from harness.kernel_log.dmesg import parse_lines
 from harness.knetlink.links import (
     LinkLine,
     escape_payload,

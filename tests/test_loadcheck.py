@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from harness.cli import CHECK_STATUS
-from harness.cli_base import EXIT_GUEST_DIED, EXIT_HARNESS, EXIT_KERNEL_SPLAT
-from harness.guest_kernel import parse_usage
+from harness.cli.base import EXIT_GUEST_DIED, EXIT_HARNESS, EXIT_KERNEL_SPLAT
+from harness.cli.commands import CHECK_STATUS
+from harness.guest.kernel_ops import parse_usage
 from harness.loadcheck import CheckRow, format_table, parse_meminfo
 
 

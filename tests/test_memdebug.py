@@ -1,4 +1,4 @@
-"""harness.memdebug: which kernel arguments turn on a stock kernel's built-in memory-error detectors,
+"""harness.build.memdebug: which kernel arguments turn on a stock kernel's built-in memory-error detectors,
 and that both engines' command lines carry them."""
 
 from __future__ import annotations
@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cmdline import QemuSpec, VngSpec, qemu_argv, vng_argv
-from harness.errors import ConfigError
-from harness.kernel import Kernel
-from harness.memdebug import (
+from harness.build.kernel import Kernel
+from harness.build.memdebug import (
     DEFAULT_HELPERS,
     config_path,
     helpers_from_env,
@@ -19,6 +17,8 @@ from harness.memdebug import (
     memory_debug_args,
     parse_config_text,
 )
+from harness.errors import ConfigError
+from harness.guest.cmdline import QemuSpec, VngSpec, qemu_argv, vng_argv
 
 # The relevant lines of Debian 12's two kernel configurations.
 DEBIAN_61 = {"SLUB": "y", "SLUB_DEBUG": "y", "SLAB_FREELIST_HARDENED": "y"}

@@ -23,9 +23,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 GUEST_SCRIPTS = ROOT / "guest_scripts"
-# what a fresh clone does not have (see .gitignore) and the build must not see
-NOT_SOURCE = (".git", ".venv", ".tox", "results", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",
-              ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -45,13 +42,24 @@ def _source_files(directory: Path) -> dict[str, int]:
     }
 
 
+def _copy_checkout(dest: Path) -> None:
+    """What a fresh clone has: the tracked files and new ones that .gitignore does not name."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, check=True).stdout  # fmt: skip
+    for name in filter(None, listed.decode().split("\0")):
+        source = ROOT / name
+        if source.is_symlink() or source.is_file():  # a file deleted in the work tree is still listed
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name, follow_symlinks=False)
+
+
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dist, Dist]]:
     if importlib.util.find_spec("build") is None:
         pytest.fail("the packaging check needs `build`; install the dev extras: python3 -m pip install -e '.[dev]'")
     tmp = tmp_path_factory.mktemp("packaging")
     src = tmp / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*NOT_SOURCE), symlinks=True)
+    _copy_checkout(src)
     out = tmp / "dist"
     proc = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(src)],
                           capture_output=True, text=True, timeout=900, check=False)  # fmt: skip

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from harness.config import HarnessConfig
-from harness.parallel import kernel_scope
-from harness.report import breakage, summary_dict
-from harness.runstate import RunState
+from harness.pytest_plugin.parallel import kernel_scope
+from harness.pytest_plugin.report import breakage, summary_dict
+from harness.pytest_plugin.runstate import RunState
 
 LABELS = ["6.12.117+deb12-amd64", "6.1.0-57-amd64"]
 

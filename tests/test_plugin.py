@@ -73,7 +73,7 @@ class FakeOps:
 def fake_window(ops: FakeOps, *, alive: bool, console: Path) -> object:
     from types import SimpleNamespace
 
-    from harness.checks import Window
+    from harness.kernel_watch import Window
 
     ops.guest.alive = alive  # type: ignore[attr-defined]
     ops.guest.paths = SimpleNamespace(kernel_log=console)  # type: ignore[attr-defined]
@@ -86,8 +86,8 @@ def test_kernel_check_that_cannot_run_is_an_error_not_a_pass(tmp_path: Path) -> 
     """A splat/taint check whose guest command fails must not count as a clean kernel."""
     from types import SimpleNamespace
 
-    from harness.checks import Policy, check_window
     from harness.errors import KernelCheckError
+    from harness.kernel_watch import Policy, check_window
 
     ops = FakeOps(SimpleNamespace(), "no taint value in the output of `cat /proc/sys/kernel/tainted`: 'Killed'")
     window = fake_window(ops, alive=True, console=tmp_path / "kernel.log")
@@ -99,7 +99,7 @@ def test_dead_guest_is_a_failing_verdict_with_the_console_splat(tmp_path: Path) 
     """A guest that died during the test is never "no verdict": the splat comes from its console file."""
     from types import SimpleNamespace
 
-    from harness.checks import Policy, check_window
+    from harness.kernel_watch import Policy, check_window
 
     console = tmp_path / "kernel.log"
     console.write_text(
@@ -170,7 +170,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.guest_kernel import LogMark
+from harness.guest.kernel_ops import LogMark
 
 PANIC = (
     "[   12.000000] Kernel panic - not syncing: deliberate\\n"
@@ -288,7 +288,7 @@ def test_crash_after_the_last_test_fails_the_run(pytester: pytest.Pytester) -> N
 def test_failure_kind_is_recorded_by_error_type_for_bisect(pytester: pytest.Pytester) -> None:
     """An unusable kernel is an infra failure, an assertion a test failure: bisect-run reads the
     JUnit property the plugin writes, not the words of the message."""
-    from harness.bisect import read_junit
+    from harness.cli.bisect_run import read_junit
 
     pytester.makepyfile(test_k="def test_needs_kernel(knh_kernel_session):\n    pass\n\n"
                                "def test_asserts():\n    assert 1 == 2\n")  # fmt: skip
@@ -314,10 +314,10 @@ def test_quick_tier_deselects_full_tests_and_full_runs_them(pytester: pytest.Pyt
 
 
 class _Item:
-    """What harness.plugin.selected reads of a collected test: its markers and its kernel parameter."""
+    """What harness.pytest_plugin.plugin.selected reads of a collected test: its markers and its kernel parameter."""
 
     def __init__(self, markers: tuple[str, ...], spec: str | None) -> None:
-        from harness.runstate import KernelParam
+        from harness.pytest_plugin.runstate import KernelParam
 
         self.markers = markers
         if spec is not None:
@@ -343,6 +343,6 @@ def test_debug_kernel_tests_run_only_on_a_debug_profile_kernel(
 ) -> None:
     from typing import cast
 
-    from harness.plugin import selected
+    from harness.pytest_plugin.plugin import selected
 
     assert selected(cast(pytest.Item, _Item(markers, spec)), full=full) is kept

@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 
 from harness.config import GUEST_SCRIPTS, HarnessConfig
-from harness.console import CommandResult
 from harness.errors import BootError, CommandTimeout, HostKernelRefused, LostGuestError
-from harness.guest_kernel import GuestKernel, check_not_host, host_boot_id
+from harness.guest.console import CommandResult
+from harness.guest.kernel_ops import GuestKernel, check_not_host, host_boot_id
+from harness.guest.vm import Guest
 from harness.session import KernelSession
-from harness.vm import Guest
 
 REPO = GUEST_SCRIPTS.parent
 
@@ -76,7 +76,7 @@ BOOTER = textwrap.dedent("""
     import signal, sys, time
     from pathlib import Path
     from harness.config import resolve
-    from harness.kernel_build import resolve_kernel_spec
+    from harness.build.kernel_build import resolve_kernel_spec
     from harness.session import KernelSession
 
     # Ctrl-C semantics even when the test run itself ignores SIGINT (started in the background)

@@ -8,9 +8,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from harness import cli
-from harness.junit import merge_junit
-from harness.shards import merge_summaries, shard_matrix
+from harness.cli import commands as cli
+from harness.cli.shards import merge_summaries, shard_matrix
+from harness.formats.junit import merge_junit
 
 
 def test_matrix_is_every_kernel_tier_and_engine() -> None:

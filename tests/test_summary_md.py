@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.summary_md import failure_groups, github_annotations, render_markdown, terminal_groups
+from harness.formats.summary_md import failure_groups, github_annotations, render_markdown, terminal_groups
 
 FP = "null-deref:crashy_init:do_one_initcall:do_init_module:__do_sys_finit_module"
 FP_612 = "null-deref:crashy_init:do_one_initcall:do_init_module:init_module_from_file"  # the same bug on 6.12

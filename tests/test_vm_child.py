@@ -1,4 +1,4 @@
-"""The guest launcher's child setup (harness.vm._child_setup), in a real forked child."""
+"""The guest launcher's child setup (harness.guest.vm._child_setup), in a real forked child."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 # through _child_setup; the child reports the signals it ignores (SigIgn of /proc/self/status).
 PROGRAM = """
 import signal, subprocess, sys
-from harness import vm
+from harness.guest import vm
 for sig in vm.HANGUP_SIGNALS:
     signal.signal(sig, signal.SIG_IGN)
 log = sys.argv[1]

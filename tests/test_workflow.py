@@ -93,7 +93,7 @@ def test_debug_job_caches_the_kernel_by_source_and_profile_and_runs_tox_debug() 
     key = re.search(r"key: (.+)", job)
     assert key is not None, "the cache step has no key"
     assert "steps.debug-key.outputs.source" in key.group(1), "the key must name the kernel source version"
-    assert "harness/kernel_config.py" in key.group(1), "the key must change with the debug profile"
+    assert "harness/build/config_items.py" in key.group(1), "the key must change with the debug profile"
     assert "run: .venv/bin/tox -e debug" in job
     assert "KNH_ACCEL: kvm" in job
     assert job.index("actions/cache@") < job.index("--kernel debug") < job.index("tox -e debug")

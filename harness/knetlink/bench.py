@@ -19,17 +19,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..accel import host_tsc_khz
-from ..cmdline import QemuSpec, qemu_argv
-from ..config import PROJECT_ROOT, HarnessConfig
-from ..errors import HarnessError, MissingDependencyError
-from ..initramfs import cached_vmlinux, cpio_newc
-from ..junit import read_junit
-from ..kernel import expand_kernel_specs
-from ..kmod import default_cache_root
-from ..session import KernelSession, LoadedModule
-from .bench_suite import matrix_figures
-from .senders import C_SENDER, CSender, PySender
+from harness.build.initramfs import cached_vmlinux, cpio_newc
+from harness.build.kernel import expand_kernel_specs
+from harness.build.module_build import default_cache_root
+from harness.config import PROJECT_ROOT, HarnessConfig
+from harness.errors import HarnessError, MissingDependencyError
+from harness.formats.junit import read_junit
+from harness.guest.accel import host_tsc_khz
+from harness.guest.cmdline import QemuSpec, qemu_argv
+from harness.knetlink.bench_suite import matrix_figures
+from harness.knetlink.senders import C_SENDER, CSender, PySender
+from harness.session import KernelSession, LoadedModule
 
 RAW_MARKER = "KNH-RAW-BOOT-DONE"
 RAW_INIT = f"""#!/bin/busybox sh
@@ -305,7 +305,7 @@ def _handler_latency(
     session: KernelSession, py: PySender, messages: int, progress: Callable[[str], None]
 ) -> dict[str, Any]:
     """In-kernel handling time per message, from the eBPF latency probe ({"error": ...} when unavailable)."""
-    from .ebpf import measure_handler_latency
+    from harness.knetlink.ebpf import measure_handler_latency
 
     progress("in-kernel latency with eBPF ...")
     count = min(messages, 5000)
@@ -319,7 +319,7 @@ def _handler_latency(
 def _fuzz_rate(session: KernelSession, loaded: LoadedModule, py: PySender, progress: Callable[[str], None],
                frames: int = 10000, runs: int = 3) -> Figure:  # fmt: skip
     """Fuzzed frames per second (harness/knetlink/fuzz.py): generated on the host, sent and checked in the guest."""
-    from .fuzz import FuzzFailure, run_fuzz
+    from harness.knetlink.fuzz import FuzzFailure, run_fuzz
 
     fig = Figure(note=f"{frames} frames per run: Hypothesis on the host, each frame sent with a fence, every "
                       "ack, link line and counter checked")  # fmt: skip

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import PROJECT_ROOT, HarnessConfig
-from ..errors import HarnessError
-from ..junit import read_junit, seconds_by_param
+from harness.config import PROJECT_ROOT, HarnessConfig
+from harness.errors import HarnessError
+from harness.formats.junit import read_junit, seconds_by_param
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The knetlink layer's commands of ``python -m harness``: ``seed`` and ``bench``.
 
 ``python -m harness`` (and the ``knetlink-harness`` script) is the core command
-line (harness.cli) plus these two.
+line (harness.cli.commands) plus these two.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli import add_guest_options, config_from_args, run_with_session
-from ..cli_base import EXIT_HARNESS, Command, Output
-from ..config import HarnessConfig, module_params_dict
-from ..errors import HarnessError
-from ..kernel_build import resolve_kernel_spec
-from ..session import KernelSession
-from .links import parse_link_lines
-from .senders import C_SENDER, CSender
+from harness.build.kernel_build import resolve_kernel_spec
+from harness.cli.base import EXIT_HARNESS, Command, Output
+from harness.cli.commands import add_guest_options, config_from_args, run_with_session
+from harness.config import HarnessConfig, module_params_dict
+from harness.errors import HarnessError
+from harness.knetlink.links import parse_link_lines
+from harness.knetlink.senders import C_SENDER, CSender
+from harness.session import KernelSession
 
 SEED_MESSAGE = "hello world!"
 
@@ -73,7 +73,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchOptions, format_sender_table, format_table, run_bench, run_sender_bench
+    from harness.knetlink.bench import BenchOptions, format_sender_table, format_table, run_bench, run_sender_bench
 
     out = Output(args.quiet)
     try:
@@ -105,6 +105,6 @@ COMMANDS = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import main as core_main
+    from harness.cli.commands import main as core_main
 
     return core_main(argv, COMMANDS)

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bpftrace import BpfResults, Histogram, Stats
-from ..ebpf import BpfRunner
-from ..vm import Guest
+from harness.guest.ebpf import BpfRunner
+from harness.guest.vm import Guest
+from harness.kernel_log.bpftrace import BpfResults, Histogram, Stats
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,13 @@ from functools import cached_property
 
 import pytest
 
-from ..fixtures import KernelLogWindow
-from ..guest_kernel import GuestKernel
-from ..kmod import BuiltModule
-from ..session import KernelSession, LoadedModule
-from ..vm import Guest
-from .links import parse_link_lines
-from .senders import C_SENDER, CSender, PySender
+from harness.build.module_build import BuiltModule
+from harness.guest.kernel_ops import GuestKernel
+from harness.guest.vm import Guest
+from harness.knetlink.links import parse_link_lines
+from harness.knetlink.senders import C_SENDER, CSender, PySender
+from harness.pytest_plugin.fixtures import KernelLogWindow
+from harness.session import KernelSession, LoadedModule
 
 
 @dataclass(frozen=True)

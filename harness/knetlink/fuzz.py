@@ -29,9 +29,9 @@ from typing import Protocol
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 
-from ..errors import HarnessError
-from .fuzz_model import EINVAL, HDRLEN, Expected, frame_batches, kmsg_text, model
-from .senders import FENCE_STATS, FrameBatch, Reply
+from harness.errors import HarnessError
+from harness.knetlink.fuzz_model import EINVAL, HDRLEN, Expected, frame_batches, kmsg_text, model
+from harness.knetlink.senders import FENCE_STATS, FrameBatch, Reply
 
 NLMSG_ERROR = 2
 DEFAULT_BATCH = 50

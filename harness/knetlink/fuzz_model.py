@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from hypothesis import strategies as st
 
-from ..config import GUEST_SCRIPTS
+from harness.config import GUEST_SCRIPTS
 
 # The guest scripts' frame helpers, also for the host's tests (re-exported). The guest scripts import
 # one another as top-level modules (nlframes imports payload), so their directory goes on sys.path.

@@ -12,14 +12,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from ..dmesg import LogInput, iter_numbered_lines
+from harness.kernel_log.dmesg import LogInput, iter_numbered_lines
 
 if TYPE_CHECKING:
     # pyproject installs guest_scripts/ as harness.guest_scripts; mypy checks the same file as the
     # guest scripts' top-level module ``payload`` ([tool.mypy] mypy_path).
     from payload import escape_payload, unescape_payload
 else:
-    from ..guest_scripts.payload import escape_payload, unescape_payload
+    from harness.guest_scripts.payload import escape_payload, unescape_payload
 
 __all__ = ["LINK_PREFIX", "LinkLine", "escape_payload", "link_payloads", "parse_link_lines", "parse_link_text",
            "unescape_payload"]  # fmt: skip

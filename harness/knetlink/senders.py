@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..channel import Channel
-from ..config import GUEST_SCRIPTS
-from ..errors import ChannelError, HarnessError
-from ..vm import Guest
+from harness.config import GUEST_SCRIPTS
+from harness.errors import ChannelError, HarnessError
+from harness.guest.channel import Channel
+from harness.guest.vm import Guest
 
 READY = "NLSEND READY"
 SYSTEM_PYTHON = Path("/usr/bin/python3")

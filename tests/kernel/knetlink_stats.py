@@ -3,7 +3,7 @@
 The stat_* parameters are its read-only counters.
 """
 
-from harness.vm import Guest
+from harness.guest.vm import Guest
 
 STAT_NAMES = ("received", "printed", "acked", "errors")
 

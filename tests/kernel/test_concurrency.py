@@ -16,10 +16,10 @@ import pytest
 from knetlink_stats import module_stats  # tests/kernel/knetlink_stats.py
 
 from harness.config import HarnessConfig
-from harness.guest_kernel import GuestKernel
+from harness.guest.kernel_ops import GuestKernel
+from harness.guest.vm import Guest
 from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
 from harness.knetlink.senders import CSender
-from harness.vm import Guest
 
 # (senders, messages per sender) and reload cycles per tier: the quick tier touches every path once.
 PARALLEL = {"quick": (2, 200), "full": (8, 1000)}

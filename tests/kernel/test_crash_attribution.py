@@ -20,8 +20,8 @@ import textwrap
 import pytest
 from inner_runs import MODULES, source_conftest  # tests/kernel/inner_runs.py
 
+from harness.build.memdebug import kernel_config
 from harness.config import HarnessConfig
-from harness.memdebug import kernel_config
 from harness.session import KernelSession
 
 CRASHY = MODULES / "crashy"

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.build.kernel import installed_kernels
 from harness.config import HarnessConfig
-from harness.kernel import installed_kernels
 from harness.session import KernelSession
 
 # Only on a debug-profile kernel: every case boots it again (tens of seconds each under TCG).

@@ -13,9 +13,9 @@ import sys
 import pytest
 from inner_runs import MODULES, source_conftest  # tests/kernel/inner_runs.py
 
+from harness.build.memdebug import kernel_config
 from harness.errors import BuildError, BuildExcluded, ModuleBusyError
-from harness.guest_kernel import GuestKernel
-from harness.memdebug import kernel_config
+from harness.guest.kernel_ops import GuestKernel
 from harness.session import KernelSession, LoadedModule, ModuleSource
 
 pytestmark = pytest.mark.kernel

@@ -14,13 +14,13 @@ from collections.abc import Callable
 import pytest
 
 from harness.config import GUEST_SCRIPTS, HarnessConfig
-from harness.ebpf import BpfRunner
-from harness.ebpf_fixtures import skip_or_fail
-from harness.guest_kernel import GuestKernel
+from harness.guest.ebpf import BpfRunner
+from harness.guest.kernel_ops import GuestKernel
+from harness.guest.vm import Guest
 from harness.knetlink.ebpf import KnetlinkCounts, measure_handler_latency
 from harness.knetlink.fixtures import LinkLogWindow
 from harness.knetlink.senders import Ack, PySender
-from harness.vm import Guest
+from harness.pytest_plugin.ebpf_fixtures import skip_or_fail
 
 sys.path.insert(0, str(GUEST_SCRIPTS))
 from nlframes import (  # guest_scripts is not a package

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli_base import EXIT_KERNEL_SPLAT
+from harness.cli.base import EXIT_KERNEL_SPLAT
 from harness.config import GUEST_SCRIPTS
 from harness.session import KernelSession
 

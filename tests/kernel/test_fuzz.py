@@ -22,12 +22,12 @@ import pytest
 from knetlink_stats import module_stats  # tests/kernel/knetlink_stats.py
 
 from harness.config import HarnessConfig
+from harness.guest.vm import Guest
 from harness.knetlink import fuzz_model
 from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
 from harness.knetlink.fuzz import FuzzFailure, FuzzRun, run_fuzz
 from harness.knetlink.fuzz_model import nlframes
 from harness.knetlink.senders import FrameBatch, PySender, Reply, SenderError
-from harness.vm import Guest
 
 FRAMES = {"quick": 500, "full": 10000}  # per tier; KNH_FUZZ_FRAMES overrides both
 

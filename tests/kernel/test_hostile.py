@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 import pytest
 from knetlink_stats import module_stats, param_path, read_param  # tests/kernel/knetlink_stats.py
 
+from harness.build.module_build import BuiltModule
 from harness.config import GUEST_SCRIPTS
 from harness.errors import ModuleLoadError
-from harness.guest_kernel import GuestKernel
-from harness.kmod import BuiltModule
+from harness.guest.kernel_ops import GuestKernel
+from harness.guest.vm import Guest
 from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
 from harness.knetlink.links import parse_link_lines
 from harness.knetlink.senders import FENCE_STATS, PySender, Reply, SenderError
-from harness.vm import Guest
 
 sys.path.insert(0, str(GUEST_SCRIPTS))
 import nlframes  # guest_scripts is not a package

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.build.kernel_build import BuildOptions, build_kernel, is_kernel_tree
 from harness.config import HarnessConfig
-from harness.kernel_build import BuildOptions, build_kernel, is_kernel_tree
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kernel_build]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import HarnessConfig
-from harness.coverage import function_counts
+from harness.guest.coverage import function_counts
 from harness.session import KernelSession
 
 # Only on a debug-profile kernel: it boots it again (KASAN, lockdep: long under TCG).

@@ -4,11 +4,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.build.module_build import BuiltModule
 from harness.errors import ModuleLoadError
-from harness.guest_kernel import GuestKernel
-from harness.kmod import BuiltModule
+from harness.guest.kernel_ops import GuestKernel
+from harness.guest.vm import Guest
 from harness.knetlink.senders import PySender
-from harness.vm import Guest
 
 
 @pytest.fixture

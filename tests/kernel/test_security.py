@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from knetlink_stats import STAT_NAMES, module_stats, param_path  # tests/kernel/knetlink_stats.py
 
+from harness.build.module_build import BuiltModule
 from harness.config import GUEST_SCRIPTS
 from harness.errors import ModuleLoadError
-from harness.guest_kernel import GuestKernel
-from harness.kmod import BuiltModule
+from harness.guest.kernel_ops import GuestKernel
+from harness.guest.vm import Guest
 from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
 from harness.knetlink.senders import CSender, PySender
-from harness.vm import Guest
 
 NOBODY = "--reuid=65534 --regid=65534 --clear-groups"
 REPO = GUEST_SCRIPTS.parent

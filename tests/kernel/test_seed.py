@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from harness.guest_kernel import GuestKernel
-from harness.kmod import BuiltModule
+from harness.build.module_build import BuiltModule
+from harness.guest.kernel_ops import GuestKernel
 from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
 from harness.knetlink.senders import Ack, CSender, PySender
 

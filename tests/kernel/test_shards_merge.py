@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from inner_runs import MODULES, source_conftest  # tests/kernel/inner_runs.py
 
-from harness.kernel import expand_kernel_specs
+from harness.build.kernel import expand_kernel_specs
 
 CONFTEST = source_conftest(MODULES / "crashy")
 TESTS = """

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from genl_echo_client import EchoClient
 
+from harness.guest.vm import Guest
 from harness.session import ModuleSource
-from harness.vm import Guest
 
 EXAMPLE = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.vm import Guest
+from harness.guest.vm import Guest
 
 # pyroute2's GenericNetlinkSocket imports asyncio: a Python start costs about
 # 1 s under KVM but 20-30 s under TCG on a busy machine (the guest reads the

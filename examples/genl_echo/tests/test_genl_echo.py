@@ -7,9 +7,9 @@ import errno
 import pytest
 from genl_echo_client import EchoClient
 
-from harness.fixtures import KernelLogWindow
-from harness.guest_kernel import GuestKernel
-from harness.kmod import BuiltModule
+from harness.build.module_build import BuiltModule
+from harness.guest.kernel_ops import GuestKernel
+from harness.pytest_plugin.fixtures import KernelLogWindow
 from harness.session import LoadedModule
 
 

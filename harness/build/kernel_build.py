@@ -1,0 +1,374 @@
+"""Build a kernel from a source tree, once, and hand it to the harness as a Kernel.
+
+A kernel developer names a tree (``--kernel ~/src/linux``) instead of an
+installed release. The tree is configured from virtme-ng's guest options (the
+list ``vng --kconfig --dry-run`` prints) and the items the harness and the
+module need (:data:`REQUIRED_CONFIG`) on top of ``make allnoconfig`` (base
+"tiny", the default) or of x86_64_defconfig (base "defconfig": exactly
+``vng --kconfig``), then built with ``vng --build`` (``make LOCALVERSION=-virtme``). Its modules are installed
+into the harness cache (never into the host's /lib/modules), for the fast
+engine's initramfs and for a guest that autoloads a module.
+
+A build is cached by the tree's state: ``git rev-parse HEAD`` plus a hash of
+``git status --porcelain`` and ``git diff HEAD`` for a git tree, the newest
+mtime and count of the source files for any other tree, plus a hash of the
+configuration. Nothing changed: the previous kernel is returned without running
+make. Anything changed: the tree is reconfigured if the configuration changed,
+and make rebuilds what it must.
+
+Every external command goes through an injectable runner, so the cache logic
+and the failure paths are tested without building a kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.build.config_items import (
+    BASES,
+    BTF_CONFIG,
+    DEBUG_PROFILE,
+    DEBUG_PROFILE_OPTIONAL,
+    PREFERRED_CONFIG,
+    PROFILES,
+    REQUIRED_CONFIG,
+    TINY_BASE,
+    VIRTME_DROPPED_PREFIXES,
+    BuildOptions,
+    Notify,
+    Runner,
+    config_items,
+    missing_config,
+    missing_profile,
+    read_config,
+    tiny_fragment,
+)
+from harness.build.configure import BuildLayout, build_layout, configure, profile_error
+from harness.build.kernel import Kernel, image_release, resolve_kernel
+from harness.build.kernel_source import (
+    SOURCE_HINT,
+    find_distro_source,
+    is_kernel_tree,
+    locked,
+    parse_profile_spec,
+    profile_tree,
+    unpack_source,
+)
+from harness.build.module_build import default_cache_root
+from harness.build.progress import BuildProgress, previous_objects
+from harness.config import vng_executable
+from harness.errors import KernelBuildError, KernelNotFoundError, MissingDependencyError
+
+__all__ = [  # also the names other modules and tests take from here
+    "BASES", "BTF_CONFIG", "DEBUG_PROFILE", "DEBUG_PROFILE_OPTIONAL", "PREFERRED_CONFIG", "PROFILES", "REQUIRED_CONFIG",
+    "SOURCE_HINT", "TINY_BASE", "VIRTME_DROPPED_PREFIXES", "BuildLayout", "BuildOptions", "BuildProgress",
+    "BuiltKernel", "KernelBuildError", "Notify", "Runner", "build_kernel", "build_layout", "built_kernel_for_spec",
+    "cache_key", "config_items", "find_distro_source", "is_kernel_tree", "missing_config", "missing_profile",
+    "modules_dir_for", "parse_profile_spec", "read_config", "resolve_kernel_spec", "run_logged", "tiny_fragment",
+    "tree_state", "unpack_source",
+]  # fmt: skip
+
+KIMG = Path("arch/x86/boot/bzImage")
+
+
+BUILD_TOOLS_HINT = "apt-get install build-essential flex bison bc libelf-dev libssl-dev zstd"
+
+
+LOCALVERSION = "-virtme"  # what `vng --build` passes to make
+
+
+# Source files whose mtimes stand for a non-git tree's state.
+_SOURCE_SUFFIXES = (".c", ".h", ".S", ".rs", ".lds")
+
+
+_SOURCE_PREFIXES = ("Makefile", "Kconfig", "Kbuild")
+
+
+def run_logged(argv: Sequence[str], cwd: Path, log: Path) -> int:
+    """Run argv in cwd with stdout and stderr appended to log.
+
+    vng runs its helpers (virtme-configkernel) by name: the directory of an absolute argv[0]
+    and of the running interpreter (a venv's bin) go first on PATH.
+    """
+    env = dict(os.environ)
+    extra = [str(Path(argv[0]).parent)] if os.path.isabs(argv[0]) else []
+    extra.append(str(Path(sys.executable).parent))
+    env["PATH"] = os.pathsep.join([*dict.fromkeys(extra), env.get("PATH", "")])
+    with log.open("a") as out:
+        out.write(f"\n$ (cd {cwd} && {' '.join(argv)})\n")
+        out.flush()
+        try:
+            proc = subprocess.run(list(argv), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+        except FileNotFoundError:
+            hint = "pip install virtme-ng" if "vng" in Path(argv[0]).name else BUILD_TOOLS_HINT
+            raise MissingDependencyError(argv[0], hint) from None
+        return proc.returncode
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def _git(tree: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, check=False)
+
+
+def tree_state(tree: Path) -> str:
+    """A string that changes whenever the tree's sources change (see the module docstring)."""
+    top = _git(tree, "rev-parse", "--show-toplevel")
+    if top.returncode == 0 and Path(top.stdout.decode().strip()).resolve() == tree.resolve():
+        head = _git(tree, "rev-parse", "HEAD")
+        if head.returncode == 0:
+            h = hashlib.sha256()
+            h.update(_git(tree, "status", "--porcelain=v1", "-z").stdout)
+            h.update(_git(tree, "diff", "HEAD", "--binary").stdout)
+            for line in _git(tree, "ls-files", "--others", "--exclude-standard", "-z").stdout.split(b"\0"):
+                if line:  # untracked, not ignored: its content counts too
+                    with contextlib.suppress(OSError):
+                        st = (tree / line.decode()).stat()
+                        h.update(line + f":{st.st_size}:{st.st_mtime_ns}".encode())
+            return f"git:{head.stdout.decode().strip()}:{h.hexdigest()[:16]}"
+    newest, count = 0, 0
+    for root, dirs, files in os.walk(tree):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.endswith(_SOURCE_SUFFIXES) or name.startswith(_SOURCE_PREFIXES):
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.stat(os.path.join(root, name)).st_mtime_ns)
+                    count += 1
+    return f"mtime:{newest}:{count}"
+
+
+def cache_key(tree: Path, options: BuildOptions) -> str:
+    return f"{tree_state(tree)}|config:{options.fingerprint()}"
+
+
+@dataclass(frozen=True)
+class BuiltKernel:
+    """Result of build_kernel: the Kernel plus where its modules were installed."""
+
+    kernel: Kernel
+    modules_root: Path  # INSTALL_MOD_PATH: <modules_root>/lib/modules/<release>/modules.dep
+    cached: bool
+    seconds: float
+    log: Path
+    key: str = ""
+    steps: tuple[str, ...] = field(default=())
+
+    @property
+    def modules_dir(self) -> Path:
+        return self.modules_root / "lib" / "modules" / self.kernel.release
+
+
+def _state_paths(tree: Path, cache_root: Path) -> tuple[Path, Path, Path, Path]:
+    layout = build_layout(tree, cache_root)
+    return layout.record, layout.log, layout.lock, layout.modules_root
+
+
+def build_kernel(
+    tree: Path,
+    *,
+    options: BuildOptions | None = None,
+    cache_root: Path | None = None,
+    run: Runner = run_logged,
+    notify: Notify = _silent,
+) -> BuiltKernel:
+    """Configure (if needed) and build `tree`; cached by tree state + config (see module docstring)."""
+    tree = tree.resolve()
+    if not is_kernel_tree(tree):  # not a build failure of this commit: bisect-run aborts on it
+        raise KernelNotFoundError(f"{tree} is not a kernel source tree (no Makefile, Kconfig and arch/)")
+    options = options or BuildOptions()
+    options.profile_config()  # an unknown profile fails before anything runs
+    cache_root = cache_root or default_cache_root()
+    layout = build_layout(tree, cache_root, options.profile)
+    what = f"kernel tree {tree}" + (f" ({options.profile} profile)" if options.profile else "")
+    with locked(layout.lock):
+        key = cache_key(tree, options)
+        cached = _cached(layout.record, key, layout.build_dir)
+        if cached is not None:
+            notify(f"{what}: unchanged, using the {cached.release} built before")
+            return BuiltKernel(cached, layout.modules_root, True, 0.0, layout.log, key)
+
+        start = time.monotonic()
+        layout.log.write_text(f"kernel build of {tree}, key {key}\n")
+        steps: list[str] = []
+        vng = options.vng or vng_executable()
+        fingerprint = options.fingerprint()
+        build_dir = layout.build_dir
+        if layout.objdir is not None:
+            _check_clean_source(tree, layout.objdir)
+            layout.objdir.mkdir(parents=True, exist_ok=True)
+        marker = build_dir / ".knh-config"  # ignored by the kernel's .gitignore (".*")
+        current = marker.read_text().strip() if marker.exists() else ""
+        if current != fingerprint or not (build_dir / ".config").exists():
+            extra = f" + the {options.profile} profile" if options.profile else ""
+            notify(f"{what}: configuring ({options.base} base + virtme-ng and harness items{extra}) ...")
+            steps.append("configure")
+            configure(layout, options, vng, run)
+            marker.write_text(fingerprint + "\n")
+        jobs = options.jobs or os.cpu_count() or 1
+        if layout.objdir is None:
+            argv = [vng, "--build", "--verbose"]
+            if options.jobs:
+                argv += ["--jobs", str(options.jobs)]
+        else:
+            argv = ["make", f"O={layout.objdir}", f"-j{jobs}", f"LOCALVERSION={localversion(options)}"]
+        notify(f"{what}: building with {jobs} job(s) ({' '.join(argv[:2])} ...; log {layout.log}) ...")
+        steps.append("build")
+        with BuildProgress(layout.log, notify, what, previous_objects(layout.record)) as progress:
+            status = run(argv, tree, layout.log)
+        if status != 0:
+            raise KernelBuildError(f"kernel build failed in {tree} ({' '.join(argv)})", layout.log)
+        # Another commit's Kconfig may have dropped or renamed a symbol since the tree was configured.
+        final = read_config(build_dir / ".config")
+        missing = missing_config(final, REQUIRED_CONFIG)
+        if missing:
+            raise KernelBuildError(f"{build_dir}/.config after the build lacks what the harness needs: "
+                                   f"{', '.join(missing)}", layout.log)  # fmt: skip
+        missing = missing_profile(final, options.profile_config())
+        if missing:
+            raise KernelBuildError(profile_error(options.profile, build_dir, missing), layout.log)
+        image = build_dir / KIMG
+        release = image_release(image) if image.exists() else None
+        if release is None:
+            raise KernelBuildError(f"the build of {tree} produced no readable {image}", layout.log)
+
+        notify(f"{what}: installing modules into {layout.modules_root} ...")
+        steps.append("modules_install")
+        modules_root = layout.modules_root
+        if modules_root.exists():
+            _rmtree(modules_root)
+        modules_root.mkdir(parents=True)
+        argv = ["make", "-s", f"LOCALVERSION={localversion(options)}", "modules_install",
+                f"INSTALL_MOD_PATH={modules_root}", "INSTALL_MOD_STRIP=1", "DEPMOD=/sbin/depmod"]  # fmt: skip
+        if layout.objdir is not None:
+            argv.insert(1, f"O={layout.objdir}")
+        if run(argv, tree, layout.log) != 0:
+            raise KernelBuildError(f"make modules_install failed in {tree}", layout.log)
+        if not (modules_root / "lib" / "modules" / release / "modules.dep").exists():
+            raise KernelBuildError(f"modules_install of {tree} left no lib/modules/{release}/modules.dep", layout.log)
+
+        kernel = Kernel(release, image, build_dir)
+        seconds = time.monotonic() - start
+        # Non-git trees: the state after the build, so files the build generated do not count as changes.
+        key = key if key.startswith("git:") else cache_key(tree, options)
+        record = {"key": key, "release": release, "image": str(image), "seconds": round(seconds, 1),
+                  "objects": progress.objects, "profile": options.profile,
+                  "full_objects": max(progress.objects, progress.expected)}  # fmt: skip
+        layout.record.write_text(json.dumps(record, indent=1) + "\n")
+        notify(f"{what}: built {release} in {seconds:.0f} s ({progress.objects} objects compiled)")
+        return BuiltKernel(kernel, modules_root, False, seconds, layout.log, key, tuple(steps))
+
+
+def localversion(options: BuildOptions) -> str:
+    """LOCALVERSION of a build: `-virtme` (what vng passes), `-virtme-debug` for the debug profile, so
+    the two kernels of one tree have different releases (test ids, result paths)."""
+    return LOCALVERSION + (f"-{options.profile}" if options.profile else "")
+
+
+def _check_clean_source(tree: Path, objdir: Path) -> None:
+    """make refuses an O= build of a tree that was configured in place (its own check, made clear here)."""
+    leftovers = [p for p in (".config", "include/config", "arch/x86/include/generated") if (tree / p).exists()]
+    if leftovers:
+        raise KernelBuildError(
+            f"{tree} has an in-tree build ({', '.join(leftovers)}), and a profile build goes to {objdir} "
+            "(make O=), which make refuses for a tree that is not clean. Fix: `make mrproper` in the tree "
+            "(its plain build is then redone on next use), or give the profile a clean checkout "
+            "(`git worktree add ../linux-debug`) and name that: --kernel debug:../linux-debug"
+        )
+
+
+def _cached(record_path: Path, key: str, tree: Path) -> Kernel | None:
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return None
+    image = Path(record.get("image", ""))
+    if record.get("key") != key or not image.is_file() or image_release(image) != record.get("release"):
+        return None
+    return Kernel(record["release"], image, tree)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def modules_dir_for(kernel: Kernel, cache_root: Path | None = None) -> Path | None:
+    """Where the modules of a kernel built here were installed (for the fast engine's initramfs),
+    or None for any other kernel."""
+    build_dir = kernel.build_dir
+    if build_dir.name.endswith("-obj") and build_dir.parent.name == "kernel-builds":  # a profile build (O=)
+        modules_root = build_dir.with_name(build_dir.name.removesuffix("-obj") + "-modules")
+    else:
+        _, _, _, modules_root = _state_paths(build_dir, cache_root or default_cache_root())
+    moddir = modules_root / "lib" / "modules" / kernel.release
+    return moddir if (moddir / "modules.dep").exists() else None
+
+
+def built_kernel_for_spec(spec: str, *, options: BuildOptions | None = None,
+                          cache_root: Path | None = None) -> Kernel | None:  # fmt: skip
+    """The kernel a tree or profile spec (`~/src/linux`, `debug`, `debug:TREE`) resolves to when it is
+    already built and current, without building anything; None otherwise (also for other specs)."""
+    cache_root = cache_root or default_cache_root()
+    base = options or BuildOptions.from_env()
+    profile = parse_profile_spec(spec)
+    if profile is not None:
+        name, tree_spec = profile
+        if tree_spec:
+            tree = Path(tree_spec).expanduser()
+        else:
+            tarball = find_distro_source()
+            if tarball is None:
+                return None
+            tree = cache_root / "kernel-src" / tarball.name.split(".tar.")[0]
+        base = BuildOptions(btf=base.btf, extra_config=base.extra_config, base=base.base, jobs=base.jobs,
+                            vng=base.vng, profile=name)  # fmt: skip
+    else:
+        tree = Path(spec)
+    if not is_kernel_tree(tree):
+        return None
+    layout = build_layout(tree.resolve(), cache_root, base.profile)
+    return _cached(layout.record, cache_key(tree.resolve(), base), layout.build_dir)
+
+
+def resolve_kernel_spec(
+    spec: str | None,
+    *,
+    options: BuildOptions | None = None,
+    notify: Notify = _silent,
+    run: Runner = run_logged,
+    cache_root: Path | None = None,
+) -> Kernel:
+    """resolve_kernel plus source trees and profiles: a directory with Makefile, Kconfig and arch/ is
+    built (or taken from the cache) and its Kernel returned; `debug` builds the distribution's source
+    with the debug profile, `debug:TREE` that tree; anything else goes to resolve_kernel."""
+    profile = parse_profile_spec(spec) if spec else None
+    if profile is not None:
+        name, tree = profile
+        cache_root = cache_root or default_cache_root()
+        path = profile_tree(tree, cache_root=cache_root, notify=notify)
+        base = options or BuildOptions.from_env()
+        options = BuildOptions(btf=base.btf, extra_config=base.extra_config, base=base.base, jobs=base.jobs,
+                               vng=base.vng, profile=name)  # fmt: skip
+        return build_kernel(path, options=options, notify=notify, run=run, cache_root=cache_root).kernel
+    if spec and Path(spec).is_dir():
+        path = Path(spec)
+        if not is_kernel_tree(path):
+            raise KernelNotFoundError(
+                f"{spec} is a directory but not a kernel source tree (it needs Makefile, Kconfig and arch/); "
+                "name a release, a vmlinuz path or a tree"
+            )
+        options = options or BuildOptions.from_env()
+        return build_kernel(path, options=options, notify=notify, run=run, cache_root=cache_root).kernel
+    return resolve_kernel(spec)

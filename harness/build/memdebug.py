@@ -1,0 +1,120 @@
+"""Cheap memory-error detection on stock kernels, from kernel arguments alone.
+
+A distribution kernel has no KASAN, but it may have two detectors built in and
+switched off, which a kernel argument turns on:
+
+* ``kfence``: KFENCE (Debian's 6.12 has ``CONFIG_KFENCE=y`` with
+  ``CONFIG_KFENCE_SAMPLE_INTERVAL=0``, i.e. off). ``kfence.sample_interval=N``
+  guards one slab allocation every N ms with a guard page: an out-of-bounds
+  access or use after free of that object is a ``BUG: KFENCE:`` report.
+  Sampled: it catches a bug when the buggy object is the sampled one.
+* ``slub``: SLUB debugging (``CONFIG_SLUB_DEBUG=y`` in Debian's 6.1 and 6.12).
+  ``slub_debug=FZPU`` adds red zones (Z), poison (P), sanity checks (F) and
+  owner tracking (U) to every cache: a write past an object or into a freed
+  object is reported (``BUG kmalloc-64 (...): Right Redzone overwritten``,
+  ``Poison overwritten``) when the object is next checked (freed or
+  allocated), a double free at once. Reads are not caught.
+
+:func:`memory_debug_args` is the pure decision (config in, arguments out);
+:func:`kernel_config` reads a kernel's configuration. Which helpers are on by
+default follows the boot-time cost measured under TCG (docs/kernels.md);
+``KNH_MEMORY_DEBUG`` overrides it.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+from harness.build.kernel import BOOT_DIR, Kernel
+from harness.errors import ConfigError
+
+KFENCE_SAMPLE_MS = 10  # upstream default 100 ms; a test run is short, so sample more often
+SLUB_DEBUG_FLAGS = "FZPU"
+
+HELPERS = ("kfence", "slub")
+#: On unless KNH_MEMORY_DEBUG says otherwise: the helpers whose measured boot-time cost is small.
+DEFAULT_HELPERS: tuple[str, ...] = ("kfence",)
+
+
+def memory_debug_args(config: Mapping[str, str], helpers: Collection[str] = DEFAULT_HELPERS) -> tuple[str, ...]:
+    """Kernel arguments that turn on the built-in, switched-off detectors among `helpers`.
+
+    `config` is a kernel's configuration as {symbol without CONFIG_: value} (see
+    harness.build.kernel_build.read_config). A helper is skipped when the kernel lacks it, and when the
+    kernel already runs it without an argument (KFENCE with a non-zero default interval, SLUB_DEBUG_ON:
+    the debug kernel), so an argument never weakens what the kernel does by itself.
+    """
+    unknown = sorted(set(helpers) - set(HELPERS))
+    if unknown:
+        raise ConfigError(f"unknown memory-debug helper(s) {', '.join(unknown)}: known are {', '.join(HELPERS)}")
+    args: list[str] = []
+    if "kfence" in helpers and config.get("KFENCE") == "y" and config.get("KFENCE_SAMPLE_INTERVAL", "0") == "0":
+        args.append(f"kfence.sample_interval={KFENCE_SAMPLE_MS}")
+    if "slub" in helpers and config.get("SLUB_DEBUG") == "y" and config.get("SLUB_DEBUG_ON") != "y":
+        if config.get("SLUB", "y") == "y":  # SLUB is the only allocator of 6.8+; older configs name it
+            args.append(f"slub_debug={SLUB_DEBUG_FLAGS}")
+    return tuple(args)
+
+
+def helpers_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """KNH_MEMORY_DEBUG: unset or "auto" -> DEFAULT_HELPERS; "off"/"none" -> (); "all"; or a list
+    such as "kfence,slub"."""
+    env = os.environ if environ is None else environ
+    value = env.get("KNH_MEMORY_DEBUG", "").strip().lower()
+    if value in ("", "auto", "default"):
+        return DEFAULT_HELPERS
+    if value in ("off", "none", "0"):
+        return ()
+    if value == "all":
+        return HELPERS
+    helpers = tuple(dict.fromkeys(p for p in value.replace(",", " ").split() if p))
+    unknown = [h for h in helpers if h not in HELPERS]
+    if unknown:
+        raise ConfigError(f"KNH_MEMORY_DEBUG={value!r}: unknown helper(s) {', '.join(unknown)}; use auto, off, "
+                          f"all or a list of {', '.join(HELPERS)}")  # fmt: skip
+    return helpers
+
+
+def parse_config_text(text: str) -> dict[str, str]:
+    """A kernel .config as {symbol without CONFIG_: value}, string values unquoted, "n" for
+    `# CONFIG_X is not set`."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            name, _, value = line.partition("=")
+            out[name.removeprefix("CONFIG_")] = value.strip().strip('"')
+        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+            out[line[len("# CONFIG_") : -len(" is not set")]] = "n"
+    return out
+
+
+def config_path(kernel: Kernel, boot: Path = BOOT_DIR) -> Path | None:
+    """Where a kernel's configuration is: /boot/config-<release> (installed kernels), the
+    .config of its build directory (kernels built from a tree, headers packages), else None."""
+    for candidate in (boot / f"config-{kernel.release}", kernel.build_dir / ".config"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _read_config(path: Path, mtime_ns: int) -> dict[str, str]:
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return parse_config_text(data.decode(errors="replace"))
+
+
+def kernel_config(kernel: Kernel, boot: Path = BOOT_DIR) -> dict[str, str]:
+    """The kernel's configuration, {} when none can be found (then no helper is turned on)."""
+    path = config_path(kernel, boot)
+    if path is None:
+        return {}
+    try:
+        return dict(_read_config(path, path.stat().st_mtime_ns))
+    except OSError:
+        return {}

@@ -1,0 +1,124 @@
+"""Engines: the ways a guest boots, behind one interface.
+
+An engine turns a `LaunchSpec` (what to boot: kernel, accelerator, shell, shared
+directories, channel) into the argv that boots it, after the preparation it needs
+(finding its executable, the uncompressed vmlinux, the initramfs). The argv itself
+comes from the pure builders in cmdline.py, from a frozen spec the engine fills in.
+The engine names are harness.config.ENGINES; `REGISTRY` holds one engine per name.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import ClassVar, Protocol
+
+from harness.build.initramfs import build_initramfs, cached_vmlinux
+from harness.build.kernel import Kernel
+from harness.config import ENGINES, GUEST_SCRIPTS, vng_executable
+from harness.errors import ConfigError, MissingDependencyError
+from harness.guest.accel import host_tsc_khz
+from harness.guest.cmdline import QemuSpec, VngSpec, qemu_argv, vng_argv
+from harness.guest.vm import GuestPaths
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One guest to boot, whatever the engine."""
+
+    kernel: Kernel
+    name: str  # unique per guest; QEMU's -name
+    accel: str  # "kvm" or "tcg"
+    run_dir: Path  # the guest's logs (the kernel console goes to its kernel.log)
+    shell: Path  # script the guest runs as its shell on the console
+    cache: Path  # harness cache: extracted vmlinux, initramfs
+    rw_dirs: tuple[Path, ...] = ()  # host directories the guest may write
+    channel: Path | None = None  # unix socket of the virtio-serial data channel
+    memory: str = "1G"
+    cpus: int = 2
+    cwd: Path = Path("/")  # the guest shell's working directory, where the engine can set it
+    tree_modules: Path | None = None  # modules of a kernel built from a tree (seen at /lib/modules/<release>)
+
+    @property
+    def mapped_dirs(self) -> tuple[tuple[Path, Path], ...]:
+        """(guest path, host path) pairs mounted read-only."""
+        if self.tree_modules is None:
+            return ()
+        return ((Path("/lib/modules") / self.kernel.release, self.tree_modules),)
+
+
+class Engine(Protocol):
+    """A way to boot a guest."""
+
+    name: ClassVar[str]
+
+    def argv(self, launch: LaunchSpec) -> list[str]:
+        """Prepare what the engine needs and return the command that boots `launch`."""
+        ...
+
+
+VmlinuxFor = Callable[[Kernel, Path], Path | None]
+
+
+@dataclass(frozen=True)
+class VngEngine:
+    """virtme-ng: its own init (udevd without the coldplug) on a PC machine, the host root over 9p."""
+
+    name: ClassVar[str] = "vng"
+    executable: Callable[[], str] = vng_executable
+    vmlinux: VmlinuxFor = cached_vmlinux
+    boot_path: Path | None = field(default=GUEST_SCRIPTS / "vng_boot")  # see VngSpec.boot_path
+
+    def spec(self, launch: LaunchSpec) -> VngSpec:
+        return VngSpec(
+            kernel=launch.kernel, accel=launch.accel, shell=launch.shell, rw_dirs=launch.rw_dirs,
+            image=self.vmlinux(launch.kernel, launch.cache), memory=launch.memory, cpus=launch.cpus,
+            name=launch.name, vng=self.executable(), channel=launch.channel, mapped_dirs=launch.mapped_dirs,
+            boot_path=self.boot_path,
+        )  # fmt: skip
+
+    def argv(self, launch: LaunchSpec) -> list[str]:
+        return vng_argv(self.spec(launch))
+
+
+@dataclass(frozen=True)
+class QemuEngine:
+    """QEMU started directly: microvm, the uncompressed kernel and a busybox initramfs running fast-init."""
+
+    name: ClassVar[str] = "qemu"
+    which: Callable[[str], str | None] = shutil.which
+    vmlinux: VmlinuxFor = cached_vmlinux
+    initramfs: Callable[[Kernel, Path, Path], Path] = build_initramfs
+    tsc_khz: Callable[[], int | None] = host_tsc_khz
+    init_script: Path = field(default=GUEST_SCRIPTS / "fast-init")
+
+    def spec(self, launch: LaunchSpec) -> QemuSpec:
+        qemu = self.which("qemu-system-x86_64")
+        if qemu is None:
+            raise MissingDependencyError("qemu-system-x86_64", "apt-get install qemu-system-x86")
+        image = self.vmlinux(launch.kernel, launch.cache) or launch.kernel.image
+        initrd = self.initramfs(launch.kernel, self.init_script, launch.cache)
+        launch.run_dir.mkdir(parents=True, exist_ok=True)  # QEMU creates the kernel log, not its directory
+        return QemuSpec(
+            kernel=launch.kernel, image=image, initrd=initrd, accel=launch.accel, shell=launch.shell,
+            rw_dirs=launch.rw_dirs, fresh_dirs=(launch.cache,), kernel_log=GuestPaths(launch.run_dir).kernel_log,
+            channel=launch.channel, memory=launch.memory, cpus=launch.cpus, name=launch.name, cwd=launch.cwd,
+            qemu=qemu, tsc_khz=self.tsc_khz(), mapped_dirs=launch.mapped_dirs,
+        )  # fmt: skip
+
+    def argv(self, launch: LaunchSpec) -> list[str]:
+        return qemu_argv(self.spec(launch))
+
+
+REGISTRY: Mapping[str, Engine] = MappingProxyType({e.name: e for e in (VngEngine(), QemuEngine())})
+
+
+def engine_for(name: str) -> Engine:
+    """The engine called `name` (one of harness.config.ENGINES)."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)}") from None

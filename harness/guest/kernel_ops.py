@@ -1,0 +1,295 @@
+"""Kernel-side operations on a running guest: load and unload modules, read the
+kernel log between two points, read the taint value, scan for leaks (kmemleak).
+
+Bulk data (the kernel log) goes through the shared results directory, not the
+serial console: the guest writes a file, the host reads it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.build.decode import DecodeInputs, decoded_section
+from harness.build.module_deps import module_name
+from harness.errors import HarnessError, HostKernelRefused, ModuleBusyError, ModuleCrashError, ModuleLoadError
+from harness.guest.vm import Guest
+from harness.kernel_log.dmesg import KernelLine, find_splats, parse_lines
+from harness.kernel_log.kmemleak import (
+    CLEAR,
+    KMEMLEAK_PATH,
+    SCAN,
+    SCAN_OFF,
+    SCAN_TIMEOUT_S,
+    SCANS,
+    LeakReading,
+    UnloadedModule,
+    leak_reading,
+    parse_sections,
+    scan_delay,
+    sections_argv,
+    write_argv,
+)
+
+HOST_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+@dataclass(frozen=True)
+class LogMark:
+    """A point in the guest kernel log (a unique line written to /dev/kmsg)."""
+
+    text: str
+
+
+def host_boot_id() -> str:
+    return HOST_BOOT_ID.read_text().strip()
+
+
+def parse_taint(output: str) -> int:
+    """The value `cat /proc/sys/kernel/tainted` printed. The console is shared with
+    background jobs, so a stray line (a job's "Killed" notice) may precede it: the
+    value is the last line made only of digits."""
+    for line in reversed(output.splitlines()):
+        if line.strip().isdigit():
+            return int(line.strip())
+    raise HarnessError(f"no taint value in the output of `cat /proc/sys/kernel/tainted`: {output[-500:]!r}")
+
+
+class GuestKernel:
+    """Module and kernel-log operations on one guest; `scratch` is a guest-writable host dir.
+    `kmemleak`: the kernel may have kmemleak (harness.kernel_log.kmemleak.may_have_kmemleak); the guest is then
+    asked once, at the first insmod."""
+
+    def __init__(self, guest: Guest, scratch: Path, *, kmemleak: bool = False,
+                 decode_inputs: Callable[[], DecodeInputs] | None = None) -> None:  # fmt: skip
+        self.guest = guest
+        self.scratch = scratch
+        self._token = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+        self._verified_not_host = False
+        self.unloads = 0  # successful rmmods on this guest: the after-test check lets the kernel settle after one
+        self._kmemleak: bool | None = None if kmemleak else False
+        self._loaded_from: dict[str, Path] = {}  # module name -> .ko, for naming its frames after the rmmod
+        self._unscanned: list[UnloadedModule] = []  # unloaded since the last kmemleak scan
+        self._decode_inputs = decode_inputs  # KernelSession.decode_inputs: what a crash's frames decode with
+
+    # -- safety ------------------------------------------------------------
+    def ensure_not_host(self) -> None:
+        """Refuse to load anything unless the target kernel is provably not the host's.
+
+        The guest's boot_id (random per boot) must differ from the host's; the
+        same value means the "guest" is the host kernel itself.
+        """
+        if self._verified_not_host:
+            return
+        guest_id = self.guest.run(["cat", str(HOST_BOOT_ID)], check=True).output.strip()
+        check_not_host(guest_id, host_boot_id())
+        self._verified_not_host = True
+
+    # -- kernel log ----------------------------------------------------------
+    def mark(self) -> LogMark:
+        text = f"knh-mark:{self._token}:{next(self._counter)}"
+        self.guest.run(f"echo {text} > /dev/kmsg", check=True)
+        return LogMark(text)
+
+    def log(self, since: LogMark | None = None) -> list[KernelLine]:
+        """The kernel log of the guest, parsed: all of it, or from the line holding `since` on."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        path = self.scratch / f"dmesg-{self._token}-{next(self._counter)}.txt"
+        # Marks are [a-z0-9:-] only, so they are safe in a sed address; cutting in the guest
+        # keeps the copy small however long the log has grown (fuzzing writes ~20k lines).
+        cut = f" | sed -n '\\|{since.text}$|,$p'" if since is not None else ""
+        self.guest.run(f"dmesg -r{cut} > {path}", check=True)
+        try:
+            return parse_lines(path.read_text(errors="replace"))
+        except OSError as e:
+            raise HarnessError(f"the guest's kernel log copy {path} is unreadable: {e}") from None
+        finally:
+            path.unlink(missing_ok=True)
+
+    def lines_since(self, mark: LogMark) -> list[KernelLine]:
+        """Kernel log lines after `mark` (the mark line itself excluded)."""
+        return lines_after_mark(self.log(since=mark), mark)
+
+    # -- taint -----------------------------------------------------------------
+    def taint(self) -> int:
+        return parse_taint(self.guest.run(["cat", "/proc/sys/kernel/tainted"], check=True).output)
+
+    # -- modules -----------------------------------------------------------------
+    def insmod(self, ko: Path, params: Mapping[str, str] | None = None) -> str:
+        """Load `ko` in the guest; returns the module name. Raises ModuleLoadError with the kernel's
+        words when the kernel refused it, ModuleCrashError when the kernel crashed loading it."""
+        self.ensure_not_host()
+        if self.has_kmemleak():  # objects reported before never blame this module
+            self.guest.run(write_argv(CLEAR), check=True)
+        mark = self.mark()
+        argv = ["insmod", str(ko)] + [f"{k}={v}" for k, v in (params or {}).items()]
+        result = self.guest.run(argv)
+        if result.status != 0:
+            lines = self.lines_since(mark)
+            self._raise_if_crashed(f"insmod {ko.name}", result.status, result.output, lines, also=ko)
+            raise ModuleLoadError(
+                f"insmod {ko.name} failed (status {result.status})", result.output, [ln.text for ln in lines]
+            )
+        name = ko.stem.replace("-", "_")
+        self._loaded_from[name] = ko
+        return name
+
+    def rmmod(self, name: str) -> None:
+        """Unload `name`. Raises ModuleBusyError (with holders and reference count) when the kernel
+        refuses because the module is in use, ModuleCrashError when it crashed."""
+        ko = self._loaded_from.get(name) if self.has_kmemleak() else None
+        sections = parse_sections(self.guest.run(sections_argv(name), check=True).output) if ko else {}
+        mark = self.mark()
+        result = self.guest.run(["rmmod", name])
+        if result.status != 0:
+            lines = self.lines_since(mark)
+            self._raise_if_crashed(f"rmmod {name}", result.status, result.output, lines)
+            usage = self.guest.run(["sh", "-c", USAGE_SCRIPT, "usage", name]).output
+            refcnt, holders = parse_usage(usage)
+            if refcnt is not None and (refcnt > 0 or holders):
+                raise ModuleBusyError(
+                    f"rmmod {name} failed (status {result.status}): the module is in use: reference count "
+                    f"{refcnt}, holders: {', '.join(holders) or 'none (references taken by code, not modules)'}",
+                    result.output, [ln.text for ln in lines],
+                )  # fmt: skip
+            raise ModuleLoadError(
+                f"rmmod {name} failed (status {result.status})", result.output, [ln.text for ln in lines]
+            )
+        self.unloads += 1
+        if ko is not None:
+            self._unscanned.append(UnloadedModule(name, ko, tuple(sorted(sections.items())), time.monotonic()))
+
+    def _raise_if_crashed(self, what: str, status: int, output: str, lines: list[KernelLine],
+                          also: Path | None = None) -> None:  # fmt: skip
+        """A failed insmod/rmmod is a crash, not a refusal, when the kernel printed a splat
+        or the command was killed by a signal (an oops in process context kills the task). The
+        splats' frames in the modules loaded here (and `also`, being loaded) are decoded."""
+        splats = find_splats(lines)
+        if not splats and status < 128:
+            return
+        signal = f", killed by signal {status - 128}" if status > 128 else ""
+        text = "\n".join(sp.summary() for sp in splats) or "(no splat in the kernel log; see the guest kernel console)"
+        kos, sources, vmlinux = self._decode_inputs() if self._decode_inputs else ({}, {}, None)
+        kos = {**kos, **self._loaded_from, **({module_name(also.name): also} if also else {})}
+        decoded = [decoded_section(sp.lines, kos, sources, vmlinux) for sp in splats]
+        text = "\n".join([text, *(d for d in dict.fromkeys(decoded) if d)])
+        raise ModuleCrashError(
+            f"{what}: the kernel crashed (status {status}{signal}); this is a bug in the module or the kernel, "
+            "not a refusal to load: fix the crash shown below",
+            output,
+            text,
+        )
+
+    def module_list(self) -> tuple[str, ...]:
+        """The guest's loaded modules, newest first (the order of /proc/modules); read by the shell
+        itself (a `cut` process costs ~45 ms under TCG, the builtin loop one round trip)."""
+        output = self.guest.run(MODULE_LIST_SCRIPT, check=True).output
+        return tuple(line.strip() for line in output.splitlines() if line.strip())
+
+    def modprobe(self, names: Sequence[str]) -> None:
+        """Load modules of the guest kernel's own tree, with what they need (modprobe -a)."""
+        self.ensure_not_host()
+        mark = self.mark()
+        result = self.guest.run(["modprobe", "-a", *names])
+        if result.status != 0:
+            lines = self.lines_since(mark)
+            self._raise_if_crashed(f"modprobe {' '.join(names)}", result.status, result.output, lines)
+            what = f"modprobe of the kernel modules the module depends on ({', '.join(names)})"
+            raise ModuleLoadError(f"{what} failed (status {result.status})", result.output, [ln.text for ln in lines])
+
+    def restore_modules(self, before: Sequence[str]) -> None:
+        """Unload, newest first, every module loaded since the guest's module list was `before`: one
+        rmmod for all of them; one at a time when it fails (so the error names the module) or when
+        kmemleak must learn where a module the harness loaded was (GuestKernel.rmmod)."""
+        extra = [n for n in self.module_list() if n not in before]
+        if not extra:
+            return
+        if not (self.has_kmemleak() and any(n in self._loaded_from for n in extra)):
+            mark = self.mark()
+            result = self.guest.run(["rmmod", *extra])
+            if result.status == 0:
+                self.unloads += 1
+                return
+            lines = self.lines_since(mark)
+            self._raise_if_crashed(f"rmmod {' '.join(extra)}", result.status, result.output, lines)
+        for name in [n for n in self.module_list() if n not in before]:
+            self.rmmod(name)
+
+    def loaded(self, name: str) -> bool:
+        return self.guest.run(["test", "-d", f"/sys/module/{name}"]).status == 0
+
+    # -- kmemleak ----------------------------------------------------------------
+    def has_kmemleak(self) -> bool:
+        """Whether the kernel lists leaks in KMEMLEAK_PATH, asked once (the answer also stops a scan
+        thread, so no scan runs but the harness's)."""
+        if self._kmemleak is None:
+            self._kmemleak = self.guest.run(write_argv(SCAN_OFF)).status == 0
+        return self._kmemleak
+
+    def find_leaks(self) -> LeakReading | None:
+        """After rmmods since the last call: scan SCANS times (the last one late enough for what the
+        modules allocated), read the report and clear it. None when no module was unloaded since."""
+        unloaded, self._unscanned = self._unscanned, []
+        if not unloaded:
+            return None
+        last_rmmod = max(u.unloaded_at for u in unloaded)
+        took = []
+        for i in range(SCANS):
+            if i == SCANS - 1:
+                time.sleep(scan_delay(last_rmmod, time.monotonic()))
+            start = time.monotonic()
+            self.guest.run(write_argv(SCAN), check=True, timeout=SCAN_TIMEOUT_S)
+            took.append(time.monotonic() - start)
+        report = self.read_file(KMEMLEAK_PATH, "kmemleak")
+        self.guest.run(write_argv(CLEAR), check=True)  # the next reading lists only new objects
+        return leak_reading(report, unloaded, took)
+
+    def read_file(self, path: str, label: str) -> str:
+        """A guest file's text, copied through the scratch directory (not the console)."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        copy = self.scratch / f"{label}-{self._token}-{next(self._counter)}.txt"
+        self.guest.run(["cp", path, str(copy)], check=True)
+        try:
+            return copy.read_text(errors="replace")
+        except OSError as e:
+            raise HarnessError(f"the guest's copy of {path} ({copy}) is unreadable: {e}") from None
+        finally:
+            copy.unlink(missing_ok=True)
+
+
+MODULE_LIST_SCRIPT = 'while read -r name _; do echo "$name"; done < /proc/modules'
+# A module's reference count and holders, for a refused rmmod: "refcnt N" then one "holder NAME" each.
+USAGE_SCRIPT = 'echo "refcnt $(cat /sys/module/$1/refcnt)"; for h in /sys/module/$1/holders/*; do ' \
+               '[ -e "$h" ] && echo "holder ${h##*/}"; done; true'  # fmt: skip
+
+
+def parse_usage(output: str) -> tuple[int | None, list[str]]:
+    refcnt, holders = None, []
+    for line in output.splitlines():
+        word, _, value = line.strip().partition(" ")
+        if word == "refcnt" and value.strip().isdigit():
+            refcnt = int(value)
+        elif word == "holder" and value:
+            holders.append(value.strip())
+    return refcnt, holders
+
+
+def check_not_host(guest_boot_id: str, host_id: str) -> None:
+    if not guest_boot_id:
+        raise HostKernelRefused("cannot read the target's boot_id: refusing to load a module")
+    if guest_boot_id == host_id:
+        raise HostKernelRefused(
+            "the target kernel has the host's boot_id: refusing to load a module into the host kernel"
+        )
+
+
+def lines_after_mark(lines: list[KernelLine], mark: LogMark) -> list[KernelLine]:
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].text.strip() == mark.text:
+            return lines[i + 1 :]
+    raise HarnessError(f"kernel log mark {mark.text!r} not found: the ring buffer wrapped or the log was cleared")

@@ -1,0 +1,289 @@
+"""The kernel watch, pure of pytest: every guest test runs inside a window, and nothing
+the kernel does is lost.
+
+A window opens before a test (kernel log mark, taint value, offset in the guest's
+kernel console file) and is checked after the test's call and after its teardown.
+When a window closes clean on a live guest, a cursor remembers where it ended, so
+the kernel is also checked *between* windows:
+
+- at the start of the next test on that guest (a timer that fired after the
+  settle, a kthread that panicked during a host-only test): that test fails at
+  setup, naming the test whose window the crash followed;
+- when the session shuts the guest down: a crash after the last test fails the
+  run, never ends it green.
+
+A guest that died is a verdict, never "no verdict": its splats are read from the
+kernel console file (the only record left), from where the window began. A
+verdict lists the splats (harness.kernel_log.dmesg), the unexpected new taint and, on a kernel
+with kmemleak, what the scans after a module's unload found (harness.kernel_log.kmemleak); the
+pytest glue (harness.pytest_plugin.watch) turns a failing verdict into a test failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from harness.build.decode import DecodedFrame, decode_frames, render
+from harness.errors import HarnessError, KernelCheckError, LostGuestError
+from harness.guest.kernel_ops import GuestKernel, LogMark
+from harness.guest.vm import Guest
+from harness.kernel_log.dmesg import AllowEntry, KernelLine, SplatReport, TaintFlag, scan_splats, unexpected_taint
+from harness.kernel_log.kmemleak import LeakReading, LeakVerdict, judge_leaks, without_kmemleak_splats
+from harness.session import KernelSession
+
+# Splat kinds after which the guest kernel is not trusted for the next test.
+FATAL_KINDS = frozenset({"oops", "panic", "null-deref", "gpf", "unable-to-handle", "bug", "soft-lockup",
+                         "hard-lockup", "rcu-stall", "hung-task", "kasan", "kfence", "list-corruption"})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GuestDied:
+    """The guest kernel stopped answering: why, and the end of its kernel console."""
+
+    reason: str
+    console_tail: str
+
+
+@dataclass(frozen=True)
+class KernelVerdict:
+    splats: SplatReport
+    new_taint: tuple[TaintFlag, ...]
+    taint_before: int
+    taint_after: int
+    died: GuestDied | None = None
+    leaks: LeakVerdict | None = None  # the kmemleak scans after a module's unload, when there were any
+    decoded: str = ""  # the failing splats' frames in modules built here, with source lines (harness.build.decode)
+    frames: Mapping[str, tuple[DecodedFrame, ...]] = field(default_factory=dict)  # fingerprint -> decoded frames
+
+    @property
+    def ok(self) -> bool:
+        return self.splats.ok and not self.new_taint and self.died is None and (self.leaks is None or self.leaks.ok)
+
+    @property
+    def guest_suspect(self) -> bool:
+        """True when the next test should get a freshly booted guest."""
+        return (
+            self.died is not None
+            or bool(self.new_taint)
+            or any(s.kind in FATAL_KINDS for s in self.splats.failures)
+        )
+
+    def message(self) -> str:
+        parts = []
+        if self.died is not None:
+            parts.append(f"the guest kernel died ({self.died.reason}); its kernel console shows:")
+            parts.append(self.splats.summary() if self.splats.failures else "  (no splat text on the console)")
+            if self.decoded:
+                parts.append(self.decoded)
+            parts.append(f"--- guest kernel console (last lines) ---\n{self.died.console_tail}")
+            return "\n".join(parts)
+        if self.splats.failures:
+            parts.append(f"kernel splat(s) during the test ({len(self.splats.failures)}):\n{self.splats.summary()}")
+        if self.new_taint:
+            flags = ", ".join(str(f) for f in self.new_taint)
+            parts.append(f"kernel taint changed {self.taint_before} -> {self.taint_after}: unexpected {flags}")
+        if self.leaks is not None and not self.leaks.ok:
+            parts.append(self.leaks.message())
+        if self.decoded:
+            parts.append(self.decoded)
+        return "\n".join(parts)
+
+
+def with_decoded(verdict: KernelVerdict, session: KernelSession) -> KernelVerdict:
+    """`verdict` with its failing splats' frames in the modules the session built decoded to source lines."""
+    reports = [(s.fingerprint, s.lines) for s in verdict.splats.failures]
+    if verdict.leaks is not None:  # a leaked object's backtrace, named after the unloaded module's code
+        reports += [(o.splat.fingerprint, (*o.lines, *o.frames)) for o in verdict.leaks.failures]
+    if verdict.decoded or not reports:
+        return verdict
+    kos, sources, vmlinux = session.decode_inputs()
+    frames: dict[str, tuple[DecodedFrame, ...]] = {}
+    notes: list[str] = []
+    for fingerprint, lines in reports:
+        found, said = decode_frames(lines, kos, sources, vmlinux)
+        frames[fingerprint] = tuple(found)
+        notes += [n for n in said if n not in notes]
+    shown = list(dict.fromkeys(d for found in frames.values() for d in found))
+    return replace(verdict, decoded=render(shown, notes), frames=frames)
+
+
+def with_leaks(verdict: KernelVerdict, reading: LeakReading | None, allowlist: Sequence[AllowEntry]) -> KernelVerdict:
+    """`verdict` with what kmemleak listed after a module's unload. The kmemleak lines of the same
+    check's kernel log (a scan's "N new suspected memory leaks") announce those same objects: the
+    reading replaces them, so one leak is one failure naming the module, and a kernel-only leak is
+    reported without failing."""
+    if reading is None:
+        return verdict
+    return replace(verdict, splats=without_kmemleak_splats(verdict.splats), leaks=judge_leaks(reading, allowlist))
+
+
+def judge(
+    lines: Sequence[KernelLine], taint_before: int, taint_after: int, allowlist: Sequence[AllowEntry], allowed: str
+) -> KernelVerdict:
+    report = scan_splats(list(lines), allowlist)
+    return KernelVerdict(report, tuple(unexpected_taint(taint_before, taint_after, allowed)), taint_before, taint_after)
+
+
+def judge_death(console_text: str, reason: str, allowlist: Sequence[AllowEntry], tail_lines: int = 30) -> KernelVerdict:
+    """The verdict on a guest that died: the splats its kernel console printed (`console_text`,
+    from where the window began) and the console's last lines."""
+    tail = "\n".join(console_text.splitlines()[-tail_lines:])
+    return KernelVerdict(scan_splats(console_text, allowlist), (), 0, 0, GuestDied(reason, tail))
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the last clean window on a guest ended, and which test it belonged to."""
+
+    guest: Guest
+    mark: LogMark
+    taint: int
+    console_offset: int
+    test: str
+
+
+@dataclass
+class Window:
+    """One test's watch: the guest and where its kernel log, taint and console stood."""
+
+    session: KernelSession
+    ops: GuestKernel
+    mark: LogMark
+    taint: int
+    console_offset: int
+    unloads: int  # ops.unloads when the window opened; more after the test means a module went away
+    lines: list[KernelLine] = field(default_factory=list)  # everything checked so far, for the artifacts
+    kernel_failed: set[str] = field(default_factory=set)  # phases failed over the kernel's verdict
+    closed: bool = False
+
+    @property
+    def guest(self) -> Guest:
+        return self.ops.guest
+
+
+@dataclass(frozen=True)
+class Policy:
+    allowlist: Sequence[AllowEntry]
+    allowed_taint: str
+    settle_s: float
+
+
+def console_offset(guest: Guest) -> int:
+    path = guest.paths.kernel_log
+    return path.stat().st_size if path.exists() else 0
+
+
+def console_since(guest: Guest, offset: int) -> str:
+    """The guest's kernel console file from `offset` on ("" if it is gone)."""
+    try:
+        with guest.paths.kernel_log.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def open_window(session: KernelSession, cursor: Cursor | None, policy: Policy) -> tuple[Window, KernelVerdict | None]:
+    """Boot (or reuse) the session's guest and open a window on it; with a current `cursor`, also
+    judge what the kernel did between the cursor's test and this window (no line is in neither).
+    Raises HarnessError: BootError when no guest boots, LostGuestError when it dies meanwhile."""
+    ops = session.guest_kernel()
+    offset = console_offset(ops.guest)
+    mark = ops.mark()
+    taint = ops.taint()  # read after the mark: a taint from here on also prints after the mark
+    between = None
+    if cursor is not None and cursor.guest is ops.guest:
+        lines = lines_before(ops.lines_since(cursor.mark), mark)
+        between = with_decoded(judge(lines, cursor.taint, taint, policy.allowlist, policy.allowed_taint), session)
+    return Window(session, ops, mark, taint, offset, ops.unloads), between
+
+
+def lines_before(lines: list[KernelLine], mark: LogMark) -> list[KernelLine]:
+    """The lines before `mark`'s line (all of them if the mark is not there)."""
+    for i, line in enumerate(lines):
+        if line.text.strip() == mark.text:
+            return lines[:i]
+    return lines
+
+
+def _death(guest: Guest, offset: int, policy: Policy) -> KernelVerdict:
+    return judge_death(console_since(guest, offset), guest.dead_reason or "QEMU exited", policy.allowlist)
+
+
+def _guarded(guest: Guest, offset: int, policy: Policy, what: str,
+             probe: Callable[[], KernelVerdict]) -> KernelVerdict:  # fmt: skip
+    """Run the guest commands of a check: a guest that dies meanwhile is a death verdict, any other
+    failure on a live guest a KernelCheckError (the checks are never silently skipped)."""
+    try:
+        if not guest.alive:
+            raise LostGuestError("guest is not running")
+        return probe()
+    except LostGuestError:
+        return _death(guest, offset, policy)
+    except HarnessError as e:
+        if not guest.alive:
+            return _death(guest, offset, policy)
+        raise KernelCheckError(f"the kernel checks {what} could not run: {e}") from e
+
+
+def settle(guest: Guest, seconds: float) -> None:
+    """Give the guest kernel `seconds` after an unload (the settle setting), before it is judged."""
+    if seconds > 0:
+        guest.run(["sleep", f"{seconds:g}"], timeout=seconds + 30)
+
+
+def check_window(window: Window, policy: Policy) -> KernelVerdict:
+    """Check what the kernel did since the window's mark (or since it was last checked) and
+    move the mark on. After a module unload the kernel first gets `policy.settle_s`, then, on a
+    kernel with kmemleak, the scans for what the module leaked (GuestKernel.find_leaks)."""
+    guest, ops = window.guest, window.ops
+    if window.session.current_guest is not guest:
+        return with_decoded(_death(guest, window.console_offset, policy), window.session)
+
+    def probe() -> KernelVerdict:
+        reading = None
+        if ops.unloads > window.unloads:
+            settle(guest, policy.settle_s)
+            reading = ops.find_leaks()  # before the log is read: a scan's lines belong to this check
+        window.unloads = ops.unloads
+        lines = ops.lines_since(window.mark)
+        taint = ops.taint()
+        mark = ops.mark()
+        window.lines.extend(lines)
+        verdict = judge(lines, window.taint, taint, policy.allowlist, policy.allowed_taint)
+        window.mark, window.taint = mark, taint
+        return with_leaks(verdict, reading, policy.allowlist)
+
+    return with_decoded(_guarded(guest, window.console_offset, policy, "of the test", probe), window.session)
+
+
+def cursor_after(window: Window, test: str) -> Cursor | None:
+    """Where the next check on this guest starts; None when the guest is gone."""
+    guest = window.guest
+    if window.session.current_guest is not guest or not guest.alive:
+        return None
+    return Cursor(guest, window.mark, window.taint, console_offset(guest), test)
+
+
+def dead_since(cursor: Cursor, policy: Policy) -> KernelVerdict | None:
+    """The death verdict when the cursor's guest died after the cursor's test, else None."""
+    return None if cursor.guest.alive else _death(cursor.guest, cursor.console_offset, policy)
+
+
+def check_after_last(session: KernelSession, cursor: Cursor, policy: Policy) -> KernelVerdict:
+    """Before the session shuts its guest down: did the kernel stay clean after the last test?
+    The kernel first gets `policy.settle_s` (a crash still in flight lands here)."""
+
+    def probe() -> KernelVerdict:
+        settle(cursor.guest, policy.settle_s)
+        ops = session.guest_kernel()
+        lines = ops.lines_since(cursor.mark)
+        return judge(lines, cursor.taint, ops.taint(), policy.allowlist, policy.allowed_taint)
+
+    return with_decoded(_guarded(cursor.guest, cursor.console_offset, policy, "after the last test", probe), session)
+
+
+def cursor_current(session: KernelSession, cursor: Cursor | None) -> bool:
+    """True when `cursor` still describes the session's guest (it was not thrown away on purpose)."""
+    return cursor is not None and session.current_guest is cursor.guest
