@@ -55,6 +55,7 @@ class KernelVerdict:
     leaks: LeakVerdict | None = None  # the kmemleak scans after a module's unload, when there were any
     decoded: str = ""  # the failing splats' frames in modules built here, with source lines (harness.build.decode)
     frames: Mapping[str, tuple[DecodedFrame, ...]] = field(default_factory=dict)  # fingerprint -> decoded frames
+    notes: tuple[str, ...] = ()  # what the checks could not do (the scan before a discard), said after the verdict
 
     @property
     def ok(self) -> bool:
@@ -68,6 +69,17 @@ class KernelVerdict:
             or bool(self.new_taint)
             or any(s.kind in FATAL_KINDS for s in self.splats.failures)
         )
+
+    def suspect_reason(self) -> str:
+        """Why the next test gets a fresh guest, in a few words ("" when the guest is trusted)."""
+        if self.died is not None:
+            return f"the guest kernel died ({self.died.reason})"
+        kinds = [s.kind for s in self.splats.failures if s.kind in FATAL_KINDS]
+        if kinds:
+            return f"a kernel splat ({', '.join(dict.fromkeys(kinds))})"
+        if self.new_taint:
+            return f"a new kernel taint ({', '.join(str(f) for f in self.new_taint)})"
+        return ""
 
     def message(self) -> str:
         parts = []
@@ -87,6 +99,7 @@ class KernelVerdict:
             parts.append(self.leaks.message())
         if self.decoded:
             parts.append(self.decoded)
+        parts.extend(self.notes)
         return "\n".join(parts)
 
 
@@ -156,6 +169,7 @@ class Window:
     lines: list[KernelLine] = field(default_factory=list)  # everything checked so far, for the artifacts
     kernel_failed: set[str] = field(default_factory=set)  # phases failed over the kernel's verdict
     closed: bool = False
+    discarded: str = ""  # why the harness threw away the guest while it still answered ("" if it did not)
 
     @property
     def guest(self) -> Guest:
@@ -236,7 +250,8 @@ def settle(guest: Guest, seconds: float) -> None:
 def check_window(window: Window, policy: Policy) -> KernelVerdict:
     """Check what the kernel did since the window's mark (or since it was last checked) and
     move the mark on. After a module unload the kernel first gets `policy.settle_s`, then, on a
-    kernel with kmemleak, the scans for what the module leaked (GuestKernel.find_leaks)."""
+    kernel with kmemleak, the scans for what the module leaked (GuestKernel.find_leaks). A verdict
+    after which the guest is discarded (guest_suspect) gets those scans too: scan_before_discard."""
     guest, ops = window.guest, window.ops
     if window.session.current_guest is not guest:
         return with_decoded(_death(guest, window.console_offset, policy), window.session)
@@ -253,9 +268,32 @@ def check_window(window: Window, policy: Policy) -> KernelVerdict:
         window.lines.extend(lines)
         verdict = judge(lines, window.taint, taint, policy.allowlist, policy.allowed_taint)
         window.mark, window.taint = mark, taint
-        return with_leaks(verdict, reading, policy.allowlist)
+        verdict = with_leaks(verdict, reading, policy.allowlist)
+        if verdict.guest_suspect and reading is None:
+            verdict = scan_before_discard(verdict, window, policy)
+        return verdict
 
     return with_decoded(_guarded(guest, window.console_offset, policy, "of the test", probe), window.session)
+
+
+def scan_before_discard(verdict: KernelVerdict, window: Window, policy: Policy) -> KernelVerdict:
+    """`verdict` (after which the guest is discarded) with the kmemleak scans a normal unload gets:
+    on a kernel with kmemleak whose guest still answers, the modules this session built that are
+    still loaded are unloaded, newest first, and scanned (GuestKernel.find_leaks), so a module that
+    both splats and leaks has both reported. What fails here is a note on the verdict, never in its
+    place: the splat is what the test failed over."""
+    ops = window.ops
+    try:
+        if not ops.has_kmemleak():
+            return verdict
+        built = window.session.decode_inputs()[0]  # {module name: .ko} of the modules built here
+        for name in [n for n in ops.module_list() if n in built]:
+            ops.rmmod(name)
+        reading = ops.find_leaks()
+    except HarnessError as e:
+        note = f"the kmemleak scan before the guest was discarded did not run: {e.args[0].splitlines()[0]}"
+        return replace(verdict, notes=(*verdict.notes, note))
+    return with_leaks(verdict, reading, policy.allowlist)
 
 
 def cursor_after(window: Window, test: str) -> Cursor | None:

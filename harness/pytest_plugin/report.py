@@ -98,16 +98,24 @@ def _first_line(report: pytest.TestReport) -> str:
 
 
 def _collect_artifacts(item: pytest.Item, window: Window) -> list[str]:
-    """Write this test's kernel log window (and, for a dead guest, its kernel console
-    since the test began) next to the run's logs; return the report lines."""
+    """Write this test's kernel log window (and, for a guest that is gone, its kernel console
+    since the test began) next to the run's logs; return the report lines, which say whether the
+    guest died or the harness discarded it."""
     directory = _artifact_dir(item, window.session.kernel.release)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "kernel-window.log").write_text("".join(ln.raw + "\n" for ln in window.lines))
     lines = []
     guest = window.guest
-    if not guest.alive:
-        (directory / "kernel-console.log").write_text(console_since(guest, window.console_offset))
-        lines.append(f"the guest died; its kernel console since the test began: {directory / 'kernel-console.log'}")
+    if window.discarded or not guest.alive:
+        console = directory / "kernel-console.log"
+        console.write_text(console_since(guest, window.console_offset))
+        if window.discarded:
+            lines.append(f"the harness discarded guest {guest.launch.name} after {window.discarded}; it had not "
+                         f"died (the next test gets a fresh guest); its kernel console since the test began: "
+                         f"{console}")  # fmt: skip
+        else:
+            lines.append(f"the guest died ({guest.dead_reason or 'QEMU exited'}); its kernel console since the "
+                         f"test began: {console}")  # fmt: skip
     lines.append(f"console transcript: {guest.paths.transcript}")
     lines.append(f"guest kernel console: {guest.paths.kernel_log}")
     lines.append(f"kernel log of this test: {directory / 'kernel-window.log'}")

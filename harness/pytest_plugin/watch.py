@@ -129,8 +129,7 @@ def _check(item: pytest.Item, window: Window, phase: str) -> KernelVerdict | Non
     try:
         verdict = check_window(window, run_state(item.config).policy)
     except KernelCheckError as e:
-        window.closed = True
-        window.session.recycle(f"kernel checks failed after the {phase} of {item.nodeid}")
+        _discard(window, f"its kernel checks could not run after the {phase}", item)
         raise KernelCheckError(f"kernel check error after the {phase} of {item.nodeid}: {e}") from e
     release = window.session.kernel.release
     state = run_state(item.config)
@@ -141,9 +140,17 @@ def _check(item: pytest.Item, window: Window, phase: str) -> KernelVerdict | Non
         if verdict.leaks.kernel or verdict.leaks.allowed:  # reported, never failing: the test's report says so
             item.add_report_section(phase, "kmemleak", verdict.leaks.kernel_message())
     if verdict.guest_suspect:
-        window.closed = True
-        window.session.recycle(f"{phase} of {item.nodeid}: {verdict.message().splitlines()[0]}")
+        _discard(window, f"{verdict.suspect_reason()} in the {phase}", item, died=verdict.died is not None)
     return verdict
+
+
+def _discard(window: Window, reason: str, item: pytest.Item, *, died: bool = False) -> None:
+    """Close the window and have the session boot a fresh guest for the next test; a guest that had
+    not died is remembered as discarded by the harness (the test's report says so)."""
+    window.closed = True
+    if not died:
+        window.discarded = reason
+    window.session.recycle(f"{reason} of {item.nodeid}")
 
 
 _OUTCOME_EXCEPTIONS = (pytest.skip.Exception, pytest.xfail.Exception)
