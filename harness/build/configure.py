@@ -127,4 +127,4 @@ def profile_error(profile: str, build_dir: Path, missing: list[str]) -> str:
             "their dependencies turned them off (an older or newer tree, another architecture, a compiler "
             "without the sanitizer):\n    " + "\n    ".join(missing)
             + "\nfix: a tree that has them (`--kernel debug` builds the distribution's linux-source), or drop "
-              "the symbols from DEBUG_PROFILE in harness/build/kernel_build.py")  # fmt: skip
+              "the symbols from DEBUG_PROFILE in harness/build/config_items.py")  # fmt: skip
