@@ -60,6 +60,11 @@ class BpfStopWarning(UserWarning):
     """bpftrace needed more than one SIGINT to stop (shown in pytest's warnings summary)."""
 
 
+class BpfNotStoppedWarning(BpfStopWarning):
+    """bpftrace could not be stopped at the end of a test (the stop's error is the message): the test's own
+    outcome stands, the program's results are lost, and it may still run in the guest."""
+
+
 
 # ---- running programs in the guest ----------------------------------------------
 
@@ -217,8 +222,12 @@ class BpfTrace:
         elif self.running:
             try:
                 self.stop()
-            except HarnessError:
-                pass  # the test's own exception is the one to report
+            except HarnessError as e:  # the test's own exception is the one to report; this one is recorded
+                self._not_stopped("after the test raised", e)
+
+    def _not_stopped(self, when: str, error: HarnessError) -> None:
+        warnings.warn(f"bpftrace {self.program.name} could not be stopped {when}: {error}",
+                      BpfNotStoppedWarning, stacklevel=3)  # fmt: skip
 
 
 class BpfRunner:
@@ -323,13 +332,14 @@ class BpfRunner:
             self._running.remove(trace)
 
     def stop_all(self) -> None:
-        """Stop programs a test left running (results discarded, errors ignored)."""
+        """Stop programs a test left running (results discarded); one that cannot be stopped is a
+        BpfNotStoppedWarning, not an error of the test."""
         for trace in list(self._running):
             try:
                 if self.guest.alive:
                     trace.stop()
-            except HarnessError:
-                pass
+            except HarnessError as e:
+                trace._not_stopped("after the test", e)
             self._forget(trace)
 
 
