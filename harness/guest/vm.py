@@ -39,7 +39,8 @@ HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
 
 def _child_setup(kernel_log: str) -> None:
     """Runs in the forked child before exec: stderr (the guest kernel console) to a file,
-    the hangup signals at their defaults, and die with the parent. QEMU itself is a grandchild;
+    the hangup signals at their defaults, and die with the parent (when the kernel refuses that,
+    a line in the file says so). QEMU itself is a grandchild;
     it goes away on the pty hangup that the parent's death causes, and on close() via the
     process group."""
     fd = os.open(kernel_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -49,9 +50,14 @@ def _child_setup(kernel_log: str) -> None:
         signal.signal(sig, signal.SIG_DFL)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+        refused = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0
+        reason = os.strerror(ctypes.get_errno()) if refused else ""
+    except OSError as e:  # no C library to call
+        refused, reason = True, str(e)
+    if refused:  # stderr is the guest kernel console file now: the record stays beside the guest's log
+        os.write(2, f"[knh] prctl(PR_SET_PDEATHSIG, SIGKILL) failed in the guest launcher ({reason}): the guest "
+                    "may outlive a harness that is killed; stop a leftover guest by the -name in argv.txt of its "
+                    "run directory\n".encode())  # fmt: skip
 
 
 @dataclass(frozen=True)
