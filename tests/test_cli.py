@@ -8,7 +8,7 @@ import pytest
 
 from harness.cli import commands as cli
 from harness.config import HarnessConfig
-from harness.errors import BuildError, KernelBuildError, LostGuestError, ModuleCrashError
+from harness.errors import BuildError, ConfigError, KernelBuildError, LostGuestError, ModuleCrashError
 from harness.guest.console import CommandResult
 from harness.guest.kernel_ops import LogMark
 from harness.kernel_log.dmesg import KernelLine, parse_allowlist, parse_lines
@@ -139,7 +139,7 @@ def test_exec_without_command_is_a_usage_error(capsys: Any) -> None:
 
 def test_open_session_rejects_two_kernels() -> None:
     cfg = HarnessConfig(kernels=("a", "b"))
-    with pytest.raises(Exception, match="one --kernel"):
+    with pytest.raises(ConfigError, match=r"one --kernel, not 2 \(a b, the settings\)"):
         cli.open_session(cfg, cli.Output(True))
 
 
@@ -338,3 +338,79 @@ def test_ini_keys_of_pyproject_reach_the_cli(monkeypatch: pytest.MonkeyPatch, tm
     (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\nknh_engine = 'qemu'\nother = 1\n")
     monkeypatch.chdir(tmp_path)
     assert cli._project_ini() == {"knh_engine": "qemu"}
+
+
+# pytest takes its ini keys from the first of these files that has its section, in the directory it starts
+# from or the nearest parent with one; the CLI reads the same file.
+@pytest.mark.parametrize(("name", "text"), [
+    ("pytest.ini", "[pytest]\nknh_engine = qemu\nother = 1\n"),
+    (".pytest.ini", "[pytest]\nknh_engine = qemu\n"),
+    ("tox.ini", "[tox]\nenvlist = py\n\n[pytest]\nknh_engine = qemu\n"),
+    ("setup.cfg", "[metadata]\nname = x\n\n[tool:pytest]\nknh_engine = qemu\n"),
+    ("pytest.toml", "[pytest]\nknh_engine = 'qemu'\n"),
+    ("pyproject.toml", "[tool.pytest]\nknh_engine = 'qemu'\n"),
+])  # fmt: skip
+def test_ini_keys_of_every_file_pytest_reads_reach_the_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                            name: str, text: str) -> None:  # fmt: skip
+    (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert cli._project_ini() == {"knh_engine": "qemu"}
+
+
+def test_the_cli_takes_the_ini_file_pytest_takes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\nknh_engine = 'vng'\n")
+    (tmp_path / "tox.ini").write_text("[pytest]\nknh_engine = qemu\n")
+    (tmp_path / "setup.cfg").write_text("[metadata]\nname = x\n")  # no pytest section: not pytest's file
+    monkeypatch.chdir(tmp_path)
+    assert cli._project_ini() == {"knh_engine": "vng"}  # pyproject.toml comes before tox.ini
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # pytest.ini is pytest's file even without keys
+    assert cli._project_ini() == {}
+    (tmp_path / "pytest.ini").unlink()
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")  # no pytest table: pytest looks on
+    assert cli._project_ini() == {"knh_engine": "qemu"}
+    sub = tmp_path / "sub" / "dir"
+    sub.mkdir(parents=True)
+    monkeypatch.chdir(sub)  # pytest started in a subdirectory finds the nearest parent's file
+    assert cli._project_ini() == {"knh_engine": "qemu"}
+
+
+def test_ini_values_reach_the_settings_as_pytest_hands_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\nknh_boot_timeout = 300\n"
+                                             "knh_kernels = ['6.1.0-a', '6.1.0-b']\n")  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert cli._project_ini() == {"knh_boot_timeout": "300", "knh_kernels": ["6.1.0-a", "6.1.0-b"]}
+
+
+def test_a_broken_tox_ini_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    (tmp_path / "tox.ini").write_text("[pytest\nknh_engine = qemu\n")
+    monkeypatch.chdir(tmp_path)
+
+    def resolve_kernel_spec(*_: object, **__: object) -> None:
+        raise AssertionError("a kernel was resolved with the ini keys unread")
+
+    monkeypatch.setattr(cli, "resolve_kernel_spec", resolve_kernel_spec)
+    assert cli.main(["exec", "--no-module", "-q", "--", "true"]) == cli.EXIT_HARNESS
+    err = capsys.readouterr().err
+    assert "tox.ini" in err and "cannot be read" in err, err
+
+
+def test_pyproject_is_read_with_tomli_where_there_is_no_tomllib(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    """Python 3.10 has no tomllib; pytest reads pyproject.toml with tomli there, and so does the CLI."""
+    import sys
+    from types import SimpleNamespace
+
+    parser = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    read: list[str] = []
+
+    def loads(text: str) -> dict[str, Any]:
+        read.append(text)
+        return dict(parser.loads(text))
+
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` raises ImportError
+    monkeypatch.setitem(sys.modules, "tomli", SimpleNamespace(loads=loads, TOMLDecodeError=parser.TOMLDecodeError))
+    (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\nknh_engine = 'qemu'\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli._project_ini() == {"knh_engine": "qemu"}
+    assert len(read) == 1

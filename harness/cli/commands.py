@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import iniconfig
+
 from harness.build.kernel_build import BuildOptions, resolve_kernel_spec
 from harness.cli.base import EXIT_GUEST_DIED, EXIT_HARNESS, EXIT_KERNEL_SPLAT, Command, Output
 from harness.config import BUILD_CHOICES, ENGINES, SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
@@ -137,29 +139,41 @@ def config_from_args(args: argparse.Namespace) -> HarnessConfig:
     return replace(cfg, results_dir=cfg.results_dir.resolve())
 
 
+def _pytest_section(path: Path) -> dict[str, Any] | None:
+    """pytest's ini keys in `path`; None when the file has no pytest section (pytest then looks on)."""
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: tomli, which pytest itself needs there
+            import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        if path.name != "pyproject.toml":
+            return dict(data.get("pytest", {}))
+        table = data.get("tool", {}).get("pytest", {})
+        return {k: v for k, v in table.items() if k != "ini_options"} or table.get("ini_options")
+    sections = iniconfig.IniConfig(str(path)).sections
+    section = sections.get("tool:pytest" if path.name == "setup.cfg" else "pytest")
+    return dict(section) if section is not None else {} if path.name.endswith("pytest.ini") else None
+
+
 def _project_ini() -> dict[str, Any]:
-    """ini keys from pyproject.toml of the current directory, so CLI and pytest agree (on Python 3.10
-    through tomli, which pytest itself needs there). A file that cannot be read is a ConfigError, as
-    it is for pytest."""
-    path = Path("pyproject.toml")
-    if not path.exists():
-        return {}
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path.resolve()} cannot be read for its knh_ ini keys: {e}; fix the file (pytest "
-                          "refuses it too)") from None  # fmt: skip
-    section = data.get("tool", {}).get("pytest", {}).get("ini_options", {})
-    return {k: v for k, v in section.items() if k.startswith("knh_")}
+    """knh_ ini keys from the file pytest takes them from (_pytest/config/findpaths.py), so CLI and pytest agree,
+    as pytest's ini mode hands them (a string or a list). An unreadable file is a ConfigError, as for pytest."""
+    names = ("pytest.toml", ".pytest.toml", "pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
+    for path in (base / name for base in (Path.cwd(), *Path.cwd().parents) for name in names):
+        try:
+            section = _pytest_section(path) if path.is_file() else None
+        except (OSError, ValueError, iniconfig.ParseError) as e:
+            raise ConfigError(f"{path} cannot be read for its knh_ keys: {e}; fix it (pytest refuses it too)") from None
+        if section is not None:
+            return {k: v if isinstance(v, list) else str(v) for k, v in section.items() if k.startswith("knh_")}
+    return {}
 
 
 def open_session(cfg: HarnessConfig, out: Output) -> KernelSession:
     if len(cfg.kernels) > 1:
-        raise HarnessError("this command takes one --kernel")
+        where = cfg.sources.get("kernels", "the settings")
+        raise ConfigError(f"give this command one --kernel, not {len(cfg.kernels)} ({' '.join(cfg.kernels)}, {where})")
     spec = cfg.kernels[0] if cfg.kernels else None
     kernel = resolve_kernel_spec(spec, notify=out.progress, options=BuildOptions.from_config(cfg))
     run_root = cfg.results_dir / time.strftime("cli-%Y%m%d-%H%M%S")
