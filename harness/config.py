@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.errors import ConfigError
 
@@ -33,6 +33,8 @@ BUILD_CHOICES = ("auto", "dkms", "makefile", "kbuild")  # how a module directory
 PLACEHOLDERS = ("kdir", "release")  # --make-var values may use {kdir} and {release}
 DEFAULT_ALLOWLIST = Path(__file__).resolve().parent / "splat_allowlist.txt"
 
+Number = TypeVar("Number", int, float)
+
 
 def vng_executable() -> str:
     """virtme-ng from the running interpreter's environment, else from PATH."""
@@ -40,32 +42,22 @@ def vng_executable() -> str:
     return str(local) if local.exists() else (shutil.which("vng") or "vng")
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
+def _number(convert: Callable[[str], Number], *, allow_zero: bool) -> Callable[[str], Number]:
+    """A parser of int or float text that must be > 0, or >= 0 with `allow_zero`."""
+
+    def parse(text: str) -> Number:
+        value = convert(text)
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ValueError("must be >= 0" if allow_zero else "must be > 0")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
+_positive_float = _number(float, allow_zero=False)
+_non_negative_float = _number(float, allow_zero=True)
+_positive_int = _number(int, allow_zero=False)
+_non_negative_int = _number(int, allow_zero=True)
 
 
 def _accel(text: str) -> str:

@@ -61,3 +61,25 @@ def test_harness_config_defaults_are_the_settings_table_defaults() -> None:
     from harness.config import HarnessConfig
 
     assert HarnessConfig() == resolve({}, environ={}, ini={})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [("boot_timeout", "0", "must be > 0"), ("boot_timeout", "-1.5", "must be > 0"),
+     ("command_timeout", "0", "must be > 0"), ("settle", "-0.1", "must be >= 0"), ("cpus", "0", "must be > 0"),
+     ("boot_retries", "-1", "must be >= 0"), ("kernel_jobs", "-2", "must be >= 0"),
+     ("load_check", "-1", "must be >= 0"), ("cpus", "1.5", "invalid literal for int"),
+     ("settle", "soon", "could not convert")],
+)  # fmt: skip
+def test_number_settings_say_what_they_must_be(name: str, value: str, message: str) -> None:
+    from harness.config import SETTINGS_BY_NAME
+
+    with pytest.raises(ConfigError, match=rf"from environment variable \w+: {message}"):
+        resolve({}, environ={SETTINGS_BY_NAME[name].env: value}, ini={})
+
+
+def test_number_settings_take_their_bounds() -> None:
+    env = {"KNH_SETTLE": "0", "KNH_BOOT_RETRIES": "0", "KNH_CPUS": "1", "KNH_BOOT_TIMEOUT": "0.5"}
+    cfg = resolve({}, environ=env, ini={})
+    assert (cfg.settle, cfg.boot_retries, cfg.cpus, cfg.boot_timeout) == (0.0, 0, 1, 0.5)
+    assert isinstance(cfg.cpus, int) and isinstance(cfg.settle, float)
