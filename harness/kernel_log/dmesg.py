@@ -26,9 +26,20 @@ from typing import Final, Literal, TypeAlias
 from harness.errors import AllowlistError, ConfigError
 
 __all__ = [
+    "ADDRESS",
+    "BACKTRACE_RE",
+    "CALL_TRACE_RE",
+    "FRAME_RE",
+    "FUNC",
+    "KMEMLEAK_PREFIX_RE",
+    "MODULE_FRAME_RE",
+    "OFFSET",
+    "REGISTER_RE",
     "SPLAT_PATTERNS",
+    "STACK_OPEN_RE",
     "TAINT_FLAGS",
     "AllowEntry",
+    "Allowed",
     "AllowedSplat",
     "AllowlistError",
     "KernelLine",
@@ -40,6 +51,7 @@ __all__ = [
     "TaintFlag",
     "decode_taint",
     "find_splats",
+    "first_allowing",
     "iter_lines",
     "iter_numbered_lines",
     "iter_splats",
@@ -48,6 +60,7 @@ __all__ = [
     "parse_line",
     "parse_lines",
     "scan_splats",
+    "trace_lines",
     "unexpected_taint",
 ]
 
@@ -262,6 +275,56 @@ class LineStream:
 
 
 # ---------------------------------------------------------------------------
+# Call traces: the one table of their lines, for the splats here and for
+# harness.kernel_log.frames and harness.kernel_log.kmemleak
+# ---------------------------------------------------------------------------
+
+#: A symbol as the kernel prints it, compiler suffixes included (``foo.isra.0``).
+FUNC: Final = r"[A-Za-z_.$][\w.$]*"
+#: The offset and size after a symbol: ``+0x8b/0xb0``.
+OFFSET: Final = r"\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+"
+#: The address older kernels (and kmemleak before 6.12) print before a symbol, if any: ``[<ffffffffa000005f>] ``.
+ADDRESS: Final = r"(?:\[<[0-9a-fA-F]+>\]\s+)?"
+
+#: The line that opens a call trace.
+CALL_TRACE_RE: Final = re.compile(r"^Call [Tt]race:")
+#: The line that opens a kmemleak object's allocation trace (``crc`` since 6.12).
+BACKTRACE_RE: Final = re.compile(r"^\s*backtrace(?: \(crc (?P<crc>[0-9a-f]+)\))?:\s*$")
+#: A line of an x86-64 register dump (``RIP: 0010:...``, ``R10: ...``, ``FS:  ...``, ``Code: ...``): the
+#: name and its colon, so that a message such as ``FS-Cache: Loaded`` is not one.
+REGISTER_RE: Final = re.compile(r"^(?:RIP|RSP|RAX|RDX|RBP|RSI|R\d+|FS|GS|CS|CR\d|DR\d|PKRU|Code):")
+#: A stack's opening marker inside a trace: ``<TASK>``, ``<IRQ>``, ``<#DF>``.
+STACK_OPEN_RE: Final = re.compile(r"^\s*<#?[A-Z_]+>\s*$")
+#: The prefix of a kmemleak report printed to the kernel log (``kmemleak.verbose=1``).
+KMEMLEAK_PREFIX_RE: Final = re.compile(r"^kmemleak:(?=\s)")
+#: A call-trace frame: ``? `` for a frame the unwinder calls unreliable, then ``func+0x8b/0xb0``.
+FRAME_RE: Final = re.compile(rf"^\s*(?P<unreliable>\? )?{ADDRESS}(?P<func>{FUNC}){OFFSET}")
+#: A frame in a loadable module, anywhere in a line: ``func+0x8b/0xb0 [module]``, with a build id after the
+#: module's name on kernels that print one.
+MODULE_FRAME_RE: Final = re.compile(
+    rf"(?P<unreliable>\? )?{ADDRESS}(?P<func>{FUNC}){OFFSET} \[(?P<module>[\w-]+)(?: [0-9a-f]+)?\]"
+)
+
+
+def trace_lines(texts: Iterable[str]) -> Iterator[tuple[str, bool]]:
+    """Each line, without a ``kmemleak:`` prefix, with whether it lies in a call trace or a kmemleak
+    backtrace: the lines after ``Call Trace:`` (``backtrace:``) through its frames, indented lines,
+    register lines and stack markers; the first other line ends it."""
+    in_trace = False
+    for raw in texts:
+        text = KMEMLEAK_PREFIX_RE.sub("", raw)
+        if CALL_TRACE_RE.match(text) or BACKTRACE_RE.match(text):
+            in_trace = True
+            yield text, False
+            continue
+        if in_trace and not (
+            text[:1].isspace() or FRAME_RE.match(text) or REGISTER_RE.match(text) or STACK_OPEN_RE.match(text)
+        ):
+            in_trace = False
+        yield text, in_trace
+
+
+# ---------------------------------------------------------------------------
 # Splats
 # ---------------------------------------------------------------------------
 
@@ -337,11 +400,7 @@ _FINGERPRINT_FRAMES: Final = 3
 _END_TRACE_RE: Final = re.compile(r"^---\[ end trace(?: [0-9a-f]+)? \]---")  # UBSAN 6.5+: no id
 _END_PANIC_RE: Final = re.compile(r"^---\[ end Kernel panic\b")
 _PANIC_RE: Final = re.compile(r"^Kernel panic - not syncing\b")
-_OPEN_RE: Final = re.compile(r"^\s*<#?[A-Z_]+>\s*$")
 _CLOSE_RE: Final = re.compile(r"^\s*</#?[A-Z_]+>\s*$")
-_CALL_TRACE_RE: Final = re.compile(r"^Call [Tt]race:")
-_BACKTRACE_RE: Final = re.compile(r"^\s*backtrace(?: \(crc [0-9a-f]+\))?:\s*$")
-_REG_RE: Final = re.compile(r"^(?:RIP|RSP|RAX|RDX|RBP|RSI|R8|R9|R1[0-5]|FS|GS|CS|CR[0-4]|DR[0-7]|PKRU|Code):")
 _TAIL_RE: Final = re.compile(
     r"^(?:irq event stamp:|hardirqs last|softirqs last|Modules linked in:|CR2: "
     r"|Kernel Offset:|Dumping ftrace buffer)"
@@ -349,14 +408,10 @@ _TAIL_RE: Final = re.compile(
 _NOTE_RE: Final = re.compile(r"^note: ")
 _SEPARATOR_RE: Final = re.compile(r"^={20,}\s*$")
 _KMEMLEAK_CONT_RE: Final = re.compile(r"^kmemleak:\s{2,}")
-_KMEMLEAK_PREFIX_RE: Final = re.compile(r"^kmemleak:(?=\s)")
 
-_FUNC = r"[A-Za-z_.$][\w.$]*"
-_OFFSET = r"\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+"
-_SITE_AT_RE: Final = re.compile(rf" at \S+:\d+ ({_FUNC}){_OFFSET}")
-_SITE_IN_RE: Final = re.compile(rf"\bin:? ({_FUNC}){_OFFSET}")
-_KERNEL_PC_RE: Final = re.compile(rf"^(?:RIP: 0010:|pc : )({_FUNC}){_OFFSET}")
-_FRAME_RE: Final = re.compile(rf"^\s*(?P<unreliable>\? )?(?:\[<[0-9a-fA-F]+>\]\s+)?(?P<func>{_FUNC}){_OFFSET}")
+_SITE_AT_RE: Final = re.compile(rf" at \S+:\d+ ({FUNC}){OFFSET}")
+_SITE_IN_RE: Final = re.compile(rf"\bin:? ({FUNC}){OFFSET}")
+_KERNEL_PC_RE: Final = re.compile(rf"^(?:RIP: 0010:|pc : )({FUNC}){OFFSET}")
 
 # Frames that belong to the reporting machinery rather than to the bug.
 _NOISE_FRAMES: Final = frozenset(
@@ -501,13 +556,13 @@ def _trace_len(stream: LineStream, start: int) -> int:
             return n + 1
         if depth > 0:
             n += 1
-            if _OPEN_RE.match(text):
+            if STACK_OPEN_RE.match(text):
                 depth += 1
             elif _CLOSE_RE.match(text):
                 depth -= 1
                 trace_done = depth == 0
             continue
-        if _OPEN_RE.match(text):
+        if STACK_OPEN_RE.match(text):
             depth = 1
             in_trace = True
             n += 1
@@ -519,7 +574,7 @@ def _trace_len(stream: LineStream, start: int) -> int:
             return n
         if in_trace:
             # A trace without <TASK> markers (kernels before 5.16, arm64).
-            if text[:1].isspace() or _REG_RE.match(text):
+            if text[:1].isspace() or REGISTER_RE.match(text):
                 n += 1
                 continue
             if _TAIL_RE.match(text):
@@ -527,7 +582,7 @@ def _trace_len(stream: LineStream, start: int) -> int:
                 n += 1
                 continue
             return n
-        if _CALL_TRACE_RE.match(text):
+        if CALL_TRACE_RE.match(text):
             in_trace = True
             n += 1
             continue
@@ -554,7 +609,7 @@ def _after_end_len(stream: LineStream, start: int) -> int:
     m = 0
     while m < _MAX_AFTER_END_LINES and not stream.at_end(start + m):
         text = stream.peek(start + m).text
-        if not (_REG_RE.match(text) or _NOTE_RE.match(text)):
+        if not (REGISTER_RE.match(text) or _NOTE_RE.match(text)):
             break
         m += 1
     if not stream.at_end(start + m) and _PANIC_RE.match(stream.peek(start + m).text):
@@ -626,25 +681,15 @@ def _is_noise(name: str) -> bool:
 
 def _frames(texts: tuple[str, ...], limit: int) -> list[str]:
     frames: list[str] = []
-    in_section = False
-    for raw_text in texts:
-        text = _KMEMLEAK_PREFIX_RE.sub("", raw_text)
-        if _CALL_TRACE_RE.match(text) or _BACKTRACE_RE.match(text):
-            in_section = True
+    for text, in_trace in trace_lines(texts):
+        m = FRAME_RE.match(text) if in_trace else None
+        if m is None:
             continue
-        if not in_section:
-            continue
-        m = _FRAME_RE.match(text)
-        if m is not None:
-            name = _function_name(m.group("func"))
-            if m.group("unreliable") is None and not _is_noise(name):
-                frames.append(name)
-                if len(frames) == limit:
-                    break
-            continue
-        if text[:1].isspace() or _REG_RE.match(text) or _OPEN_RE.match(text):
-            continue
-        in_section = False
+        name = _function_name(m.group("func"))
+        if m.group("unreliable") is None and not _is_noise(name):
+            frames.append(name)
+            if len(frames) == limit:
+                break
     return frames
 
 
@@ -684,7 +729,16 @@ class AllowEntry:
     line_no: int = 0
 
     def matches(self, splat: Splat) -> bool:
-        return self.pattern.match(splat.heading) is not None
+        return self.allows(splat.heading)
+
+    def allows(self, text: str) -> bool:
+        """Whether ``pattern`` matches ``text`` from its first character."""
+        return self.pattern.match(text) is not None
+
+
+def first_allowing(entries: Iterable[AllowEntry], text: str) -> AllowEntry | None:
+    """The first of ``entries`` that lets ``text`` through (a splat's heading, a leaked object's text)."""
+    return next((entry for entry in entries if entry.allows(text)), None)
 
 
 ALLOWLIST_SEPARATOR: Final = "##"
@@ -742,15 +796,27 @@ def load_allowlist(path: str | os.PathLike[str]) -> tuple[AllowEntry, ...]:
 
 
 @dataclass(frozen=True)
-class AllowedSplat:
-    """A splat that an allowlist entry let through."""
+class Allowed:
+    """What an allowlist entry let through, with the entry: a splat (:class:`AllowedSplat`) or a leaked
+    object (:class:`harness.kernel_log.kmemleak.AllowedLeak`)."""
 
-    splat: Splat
     entry: AllowEntry
 
     @property
     def reason(self) -> str:
         return self.entry.reason
+
+    @property
+    def why(self) -> str:
+        """The entry's reason and where the entry stands: ``harmless quirk (splat_allowlist.txt:12)``."""
+        return f"{self.entry.reason} ({self.entry.source}:{self.entry.line_no})"
+
+
+@dataclass(frozen=True)
+class AllowedSplat(Allowed):
+    """A splat that an allowlist entry let through."""
+
+    splat: Splat
 
 
 @dataclass(frozen=True)
@@ -768,8 +834,7 @@ class SplatReport:
         """Failure message text: every failing splat, then allowed ones."""
         parts = [splat.summary(max_lines) for splat in self.failures]
         parts.extend(
-            f"allowed {a.splat.kind} at log line {a.splat.line_no} "
-            f"[{a.splat.fingerprint}]: {a.reason} ({a.entry.source}:{a.entry.line_no})"
+            f"allowed {a.splat.kind} at log line {a.splat.line_no} [{a.splat.fingerprint}]: {a.why}"
             for a in self.allowed
         )
         return "\n".join(parts)
@@ -781,11 +846,11 @@ def scan_splats(lines: LogInput, allowlist: Iterable[AllowEntry] = ()) -> SplatR
     failures: list[Splat] = []
     allowed: list[AllowedSplat] = []
     for splat in iter_splats(lines):
-        entry = next((e for e in entries if e.matches(splat)), None)
+        entry = first_allowing(entries, splat.heading)
         if entry is None:
             failures.append(splat)
         else:
-            allowed.append(AllowedSplat(splat, entry))
+            allowed.append(AllowedSplat(entry=entry, splat=splat))
     return SplatReport(tuple(failures), tuple(allowed))
 
 

@@ -11,20 +11,10 @@ left out.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
 
-from harness.kernel_log.dmesg import Splat
-
-_MODULE_FRAME_RE: Final = re.compile(
-    r"(?P<unreliable>\? )?(?:\[<[0-9a-fA-F]+>\]\s+)?(?P<func>[A-Za-z_.$][\w.$]*)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+"
-    r" \[(?P<module>[\w-]+)(?: [0-9a-f]+)?\]"
-)
-_CALL_TRACE_RE: Final = re.compile(r"^(?:Call [Tt]race:|\s*backtrace(?: \(crc [0-9a-f]+\))?:\s*$)")
-_KMEMLEAK_PREFIX_RE: Final = re.compile(r"^kmemleak:(?=\s)")
-_REGISTERS_RE: Final = re.compile(r"^(?:RIP|RSP|RAX|RDX|RBP|RSI|R\d+|FS|GS|CS|CR\d|DR\d|PKRU|Code)\b")
+from harness.kernel_log.dmesg import MODULE_FRAME_RE, Splat, trace_lines
 
 
 @dataclass(frozen=True)
@@ -36,22 +26,6 @@ class ModuleFrame:
         return f"{self.function} [{self.module}]"
 
 
-def _in_trace_flags(lines: Iterable[str]) -> list[tuple[str, bool]]:
-    """Each line with whether it lies in a call trace / backtrace section."""
-    out: list[tuple[str, bool]] = []
-    in_trace = False
-    for raw in lines:
-        text = _KMEMLEAK_PREFIX_RE.sub("", raw)
-        if _CALL_TRACE_RE.match(text):
-            in_trace = True
-            out.append((text, False))
-            continue
-        if in_trace and not (text[:1].isspace() or _REGISTERS_RE.match(text)):
-            in_trace = False
-        out.append((text, in_trace))
-    return out
-
-
 def module_frames(lines: Iterable[str] | Splat, module: str | None = None) -> list[ModuleFrame]:
     """The module functions a report names, call-trace frames first (innermost first), then the
     other mentions in the order they appear; each once. `module` keeps only that module's
@@ -60,8 +34,8 @@ def module_frames(lines: Iterable[str] | Splat, module: str | None = None) -> li
     wanted = module.replace("-", "_") if module else None
     in_trace: list[ModuleFrame] = []
     elsewhere: list[ModuleFrame] = []
-    for text, tracing in _in_trace_flags(texts):
-        for m in _MODULE_FRAME_RE.finditer(text):
+    for text, tracing in trace_lines(texts):
+        for m in MODULE_FRAME_RE.finditer(text):
             func = m.group("func")
             if m.group("unreliable") or func.startswith("__pfx_"):
                 continue

@@ -1,7 +1,7 @@
 """kmemleak on a debug kernel: the guest commands, the parser of its report, and what a report
 means for the test that unloaded a module.
 
-The debug profile (harness.build.kernel_build.DEBUG_PROFILE) builds kmemleak without
+The debug profile (harness.build.config_items.DEBUG_PROFILE) builds kmemleak without
 its automatic scan thread; the harness scans itself, around each test that
 loads a module (harness.guest.kernel_ops does the guest side, harness.kernel_watch the check):
 
@@ -51,7 +51,17 @@ from typing import Final
 
 from harness.errors import KernelCheckError
 from harness.formats.elf import ko_functions
-from harness.kernel_log.dmesg import AllowEntry, Splat, SplatReport, iter_splats
+from harness.kernel_log.dmesg import (
+    ADDRESS,
+    BACKTRACE_RE,
+    OFFSET,
+    Allowed,
+    AllowEntry,
+    Splat,
+    SplatReport,
+    first_allowing,
+    iter_splats,
+)
 from harness.kernel_log.frames import ModuleFrame, module_frames
 
 KMEMLEAK_PATH: Final = "/sys/kernel/debug/kmemleak"
@@ -64,10 +74,7 @@ SCANS: Final = 2  # scans after the rmmod before a leaked object is listed (chec
 _OBJECT_RE: Final = re.compile(r"^unreferenced object 0x(?P<addr>[0-9a-f]+) \(size (?P<size>\d+)\):")
 _COMM_RE: Final = re.compile(r'^\s+comm "(?P<comm>.*)", pid (?P<pid>\d+), jiffies (?P<jiffies>\d+)'
                              r"(?: \(age (?P<age>[\d.]+)s\))?")  # fmt: skip
-_BACKTRACE_RE: Final = re.compile(r"^\s+backtrace(?: \(crc (?P<crc>[0-9a-f]+)\))?:\s*$")
-_FRAME_RE: Final = re.compile(
-    r"^\s+(?:\[<[0-9a-fA-F]+>\]\s+)?(?P<frame>\S+\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+.*|0x[0-9a-fA-F]+)\s*$"
-)
+_FRAME_RE: Final = re.compile(rf"^\s+{ADDRESS}(?P<frame>\S+{OFFSET}.*|0x[0-9a-fA-F]+)\s*$")
 _BARE_RE: Final = re.compile(r"^0x(?P<addr>[0-9a-fA-F]+)$")
 _PREFIX_RE: Final = re.compile(r"^kmemleak: ")  # the same report printed to dmesg (kmemleak.verbose=1)
 
@@ -134,7 +141,7 @@ def _object(entry: list[str]) -> LeakedObject:
             comm, pid = m.group("comm"), int(m.group("pid"))
             age = float(m.group("age")) if m.group("age") else None
             continue
-        if _BACKTRACE_RE.match(line):
+        if BACKTRACE_RE.match(line):
             in_backtrace = True
             continue
         f = _FRAME_RE.match(line) if in_backtrace else None
@@ -294,15 +301,10 @@ def allow_text(obj: LeakedObject) -> str:
 
 
 @dataclass(frozen=True)
-class AllowedLeak:
+class AllowedLeak(Allowed):
     """A leaked object that a splat allowlist entry let through."""
 
     obj: LeakedObject
-    entry: AllowEntry
-
-    @property
-    def reason(self) -> str:
-        return self.entry.reason
 
 
 @dataclass(frozen=True)
@@ -342,8 +344,7 @@ class LeakVerdict:
                          f"{', '.join(self.modules)} (reported, not failing: the kernel's own, or kept alive "
                          "by a reference the module took and never dropped; allowlist it if it is the kernel's):")
             parts.extend(_entries("kernel leak", self.kernel, max_lines))
-        parts.extend(f"allowed kmemleak [{a.obj.splat.fingerprint}]: {a.obj.summary()}: {a.reason} "
-                     f"({a.entry.source}:{a.entry.line_no})" for a in self.allowed)  # fmt: skip
+        parts.extend(f"allowed kmemleak [{a.obj.splat.fingerprint}]: {a.obj.summary()}: {a.why}" for a in self.allowed)
         return "\n".join(parts)
 
 
@@ -374,9 +375,9 @@ def judge_leaks(reading: LeakReading, allowlist: Iterable[AllowEntry]) -> LeakVe
     allowed: list[AllowedLeak] = []
     verdict = LeakVerdict(reading.modules, (), (), (), reading.scans_s)
     for obj in reading.objects:
-        entry = next((e for e in entries if e.pattern.match(allow_text(obj))), None)
+        entry = first_allowing(entries, allow_text(obj))
         if entry is not None:
-            allowed.append(AllowedLeak(obj, entry))
+            allowed.append(AllowedLeak(entry=entry, obj=obj))
         else:
             (failures if verdict.touches(obj) else kernel).append(obj)
     return replace(verdict, failures=tuple(failures), kernel=tuple(kernel), allowed=tuple(allowed))
