@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 COUNTED = ("passed", "failed", "error", "skipped")
+COUNTED_IF_ANY = ("xfailed", "xpassed")  # a column only when a kernel has such a test
 
 
 @dataclass
@@ -88,9 +89,11 @@ def _frame_line(frame: Mapping[str, Any]) -> str:
 def render_markdown(summary: Mapping[str, Any], title: str) -> str:
     """summary.md: counts per kernel, each distinct failure once, broken kernels, skips, reports."""
     lines = [f"# knetlink-harness: {title}", "", f"engine: {summary.get('engine', '?')}", ""]
-    lines += ["| kernel | " + " | ".join(COUNTED) + " |", "|---|" + "---|" * len(COUNTED)]
-    for kernel, counts in summary.get("per_kernel", {}).items():
-        lines.append(f"| {kernel} | " + " | ".join(str(counts.get(c, 0)) for c in COUNTED) + " |")
+    per_kernel = summary.get("per_kernel", {})
+    counted = COUNTED + tuple(c for c in COUNTED_IF_ANY if any(c in row for row in per_kernel.values()))
+    lines += ["| kernel | " + " | ".join(counted) + " |", "|---|" + "---|" * len(counted)]
+    for kernel, counts in per_kernel.items():
+        lines.append(f"| {kernel} | " + " | ".join(str(counts.get(c, 0)) for c in counted) + " |")
     groups = failure_groups(summary)
     lines += ["", f"## Distinct failures: {len(groups)}"]
     for n, group in enumerate(groups, 1):

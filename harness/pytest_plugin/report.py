@@ -62,11 +62,10 @@ def pytest_runtest_makereport(
     if window is not None and report.when in window.kernel_failed and hasattr(report, "wasxfail"):
         report.outcome = "failed"  # xfail covers the test's own failure, never the kernel's
         del report.wasxfail
-    if uses_guest(item):
-        outcomes = run_state(item.config).outcomes.setdefault(item.nodeid, {})
-        run_state(item.config).test_kernels[item.nodeid] = _kernel_label(item)
-        if report.when == "call" or report.failed or report.skipped:
-            outcomes[report.when] = report.outcome
+    outcomes = run_state(item.config).outcomes.setdefault(item.nodeid, {})  # every test's, as pytest counts
+    run_state(item.config).test_kernels[item.nodeid] = _kernel_label(item)
+    if report.when == "call" or report.failed or report.skipped:
+        outcomes[report.when] = _phase_outcome(report)
     if report.skipped and item.get_closest_marker("kernel") is not None:
         _record_skip(item, report)
     if not uses_guest(item) or not report.failed:
@@ -88,6 +87,27 @@ def pytest_runtest_makereport(
         "artifacts": [ln for ln in lines if not ln.startswith("reproduce: ")],
     })  # fmt: skip
     return report
+
+
+def _phase_outcome(report: pytest.TestReport) -> str:
+    """A phase's outcome with pytest's names: passed, failed, skipped, xfailed or xpassed."""
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    return report.outcome
+
+
+def outcome_of(phases: dict[str, str]) -> str:
+    """A test's one outcome from its phases' (_phase_outcome): failed when its call failed, error when its
+    setup or teardown failed, skipped when a phase was skipped, else its call's. (pytest's summary line
+    counts a test whose call passed and whose teardown failed twice, under passed and under error.)"""
+    call = phases.get("call")
+    if call == "failed":
+        return "failed"
+    if "failed" in phases.values():
+        return "error"
+    if "skipped" in phases.values():
+        return "skipped"
+    return call or "unknown"
 
 
 def _first_line(report: pytest.TestReport) -> str:
@@ -159,8 +179,8 @@ def _record_skip(item: pytest.Item, report: pytest.TestReport) -> None:
 
 
 def local_summary(state: RunState, coverage: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """What this process recorded: kernels, accelerators, boots, test outcomes, splats, crashes, skips,
-    module coverage."""
+    """What this process recorded: kernels, accelerators, boots, the outcomes of every test (in a guest or
+    not), splats, crashes, skips, module coverage."""
     return {
         "kernels": [
             {
@@ -186,19 +206,13 @@ def local_summary(state: RunState, coverage: Sequence[dict[str, Any]] = ()) -> d
 
 
 def summary_dict(state: RunState, coverage: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """The run's summary: this process's records merged with those of its xdist workers."""
+    """The run's summary: this process's records merged with those of its xdist workers. `tests` counts
+    every test of the run once, by its outcome (outcome_of), with pytest's names for them."""
     parts = [local_summary(state, coverage), *state.remote]
     outcomes: dict[str, dict[str, str]] = {}
     for part in parts:
         outcomes.update(part["outcomes"])
-    tests: dict[str, str] = {}
-    for nodeid, phases in outcomes.items():
-        if any(v == "failed" for v in phases.values()):
-            tests[nodeid] = "error" if phases.get("call") in (None, "passed") else "failed"
-        elif "skipped" in phases.values():
-            tests[nodeid] = "skipped"
-        else:
-            tests[nodeid] = phases.get("call", "unknown")
+    tests = {nodeid: outcome_of(phases) for nodeid, phases in outcomes.items()}
     counts = Counter(tests.values())
     kernels_of: dict[str, str] = {}
     for part in parts:

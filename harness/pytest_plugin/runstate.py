@@ -57,7 +57,7 @@ class RunState:
     run_root: Path
     sessions: list[KernelSession] = field(default_factory=list)
     splats: list[dict[str, Any]] = field(default_factory=list)
-    outcomes: dict[str, dict[str, str]] = field(default_factory=dict)  # nodeid -> phase -> outcome
+    outcomes: dict[str, dict[str, str]] = field(default_factory=dict)  # every test's: nodeid -> phase -> outcome
     cursors: dict[KernelSession, Cursor] = field(default_factory=dict)  # where each guest was last checked
     crashes: list[dict[str, Any]] = field(default_factory=list)  # kernels broken between tests or at the end
     skips: list[dict[str, str]] = field(default_factory=list)  # skipped kernel tests: test, kernel, reason
