@@ -215,3 +215,11 @@ class AllowlistError(ConfigError):
         self.source = source
         self.line_no = line_no
         self.problem = problem
+
+
+class UnreadableKernelConfig(HarnessError):
+    """A kernel's configuration file (/boot/config-<release>, a build tree's .config) is there but cannot be
+    read or decompressed: what the harness decides from it (memory-debug arguments, kmemleak scans, module
+    coverage, debug info for the module build) would be guessed, so nothing runs on that kernel."""
+
+    infra = True

@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.build.config_items import read_kernel_config
 from harness.build.decode import DecodeInputs
 from harness.build.kernel import Kernel
 from harness.build.kernel_build import modules_dir_for
-from harness.build.memdebug import kernel_config
 from harness.build.module_build import BuiltModule, build_module, default_cache_root
 from harness.build.module_deps import missing_module, module_name, modules_dep_names, read_symvers
 from harness.config import GUEST_SCRIPTS, HarnessConfig
@@ -208,7 +208,7 @@ class KernelSession:
             self.notify(f"guest ready in {guest.boot_time_s:.1f} s")
             self._guest = self.last_guest = guest
             self.scratch.mkdir(parents=True, exist_ok=True)
-            kmemleak = may_have_kmemleak(kernel_config(self.kernel))  # stock kernels: no guest command
+            kmemleak = may_have_kmemleak(read_kernel_config(self.kernel))  # stock kernels: no guest command
             self._guest_kernel = GuestKernel(guest, self.scratch, kmemleak=kmemleak,
                                              decode_inputs=self.decode_inputs)  # fmt: skip
             return guest
@@ -335,7 +335,7 @@ def check_kernel_provides(kernel: Kernel, modules: tuple[str, ...]) -> None:
                                       "kernel's modules package or run depmod for it") from None  # fmt: skip
     missing = [m for m in modules if m not in available]
     if missing:
-        symvers, config = read_symvers(kernel.build_dir), kernel_config(kernel)
+        symvers, config = read_symvers(kernel.build_dir), read_kernel_config(kernel)
         lines = [missing_module(m, symvers, kernel.build_dir).describe(kernel.release, config) for m in missing]
         raise MissingKernelDependency(f"{kernel.release} lacks modules the module under test depends on "
                                       "(nothing was loaded):\n  " + "\n  ".join(lines))  # fmt: skip

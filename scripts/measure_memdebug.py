@@ -31,9 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.build.config_items import read_kernel_config  # noqa: E402
 from harness.build.kernel import Kernel, installed_kernels  # noqa: E402
 from harness.build.kernel_build import built_kernel_for_spec  # noqa: E402
-from harness.build.memdebug import kernel_config, memory_debug_args  # noqa: E402
+from harness.build.memdebug import memory_debug_args  # noqa: E402
 
 VARIANTS = ("off", "kfence", "slub", "all")
 LOOP = 'a=$(date +%s%N); i=0; while [ $i -lt 100 ]; do /bin/true; i=$((i+1)); done; b=$(date +%s%N); ' \
@@ -68,7 +69,7 @@ def kernel_for(spec: str) -> Kernel | None:
 def distinct_variants(spec: str, variants: list[str]) -> list[str]:
     """The variants that give this kernel different arguments (the debug kernel: just one)."""
     kernel = kernel_for(spec)
-    config = kernel_config(kernel) if kernel is not None else {}
+    config = read_kernel_config(kernel) if kernel is not None else {}
     seen: dict[tuple[str, ...], str] = {}
     for variant in variants:
         seen.setdefault(memory_debug_args(config, helpers_of(variant)), variant)
@@ -106,7 +107,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     for release in releases:
         kernel = kernel_for(release)
-        config = kernel_config(kernel) if kernel is not None else {}
+        config = read_kernel_config(kernel) if kernel is not None else {}
         for variant in plan[release]:
             samples = results[release][variant]
             kargs = " ".join(memory_debug_args(config, helpers_of(variant))) or "(none)"

@@ -8,16 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.build.config_items import config_path, read_config, read_kernel_config
 from harness.build.kernel import Kernel
-from harness.build.memdebug import (
-    DEFAULT_HELPERS,
-    config_path,
-    helpers_from_env,
-    kernel_config,
-    memory_debug_args,
-    parse_config_text,
-)
-from harness.errors import ConfigError
+from harness.build.memdebug import DEFAULT_HELPERS, helpers_from_env, memory_debug_args
+from harness.errors import ConfigError, UnreadableKernelConfig
 from harness.guest.cmdline import QemuSpec, VngSpec, qemu_argv, vng_argv
 
 # The relevant lines of Debian 12's two kernel configurations.
@@ -64,21 +58,23 @@ def test_helpers_from_env_rejects_unknown_names_with_the_choices() -> None:
         helpers_from_env({"KNH_MEMORY_DEBUG": "kasan"})
 
 
-def test_parse_config_text() -> None:
+def test_read_config(tmp_path: Path) -> None:
     text = 'CONFIG_KFENCE=y\n# CONFIG_KASAN is not set\nCONFIG_LOCALVERSION=""\nCONFIG_NR_CPUS=64\n# comment\n'
-    assert parse_config_text(text) == {"KFENCE": "y", "KASAN": "n", "LOCALVERSION": "", "NR_CPUS": "64"}
+    (tmp_path / ".config").write_text(text)
+    assert read_config(tmp_path / ".config") == {"KFENCE": "y", "KASAN": "n", "LOCALVERSION": "", "NR_CPUS": "64"}
+    assert read_config(tmp_path / "missing") == {}
 
 
-def test_kernel_config_from_boot_then_the_build_tree_then_nothing(tmp_path: Path) -> None:
+def test_read_kernel_config_from_boot_then_the_build_tree_then_nothing(tmp_path: Path) -> None:
     boot, build = tmp_path / "boot", tmp_path / "build"
     boot.mkdir()
     build.mkdir()
     kernel = Kernel("6.99.0-test", boot / "vmlinuz-6.99.0-test", build)
-    assert config_path(kernel, boot) is None and kernel_config(kernel, boot) == {}
+    assert config_path(kernel, boot) is None and read_kernel_config(kernel, boot) == {}
     (build / ".config").write_text("CONFIG_SLUB_DEBUG_ON=y\n")
-    assert kernel_config(kernel, boot) == {"SLUB_DEBUG_ON": "y"}
+    assert read_kernel_config(kernel, boot) == {"SLUB_DEBUG_ON": "y"}
     (boot / "config-6.99.0-test").write_bytes(gzip.compress(b"CONFIG_KFENCE=y\n"))  # gzip-compressed, too
-    assert kernel_config(kernel, boot) == {"KFENCE": "y"}
+    assert read_kernel_config(kernel, boot) == {"KFENCE": "y"}
 
 
 def _kernel_with_config(tmp_path: Path, config: dict[str, str]) -> Kernel:
@@ -109,3 +105,30 @@ def test_specs_take_the_helpers_from_the_environment(tmp_path: Path, monkeypatch
     monkeypatch.setenv("KNH_MEMORY_DEBUG", "off")
     argv = vng_argv(VngSpec(kernel=kernel, accel="tcg", shell=tmp_path / "sh", rw_dirs=()))
     assert "kfence" not in argv[argv.index("--append") + 1]
+
+
+def test_a_config_that_exists_but_cannot_be_read_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing configuration is quiet (a stock kernel without /boot/config-*); one that is there but cannot be
+    read or decompressed is an infrastructure error naming the file and the fix, not a silent "no helpers"."""
+    boot, build = tmp_path / "boot", tmp_path / "build"
+    boot.mkdir()
+    build.mkdir()
+    kernel = Kernel("6.99.2-test", boot / "vmlinuz-6.99.2-test", build)
+    assert read_kernel_config(kernel, boot) == {}
+    config = boot / "config-6.99.2-test"
+    config.write_bytes(b"\x1f\x8b\x08\x00 not gzip after all")
+    with pytest.raises(UnreadableKernelConfig, match=r"config-6\.99\.2-test.*fix:") as info:
+        read_kernel_config(kernel, boot)
+    assert info.value.infra
+    config.write_text("CONFIG_KFENCE=y\n")
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:
+        if path == config:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(UnreadableKernelConfig, match=r"Permission denied.*fix: .*chmod a\+r") as info:
+        read_kernel_config(kernel, boot)
+    assert info.value.infra

@@ -3,20 +3,27 @@
 :data:`REQUIRED_CONFIG` (the harness and the module), :data:`PREFERRED_CONFIG`, :data:`BTF_CONFIG`,
 the "tiny" base (:data:`TINY_BASE`), and the debug profile (:data:`DEBUG_PROFILE`, one place: symbol
 -> (value, reason); docs/kernels.md lists it). :class:`BuildOptions` is one build request; the
-helpers read a ``.config`` and say what it lacks. Pure but for reading a ``.config``.
+helpers say what a configuration lacks. The one reader of a kernel's configuration is here too:
+:func:`config_items` parses the text, :func:`read_config` reads a ``.config`` (gzip-compressed or
+not), :func:`read_kernel_config` finds and reads any kernel's (``/boot/config-<release>`` or its build
+directory's). Pure but for reading a ``.config``.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.build.kernel import BOOT_DIR, Kernel
 from harness.config import HarnessConfig, resolve
-from harness.errors import ConfigError, KernelBuildError
+from harness.errors import ConfigError, KernelBuildError, UnreadableKernelConfig
 
 # Symbol -> value the built kernel must have (checked in .config after configuration).
 # Built in (=y) rather than modules, so neither engine has to load anything to boot.
@@ -226,10 +233,51 @@ def config_items(text: str) -> dict[str, str]:
 
 
 def read_config(path: Path) -> dict[str, str]:
-    """A .config as {symbol without CONFIG_: value}, string values unquoted; {} when there is none."""
-    if not path.exists():
+    """A .config (gzip-compressed too, as /proc/config.gz) as {symbol without CONFIG_: value}, string values
+    unquoted; {} when there is none. A file that is there but cannot be read or decompressed is an
+    UnreadableKernelConfig naming it and the fix."""
+    try:
+        data = path.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+    except FileNotFoundError:
         return {}
-    return {k: v.strip('"') for k, v in config_items(path.read_text(errors="replace")).items()}
+    except (OSError, EOFError, zlib.error) as e:
+        cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        raise UnreadableKernelConfig(
+            f"cannot read the kernel configuration {path} ({cause}); the harness chooses the guest's memory-debug "
+            f"arguments, the kmemleak scan and module coverage from it. fix: make it readable (sudo chmod a+r "
+            f"{path}) or restore it from the kernel's package or build"
+        ) from None
+    return {k: v.strip('"') for k, v in config_items(data.decode(errors="replace")).items()}
+
+
+def config_path(kernel: Kernel, boot: Path = BOOT_DIR) -> Path | None:
+    """Where a kernel's configuration is: /boot/config-<release> (installed kernels), the .config of its
+    build directory (kernels built from a tree, headers packages); None when it has neither."""
+    for candidate in (boot / f"config-{kernel.release}", kernel.build_dir / ".config"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _read_cached(path: Path, mtime_ns: int, size: int) -> dict[str, str]:
+    return read_config(path)
+
+
+def read_kernel_config(kernel: Kernel, boot: Path = BOOT_DIR) -> dict[str, str]:
+    """The kernel's configuration (see config_path), read once per file version; {} when it has none (a stock
+    kernel without /boot/config-<release>: no memory-debug argument, no kmemleak scan, no coverage).
+    Raises UnreadableKernelConfig when the file is there but cannot be read."""
+    path = config_path(kernel, boot)
+    if path is None:
+        return {}
+    try:
+        stat = path.stat()
+    except OSError:
+        return read_config(path)  # gone since config_path looked ({}), or unreadable (the error)
+    return dict(_read_cached(path, stat.st_mtime_ns, stat.st_size))
 
 
 def missing_config(config: dict[str, str], wanted: dict[str, str]) -> list[str]:

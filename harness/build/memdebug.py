@@ -16,20 +16,16 @@ switched off, which a kernel argument turns on:
   allocated), a double free at once. Reads are not caught.
 
 :func:`memory_debug_args` is the pure decision (config in, arguments out);
-:func:`kernel_config` reads a kernel's configuration. Which helpers are on by
+harness.build.config_items.read_kernel_config reads a kernel's configuration. Which helpers are on by
 default follows the boot-time cost measured under TCG (docs/kernels.md);
 ``KNH_MEMORY_DEBUG`` overrides it.
 """
 
 from __future__ import annotations
 
-import functools
-import gzip
 import os
 from collections.abc import Collection, Mapping
-from pathlib import Path
 
-from harness.build.kernel import BOOT_DIR, Kernel
 from harness.errors import ConfigError
 
 KFENCE_SAMPLE_MS = 10  # upstream default 100 ms; a test run is short, so sample more often
@@ -44,7 +40,7 @@ def memory_debug_args(config: Mapping[str, str], helpers: Collection[str] = DEFA
     """Kernel arguments that turn on the built-in, switched-off detectors among `helpers`.
 
     `config` is a kernel's configuration as {symbol without CONFIG_: value} (see
-    harness.build.kernel_build.read_config). A helper is skipped when the kernel lacks it, and when the
+    harness.build.config_items.read_kernel_config). A helper is skipped when the kernel lacks it, and when the
     kernel already runs it without an argument (KFENCE with a non-zero default interval, SLUB_DEBUG_ON:
     the debug kernel), so an argument never weakens what the kernel does by itself.
     """
@@ -77,44 +73,3 @@ def helpers_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...
         raise ConfigError(f"KNH_MEMORY_DEBUG={value!r}: unknown helper(s) {', '.join(unknown)}; use auto, off, "
                           f"all or a list of {', '.join(HELPERS)}")  # fmt: skip
     return helpers
-
-
-def parse_config_text(text: str) -> dict[str, str]:
-    """A kernel .config as {symbol without CONFIG_: value}, string values unquoted, "n" for
-    `# CONFIG_X is not set`."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("CONFIG_") and "=" in line:
-            name, _, value = line.partition("=")
-            out[name.removeprefix("CONFIG_")] = value.strip().strip('"')
-        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
-            out[line[len("# CONFIG_") : -len(" is not set")]] = "n"
-    return out
-
-
-def config_path(kernel: Kernel, boot: Path = BOOT_DIR) -> Path | None:
-    """Where a kernel's configuration is: /boot/config-<release> (installed kernels), the
-    .config of its build directory (kernels built from a tree, headers packages), else None."""
-    for candidate in (boot / f"config-{kernel.release}", kernel.build_dir / ".config"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-@functools.lru_cache(maxsize=32)
-def _read_config(path: Path, mtime_ns: int) -> dict[str, str]:
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    return parse_config_text(data.decode(errors="replace"))
-
-
-def kernel_config(kernel: Kernel, boot: Path = BOOT_DIR) -> dict[str, str]:
-    """The kernel's configuration, {} when none can be found (then no helper is turned on)."""
-    path = config_path(kernel, boot)
-    if path is None:
-        return {}
-    try:
-        return dict(_read_config(path, path.stat().st_mtime_ns))
-    except OSError:
-        return {}

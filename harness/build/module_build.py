@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.build.config_items import read_kernel_config
 from harness.build.dkms import DKMS_CONF, DkmsConf, exclusion, read_dkms_conf
 from harness.build.kernel import Kernel, image_version
 from harness.build.kernel_source import locked
-from harness.build.memdebug import kernel_config
 from harness.build.module_deps import (
     closure,
     kernel_dependencies,
@@ -213,7 +213,7 @@ def build_module(src: Path, kernel: Kernel, *, cache_root: Path | None = None, t
         raise ConfigError(f"module source directory {src} does not exist; fix: point --module-dir (or "
                           "knh_module_source) at the driver's directory")  # fmt: skip
     choice = choose_build(src, choice)
-    config = kernel_config(kernel)
+    config = read_kernel_config(kernel)
     variables = expand_make_vars(make_vars, kernel.build_dir, kernel.release) + (GCOV_VARIABLES if coverage else ())
     variables += debug_info_variables(config, variables)
     cache_root = cache_root or default_cache_root()
@@ -297,7 +297,7 @@ def _undefined_note(log: str, kernel: Kernel) -> str:
     if not undefined:
         return ""
     symvers = read_symvers(kernel.build_dir)
-    config = kernel_config(kernel)
+    config = read_kernel_config(kernel)
     symbols = list(dict.fromkeys(symbol for symbol, _ in undefined))
     lines = [m.describe(kernel.release, config) for m in missing_symbols(symbols, symvers, kernel.build_dir)]
     return "\nthe module uses symbols this kernel does not export:\n  " + "\n  ".join(lines)

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.build.config_items import read_kernel_config
 from harness.build.kernel import Kernel
-from harness.build.memdebug import helpers_from_env, kernel_config, memory_debug_args
+from harness.build.memdebug import helpers_from_env, memory_debug_args
 
 # Kernel arguments every harness guest gets:
 #  panic=-1         a panic reboots at once, and with QEMU's -no-reboot that ends QEMU,
@@ -81,7 +82,7 @@ def vng_argv(spec: VngSpec) -> list[str]:
     "Boot path"); a path the kernel command line cannot carry is left out, and
     init then runs both as before.
     """
-    kernel_args = [*spec.kernel_args, *memory_debug_args(kernel_config(spec.kernel), spec.memory_debug)]
+    kernel_args = [*spec.kernel_args, *memory_debug_args(read_kernel_config(spec.kernel), spec.memory_debug)]
     if spec.blacklist:
         kernel_args.append("module_blacklist=" + ",".join(spec.blacklist))
     if spec.boot_path is not None and path_entry_on_cmdline(spec.boot_path):
@@ -187,7 +188,7 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     # tsc=reliable: without an HPET the kernel's watchdog marks the TCG TSC unstable and falls back to a
     # tick-based clocksource, which times nothing shorter than a tick (bpftrace's nsecs, for one).
     clock = [f"tsc_early_khz={spec.tsc_khz}", "tsc=reliable"] if spec.accel == "tcg" and spec.tsc_khz else []
-    debug = memory_debug_args(kernel_config(spec.kernel), spec.memory_debug) if spec.kernel is not None else ()
+    debug = memory_debug_args(read_kernel_config(spec.kernel), spec.memory_debug) if spec.kernel is not None else ()
     args = [console, *(["rdinit=/init"] if spec.initrd else []), *spec.kernel_args, *clock, *debug]
     if spec.shell is not None:
         args += [

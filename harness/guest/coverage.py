@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from harness.build.config_items import read_kernel_config
 from harness.build.kernel import Kernel
-from harness.build.memdebug import kernel_config
 from harness.build.module_build import BuiltModule
 from harness.guest.vm import Guest
 
@@ -61,12 +61,12 @@ _COPY_SCRIPT: Final = (
 
 
 def kernel_has_gcov(config: Mapping[str, str]) -> bool:
-    """True when a kernel configuration (harness.build.memdebug.kernel_config) has GCOV_KERNEL built in."""
+    """True when a kernel configuration (harness.build.config_items.read_kernel_config) has GCOV_KERNEL built in."""
     return config.get("GCOV_KERNEL") == "y"
 
 
 def kernel_supports_coverage(kernel: Kernel) -> bool:
-    return kernel_has_gcov(kernel_config(kernel))
+    return kernel_has_gcov(read_kernel_config(kernel))
 
 
 def unsupported_message(release: str) -> str:
@@ -240,7 +240,7 @@ class KernelCoverage:
 
     @classmethod
     def for_kernel(cls, kernel: Kernel, directory: Path) -> KernelCoverage:
-        config = kernel_config(kernel)
+        config = read_kernel_config(kernel)
         return cls(kernel, directory, kernel_has_gcov(config), gcov_tool(config))
 
     def track(self, built: BuiltModule) -> None:

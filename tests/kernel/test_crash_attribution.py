@@ -20,7 +20,7 @@ import textwrap
 import pytest
 from inner_runs import MODULES, source_conftest  # tests/kernel/inner_runs.py
 
-from harness.build.memdebug import kernel_config
+from harness.build.config_items import read_kernel_config
 from harness.config import HarnessConfig
 from harness.session import KernelSession
 
@@ -47,7 +47,7 @@ def panic_delay_ms(session: KernelSession) -> int:
     within the next test's wait. On a stock kernel those checks take well under 3 s; on a
     KASAN kernel under TCG they alone took 3.2 s here (insmod at 30.67 s, the panic of a
     3000 ms delay landed in them at 33.92 s)."""
-    slow = kernel_config(session.kernel).get("KASAN") == "y" and session.accel().accel == "tcg"
+    slow = read_kernel_config(session.kernel).get("KASAN") == "y" and session.accel().accel == "tcg"
     return 20_000 if slow else 3000
 
 

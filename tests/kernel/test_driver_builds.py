@@ -13,7 +13,7 @@ import sys
 import pytest
 from inner_runs import MODULES, source_conftest  # tests/kernel/inner_runs.py
 
-from harness.build.memdebug import kernel_config
+from harness.build.config_items import read_kernel_config
 from harness.errors import BuildError, BuildExcluded, ModuleBusyError
 from harness.guest.kernel_ops import GuestKernel
 from harness.session import KernelSession, LoadedModule, ModuleSource
@@ -64,7 +64,7 @@ def test_build_exclusive_config_excludes_kernels_without_it(knh_kernel_session: 
     """dkms_exclusive needs CONFIG_CACHESTAT_SYSCALL (6.5 and later): excluded with DKMS's reason where
     the kernel lacks it, built and loaded where it has it."""
     source = ModuleSource(MODULES / "dkms_exclusive")
-    if kernel_config(knh_kernel_session.kernel).get("CACHESTAT_SYSCALL", "n") in ("y", "m"):
+    if read_kernel_config(knh_kernel_session.kernel).get("CACHESTAT_SYSCALL", "n") in ("y", "m"):
         _, texts = load_and_unload(knh_kernel_session, guest_kernel, source)
         assert any(t.startswith("dkms_exclusive: loaded") for t in texts), texts
         return
@@ -76,7 +76,7 @@ def test_build_exclusive_config_excludes_kernels_without_it(knh_kernel_session: 
 def needs_crc8_module(session: KernelSession) -> None:
     """dep_intree needs crc8 as a module (Debian's kernels: CONFIG_CRC8=m); a kernel built here may have it
     built in or not at all."""
-    value = kernel_config(session.kernel).get("CRC8", "n")
+    value = read_kernel_config(session.kernel).get("CRC8", "n")
     if value != "m":
         pytest.skip(f"CONFIG_CRC8={value} in {session.kernel.release}: dep_intree's dependency is not a module")
 
