@@ -32,6 +32,11 @@ ACCEL_CHOICES = ("auto", "kvm", "tcg")
 BUILD_CHOICES = ("auto", "dkms", "makefile", "kbuild")  # how a module directory is built (harness.build.plan)
 PLACEHOLDERS = ("kdir", "release")  # --make-var values may use {kdir} and {release}
 DEFAULT_ALLOWLIST = Path(__file__).resolve().parent / "splat_allowlist.txt"
+# Memory-error detectors a stock kernel may have built in and switched off, turned on by a kernel
+# argument (harness.build.memdebug), and the ones "auto" turns on: those whose boot-time cost under
+# TCG is small (docs/kernels.md, "Memory debugging on stock kernels").
+MEMORY_DEBUG_HELPERS = ("kfence", "slub")
+MEMORY_DEBUG_DEFAULT: tuple[str, ...] = ("kfence",)
 
 Number = TypeVar("Number", int, float)
 
@@ -80,6 +85,22 @@ def _kernel_base(text: str) -> str:
     if text not in ("tiny", "defconfig"):
         raise ValueError("must be tiny or defconfig")
     return text
+
+
+def _memory_debug(text: str) -> tuple[str, ...]:
+    word = text.lower()
+    if word in ("auto", "default"):
+        return MEMORY_DEBUG_DEFAULT
+    if word in ("off", "none", "0"):
+        return ()
+    if word == "all":
+        return MEMORY_DEBUG_HELPERS
+    helpers = tuple(dict.fromkeys(_words(word)))
+    unknown = [h for h in helpers if h not in MEMORY_DEBUG_HELPERS]
+    if unknown or not helpers:
+        what = f"unknown helper(s) {', '.join(unknown)}" if unknown else "no helper named"
+        raise ValueError(f"{what}; use auto, off, all or a list of {', '.join(MEMORY_DEBUG_HELPERS)}")
+    return helpers
 
 
 def _engine(text: str) -> str:
@@ -235,6 +256,10 @@ SETTINGS: tuple[Setting, ...] = (
             "N > 0: the suite gets test_load_unload_cycles per kernel: the module (knh_module_source) loaded with "
             "its dependencies and unloaded N + 1 times, the module list restored each time, no splat, taint, slab "
             "growth or leak (python -m harness check as a test); 0: off", _non_negative_int),
+    Setting("memory_debug", "--memory-debug", "KNH_MEMORY_DEBUG", "knh_memory_debug", "auto",
+            "memory-error detectors a stock kernel has built in but switched off, turned on by a kernel argument "
+            "where the kernel's configuration has them: auto (kfence), off, all, or a list of kfence (KFENCE "
+            "sampling) and slub (slub_debug=FZPU)", _memory_debug),
     Setting("module_coverage", "--module-coverage", "KNH_MODULE_COVERAGE", "knh_module_coverage", "0",
             "1: build the module with GCOV_PROFILE=y on kernels with CONFIG_GCOV_KERNEL (--kernel debug) and write "
             "an HTML and a JSON coverage report (gcovr) per kernel under the run's results directory",
@@ -284,6 +309,7 @@ class HarnessConfig:
     vng: str = _default("vng")
     run_kernel_build: bool = _default("run_kernel_build")
     load_check: int = _default("load_check")
+    memory_debug: tuple[str, ...] = _default("memory_debug")
     module_coverage: bool = _default("module_coverage")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 

@@ -168,6 +168,7 @@ class KernelSession:
             kernel=self.kernel, name=name, accel=accel, run_dir=run_dir, shell=GUEST_SCRIPTS / "guest-shell",
             cache=default_cache_root(), rw_dirs=(self.results_dir,), channel=channel, memory=self.config.memory,
             cpus=self.config.cpus, cwd=Path(os.getcwd()), tree_modules=modules_dir_for(self.kernel),
+            memory_debug=self.config.memory_debug,
         ))  # fmt: skip
         return Launch(tuple(argv), name, self.kernel.release, accel, engine.name, channel)
 

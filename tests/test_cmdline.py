@@ -28,8 +28,9 @@ def spec(**kw: object) -> VngSpec:
 
 
 def qemu_spec(**kw: object) -> QemuSpec:
-    base = dict(kernel=K, image=Path("/c/vmlinux"), initrd=Path("/c/i.cpio"), accel="tcg", shell=Path("/g/sh"),
-                rw_dirs=(Path("/r"),), fresh_dirs=(), kernel_log=Path("/r/k.log"), channel=Path("/tmp/ch.sock"))
+    base = dict(image=Path("/c/vmlinux"), initrd=Path("/c/i.cpio"), accel="tcg", shell=Path("/g/sh"),
+                rw_dirs=(Path("/r"),), fresh_dirs=(), kernel_log=Path("/r/k.log"),
+                channel=Path("/tmp/ch.sock"))  # fmt: skip
     base.update(kw)
     return QemuSpec(**base)  # type: ignore[arg-type]
 
@@ -207,3 +208,19 @@ def test_one_place_knows_qemus_machine_options() -> None:
         if any(opt in p.read_text() for opt in ('"-nodefaults"', '"-accel"', '"-serial"', '"microvm"'))
     )
     assert writers == ["guest/cmdline.py"]
+
+
+def test_argv_reads_neither_the_environment_nor_the_kernel_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The builders are pure: a kernel whose .config has KFENCE and SLUB debugging switched off, and
+    KNH_MEMORY_DEBUG=all, change nothing; the memory-debug arguments are the caller's input."""
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / ".config").write_text("CONFIG_KFENCE=y\nCONFIG_KFENCE_SAMPLE_INTERVAL=0\nCONFIG_SLUB_DEBUG=y\n")
+    configured = Kernel(K.release, K.image, build)
+    monkeypatch.setenv("KNH_MEMORY_DEBUG", "all")
+    vng = vng_argv(spec(kernel=configured, blacklist=()))
+    assert vng[vng.index("--append") + 1] == "panic=-1 loglevel=5 log_buf_len=8M"
+    qemu = qemu_argv(qemu_spec(shell=None, rw_dirs=()))
+    assert qemu[qemu.index("-append") + 1] == "console=ttyS1 rdinit=/init panic=-1 loglevel=5 log_buf_len=8M"

@@ -64,6 +64,32 @@ def test_harness_config_defaults_are_the_settings_table_defaults() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "helpers"),
+    [("auto", ("kfence",)), ("default", ("kfence",)), ("off", ()), ("none", ()), ("0", ()),
+     ("all", ("kfence", "slub")), ("slub", ("slub",)), ("kfence, slub", ("kfence", "slub")),
+     ("SLUB kfence", ("slub", "kfence")), ("slub,slub", ("slub",))],
+)  # fmt: skip
+def test_memory_debug_values(value: str, helpers: tuple[str, ...]) -> None:
+    assert resolve({}, environ={"KNH_MEMORY_DEBUG": value}, ini={}).memory_debug == helpers
+
+
+def test_memory_debug_is_a_setting_like_the_others() -> None:
+    """KNH_MEMORY_DEBUG goes through the settings table: option > environment > ini > default."""
+    assert resolve({}, environ={}, ini={}).memory_debug == ("kfence",)
+    ini = {"knh_memory_debug": "slub"}
+    assert resolve({}, environ={}, ini=ini).memory_debug == ("slub",)
+    assert resolve({}, environ={"KNH_MEMORY_DEBUG": "off"}, ini=ini).memory_debug == ()
+    cfg = resolve({"memory_debug": "all"}, environ={"KNH_MEMORY_DEBUG": "off"}, ini=ini)
+    assert cfg.memory_debug == ("kfence", "slub") and cfg.sources["memory_debug"] == "option --memory-debug"
+
+
+def test_memory_debug_names_the_unknown_helper_its_source_and_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"invalid memory debug 'kasan' from environment variable KNH_MEMORY_DEBUG: "
+                       r"unknown helper\(s\) kasan; use auto, off, all or a list of kfence, slub"):  # fmt: skip
+        resolve({}, environ={"KNH_MEMORY_DEBUG": "kasan"}, ini={})
+
+
+@pytest.mark.parametrize(
     ("name", "value", "message"),
     [("boot_timeout", "0", "must be > 0"), ("boot_timeout", "-1.5", "must be > 0"),
      ("command_timeout", "0", "must be > 0"), ("settle", "-0.1", "must be >= 0"), ("cpus", "0", "must be > 0"),

@@ -1,5 +1,6 @@
-"""harness.build.memdebug: which kernel arguments turn on a stock kernel's built-in memory-error detectors,
-and that both engines' command lines carry them."""
+"""harness.build.memdebug: which kernel arguments turn on a stock kernel's built-in memory-error detectors;
+the one reader of a kernel's configuration (harness.build.config_items) that decides them; and the path from
+the memory_debug setting to both engines' command lines."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import pytest
 
 from harness.build.config_items import config_path, read_config, read_kernel_config
 from harness.build.kernel import Kernel
-from harness.build.memdebug import DEFAULT_HELPERS, helpers_from_env, memory_debug_args
+from harness.build.memdebug import memory_debug_args
+from harness.config import HarnessConfig
 from harness.errors import ConfigError, UnreadableKernelConfig
+from harness.guest import engines
 from harness.guest.cmdline import QemuSpec, VngSpec, qemu_argv, vng_argv
+from harness.guest.engines import LaunchSpec, QemuEngine, VngEngine
+from harness.session import KernelSession
 
 # The relevant lines of Debian 12's two kernel configurations.
 DEBIAN_61 = {"SLUB": "y", "SLUB_DEBUG": "y", "SLAB_FREELIST_HARDENED": "y"}
@@ -44,20 +49,6 @@ def test_unknown_helper_is_an_error_naming_the_known_ones() -> None:
         memory_debug_args(DEBIAN_612, ("kasan",))
 
 
-@pytest.mark.parametrize(
-    ("value", "helpers"),
-    [("", DEFAULT_HELPERS), ("auto", DEFAULT_HELPERS), ("off", ()), ("none", ()), ("all", ("kfence", "slub")),
-     ("slub", ("slub",)), ("kfence, slub", ("kfence", "slub")), ("SLUB kfence", ("slub", "kfence"))],
-)  # fmt: skip
-def test_helpers_from_env(value: str, helpers: tuple[str, ...]) -> None:
-    assert helpers_from_env({"KNH_MEMORY_DEBUG": value} if value else {}) == helpers
-
-
-def test_helpers_from_env_rejects_unknown_names_with_the_choices() -> None:
-    with pytest.raises(ConfigError, match=r"KNH_MEMORY_DEBUG='kasan': unknown helper.*auto, off, all"):
-        helpers_from_env({"KNH_MEMORY_DEBUG": "kasan"})
-
-
 def test_read_config(tmp_path: Path) -> None:
     text = 'CONFIG_KFENCE=y\n# CONFIG_KASAN is not set\nCONFIG_LOCALVERSION=""\nCONFIG_NR_CPUS=64\n# comment\n'
     (tmp_path / ".config").write_text(text)
@@ -84,27 +75,16 @@ def _kernel_with_config(tmp_path: Path, config: dict[str, str]) -> Kernel:
     return Kernel("6.99.1-test", tmp_path / "bzImage", build)
 
 
-def test_both_engines_boot_with_the_arguments(tmp_path: Path) -> None:
-    kernel = _kernel_with_config(tmp_path, DEBIAN_612)
-    qemu = qemu_argv(QemuSpec(kernel=kernel, image=kernel.image, initrd=tmp_path / "i", accel="tcg",
-                              shell=tmp_path / "sh", rw_dirs=(), fresh_dirs=(), kernel_log=tmp_path / "log",
-                              memory_debug=("kfence", "slub")))  # fmt: skip
+def test_both_builders_put_the_arguments_they_are_given_on_the_kernel_command_line(tmp_path: Path) -> None:
+    kernel = Kernel("6.99.1-test", tmp_path / "bzImage", tmp_path / "build")
+    args = ("kfence.sample_interval=10", "slub_debug=FZPU")
+    qemu = qemu_argv(QemuSpec(image=kernel.image, initrd=tmp_path / "i", accel="tcg", shell=tmp_path / "sh",
+                              kernel_log=tmp_path / "log", tsc_khz=2_994_000, memory_debug_args=args))  # fmt: skip
     append = qemu[qemu.index("-append") + 1].split()
-    assert "kfence.sample_interval=10" in append and "slub_debug=FZPU" in append
-    vng = vng_argv(VngSpec(kernel=kernel, accel="tcg", shell=tmp_path / "sh", rw_dirs=(), memory_debug=("slub",)))
+    assert set(args) <= set(append) and append.index("tsc=reliable") < append.index(args[0])
+    vng = vng_argv(VngSpec(kernel=kernel, accel="tcg", shell=tmp_path / "sh", rw_dirs=(), memory_debug_args=args))
     append = vng[vng.index("--append") + 1].split()
-    assert "slub_debug=FZPU" in append and not any(a.startswith("kfence.") for a in append)
-    off = vng_argv(VngSpec(kernel=kernel, accel="tcg", shell=tmp_path / "sh", rw_dirs=(), memory_debug=()))
-    assert "slub_debug" not in off[off.index("--append") + 1]
-
-
-def test_specs_take_the_helpers_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kernel = _kernel_with_config(tmp_path, DEBIAN_612)
-    monkeypatch.setenv("KNH_MEMORY_DEBUG", "slub")
-    assert VngSpec(kernel=kernel, accel="tcg", shell=tmp_path / "sh", rw_dirs=()).memory_debug == ("slub",)
-    monkeypatch.setenv("KNH_MEMORY_DEBUG", "off")
-    argv = vng_argv(VngSpec(kernel=kernel, accel="tcg", shell=tmp_path / "sh", rw_dirs=()))
-    assert "kfence" not in argv[argv.index("--append") + 1]
+    assert append[3:5] == list(args) and append[5].startswith("module_blacklist=")
 
 
 def test_a_config_that_exists_but_cannot_be_read_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,3 +112,68 @@ def test_a_config_that_exists_but_cannot_be_read_is_an_error(tmp_path: Path, mon
     with pytest.raises(UnreadableKernelConfig, match=r"Permission denied.*fix: .*chmod a\+r") as info:
         read_kernel_config(kernel, boot)
     assert info.value.infra
+
+
+def launch_spec(tmp_path: Path, kernel: Kernel, **kw: object) -> LaunchSpec:
+    base: dict[str, object] = dict(kernel=kernel, name="knh-9", accel="tcg", run_dir=tmp_path / "run",
+                                   shell=tmp_path / "sh", cache=tmp_path / "cache")  # fmt: skip
+    base.update(kw)
+    return LaunchSpec(**base)  # type: ignore[arg-type]
+
+
+def engine_argvs(tmp_path: Path, launch: LaunchSpec, config: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """The kernel arguments of both engines for `launch`; `config`: the kernel's configuration (None: read it)."""
+    read = {} if config is None else {"kernel_config": lambda kernel: config}
+    vng = VngEngine(executable=lambda: "vng", vmlinux=lambda k, cache: None, **read)  # type: ignore[arg-type]
+    qemu = QemuEngine(which=lambda name: "/usr/bin/qemu", vmlinux=lambda k, cache: None,
+                      initramfs=lambda k, init, cache: cache / "i.cpio", tsc_khz=lambda: None, **read)  # type: ignore[arg-type]  # fmt: skip
+    argvs = {"vng": vng.argv(launch), "qemu": qemu.argv(launch)}
+    return {name: argv[argv.index("--append" if name == "vng" else "-append") + 1].split()
+            for name, argv in argvs.items()}  # fmt: skip
+
+
+def debug_args_of(kernel_args: list[str]) -> set[str]:
+    return {a for a in kernel_args if a.startswith(("kfence.", "slub_debug="))}
+
+
+@pytest.mark.parametrize(
+    ("helpers", "wanted"),
+    [(("slub",), {"slub_debug=FZPU"}), (("kfence", "slub"), {"kfence.sample_interval=10", "slub_debug=FZPU"}),
+     ((), set())],
+)  # fmt: skip
+def test_both_engines_turn_on_the_launchs_helpers_the_kernel_has(
+    tmp_path: Path, helpers: tuple[str, ...], wanted: set[str]
+) -> None:
+    kernel = Kernel("6.99.4-test", tmp_path / "bzImage", tmp_path / "build")
+    launch = launch_spec(tmp_path, kernel, memory_debug=helpers)
+    for name, kernel_args in engine_argvs(tmp_path, launch, DEBIAN_612).items():
+        assert debug_args_of(kernel_args) == wanted, name
+
+
+def test_the_memory_debug_setting_reaches_the_launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HarnessConfig.memory_debug -> KernelSession.launch -> LaunchSpec: the environment is read once, by the
+    settings, not by a spec's default."""
+    seen: list[LaunchSpec] = []
+
+    class Recording:
+        name = "vng"
+
+        def argv(self, launch: LaunchSpec) -> list[str]:
+            seen.append(launch)
+            return ["boot"]
+
+    monkeypatch.setattr(engines, "REGISTRY", {"vng": Recording()})
+    monkeypatch.setenv("KNH_MEMORY_DEBUG", "all")
+    cfg = HarnessConfig(accel="tcg", results_dir=tmp_path / "results", memory_debug=("slub",))
+    kernel = Kernel("6.99.4-test", tmp_path / "bzImage", tmp_path / "build")
+    KernelSession(cfg, kernel, tmp_path / "runs").launch("knh-9", tmp_path / "runs" / "knh-9")
+    assert [launch.memory_debug for launch in seen] == [("slub",)]
+
+
+def test_an_unreadable_config_stops_the_launch_even_with_the_helpers_off(tmp_path: Path) -> None:
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / ".config").write_bytes(gzip.compress(b"CONFIG_KFENCE=y\n")[:20])  # cut short
+    launch = launch_spec(tmp_path, Kernel("6.99.5-test", tmp_path / "bzImage", build), memory_debug=())
+    with pytest.raises(UnreadableKernelConfig, match=rf"{build}/\.config"):
+        engine_argvs(tmp_path, launch)

@@ -15,28 +15,26 @@ switched off, which a kernel argument turns on:
   ``Poison overwritten``) when the object is next checked (freed or
   allocated), a double free at once. Reads are not caught.
 
-:func:`memory_debug_args` is the pure decision (config in, arguments out);
-harness.build.config_items.read_kernel_config reads a kernel's configuration. Which helpers are on by
-default follows the boot-time cost measured under TCG (docs/kernels.md);
-``KNH_MEMORY_DEBUG`` overrides it.
+:func:`memory_debug_args` is the pure decision (configuration and helpers in,
+arguments out). The engines (harness.guest.engines) call it with the kernel's
+configuration (harness.build.config_items.read_kernel_config) and the helpers of
+the memory_debug setting (``--memory-debug``, ``KNH_MEMORY_DEBUG``; harness.config
+names the helpers and the default, which follows the boot-time cost measured
+under TCG, docs/kernels.md), and hand the arguments to the command-line builders.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Mapping
 
+from harness.config import MEMORY_DEBUG_DEFAULT, MEMORY_DEBUG_HELPERS
 from harness.errors import ConfigError
 
 KFENCE_SAMPLE_MS = 10  # upstream default 100 ms; a test run is short, so sample more often
 SLUB_DEBUG_FLAGS = "FZPU"
 
-HELPERS = ("kfence", "slub")
-#: On unless KNH_MEMORY_DEBUG says otherwise: the helpers whose measured boot-time cost is small.
-DEFAULT_HELPERS: tuple[str, ...] = ("kfence",)
 
-
-def memory_debug_args(config: Mapping[str, str], helpers: Collection[str] = DEFAULT_HELPERS) -> tuple[str, ...]:
+def memory_debug_args(config: Mapping[str, str], helpers: Collection[str] = MEMORY_DEBUG_DEFAULT) -> tuple[str, ...]:
     """Kernel arguments that turn on the built-in, switched-off detectors among `helpers`.
 
     `config` is a kernel's configuration as {symbol without CONFIG_: value} (see
@@ -44,9 +42,10 @@ def memory_debug_args(config: Mapping[str, str], helpers: Collection[str] = DEFA
     kernel already runs it without an argument (KFENCE with a non-zero default interval, SLUB_DEBUG_ON:
     the debug kernel), so an argument never weakens what the kernel does by itself.
     """
-    unknown = sorted(set(helpers) - set(HELPERS))
+    unknown = sorted(set(helpers) - set(MEMORY_DEBUG_HELPERS))
     if unknown:
-        raise ConfigError(f"unknown memory-debug helper(s) {', '.join(unknown)}: known are {', '.join(HELPERS)}")
+        raise ConfigError(f"unknown memory-debug helper(s) {', '.join(unknown)}: known are "
+                          f"{', '.join(MEMORY_DEBUG_HELPERS)}")  # fmt: skip
     args: list[str] = []
     if "kfence" in helpers and config.get("KFENCE") == "y" and config.get("KFENCE_SAMPLE_INTERVAL", "0") == "0":
         args.append(f"kfence.sample_interval={KFENCE_SAMPLE_MS}")
@@ -54,22 +53,3 @@ def memory_debug_args(config: Mapping[str, str], helpers: Collection[str] = DEFA
         if config.get("SLUB", "y") == "y":  # SLUB is the only allocator of 6.8+; older configs name it
             args.append(f"slub_debug={SLUB_DEBUG_FLAGS}")
     return tuple(args)
-
-
-def helpers_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """KNH_MEMORY_DEBUG: unset or "auto" -> DEFAULT_HELPERS; "off"/"none" -> (); "all"; or a list
-    such as "kfence,slub"."""
-    env = os.environ if environ is None else environ
-    value = env.get("KNH_MEMORY_DEBUG", "").strip().lower()
-    if value in ("", "auto", "default"):
-        return DEFAULT_HELPERS
-    if value in ("off", "none", "0"):
-        return ()
-    if value == "all":
-        return HELPERS
-    helpers = tuple(dict.fromkeys(p for p in value.replace(",", " ").split() if p))
-    unknown = [h for h in helpers if h not in HELPERS]
-    if unknown:
-        raise ConfigError(f"KNH_MEMORY_DEBUG={value!r}: unknown helper(s) {', '.join(unknown)}; use auto, off, "
-                          f"all or a list of {', '.join(HELPERS)}")  # fmt: skip
-    return helpers

@@ -65,7 +65,7 @@ def probe_spec(qemu: str, image: Path) -> QemuSpec:
     """The KVM probe boot: QEMU's default PC machine and the CPU model vng uses under KVM, no initramfs,
     no shared directories, no channel, the kernel console on stdio."""
     return QemuSpec(image=image, accel="kvm", qemu=qemu, name=None, machine=None, memory="256M", cpus=1,
-                    kernel_args=PROBE_KERNEL_ARGS, memory_debug=())  # fmt: skip
+                    kernel_args=PROBE_KERNEL_ARGS)  # fmt: skip
 
 
 def probe_argv(qemu: str, image: Path) -> list[str]:

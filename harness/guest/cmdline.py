@@ -1,4 +1,7 @@
-"""Pure builders: the virtme-ng command line, the one QEMU command line, the guest kernel command line."""
+"""Pure builders: the virtme-ng command line, the one QEMU command line, the guest kernel command line.
+
+Everything comes in through a frozen spec: nothing here reads the environment, the settings or a
+file (the memory-debug arguments, for one, are worked out by the engine, harness.guest.engines)."""
 
 from __future__ import annotations
 
@@ -6,9 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.build.config_items import read_kernel_config
 from harness.build.kernel import Kernel
-from harness.build.memdebug import helpers_from_env, memory_debug_args
 
 # Kernel arguments every harness guest gets:
 #  panic=-1         a panic reboots at once, and with QEMU's -no-reboot that ends QEMU,
@@ -60,8 +61,9 @@ class VngSpec:
     # Put first on the PATH of virtme-ng's init (PATH= on the kernel command line): its udevadm
     # and systemd-tmpfiles skip the udev coldplug and tmpfiles steps (guest_scripts/vng_boot)
     boot_path: Path | None = None
-    # Memory-debug helpers the kernel has built in and switched off (harness.build.memdebug), turned on by an argument
-    memory_debug: tuple[str, ...] = field(default_factory=helpers_from_env)
+    # Kernel arguments that turn on memory-debug helpers the kernel has built in and switched off
+    # (harness.build.memdebug.memory_debug_args of its configuration and the memory_debug setting)
+    memory_debug_args: tuple[str, ...] = ()
 
 
 def path_entry_on_cmdline(path: Path) -> bool:
@@ -82,7 +84,7 @@ def vng_argv(spec: VngSpec) -> list[str]:
     "Boot path"); a path the kernel command line cannot carry is left out, and
     init then runs both as before.
     """
-    kernel_args = [*spec.kernel_args, *memory_debug_args(read_kernel_config(spec.kernel), spec.memory_debug)]
+    kernel_args = [*spec.kernel_args, *spec.memory_debug_args]
     if spec.blacklist:
         kernel_args.append("module_blacklist=" + ",".join(spec.blacklist))
     if spec.boot_path is not None and path_entry_on_cmdline(spec.boot_path):
@@ -120,7 +122,6 @@ class QemuSpec:
     image: Path  # uncompressed vmlinux (PVH entry) when available, else the bzImage
     accel: str  # "kvm" or "tcg"
     initrd: Path | None = None
-    kernel: Kernel | None = None  # its configuration decides the memory-debug arguments; None: none
     qemu: str = "qemu-system-x86_64"
     name: str | None = "knh"
     machine: str | None = "microvm"  # None: QEMU's default PC machine
@@ -129,7 +130,7 @@ class QemuSpec:
     kernel_log: Path | None = None  # file the kernel console (ttyS1) is written to
     kernel_args: tuple[str, ...] = BASE_KERNEL_ARGS
     tsc_khz: int | None = None  # host TSC frequency: tsc_early_khz= under TCG (see qemu_argv)
-    memory_debug: tuple[str, ...] = field(default_factory=helpers_from_env)  # as in VngSpec
+    memory_debug_args: tuple[str, ...] = ()  # as in VngSpec
     # The guest shell fast-init starts, and what it mounts
     shell: Path | None = None
     cwd: Path = Path("/")
@@ -188,8 +189,7 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     # tsc=reliable: without an HPET the kernel's watchdog marks the TCG TSC unstable and falls back to a
     # tick-based clocksource, which times nothing shorter than a tick (bpftrace's nsecs, for one).
     clock = [f"tsc_early_khz={spec.tsc_khz}", "tsc=reliable"] if spec.accel == "tcg" and spec.tsc_khz else []
-    debug = memory_debug_args(read_kernel_config(spec.kernel), spec.memory_debug) if spec.kernel is not None else ()
-    args = [console, *(["rdinit=/init"] if spec.initrd else []), *spec.kernel_args, *clock, *debug]
+    args = [console, *(["rdinit=/init"] if spec.initrd else []), *spec.kernel_args, *clock, *spec.memory_debug_args]
     if spec.shell is not None:
         args += [
             f"knh.shell={spec.shell}", f"knh.cwd={spec.cwd}",

@@ -1,8 +1,9 @@
 """Engines: the ways a guest boots, behind one interface.
 
 An engine turns a `LaunchSpec` (what to boot: kernel, accelerator, shell, shared
-directories, channel) into the argv that boots it, after the preparation it needs
-(finding its executable, the uncompressed vmlinux, the initramfs). The argv itself
+directories, channel, memory-debug helpers) into the argv that boots it, after the
+preparation it needs (finding its executable, the uncompressed vmlinux, the initramfs,
+the kernel's configuration, which decides the memory-debug arguments). The argv itself
 comes from the pure builders in cmdline.py, from a frozen spec the engine fills in.
 The engine names are harness.config.ENGINES; `REGISTRY` holds one engine per name.
 """
@@ -16,9 +17,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import ClassVar, Protocol
 
+from harness.build.config_items import read_kernel_config
 from harness.build.initramfs import build_initramfs, cached_vmlinux
 from harness.build.kernel import Kernel
-from harness.config import ENGINES, GUEST_SCRIPTS, vng_executable
+from harness.build.memdebug import memory_debug_args
+from harness.config import ENGINES, GUEST_SCRIPTS, MEMORY_DEBUG_DEFAULT, vng_executable
 from harness.errors import ConfigError, MissingDependencyError
 from harness.guest.accel import host_tsc_khz
 from harness.guest.cmdline import QemuSpec, VngSpec, qemu_argv, vng_argv
@@ -41,6 +44,7 @@ class LaunchSpec:
     cpus: int = 2
     cwd: Path = Path("/")  # the guest shell's working directory, where the engine can set it
     tree_modules: Path | None = None  # modules of a kernel built from a tree (seen at /lib/modules/<release>)
+    memory_debug: tuple[str, ...] = MEMORY_DEBUG_DEFAULT  # helpers to turn on (the memory_debug setting)
 
     @property
     def mapped_dirs(self) -> tuple[tuple[Path, Path], ...]:
@@ -61,6 +65,13 @@ class Engine(Protocol):
 
 
 VmlinuxFor = Callable[[Kernel, Path], Path | None]
+KernelConfigOf = Callable[[Kernel], Mapping[str, str]]
+
+
+def debug_args(launch: LaunchSpec, kernel_config: KernelConfigOf) -> tuple[str, ...]:
+    """The kernel arguments that turn on the launch's memory-debug helpers the kernel has switched off. The
+    configuration is read even with no helper, so that an unreadable one stops the launch, not a later step."""
+    return memory_debug_args(kernel_config(launch.kernel), launch.memory_debug)
 
 
 @dataclass(frozen=True)
@@ -71,13 +82,14 @@ class VngEngine:
     executable: Callable[[], str] = vng_executable
     vmlinux: VmlinuxFor = cached_vmlinux
     boot_path: Path | None = field(default=GUEST_SCRIPTS / "vng_boot")  # see VngSpec.boot_path
+    kernel_config: KernelConfigOf = read_kernel_config
 
     def spec(self, launch: LaunchSpec) -> VngSpec:
         return VngSpec(
             kernel=launch.kernel, accel=launch.accel, shell=launch.shell, rw_dirs=launch.rw_dirs,
             image=self.vmlinux(launch.kernel, launch.cache), memory=launch.memory, cpus=launch.cpus,
             name=launch.name, vng=self.executable(), channel=launch.channel, mapped_dirs=launch.mapped_dirs,
-            boot_path=self.boot_path,
+            boot_path=self.boot_path, memory_debug_args=debug_args(launch, self.kernel_config),
         )  # fmt: skip
 
     def argv(self, launch: LaunchSpec) -> list[str]:
@@ -94,6 +106,7 @@ class QemuEngine:
     initramfs: Callable[[Kernel, Path, Path], Path] = build_initramfs
     tsc_khz: Callable[[], int | None] = host_tsc_khz
     init_script: Path = field(default=GUEST_SCRIPTS / "fast-init")
+    kernel_config: KernelConfigOf = read_kernel_config
 
     def spec(self, launch: LaunchSpec) -> QemuSpec:
         qemu = self.which("qemu-system-x86_64")
@@ -103,10 +116,11 @@ class QemuEngine:
         initrd = self.initramfs(launch.kernel, self.init_script, launch.cache)
         launch.run_dir.mkdir(parents=True, exist_ok=True)  # QEMU creates the kernel log, not its directory
         return QemuSpec(
-            kernel=launch.kernel, image=image, initrd=initrd, accel=launch.accel, shell=launch.shell,
+            image=image, initrd=initrd, accel=launch.accel, shell=launch.shell,
             rw_dirs=launch.rw_dirs, fresh_dirs=(launch.cache,), kernel_log=GuestPaths(launch.run_dir).kernel_log,
             channel=launch.channel, memory=launch.memory, cpus=launch.cpus, name=launch.name, cwd=launch.cwd,
             qemu=qemu, tsc_khz=self.tsc_khz(), mapped_dirs=launch.mapped_dirs,
+            memory_debug_args=debug_args(launch, self.kernel_config),
         )  # fmt: skip
 
     def argv(self, launch: LaunchSpec) -> list[str]:

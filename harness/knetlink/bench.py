@@ -96,7 +96,7 @@ def raw_boot_argv(qemu: str, image: Path, initrd: Path, accel: str, memory: str,
     """The floor: the qemu engine's machine and direct kernel entry with an init that prints and powers off
     (no shared directories, no channel, the kernel console on stdio)."""
     return qemu_argv(QemuSpec(image=image, initrd=initrd, accel=accel, qemu=qemu, name=None, memory=memory,
-                              cpus=cpus, kernel_args=RAW_KERNEL_ARGS, tsc_khz=tsc_khz, memory_debug=()))  # fmt: skip
+                              cpus=cpus, kernel_args=RAW_KERNEL_ARGS, tsc_khz=tsc_khz))  # fmt: skip
 
 
 def time_raw_boot(argv: Sequence[str], timeout: float = 120.0) -> float:
