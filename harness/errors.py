@@ -223,3 +223,38 @@ class UnreadableKernelConfig(HarnessError):
     coverage, debug info for the module build) would be guessed, so nothing runs on that kernel."""
 
     infra = True
+
+
+class InvalidGuestCommand(HarnessError):
+    """A guest command the console cannot carry as one shell line: too long, a control character in it,
+    or incomplete shell input (unbalanced quotes). A bug of the code that wrote the command, not of the
+    guest: the message names the command and what to change."""
+
+
+class GuestReadError(HarnessError):
+    """What a live guest was asked for could not be read back: a command's output lacks the value
+    asked for, or a copy the guest wrote to the shared directory is unreadable on the host. Nothing
+    was learnt about the module."""
+
+    infra = True
+
+
+class KernelLogLost(HarnessError):
+    """The guest kernel log no longer holds a mark the harness wrote into it (the ring buffer wrapped
+    past it, or the log was cleared): what the kernel logged since cannot be checked."""
+
+    infra = True
+
+
+class KernelModulesMissing(KernelNotFoundError):
+    """The kernel's modules are not installed on the host (no modules.dep): the qemu engine cannot build
+    its initramfs for that kernel. The message names the file and how to install or index the modules."""
+
+
+class BenchError(HarnessError):
+    """A step of the benchmark failed (a raw boot without its marker, a sender or the fuzzer reporting
+    errors, the kernel suite failing or writing no results): its figures would mean nothing, so the
+    benchmark stops. The benchmark measures and tests nothing, so this is no verdict on the module (infra):
+    the kernel tests are where a module's bug counts."""
+
+    infra = True

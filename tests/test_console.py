@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pexpect
 import pytest
 
+from harness import errors
 from harness.config import GUEST_SCRIPTS
 from harness.errors import CommandTimeout, HarnessError, LostGuestError
 from harness.guest.console import Console, check_command, normalize_output
@@ -65,8 +66,9 @@ def test_ctrl_c_at_the_prompt_leaves_no_stale_prompt_for_the_next_command(consol
 
 
 def test_incomplete_input_is_an_error(console: Console) -> None:
-    with pytest.raises(HarnessError, match="incomplete shell input"):
+    with pytest.raises(HarnessError, match="incomplete shell input") as info:
         console.run("echo 'unbalanced", 5)
+    _assert_caller_bug(info.value)
     assert console.run("echo ok", 5).output == "ok\n"
 
 
@@ -75,9 +77,18 @@ def test_shell_exit_is_lost_guest(console: Console) -> None:
         console.run("exit 3", 5)
 
 
+def _assert_caller_bug(err: HarnessError) -> None:
+    """A command the console cannot carry is a bug of the code that wrote it: its own class, not infra."""
+    cls = getattr(errors, "InvalidGuestCommand", None)
+    assert isinstance(cls, type) and isinstance(err, cls), f"want InvalidGuestCommand, got {type(err).__name__}"
+    assert err.infra is False
+
+
 def test_command_checks() -> None:
-    with pytest.raises(HarnessError, match="control character"):
+    with pytest.raises(HarnessError, match="control character") as info:
         check_command("echo \x01x")
-    with pytest.raises(HarnessError, match="at most"):
+    _assert_caller_bug(info.value)
+    with pytest.raises(HarnessError, match="at most") as info:
         check_command("x" * 5000)
+    _assert_caller_bug(info.value)
     assert normalize_output("a\r\r\nb\r\n") == "a\nb\n"

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from harness.build.kernel import Kernel
-from harness.errors import HarnessError, MissingDependencyError
+from harness.errors import KernelModulesMissing, MissingDependencyError
 
 # Modules a 9p root, the overlay and the virtio-serial channel need on the qemu engine's
 # microvm (virtio-mmio devices); built in on some kernels.
@@ -183,7 +183,12 @@ def build_initramfs(kernel: Kernel, init_script: Path, cache_root: Path, busybox
     moddir = modules_dir_for(kernel) or Path("/lib/modules") / kernel.release
     dep_file = moddir / "modules.dep"
     if not dep_file.exists():
-        raise HarnessError(f"{dep_file} is missing: the fast engine needs the kernel's modules installed on the host")
+        raise KernelModulesMissing(
+            f"{dep_file} is missing: the qemu engine builds its initramfs from the modules of kernel "
+            f"{kernel.release} installed on the host; install them (the distribution's package of that kernel, "
+            f"e.g. linux-image-{kernel.release}), or run `depmod {kernel.release}` when {moddir} holds the "
+            "modules without their index"
+        )
     deps = parse_modules_dep(dep_file.read_text())
     order = load_order(deps, BOOT_MODULES)
     bb = Path(busybox).read_bytes()

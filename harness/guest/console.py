@@ -17,7 +17,7 @@ from typing import Any
 
 import pexpect
 
-from harness.errors import CommandTimeout, HarnessError, LostGuestError
+from harness.errors import CommandTimeout, InvalidGuestCommand, LostGuestError
 
 READY_PROMPT = "KNH-SHELL-READY> "  # set by guest_scripts/guest-shell
 MAX_COMMAND_CHARS = 3500  # the guest tty accepts at most 4095 bytes per line
@@ -43,13 +43,15 @@ def normalize_output(text: str) -> str:
 
 def check_command(command: str) -> None:
     if len(command) > MAX_COMMAND_CHARS:
-        raise HarnessError(
+        raise InvalidGuestCommand(
             f"guest command is {len(command)} characters; the console takes at most {MAX_COMMAND_CHARS}: "
             "put bulk data in a file under the results directory instead"
         )
     bad = _FORBIDDEN.search(command)
     if bad:
-        raise HarnessError(f"guest command contains control character {bad.group()!r}: {command[:80]!r}")
+        raise InvalidGuestCommand(f"guest command contains control character {bad.group()!r}: {command[:80]!r}; "
+                                  "keep it on one line (`;` between commands) and pass such bytes as printf escapes "
+                                  "(\\NNN) or in a file")
 
 
 class Console:
@@ -94,7 +96,8 @@ class Console:
         if idx == 1:
             self.child.send("\x03")
             self._expect([self.prompt_re, pexpect.TIMEOUT], 5, "cancelling incomplete input")
-            raise HarnessError(f"incomplete shell input while {what} (unbalanced quotes?)")
+            raise InvalidGuestCommand(f"incomplete shell input while {what}: the shell waits for more (unbalanced "
+                                      "quotes?); quote arguments with shlex.quote or pass an argv list")
         if idx == 2:
             raise CommandTimeout(f"timed out after {timeout:.1f} s {what}", console_tail=self.tail())
         match = self.child.match

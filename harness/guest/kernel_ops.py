@@ -16,7 +16,14 @@ from pathlib import Path
 
 from harness.build.decode import DecodeInputs, decoded_section
 from harness.build.module_deps import module_name
-from harness.errors import HarnessError, HostKernelRefused, ModuleBusyError, ModuleCrashError, ModuleLoadError
+from harness.errors import (
+    GuestReadError,
+    HostKernelRefused,
+    KernelLogLost,
+    ModuleBusyError,
+    ModuleCrashError,
+    ModuleLoadError,
+)
 from harness.guest.vm import Guest
 from harness.kernel_log.dmesg import KernelLine, find_splats, parse_lines
 from harness.kernel_log.kmemleak import (
@@ -56,7 +63,8 @@ def parse_taint(output: str) -> int:
     for line in reversed(output.splitlines()):
         if line.strip().isdigit():
             return int(line.strip())
-    raise HarnessError(f"no taint value in the output of `cat /proc/sys/kernel/tainted`: {output[-500:]!r}")
+    raise GuestReadError(f"no taint value in the output of `cat /proc/sys/kernel/tainted`: {output[-500:]!r}; the "
+                         "guest console carried something else (see the console transcript of the guest)")
 
 
 class GuestKernel:
@@ -107,7 +115,9 @@ class GuestKernel:
         try:
             return parse_lines(path.read_text(errors="replace"))
         except OSError as e:
-            raise HarnessError(f"the guest's kernel log copy {path} is unreadable: {e}") from None
+            raise GuestReadError(f"the guest's kernel log copy {path} is unreadable on the host: {e}; the guest "
+                                 "writes it to the shared results directory, which must be writable by the guest "
+                                 "and readable here") from None  # fmt: skip
         finally:
             path.unlink(missing_ok=True)
 
@@ -257,7 +267,9 @@ class GuestKernel:
         try:
             return copy.read_text(errors="replace")
         except OSError as e:
-            raise HarnessError(f"the guest's copy of {path} ({copy}) is unreadable: {e}") from None
+            raise GuestReadError(f"the guest's copy of {path} ({copy}) is unreadable on the host: {e}; the guest "
+                                 "writes it to the shared results directory, which must be writable by the guest "
+                                 "and readable here") from None  # fmt: skip
         finally:
             copy.unlink(missing_ok=True)
 
@@ -292,4 +304,7 @@ def lines_after_mark(lines: list[KernelLine], mark: LogMark) -> list[KernelLine]
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].text.strip() == mark.text:
             return lines[i + 1 :]
-    raise HarnessError(f"kernel log mark {mark.text!r} not found: the ring buffer wrapped or the log was cleared")
+    raise KernelLogLost(f"kernel log mark {mark.text!r} not found: the kernel's ring buffer wrapped past it or "
+                        "something cleared the log (dmesg -C), so the lines since cannot be checked; log less "
+                        "between two checks (rate-limit the module's messages) or boot with a bigger log_buf_len "
+                        "(harness/guest/cmdline.py BASE_KERNEL_ARGS)")  # fmt: skip

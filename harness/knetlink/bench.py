@@ -23,7 +23,7 @@ from harness.build.initramfs import cached_vmlinux, cpio_newc
 from harness.build.kernel import expand_kernel_specs
 from harness.build.module_build import default_cache_root
 from harness.config import PROJECT_ROOT, HarnessConfig
-from harness.errors import HarnessError, MissingDependencyError
+from harness.errors import BenchError, HarnessError, MissingDependencyError
 from harness.formats.junit import read_junit
 from harness.guest.accel import host_tsc_khz
 from harness.guest.cmdline import QemuSpec, qemu_argv
@@ -107,10 +107,10 @@ def time_raw_boot(argv: Sequence[str], timeout: float = 120.0) -> float:
     try:
         while True:
             if time.monotonic() - start > timeout:
-                raise HarnessError(f"raw boot did not print its marker within {timeout:.0f} s")
+                raise BenchError(f"raw boot did not print its marker within {timeout:.0f} s")
             chunk = os.read(proc.stdout.fileno(), 4096)
             if not chunk:
-                raise HarnessError(f"raw boot exited without its marker: {seen[-500:]!r}")
+                raise BenchError(f"raw boot exited without its marker: {seen[-500:]!r}")
             seen += chunk
             if RAW_MARKER.encode() in seen:
                 return time.monotonic() - start
@@ -152,12 +152,12 @@ def sender_rates(py: PySender, c: CSender, messages: int, runs: int) -> tuple[Fi
     for _ in range(runs):
         reply = py.bench(messages, SENDER_TEXT)
         if reply.get("errors") or reply.get("count") != messages:
-            raise HarnessError(f"python sender bench had errors: {reply}")
+            raise BenchError(f"python sender bench had errors: {reply}")
         py_fig.add(float(reply["rate"]))
         res = c.send(SENDER_TEXT, count=messages, quiet=True)
         summary = res.summary()
         if res.status != 0 or summary is None or summary["failed"] or summary["acked"] != messages:
-            raise HarnessError(f"C sender bench failed: {res.output}")
+            raise BenchError(f"C sender bench failed: {res.output}")
         c_fig.add(summary["acked"] / (summary["elapsed_us"] / 1e6))
     paired = [p / c for p, c in zip(py_fig.values, c_fig.values, strict=True)]
     py_fig.extra["paired_ratios"] = [round(r, 3) for r in paired]
@@ -330,7 +330,7 @@ def _fuzz_rate(session: KernelSession, loaded: LoadedModule, py: PySender, progr
         try:
             fig.add(run_fuzz(py, frames, run_seed=run_seed, print_max=print_max, stats_dir=stats_dir).frames_per_s)
         except FuzzFailure as e:
-            raise HarnessError(f"fuzzing failed during the benchmark: {e}") from None
+            raise BenchError(f"fuzzing failed during the benchmark: {e}") from None
     return fig
 
 
@@ -342,10 +342,10 @@ def _run_suite(cfg: HarnessConfig, release: str) -> tuple[float, int]:
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=PROJECT_ROOT, check=False)
     elapsed = time.monotonic() - t
     if proc.returncode != 0:
-        raise HarnessError(f"kernel suite failed during the benchmark (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+        raise BenchError(f"kernel suite failed during the benchmark (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
     outcome = read_junit(junit)
     if not outcome.recorded:
-        raise HarnessError(f"the kernel suite wrote no readable JUnit results to {junit}; check the pytest output "
+        raise BenchError(f"the kernel suite wrote no readable JUnit results to {junit}; check the pytest output "
                            f"above it:\n{proc.stdout[-3000:]}")  # fmt: skip
     return elapsed, outcome.total
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import PROJECT_ROOT, HarnessConfig
-from harness.errors import HarnessError
+from harness.errors import BenchError
 from harness.formats.junit import read_junit, seconds_by_param
 
 
@@ -46,7 +46,7 @@ def run_suite(cfg: HarnessConfig, kernels: Sequence[str], junit: Path, *, parall
                           cwd=PROJECT_ROOT, check=False)  # fmt: skip
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
-        raise HarnessError(f"kernel suite failed during the benchmark (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+        raise BenchError(f"kernel suite failed during the benchmark (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
     return SuiteRun(elapsed, read_junit(junit).total, seconds_by_param(junit, kernels))
 
 
