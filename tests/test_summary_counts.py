@@ -131,6 +131,7 @@ def test_summary_json_counts_what_pytest_counts(pytester: pytest.Pytester) -> No
     ({"call": "skipped", "teardown": "failed"}, "error"),
     ({"setup": "skipped"}, "skipped"),
     ({"call": "xfailed"}, "xfailed"),
+    ({"setup": "xfailed"}, "xfailed"),  # xfail(run=False): never run
     ({"call": "xpassed"}, "xpassed"),
 ])  # fmt: skip
 def test_each_test_has_one_outcome(phases: dict[str, str], outcome: str) -> None:

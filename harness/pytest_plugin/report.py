@@ -98,8 +98,9 @@ def _phase_outcome(report: pytest.TestReport) -> str:
 
 def outcome_of(phases: dict[str, str]) -> str:
     """A test's one outcome from its phases' (_phase_outcome): failed when its call failed, error when its
-    setup or teardown failed, skipped when a phase was skipped, else its call's. (pytest's summary line
-    counts a test whose call passed and whose teardown failed twice, under passed and under error.)"""
+    setup or teardown failed, skipped when a phase was skipped, else its call's (its setup's for an xfail
+    that never ran). (pytest's summary line counts a test whose call passed and whose teardown failed twice,
+    under passed and under error.)"""
     call = phases.get("call")
     if call == "failed":
         return "failed"
@@ -107,7 +108,7 @@ def outcome_of(phases: dict[str, str]) -> str:
         return "error"
     if "skipped" in phases.values():
         return "skipped"
-    return call or "unknown"
+    return call or phases.get("setup") or "unknown"
 
 
 def _first_line(report: pytest.TestReport) -> str:
