@@ -12,6 +12,7 @@ KNH_MEMORY_DEBUG=off), so the difference is documented by tests.
 | sleep_in_atomic how=alloc | GFP_KERNEL kmalloc under a spinlock | sleeping function called... | silent |
 | sleep_in_atomic how=msleep | msleep under a spinlock | scheduling while atomic | the same (the task really sleeps) |
 | leak | kmalloc never freed | the harness's scans after the rmmod: kmemleak, leak_alloc | silent |
+| oob_leak | slab_oob's over-read and leak's leak | KASAN, and kmemleak from the scans before the discard | - |
 
 Each test runs a small pytest session of its own (pytester, in a subprocess, like
 test_crash_attribution.py) on the debug kernel or the newest installed one. The tests are marked
@@ -123,6 +124,27 @@ def test_debug_kernel_kmemleak_fails_the_test_that_unloaded_the_leaking_module(
     (reading,) = summary["kmemleak"]
     assert reading["modules"] == ["leak"] and {o["attributed"] for o in reading["objects"]} >= {"module"}
     print(f"kmemleak scans after the rmmod ({knh_config.memory} guest): {reading['scans_s']} s")
+
+
+def test_debug_kernel_reports_the_leak_of_a_module_whose_splat_discards_the_guest(
+    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig, debug_spec: str
+) -> None:
+    """A module that over-reads and leaks: the KASAN report fails the test and the harness discards the
+    guest; the guest still answered, so the module was unloaded and scanned first and the leak is
+    reported beside the splat. The report says the harness discarded the guest, not that it died."""
+    result, out = run_inner(pytester, knh_kernel_session, knh_config, debug_spec, "oob_leak", LOAD_AND_UNLOAD)
+    result.assert_outcomes(failed=1)
+    assert "kasan at log line" in out and "BUG: KASAN: slab-out-of-bounds in oob_leak_read" in out, out
+    assert "leaked by module oob_leak (unreferenced after its unload" in out, out
+    assert "from oob_leak_alloc [oob_leak]" in out, out
+    assert re.search(r"the harness discarded guest \S+ after a kernel splat \(kasan\) in the call; it had not "
+                     r"died", out), out  # fmt: skip
+    assert "the guest died" not in out and "the guest kernel died" not in out, out
+    summary = json.loads(next((pytester.path / "results").glob("*/summary.json")).read_text())
+    assert {s["kind"] for s in summary["splats"] if not s["allowed"]} == {"kasan", "kmemleak"}, summary["splats"]
+    (reading,) = summary["kmemleak"]
+    assert reading["modules"] == ["oob_leak"] and reading["phase"] == "call"
+    print(f"kmemleak scans before the discard ({knh_config.memory} guest): {reading['scans_s']} s")
 
 
 STOCK_SILENT = [("slab_oob", ()), ("array_oob", ()), ("lock_order", ()), ("timer_freed", ()),
