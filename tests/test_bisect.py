@@ -19,23 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.build.config_items import REQUIRED_CONFIG, BuildOptions, config_items, read_config, tiny_fragment
 from harness.build.kernel import Kernel
-from harness.build.kernel_build import (
-    REQUIRED_CONFIG,
-    BuildOptions,
-    KernelBuildError,
-    build_kernel,
-    cache_key,
-    config_items,
-    is_kernel_tree,
-    modules_dir_for,
-    read_config,
-    resolve_kernel_spec,
-    tiny_fragment,
-    tree_state,
-)
+from harness.build.kernel_build import build_kernel, cache_key, modules_dir_for, resolve_kernel_spec, tree_state
+from harness.build.kernel_source import is_kernel_tree
 from harness.cli import bisect_run as b
-from harness.errors import HarnessError, KernelNotFoundError
+from harness.errors import HarnessError, KernelBuildError, KernelNotFoundError
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = Kernel("6.1.192-virtme", Path("/nonexistent/bzImage"), Path("/nonexistent"))

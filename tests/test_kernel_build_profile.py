@@ -17,21 +17,12 @@ import pytest
 
 from harness.build import kernel_build as kb
 from harness.build import kernel_source
-from harness.build.kernel_build import (
-    DEBUG_PROFILE,
-    BuildOptions,
-    KernelBuildError,
-    build_kernel,
-    built_kernel_for_spec,
-    find_distro_source,
-    missing_profile,
-    modules_dir_for,
-    parse_profile_spec,
-    resolve_kernel_spec,
-    unpack_source,
-)
+from harness.build.config_items import DEBUG_PROFILE, BuildOptions, missing_profile
+from harness.build.configure import build_layout
+from harness.build.kernel_build import build_kernel, built_kernel_for_spec, modules_dir_for, resolve_kernel_spec
+from harness.build.kernel_source import find_distro_source, parse_profile_spec, unpack_source
 from harness.build.progress import BuildProgress, count_compiled, previous_objects
-from harness.errors import KernelNotFoundError
+from harness.errors import KernelBuildError, KernelNotFoundError
 
 SUBLEVEL_RELEASE = "6.1.192"
 
@@ -158,7 +149,7 @@ def test_missing_profile_names_the_symbol_and_its_reason_and_allows_dropped_opti
 def test_debug_build_goes_out_of_the_tree_and_is_a_cache_entry_of_its_own(tmp_path: Path) -> None:
     tree, cache, run = make_tree(tmp_path), tmp_path / "cache", FakeKbuild()
     built = build_kernel(tree, options=debug(), cache_root=cache, run=run)
-    objdir = cache / "kernel-builds" / (kb.build_layout(tree, cache).record.stem + "-debug-obj")
+    objdir = cache / "kernel-builds" / (build_layout(tree, cache).record.stem + "-debug-obj")
     assert built.kernel.build_dir == objdir and built.kernel.image == objdir / kb.KIMG
     assert built.kernel.release == f"{SUBLEVEL_RELEASE}-virtme-debug"
     assert not (tree / ".config").exists() and not (tree / kb.KIMG).exists()  # the tree stays clean
@@ -308,7 +299,7 @@ def test_built_kernel_for_spec_finds_a_current_build_without_building(tmp_path: 
 def test_the_percentage_refers_to_the_largest_build_not_the_last_incremental_one(tmp_path: Path) -> None:
     tree, cache, run = make_tree(tmp_path), tmp_path / "cache", FakeKbuild()
     build_kernel(tree, options=debug(), cache_root=cache, run=run)  # the fake build compiles 3 objects
-    record = kb.build_layout(tree.resolve(), cache, "debug").record
+    record = build_layout(tree.resolve(), cache, "debug").record
     data = json.loads(record.read_text())
     record.write_text(json.dumps({**data, "full_objects": 1400, "objects": 17}))  # a full build, then a small one
     (tree / "kernel.c").write_text("int z;\n")

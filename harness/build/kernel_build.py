@@ -34,48 +34,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.build.config_items import (
-    BASES,
-    BTF_CONFIG,
-    DEBUG_PROFILE,
-    DEBUG_PROFILE_OPTIONAL,
-    PREFERRED_CONFIG,
-    PROFILES,
     REQUIRED_CONFIG,
-    TINY_BASE,
-    VIRTME_DROPPED_PREFIXES,
     BuildOptions,
-    Notify,
     Runner,
-    config_items,
     missing_config,
     missing_profile,
     read_config,
-    tiny_fragment,
 )
 from harness.build.configure import BuildLayout, build_layout, configure, profile_error
 from harness.build.kernel import Kernel, image_release, resolve_kernel
-from harness.build.kernel_source import (
-    SOURCE_HINT,
-    find_distro_source,
-    is_kernel_tree,
-    locked,
-    parse_profile_spec,
-    profile_tree,
-    unpack_source,
-)
+from harness.build.kernel_source import find_distro_source, is_kernel_tree, locked, parse_profile_spec, profile_tree
 from harness.build.module_build import default_cache_root
-from harness.build.progress import BuildProgress, previous_objects
+from harness.build.progress import BuildProgress, Notify, previous_objects
 from harness.config import vng_executable
 from harness.errors import KernelBuildError, KernelNotFoundError, MissingDependencyError
-
-__all__ = [  # also the names other modules and tests take from here
-    "BASES", "BTF_CONFIG", "DEBUG_PROFILE", "DEBUG_PROFILE_OPTIONAL", "PREFERRED_CONFIG", "PROFILES", "REQUIRED_CONFIG",
-    "SOURCE_HINT", "TINY_BASE", "VIRTME_DROPPED_PREFIXES", "BuildLayout", "BuildOptions", "BuildProgress",
-    "BuiltKernel", "KernelBuildError", "Notify", "Runner", "build_kernel", "build_layout", "built_kernel_for_spec",
-    "cache_key", "config_items", "find_distro_source", "is_kernel_tree", "missing_config", "missing_profile",
-    "modules_dir_for", "parse_profile_spec", "read_config", "resolve_kernel_spec", "run_logged", "tiny_fragment",
-    "tree_state", "unpack_source",
-]  # fmt: skip
 
 KIMG = Path("arch/x86/boot/bzImage")
 
@@ -174,6 +146,22 @@ def _state_paths(tree: Path, cache_root: Path) -> tuple[Path, Path, Path, Path]:
     return layout.record, layout.log, layout.lock, layout.modules_root
 
 
+@dataclass(frozen=True)
+class _Build:
+    """One build of a tree that the cache did not spare: what each of its steps needs."""
+
+    tree: Path
+    options: BuildOptions
+    layout: BuildLayout
+    run: Runner
+    notify: Notify
+    vng: str
+    what: str  # what the messages call it: "kernel tree /src/linux (debug profile)"
+
+    def error(self, message: str) -> KernelBuildError:
+        return KernelBuildError(message, self.layout.log)
+
+
 def build_kernel(
     tree: Path,
     *,
@@ -188,8 +176,7 @@ def build_kernel(
         raise KernelNotFoundError(f"{tree} is not a kernel source tree (no Makefile, Kconfig and arch/)")
     options = options or BuildOptions()
     options.profile_config()  # an unknown profile fails before anything runs
-    cache_root = cache_root or default_cache_root()
-    layout = build_layout(tree, cache_root, options.profile)
+    layout = build_layout(tree, cache_root or default_cache_root(), options.profile)
     what = f"kernel tree {tree}" + (f" ({options.profile} profile)" if options.profile else "")
     with locked(layout.lock):
         key = cache_key(tree, options)
@@ -197,76 +184,108 @@ def build_kernel(
         if cached is not None:
             notify(f"{what}: unchanged, using the {cached.release} built before")
             return BuiltKernel(cached, layout.modules_root, True, 0.0, layout.log, key)
-
         start = time.monotonic()
         layout.log.write_text(f"kernel build of {tree}, key {key}\n")
-        steps: list[str] = []
-        vng = options.vng or vng_executable()
-        fingerprint = options.fingerprint()
-        build_dir = layout.build_dir
-        if layout.objdir is not None:
-            _check_clean_source(tree, layout.objdir)
-            layout.objdir.mkdir(parents=True, exist_ok=True)
-        marker = build_dir / ".knh-config"  # ignored by the kernel's .gitignore (".*")
-        current = marker.read_text().strip() if marker.exists() else ""
-        if current != fingerprint or not (build_dir / ".config").exists():
-            extra = f" + the {options.profile} profile" if options.profile else ""
-            notify(f"{what}: configuring ({options.base} base + virtme-ng and harness items{extra}) ...")
-            steps.append("configure")
-            configure(layout, options, vng, run)
-            marker.write_text(fingerprint + "\n")
-        jobs = options.jobs or os.cpu_count() or 1
-        if layout.objdir is None:
-            argv = [vng, "--build", "--verbose"]
-            if options.jobs:
-                argv += ["--jobs", str(options.jobs)]
-        else:
-            argv = ["make", f"O={layout.objdir}", f"-j{jobs}", f"LOCALVERSION={localversion(options)}"]
-        notify(f"{what}: building with {jobs} job(s) ({' '.join(argv[:2])} ...; log {layout.log}) ...")
-        steps.append("build")
-        with BuildProgress(layout.log, notify, what, previous_objects(layout.record)) as progress:
-            status = run(argv, tree, layout.log)
-        if status != 0:
-            raise KernelBuildError(f"kernel build failed in {tree} ({' '.join(argv)})", layout.log)
-        # Another commit's Kconfig may have dropped or renamed a symbol since the tree was configured.
-        final = read_config(build_dir / ".config")
-        missing = missing_config(final, REQUIRED_CONFIG)
-        if missing:
-            raise KernelBuildError(f"{build_dir}/.config after the build lacks what the harness needs: "
-                                   f"{', '.join(missing)}", layout.log)  # fmt: skip
-        missing = missing_profile(final, options.profile_config())
-        if missing:
-            raise KernelBuildError(profile_error(options.profile, build_dir, missing), layout.log)
-        image = build_dir / KIMG
-        release = image_release(image) if image.exists() else None
-        if release is None:
-            raise KernelBuildError(f"the build of {tree} produced no readable {image}", layout.log)
+        job = _Build(tree, options, layout, run, notify, options.vng or vng_executable(), what)
+        steps = ["configure"] if _configure_if_changed(job) else []
+        progress = _make(job)
+        _check_config(job)
+        release = _release(job)
+        _install_modules(job, release)
+        return _record(job, key, release, start, progress, (*steps, "build", "modules_install"))
 
-        notify(f"{what}: installing modules into {layout.modules_root} ...")
-        steps.append("modules_install")
-        modules_root = layout.modules_root
-        if modules_root.exists():
-            _rmtree(modules_root)
-        modules_root.mkdir(parents=True)
-        argv = ["make", "-s", f"LOCALVERSION={localversion(options)}", "modules_install",
-                f"INSTALL_MOD_PATH={modules_root}", "INSTALL_MOD_STRIP=1", "DEPMOD=/sbin/depmod"]  # fmt: skip
-        if layout.objdir is not None:
-            argv.insert(1, f"O={layout.objdir}")
-        if run(argv, tree, layout.log) != 0:
-            raise KernelBuildError(f"make modules_install failed in {tree}", layout.log)
-        if not (modules_root / "lib" / "modules" / release / "modules.dep").exists():
-            raise KernelBuildError(f"modules_install of {tree} left no lib/modules/{release}/modules.dep", layout.log)
 
-        kernel = Kernel(release, image, build_dir)
-        seconds = time.monotonic() - start
-        # Non-git trees: the state after the build, so files the build generated do not count as changes.
-        key = key if key.startswith("git:") else cache_key(tree, options)
-        record = {"key": key, "release": release, "image": str(image), "seconds": round(seconds, 1),
-                  "objects": progress.objects, "profile": options.profile,
-                  "full_objects": max(progress.objects, progress.expected)}  # fmt: skip
-        layout.record.write_text(json.dumps(record, indent=1) + "\n")
-        notify(f"{what}: built {release} in {seconds:.0f} s ({progress.objects} objects compiled)")
-        return BuiltKernel(kernel, modules_root, False, seconds, layout.log, key, tuple(steps))
+def _configure_if_changed(job: _Build) -> bool:
+    """Configure the tree when its configuration is not the one asked for; whether it did."""
+    build_dir, objdir, options = job.layout.build_dir, job.layout.objdir, job.options
+    if objdir is not None:
+        _check_clean_source(job.tree, objdir)
+        objdir.mkdir(parents=True, exist_ok=True)
+    marker = build_dir / ".knh-config"  # ignored by the kernel's .gitignore (".*")
+    fingerprint = options.fingerprint()
+    current = marker.read_text().strip() if marker.exists() else ""
+    if current == fingerprint and (build_dir / ".config").exists():
+        return False
+    extra = f" + the {options.profile} profile" if options.profile else ""
+    job.notify(f"{job.what}: configuring ({options.base} base + virtme-ng and harness items{extra}) ...")
+    configure(job.layout, options, job.vng, job.run)
+    marker.write_text(fingerprint + "\n")
+    return True
+
+
+def _make(job: _Build) -> BuildProgress:
+    """Build the kernel (`vng --build`, or make O= for a profile), counting the objects compiled."""
+    layout, options = job.layout, job.options
+    jobs = options.jobs or os.cpu_count() or 1
+    if layout.objdir is None:
+        argv = [job.vng, "--build", "--verbose"]
+        if options.jobs:
+            argv += ["--jobs", str(options.jobs)]
+    else:
+        argv = ["make", f"O={layout.objdir}", f"-j{jobs}", f"LOCALVERSION={localversion(options)}"]
+    job.notify(f"{job.what}: building with {jobs} job(s) ({' '.join(argv[:2])} ...; log {layout.log}) ...")
+    with BuildProgress(layout.log, job.notify, job.what, previous_objects(layout.record)) as progress:
+        status = job.run(argv, job.tree, layout.log)
+    if status != 0:
+        raise job.error(f"kernel build failed in {job.tree} ({' '.join(argv)})")
+    return progress
+
+
+def _check_config(job: _Build) -> None:
+    """The built configuration has what the harness and the profile need: another commit's Kconfig may
+    have dropped or renamed a symbol since the tree was configured."""
+    build_dir = job.layout.build_dir
+    final = read_config(build_dir / ".config")
+    missing = missing_config(final, REQUIRED_CONFIG)
+    if missing:
+        raise job.error(f"{build_dir}/.config after the build lacks what the harness needs: {', '.join(missing)}")
+    missing = missing_profile(final, job.options.profile_config())
+    if missing:
+        raise job.error(profile_error(job.options.profile, build_dir, missing))
+
+
+def _release(job: _Build) -> str:
+    """The release of the kernel image the build made."""
+    image = job.layout.build_dir / KIMG
+    release = image_release(image) if image.exists() else None
+    if release is None:
+        raise job.error(f"the build of {job.tree} produced no readable {image}")
+    return release
+
+
+def _install_modules(job: _Build, release: str) -> None:
+    """make modules_install into the harness cache (a fresh directory), never into the host's /lib/modules."""
+    layout = job.layout
+    job.notify(f"{job.what}: installing modules into {layout.modules_root} ...")
+    modules_root = layout.modules_root
+    if modules_root.exists():
+        _rmtree(modules_root)
+    modules_root.mkdir(parents=True)
+    argv = ["make", "-s", f"LOCALVERSION={localversion(job.options)}", "modules_install",
+            f"INSTALL_MOD_PATH={modules_root}", "INSTALL_MOD_STRIP=1", "DEPMOD=/sbin/depmod"]  # fmt: skip
+    if layout.objdir is not None:
+        argv.insert(1, f"O={layout.objdir}")
+    if job.run(argv, job.tree, layout.log) != 0:
+        raise job.error(f"make modules_install failed in {job.tree}")
+    if not (modules_root / "lib" / "modules" / release / "modules.dep").exists():
+        raise job.error(f"modules_install of {job.tree} left no lib/modules/{release}/modules.dep")
+
+
+def _record(job: _Build, key: str, release: str, start: float, progress: BuildProgress,
+            steps: tuple[str, ...]) -> BuiltKernel:  # fmt: skip
+    """Write the cache record of a finished build and say so."""
+    layout = job.layout
+    image = layout.build_dir / KIMG
+    seconds = time.monotonic() - start
+    # Non-git trees: the state after the build, so files the build generated do not count as changes.
+    key = key if key.startswith("git:") else cache_key(job.tree, job.options)
+    record = {"key": key, "release": release, "image": str(image), "seconds": round(seconds, 1),
+              "objects": progress.objects, "profile": job.options.profile,
+              "full_objects": max(progress.objects, progress.expected)}  # fmt: skip
+    layout.record.write_text(json.dumps(record, indent=1) + "\n")
+    job.notify(f"{job.what}: built {release} in {seconds:.0f} s ({progress.objects} objects compiled)")
+    kernel = Kernel(release, image, layout.build_dir)
+    return BuiltKernel(kernel, layout.modules_root, False, seconds, layout.log, key, steps)
 
 
 def localversion(options: BuildOptions) -> str:

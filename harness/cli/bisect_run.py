@@ -36,10 +36,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from harness.build.config_items import BuildOptions
 from harness.build.kernel import Kernel
-from harness.build.kernel_build import BuildOptions, KernelBuildError, build_kernel
+from harness.build.kernel_build import build_kernel
+from harness.build.progress import Notify
 from harness.config import PROJECT_ROOT
-from harness.errors import HarnessError
+from harness.errors import HarnessError, KernelBuildError
 from harness.formats.junit import Outcome, read_junit
 
 EXIT_GOOD = 0
@@ -53,7 +55,6 @@ ON_INFRA_CHOICES = {"skip": EXIT_SKIP, "bad": EXIT_BAD, "abort": EXIT_ABORT}
 # 4 usage error, 5 no tests collected.
 PYTEST_OK, PYTEST_FAILED, PYTEST_NO_TESTS = 0, 1, 5
 
-Notify = Callable[[str], None]
 BuildStep = Callable[[Path], Kernel]  # raises KernelBuildError when the commit does not build
 TestStep = Callable[[Kernel, Sequence[str], Path], int]  # (kernel, pytest args, junit path) -> pytest status
 

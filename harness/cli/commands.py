@@ -23,7 +23,8 @@ from typing import Any
 
 import iniconfig
 
-from harness.build.kernel_build import BuildOptions, resolve_kernel_spec
+from harness.build.config_items import BuildOptions
+from harness.build.kernel_build import resolve_kernel_spec
 from harness.cli.base import EXIT_GUEST_DIED, EXIT_HARNESS, EXIT_KERNEL_SPLAT, Command, Output
 from harness.config import BUILD_CHOICES, ENGINES, SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
 from harness.errors import ConfigError, HarnessError, LostGuestError, ModuleCrashError
@@ -392,7 +393,6 @@ def check_configitems(items: Sequence[str]) -> None:
 
 def cmd_bisect_run(args: argparse.Namespace) -> int:
     """One `git bisect run` step; see harness/cli/bisect_run.py for the exit-status contract."""
-    from harness.build.kernel_build import BuildOptions
     from harness.cli.bisect_run import EXIT_ABORT, absolutize_args, bisect_run, default_build_step
 
     out = Output(args.quiet)

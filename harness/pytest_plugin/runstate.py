@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from harness.build.config_items import BuildOptions
 from harness.build.decode import DecodedFrame, frame_record
 from harness.build.kernel import Kernel, expand_kernel_specs
-from harness.build.kernel_build import BuildOptions, resolve_kernel_spec
+from harness.build.kernel_build import resolve_kernel_spec
 from harness.config import SETTINGS, HarnessConfig, resolve
 from harness.errors import BuildExcluded, HarnessError
 from harness.kernel_log.dmesg import AllowEntry, SplatReport

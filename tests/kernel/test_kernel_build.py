@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.build.kernel_build import BuildOptions, build_kernel, is_kernel_tree
+from harness.build.config_items import BuildOptions
+from harness.build.kernel_build import build_kernel
+from harness.build.kernel_source import is_kernel_tree
 from harness.config import HarnessConfig
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kernel_build]
