@@ -11,7 +11,7 @@ import functools
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from harness.build.kernel import Kernel
 from harness.build.kernel_build import modules_dir_for
 from harness.build.module_build import BuiltModule, build_module, default_cache_root
 from harness.build.module_deps import missing_module, module_name, modules_dep_names, read_symvers
+from harness.build.progress import Notify
 from harness.config import GUEST_SCRIPTS, HarnessConfig
 from harness.errors import BootError, HarnessError, MissingKernelDependency, ModuleCrashError
 from harness.guest.accel import AccelDecision, choose_accel
@@ -29,8 +30,6 @@ from harness.guest.engines import LaunchSpec, engine_for
 from harness.guest.kernel_ops import GuestKernel
 from harness.guest.vm import Guest, Launch, new_guest_name
 from harness.kernel_log.kmemleak import may_have_kmemleak
-
-Notify = Callable[[str], None]
 
 
 def _silent(_: str) -> None:

@@ -152,7 +152,6 @@ BASES = ("tiny", "defconfig")
 
 # runner(argv, cwd, log) -> exit status; appends the command's output to log.
 Runner = Callable[[Sequence[str], Path, Path], int]
-Notify = Callable[[str], None]
 
 
 @dataclass(frozen=True)

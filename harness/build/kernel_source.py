@@ -11,7 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.build.config_items import PROFILES, Notify
+from harness.build.config_items import PROFILES
+from harness.build.progress import Notify
 from harness.errors import KernelBuildError, KernelNotFoundError
 
 
