@@ -7,6 +7,7 @@ a noisy host. Each figure is a median of repeated runs with min and max.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.build.initramfs import cached_vmlinux, cpio_newc
-from harness.build.kernel import expand_kernel_specs
+from harness.build.kernel import Kernel, expand_kernel_specs
 from harness.build.module_build import default_cache_root
 from harness.config import PROJECT_ROOT, HarnessConfig
 from harness.errors import BenchError, HarnessError, MissingDependencyError
 from harness.formats.junit import read_junit
 from harness.guest.accel import host_tsc_khz
 from harness.guest.cmdline import QemuSpec, qemu_argv
+from harness.guest.vm import Guest
 from harness.knetlink.bench_suite import matrix_figures
 from harness.knetlink.senders import C_SENDER, CSender, PySender
 from harness.session import KernelSession, LoadedModule
@@ -206,92 +208,24 @@ def format_sender_table(result: dict[str, Any]) -> str:
 
 def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelSession], opts: BenchOptions,
               progress: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """Every figure of KEYS, each taken by a function of its own. The guests are closed once the last figure
+    that needs them is taken (before the kernel suite, which boots its own), and when any figure fails."""
     figs = {k: Figure() for k in KEYS}
-    main_session = session_for(cfg)
-    kernel = main_session.kernel
-    accel = main_session.accel().accel
-    build = main_session.build()
-    cache = default_cache_root()
-
-    # raw_boot_s
-    qemu = shutil.which("qemu-system-x86_64")
-    image = cached_vmlinux(kernel, cache)
-    if qemu and image:
-        argv = raw_boot_argv(qemu, image, raw_initramfs(cache), accel, cfg.memory, cfg.cpus, host_tsc_khz())
-        progress(f"raw boot x{opts.boots}: {' '.join(argv[:4])} ...")
-        figs["raw_boot_s"] = _median_of(lambda: time_raw_boot(argv), opts.boots)
-        figs[
-            "raw_boot_s"
-        ].note = "plain QEMU microvm, uncompressed vmlinux (PVH), busybox init that prints and powers off"
-    else:
-        figs["raw_boot_s"].note = "no qemu or no extractable vmlinux"
-
-    # boot_to_ready_s per engine (fresh guests), the configured engine's figure first
-    by_engine: dict[str, Any] = {}
-    sessions: dict[str, KernelSession] = {}
-    for engine in dict.fromkeys((cfg.engine, *opts.engines)):
-        fig = Figure()
-        for i in range(opts.boots):
-            s = session_for(replace(cfg, engine=engine, boot_retries=0))
-            progress(f"boot {engine} {i + 1}/{opts.boots} ...")
-            s.guest()
-            assert s.current_guest is not None and s.current_guest.boot_time_s is not None
-            fig.add(s.current_guest.boot_time_s)
-            if i < opts.boots - 1:
-                s.close()
-            else:
-                sessions[engine] = s
-        by_engine[engine] = fig.as_dict()
-        if engine == cfg.engine:
-            figs["boot_to_ready_s"] = fig
-    figs["boot_to_ready_s"].extra = {"engine": cfg.engine, "by_engine": by_engine}
-    for engine, s in sessions.items():
-        if engine != cfg.engine:
-            s.close()
-    session = sessions[cfg.engine]
-    guest = session.guest()
-
-    # console_rtt_ms
-    rtt = Figure(note=f"median of {opts.rtt_samples} `true` round trips over the serial console")
-    for _ in range(opts.rtt_samples):
-        rtt.add(guest.run("true").elapsed_s * 1000)
-    figs["console_rtt_ms"] = rtt
-
-    # insmod_s / rmmod_s
-    for _ in range(opts.cycles):
-        t = time.monotonic()
-        loaded = session.load(BENCH_PARAMS)
-        figs["insmod_s"].add(time.monotonic() - t)
-        t = time.monotonic()
-        session.unload(loaded)
-        figs["rmmod_s"].add(time.monotonic() - t)
-    figs["insmod_s"].note = "insmod over the console, including a kernel log mark and the host-kernel guard"
-    figs["rmmod_s"].note = "rmmod over the console"
-
-    # sender rates
-    loaded = session.load(BENCH_PARAMS)
-    proto = int(session.module_param(loaded, "proto"))
-    py = PySender(guest, proto, stderr=session.scratch / "bench-nl_send.stderr")
-    c = CSender(guest, build.directory / C_SENDER, proto)
-    figs["py_sender_rate"], figs["c_sender_rate"] = sender_rates(py, c, opts.messages, opts.sender_runs)
-    figs["py_sender_rate"].extra["handler_latency_us"] = _handler_latency(session, py, opts.messages, progress)
-    figs["fuzz_rate"] = _fuzz_rate(session, loaded, py, progress)
-    py.release()
-    py.stop()
-    session.unload(loaded)
-    main_session.close()
-    session.close()
-
-    # suite_s / naive_suite_s
+    with contextlib.ExitStack() as sessions:
+        main_session = sessions.enter_context(contextlib.closing(session_for(cfg)))
+        kernel = main_session.kernel
+        accel = main_session.accel().accel
+        build = main_session.build()
+        figs["raw_boot_s"] = _raw_boot(cfg, kernel, accel, opts, progress)
+        figs["boot_to_ready_s"], session = _boot_to_ready(cfg, session_for, opts, progress, sessions)
+        guest = session.guest()
+        figs["console_rtt_ms"] = _console_rtt(guest, opts.rtt_samples)
+        figs["insmod_s"], figs["rmmod_s"] = _load_cycles(session, opts.cycles)
+        figs["py_sender_rate"], figs["c_sender_rate"], figs["fuzz_rate"] = _sender_figures(
+            session, guest, build.directory, opts, progress
+        )
     if opts.suite:
-        progress("kernel suite through one persistent guest ...")
-        suite_s, tests = _run_suite(cfg, kernel.release)
-        figs["suite_s"].add(suite_s)
-        figs["suite_s"].note = f"pytest -m kernel, {tests} tests, one guest, wall time including the boot"
-        boot = statistics.median(figs["boot_to_ready_s"].values)
-        figs["naive_suite_s"].add(suite_s + (tests - 1) * boot)
-        figs["naive_suite_s"].note = (f"estimated: suite_s + (tests - 1) x boot_to_ready_s median ({boot:.2f} s): "
-                                      "one boot per test")  # fmt: skip
+        figs["suite_s"], figs["naive_suite_s"] = _suite_figures(cfg, kernel.release, figs["boot_to_ready_s"], progress)
     result: dict[str, Any] = {k: figs[k].as_dict() for k in KEYS}
     result.update({"accel": accel, "kernel": kernel.release, "cpus": os.cpu_count() or 0})
     if opts.suite:
@@ -299,6 +233,102 @@ def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelS
         kernels = [k for k in expand_kernel_specs(("all",)) if k]
         result["matrix"] = matrix_figures(cfg, kernels, cfg.results_dir / ".scratch")
     return result
+
+
+def _raw_boot(cfg: HarnessConfig, kernel: Kernel, accel: str, opts: BenchOptions,
+              progress: Callable[[str], None]) -> Figure:  # fmt: skip
+    """raw_boot_s: the floor, plain QEMU with the kernel's vmlinux and an init that prints and powers off."""
+    cache = default_cache_root()
+    qemu = shutil.which("qemu-system-x86_64")
+    image = cached_vmlinux(kernel, cache)
+    if not (qemu and image):
+        return Figure(note="no qemu or no extractable vmlinux")
+    argv = raw_boot_argv(qemu, image, raw_initramfs(cache), accel, cfg.memory, cfg.cpus, host_tsc_khz())
+    progress(f"raw boot x{opts.boots}: {' '.join(argv[:4])} ...")
+    fig = _median_of(lambda: time_raw_boot(argv), opts.boots)
+    fig.note = "plain QEMU microvm, uncompressed vmlinux (PVH), busybox init that prints and powers off"
+    return fig
+
+
+def _boot_to_ready(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelSession], opts: BenchOptions,
+                   progress: Callable[[str], None],
+                   keep: contextlib.ExitStack[bool | None]) -> tuple[Figure, KernelSession]:  # fmt: skip
+    """boot_to_ready_s per engine, from fresh guests, the configured engine's figure first. The configured
+    engine's last guest is returned open, its closing left to `keep`; every other guest is closed here."""
+    by_engine: dict[str, Any] = {}
+    last: dict[str, KernelSession] = {}
+    with contextlib.ExitStack() as others:  # the other engines' last guests, up to the end of the boots
+        for engine in dict.fromkeys((cfg.engine, *opts.engines)):
+            fig = Figure()
+            for i in range(opts.boots):
+                with contextlib.ExitStack() as boot:
+                    s = boot.enter_context(contextlib.closing(session_for(replace(cfg, engine=engine, boot_retries=0))))
+                    progress(f"boot {engine} {i + 1}/{opts.boots} ...")
+                    s.guest()
+                    assert s.current_guest is not None and s.current_guest.boot_time_s is not None
+                    fig.add(s.current_guest.boot_time_s)
+                    if i == opts.boots - 1:
+                        last[engine] = s
+                        (keep if engine == cfg.engine else others).enter_context(boot.pop_all())
+            by_engine[engine] = fig.as_dict()
+            if engine == cfg.engine:
+                figure = fig
+    figure.extra = {"engine": cfg.engine, "by_engine": by_engine}
+    return figure, last[cfg.engine]
+
+
+def _console_rtt(guest: Guest, samples: int) -> Figure:
+    """console_rtt_ms: `true` run in the guest over the serial console."""
+    rtt = Figure(note=f"median of {samples} `true` round trips over the serial console")
+    for _ in range(samples):
+        rtt.add(guest.run("true").elapsed_s * 1000)
+    return rtt
+
+
+def _load_cycles(session: KernelSession, cycles: int) -> tuple[Figure, Figure]:
+    """insmod_s and rmmod_s: the module loaded and unloaded `cycles` times."""
+    insmod = Figure(note="insmod over the console, including a kernel log mark and the host-kernel guard")
+    rmmod = Figure(note="rmmod over the console")
+    for _ in range(cycles):
+        t = time.monotonic()
+        loaded = session.load(BENCH_PARAMS)
+        insmod.add(time.monotonic() - t)
+        t = time.monotonic()
+        session.unload(loaded)
+        rmmod.add(time.monotonic() - t)
+    return insmod, rmmod
+
+
+def _sender_figures(session: KernelSession, guest: Guest, build_dir: Path, opts: BenchOptions,
+                    progress: Callable[[str], None]) -> tuple[Figure, Figure, Figure]:  # fmt: skip
+    """py_sender_rate (with the in-kernel handling time per message), c_sender_rate and fuzz_rate, the
+    module loaded once for the three."""
+    loaded = session.load(BENCH_PARAMS)
+    proto = int(session.module_param(loaded, "proto"))
+    py = PySender(guest, proto, stderr=session.scratch / "bench-nl_send.stderr")
+    c = CSender(guest, build_dir / C_SENDER, proto)
+    py_fig, c_fig = sender_rates(py, c, opts.messages, opts.sender_runs)
+    py_fig.extra["handler_latency_us"] = _handler_latency(session, py, opts.messages, progress)
+    fuzz = _fuzz_rate(session, loaded, py, progress)
+    py.release()
+    py.stop()
+    session.unload(loaded)
+    return py_fig, c_fig, fuzz
+
+
+def _suite_figures(cfg: HarnessConfig, release: str, boot: Figure,
+                   progress: Callable[[str], None]) -> tuple[Figure, Figure]:  # fmt: skip
+    """suite_s: the kernel suite through one persistent guest; naive_suite_s: the same estimated with one boot
+    per test (the median of `boot`, boot_to_ready_s, per test after the first)."""
+    progress("kernel suite through one persistent guest ...")
+    suite_s, tests = _run_suite(cfg, release)
+    suite = Figure(note=f"pytest -m kernel, {tests} tests, one guest, wall time including the boot")
+    suite.add(suite_s)
+    median_boot = statistics.median(boot.values)
+    naive = Figure(note=f"estimated: suite_s + (tests - 1) x boot_to_ready_s median ({median_boot:.2f} s): "
+                        "one boot per test")  # fmt: skip
+    naive.add(suite_s + (tests - 1) * median_boot)
+    return suite, naive
 
 
 def _handler_latency(
