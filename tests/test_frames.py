@@ -334,6 +334,18 @@ def test_guest_sender_imports_only_the_standard_library():
 NETLINK_ROUTE = 0
 
 
+def persistent_replies(requests):
+    """nl_send.py's persistent mode on rtnetlink, `requests` sent as JSON lines: its replies, one a request."""
+    script = os.path.join(GUEST_SCRIPTS, 'nl_send.py')
+    proc = subprocess.run([sys.executable, script, '--proto', str(NETLINK_ROUTE), 'persistent'],
+                          input=''.join(json.dumps(r) + '\n' for r in requests), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    ready, *lines = proc.stdout.splitlines()
+    assert ready == 'NLSEND READY'
+    return [json.loads(line) for line in lines]
+
+
 def test_receive_reads_every_queued_reply():
     import nlsocket
 
@@ -352,8 +364,7 @@ def test_receive_reads_every_queued_reply():
 
 
 def test_nl_send_round_trips_with_a_netlink_family():
-    script = os.path.join(GUEST_SCRIPTS, 'nl_send.py')
-    requests = [
+    send, full, batch, raw, bench, close, again = persistent_replies([
         {'op': 'send', 'text': 'hello', 'seq': 7},
         {'op': 'send', 'text': 'full', 'full': True},
         {'op': 'batch', 'messages': [{'text': 'a'}, {'hex': '00ff'}, {'fill': 'x', 'len': 9}]},
@@ -361,14 +372,7 @@ def test_nl_send_round_trips_with_a_netlink_family():
         {'op': 'bench', 'count': 50},
         {'op': 'close'},
         {'op': 'send', 'text': 'after close'},
-    ]
-    proc = subprocess.run([sys.executable, script, '--proto', str(NETLINK_ROUTE), 'persistent'],
-                          input=''.join(json.dumps(r) + '\n' for r in requests), capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    ready, *lines = proc.stdout.splitlines()
-    assert ready == 'NLSEND READY'
-    send, full, batch, raw, bench, close, again = map(json.loads, lines)
+    ])
     assert send == {'acks': [{'seq': 7, 'error': 0, 'type': nf.NLMSG_ERROR}], 'seq': 7, 'len': 5}
     assert full['acks'][0]['orig_len'] == 20 and full['acks'][0]['orig_seq'] == full['seq']
     assert [a['seq'] for a in batch['acks']] == batch['seqs'] and len(batch['seqs']) == 3
@@ -420,7 +424,6 @@ def test_the_fence_never_matches_a_header_inside_the_frame():
 
 def test_nl_send_frames_with_a_netlink_family():
     """rtnetlink acks a control message with NLM_F_ACK like knetlink does: the fence works there too."""
-    script = os.path.join(GUEST_SCRIPTS, 'nl_send.py')
     noop = nf.NLMSG_NOOP
     req_ack = nf.NLM_F_REQUEST | nf.NLM_F_ACK
     frames = [
@@ -428,19 +431,12 @@ def test_nl_send_frames_with_a_netlink_family():
         nf.encode_batch([{'type': noop, 'flags': req_ack, 'seq': 6}, {'type': noop, 'flags': 0, 'seq': 7}])[0],
         nf.encode_message(b'', type=noop, flags=nf.NLM_F_REQUEST, seq=8),  # no ack: the fence ends the wait
     ]
-    requests = [
+    reply, bad_hex, empty, not_a_list = persistent_replies([
         {'op': 'frames', 'hex': [f.hex() for f in frames], 'links': False},
         {'op': 'frames', 'hex': ['zz']},
         {'op': 'frames', 'hex': []},
         {'op': 'frames', 'hex': '00'},
-    ]
-    proc = subprocess.run([sys.executable, script, '--proto', str(NETLINK_ROUTE), 'persistent'],
-                          input=''.join(json.dumps(r) + '\n' for r in requests), capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    ready, *lines = proc.stdout.splitlines()
-    assert ready == 'NLSEND READY'
-    reply, bad_hex, empty, not_a_list = map(json.loads, lines)
+    ])
     assert reply['frames'] == [[[nf.NLMSG_ERROR, 5, 0, 16]], [[nf.NLMSG_ERROR, 6, 0, 16]], []]
     assert reply['links'] == [] and reply['stopped'] is None
     assert reply['stats_before'] is None and reply['stats_after'] is None

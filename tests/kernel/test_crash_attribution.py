@@ -63,6 +63,23 @@ def run_inner(pytester: pytest.Pytester, session: KernelSession, config: Harness
     )  # fmt: skip
 
 
+# The first test of the two panic cases: it loads crashy, whose kthread panics `delay` ms later.
+PANICS_LATER = """
+from wait_dead import wait_until_dead
+
+def test_loads_a_module_that_panics_later(guest_kernel, built_module):
+    guest_kernel.insmod(built_module.module(), {{"panic_ms": "{delay}"}})
+"""
+
+
+def run_panic_later(pytester: pytest.Pytester, session: KernelSession, config: HarnessConfig,
+                    tests: str) -> tuple[pytest.RunResult, str]:  # fmt: skip
+    """run_inner with PANICS_LATER's test, then `tests`; the run and the line crashy's panic prints."""
+    delay = panic_delay_ms(session)
+    result = run_inner(pytester, session, config, PANICS_LATER.format(delay=delay) + textwrap.dedent(tests))
+    return result, f"crashy: deliberate panic {delay} ms after load"
+
+
 @pytest.mark.full  # each boots guests of its own; the quick tier keeps the panic and oops cases
 @pytest.mark.kernel
 def test_timer_armed_at_unload_fails_the_test_that_unloaded(
@@ -90,13 +107,7 @@ def test_timer_armed_at_unload_fails_the_test_that_unloaded(
 def test_panic_after_the_settle_fails_the_next_test_naming_the_previous(
     pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
 ) -> None:
-    delay = panic_delay_ms(knh_kernel_session)
-    result = run_inner(pytester, knh_kernel_session, knh_config, f"""
-        from wait_dead import wait_until_dead
-
-        def test_loads_a_module_that_panics_later(guest_kernel, built_module):
-            guest_kernel.insmod(built_module.module(), {{"panic_ms": "{delay}"}})
-
+    result, panic = run_panic_later(pytester, knh_kernel_session, knh_config, """
         def test_host_only(knh_kernel_session):  # the session fixture keeps it in this place (no guest)
             wait_until_dead(knh_kernel_session)
 
@@ -110,7 +121,7 @@ def test_panic_after_the_settle_fails_the_next_test_naming_the_previous(
     result.assert_outcomes(passed=3, errors=1)
     assert "ERROR at setup of test_next_guest_test" in out, out
     assert "between tests: after test_inner.py::test_loads_a_module_that_panics_later[" in out, out
-    assert f"crashy: deliberate panic {delay} ms after load" in out, out
+    assert panic in out, out
     assert "PASSED test_inner.py::test_after_that" in out, out
     assert "KERNEL BROKE between tests" in out, out
 
@@ -120,13 +131,7 @@ def test_panic_after_the_settle_fails_the_next_test_naming_the_previous(
 def test_panic_after_the_last_test_fails_the_run(
     pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
 ) -> None:
-    delay = panic_delay_ms(knh_kernel_session)
-    result = run_inner(pytester, knh_kernel_session, knh_config, f"""
-        from wait_dead import wait_until_dead
-
-        def test_loads_a_module_that_panics_later(guest_kernel, built_module):
-            guest_kernel.insmod(built_module.module(), {{"panic_ms": "{delay}"}})
-
+    result, panic = run_panic_later(pytester, knh_kernel_session, knh_config, """
         def test_host_only_last(knh_kernel_session):  # the session fixture keeps it last (no guest)
             wait_until_dead(knh_kernel_session)
     """)
@@ -134,7 +139,7 @@ def test_panic_after_the_last_test_fails_the_run(
     assert result.ret != 0, out
     assert "the guest kernel died after the last test on it" in out, out
     assert "after the last test on it: test_inner.py::test_loads_a_module_that_panics_later[" in out, out
-    assert f"crashy: deliberate panic {delay} ms after load" in out, out
+    assert panic in out, out
     assert "KERNEL BROKE after the last test" in out, out
 
 
