@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from elf_objects import gcc_object  # tests/elf_objects.py
 
 from harness.formats.elf import ko_functions
 from harness.kernel_log.dmesg import Splat, find_splats, parse_allowlist, scan_splats
@@ -174,20 +175,10 @@ def test_kmemleak_report_after_rmmod_names_the_module_once_symbolized(kernel: st
 
 
 def test_module_symbols_from_an_elf_object_and_section_addresses(tmp_path: Path) -> None:
-    """A .ko is an ELF relocatable object: a gcc -c object has the same symbol table layout."""
-    import shutil
-    import subprocess
-
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc")
-    src = tmp_path / "m.c"
-    src.write_text(
-        "__attribute__((noinline, section(\".text.unlikely\"))) int m_alloc(int x) { return x * 3 + 1; }\n"
-        "__attribute__((section(\".init.text\"))) int m_init(void) { return m_alloc(2); }\n"
-        "int init_module(void) __attribute__((alias(\"m_init\")));\n"
-    )
-    obj = tmp_path / "m.o"
-    subprocess.run(["gcc", "-O2", "-c", str(src), "-o", str(obj)], check=True)
+    obj = gcc_object(tmp_path, "m.o",
+                     "__attribute__((noinline, section(\".text.unlikely\"))) int m_alloc(int x) { return x * 3 + 1; }\n"
+                     "__attribute__((section(\".init.text\"))) int m_init(void) { return m_alloc(2); }\n"
+                     "int init_module(void) __attribute__((alias(\"m_init\")));\n")  # fmt: skip
     functions = {name: (section, size) for section, _, size, name in ko_functions(obj)}
     assert functions["m_alloc"][0] == ".text.unlikely" and functions["m_init"][0] == ".init.text"
     output = ("/sys/module/m/sections/.text.unlikely:0xffffffffa0000000\n"
