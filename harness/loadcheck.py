@@ -129,7 +129,7 @@ def _run(session: KernelSession, source: ModuleSource, policy: CheckPolicy, row:
         if cycle == 0:  # the baseline after one load: caches the first load fills are not a leak
             mem_before = _meminfo(ops)
     row.cycles = f"{done}/{policy.cycles}"
-    settle(session.guest(), session.config.settle)
+    settle(session.config.settle)
     reading = ops.find_leaks()
     mem_after = _meminfo(ops)
     verdict = with_leaks(judge(ops.lines_since(mark), taint_before, ops.taint(), policy.allowlist,

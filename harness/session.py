@@ -285,8 +285,7 @@ class KernelSession:
 
     def module_param(self, module: LoadedModule, name: str) -> str:
         """The loaded module's parameter as the kernel holds it (/sys/module/<name>/parameters/<param>)."""
-        path = f"/sys/module/{module.name}/parameters/{name}"
-        return self.guest().run(["cat", path], check=True).output.strip().splitlines()[-1]
+        return self.guest_kernel().read_value(f"/sys/module/{module.name}/parameters/{name}")
 
     def guest_kernel(self) -> GuestKernel:
         self.guest()

@@ -12,13 +12,12 @@ pays no guest command.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from elf_objects import gcc_object  # tests/elf_objects.py
 
 from harness.config import HarnessConfig
 from harness.errors import KernelCheckError
@@ -195,16 +194,8 @@ def test_the_guest_is_asked_once_and_a_kernel_without_the_file_scans_nothing(tmp
 @pytest.fixture
 def leak_ko(tmp_path: Path) -> Path:
     """An ELF object with leak_alloc in .text and leak_init in .init.text, like the leak module's .ko."""
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc")
-    src = tmp_path / "leak.c"
-    src.write_text(
-        "__attribute__((noinline)) int leak_alloc(int x) { return x * 3 + 1; }\n"
-        '__attribute__((section(".init.text"))) int leak_init(void) { return leak_alloc(2); }\n'
-    )
-    ko = tmp_path / "leak.ko"
-    subprocess.run(["gcc", "-O2", "-c", str(src), "-o", str(ko)], check=True)
-    return ko
+    return gcc_object(tmp_path, "leak.ko", "__attribute__((noinline)) int leak_alloc(int x) { return x * 3 + 1; }\n"
+                      '__attribute__((section(".init.text"))) int leak_init(void) { return leak_alloc(2); }\n')
 
 
 REPORT_6_1 = (DATA / "kmemleak" / "kmemleak-6.1.txt").read_text()  # frames 0xffffffffa000005f, 0xffffffffa0008023
@@ -267,6 +258,12 @@ class LeakOps:
     def find_leaks(self) -> LeakReading | None:
         self.calls.append("find_leaks")
         return self.found
+
+    def mark_and_taint(self):
+        return self.mark(), self.taint()
+
+    def lines_between(self, start, end):
+        return self.lines_since(start)
 
     def lines_since(self, mark: object) -> list[Any]:
         self.calls.append("lines_since")
@@ -341,6 +338,12 @@ class Ops:
 
     def mark(self):
         return LogMark(f"knh-mark:{next(self.n)}")
+
+    def mark_and_taint(self):
+        return self.mark(), self.taint()
+
+    def lines_between(self, start, end):
+        return self.lines_since(start)
 
     def lines_since(self, mark):
         lines, self.log = self.log, []

@@ -1,12 +1,16 @@
-"""The kernel log copied from /dev/kmsg as it is written: records parsed once, in order, lost ones named."""
+"""The kernel log copied from /dev/kmsg as it is written: records parsed once, in order, lost ones named;
+values of small guest files read by the shell itself."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from harness.errors import GuestReadError, KernelLogLost
+from harness.errors import GuestCommandError, GuestReadError, KernelLogLost
+from harness.guest.kernel_ops import TAINT_COMMAND, GuestKernel
 from harness.guest.log_stream import KernelLogStream, reader_command
 from harness.kernel_log.dmesg import parse_lines
 from harness.kernel_log.kmsg import lines_of, parse_chunk
@@ -94,4 +98,44 @@ def test_lost_records_are_kernel_log_lost(tmp_path: Path) -> None:
 def test_reader_is_one_background_pipeline_into_the_file(tmp_path: Path) -> None:
     command = reader_command(tmp_path / "kmsg")
     assert command.startswith("dd if=/dev/kmsg ") and "conv=noerror" in command
-    assert command.endswith(f"| cat > {tmp_path / 'kmsg'} &")
+    assert command.endswith(f"| cat > {tmp_path / 'kmsg'} 2>/dev/null &")
+
+
+def test_find_takes_the_last_record_before_the_end(tmp_path: Path) -> None:
+    stream = _stream(tmp_path)
+    (tmp_path / "kmsg").write_text("6,1,1,-;m\n6,2,2,-;x\n6,3,3,-;m\n6,4,4,-;y\n")
+    stream.poll()
+    assert stream.find("m", 4) == 2 and stream.find("m", 2) == 0 and stream.find("z", 4) == -1
+
+
+class _BashGuest:
+    """Runs the guest commands GuestKernel sends in a local bash (the guest shell is bash)."""
+
+    alive = True
+
+    def run(self, command: str, check: bool = False, **_: object) -> SimpleNamespace:
+        proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False)
+        if check and proc.returncode:
+            raise GuestCommandError(command, proc.returncode, proc.stdout + proc.stderr)
+        return SimpleNamespace(status=proc.returncode, output=proc.stdout)
+
+
+@pytest.mark.parametrize("content", ["21\n", "  two words \n", "last\nline"])
+def test_read_value_is_the_files_last_line_read_by_the_shell(tmp_path: Path, content: str) -> None:
+    (tmp_path / "param").write_text(content)
+    ops = GuestKernel(_BashGuest(), tmp_path)  # type: ignore[arg-type]
+    assert ops.read_value(str(tmp_path / "param")) == content.strip().splitlines()[-1]
+
+
+def test_read_value_of_a_missing_or_empty_file_is_a_command_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("")
+    ops = GuestKernel(_BashGuest(), tmp_path)  # type: ignore[arg-type]
+    for name in ("missing", "empty"):
+        with pytest.raises(GuestCommandError):
+            ops.read_value(str(tmp_path / name))
+
+
+def test_taint_is_read_by_the_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ops = GuestKernel(_BashGuest(), tmp_path)  # type: ignore[arg-type]
+    assert ops.taint() == int(Path("/proc/sys/kernel/tainted").read_text())
+    assert "cat" not in TAINT_COMMAND.split()

@@ -56,6 +56,12 @@ class FakeOps:
         self.unloads = 0
         self.taint_error = taint_error
 
+    def mark_and_taint(self):
+        return self.mark(), self.taint()
+
+    def lines_between(self, start, end):
+        return self.lines_since(start)
+
     def lines_since(self, mark: object) -> list[object]:
         return []
 
@@ -132,6 +138,8 @@ class Ops:
         self.guest = guest
     def mark(self):
         raise HarnessError("no mark line in the output: 'Killed'")
+    def mark_and_taint(self):
+        return self.mark(), 0
     def taint(self):
         return 0
 
@@ -204,6 +212,12 @@ class Ops:
 
     def mark(self):
         return LogMark(f"knh-mark:{next(self.n)}")
+
+    def mark_and_taint(self):
+        return self.mark(), self.taint()
+
+    def lines_between(self, start, end):
+        return self.lines_since(start)
 
     def lines_since(self, mark):
         return []

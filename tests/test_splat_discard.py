@@ -51,6 +51,12 @@ class SplatOps:
         self.unscanned: list[str] = []
         self.calls: list[str] = []
 
+    def mark_and_taint(self):
+        return self.mark(), self.taint()
+
+    def lines_between(self, start, end):
+        return self.lines_since(start)
+
     def lines_since(self, mark: object) -> list[Any]:
         self.calls.append("lines_since")
         return self.log
@@ -176,6 +182,12 @@ class Ops:
 
     def mark(self):
         return LogMark(f"knh-mark:{next(self.n)}")
+
+    def mark_and_taint(self):
+        return self.mark(), self.taint()
+
+    def lines_between(self, start, end):
+        return self.lines_since(start)
 
     def lines_since(self, mark):
         lines, self.log = self.log, []

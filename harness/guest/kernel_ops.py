@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ from harness.errors import (
     ModuleCrashError,
     ModuleLoadError,
 )
+from harness.guest.log_stream import KernelLogStream, reader_command
 from harness.guest.vm import Guest
-from harness.kernel_log.dmesg import KernelLine, find_splats, parse_lines
+from harness.kernel_log.dmesg import KernelLine, find_splats
 from harness.kernel_log.kmemleak import (
     CLEAR,
     KMEMLEAK_PATH,
@@ -43,6 +45,9 @@ from harness.kernel_log.kmemleak import (
 )
 
 HOST_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+# The taint value, read by the shell itself: a `cat` process costs ~60 ms under TCG.
+TAINT_COMMAND = 'read -r t < /proc/sys/kernel/tainted && echo "$t"'
+SYNC_PREFIX = "knh-sync:"  # lines that end a read of the kernel log (GuestKernel.log), never shown
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class GuestKernel:
         self._kmemleak: bool | None = None if kmemleak else False
         self._loaded_from: dict[str, Path] = {}  # module name -> .ko, for naming its frames after the rmmod
         self._unscanned: list[UnloadedModule] = []  # unloaded since the last kmemleak scan
+        self._log_stream: KernelLogStream | None = None
         self._decode_inputs = decode_inputs  # KernelSession.decode_inputs: what a crash's frames decode with
 
     # -- safety ------------------------------------------------------------
@@ -104,30 +110,61 @@ class GuestKernel:
         self.guest.run(f"echo {text} > /dev/kmsg", check=True)
         return LogMark(text)
 
+    def mark_and_taint(self) -> tuple[LogMark, int]:
+        """A new mark and the taint value read after it, in one guest command (shell builtins only):
+        a taint from here on also prints after the mark."""
+        text = f"knh-mark:{self._token}:{next(self._counter)}"
+        output = self.guest.run(f"echo {text} > /dev/kmsg && {TAINT_COMMAND}", check=True).output
+        return LogMark(text), parse_taint(output)
+
+    def _stream(self) -> KernelLogStream:
+        """The guest's /dev/kmsg copy; its reader starts with the first read of the log (it copies
+        the ring buffer from its oldest record, so nothing logged before is missed)."""
+        if self._log_stream is None:
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            stream = KernelLogStream(self.scratch / f"kmsg-{self._token}.log")
+            self.guest.run(reader_command(stream.path), check=True)
+            self._log_stream = stream
+        return self._log_stream
+
     def log(self, since: LogMark | None = None) -> list[KernelLine]:
-        """The kernel log of the guest, parsed: all of it, or from the line holding `since` on."""
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        path = self.scratch / f"dmesg-{self._token}-{next(self._counter)}.txt"
-        # Marks are [a-z0-9:-] only, so they are safe in a sed address; cutting in the guest
-        # keeps the copy small however long the log has grown (fuzzing writes ~20k lines).
-        cut = f" | sed -n '\\|{since.text}$|,$p'" if since is not None else ""
-        self.guest.run(f"dmesg -r{cut} > {path}", check=True)
-        try:
-            return parse_lines(path.read_text(errors="replace"))
-        except OSError as e:
-            raise GuestReadError(f"the guest's kernel log copy {path} is unreadable on the host: {e}; the guest "
-                                 "writes it to the shared results directory, which must be writable by the guest "
-                                 "and readable here") from None  # fmt: skip
-        finally:
-            path.unlink(missing_ok=True)
+        """The kernel log of the guest up to now, parsed: all of it, or from the line holding `since`
+        on (nothing when `since` is not in it). "Now" is a sync line written to /dev/kmsg, which
+        the copy holds once everything logged before it is in; sync lines are left out."""
+        stream = self._stream()
+        sync = f"{SYNC_PREFIX}{self._token}:{next(self._counter)}"
+        self.guest.run(f"echo {sync} > /dev/kmsg", check=True)
+        end = stream.wait_for(sync, alive=lambda: self.guest.alive)
+        start = 0 if since is None else stream.find(since.text, end)
+        if start < 0:
+            return []
+        return [line for line in stream.lines(start, end) if not line.text.startswith(SYNC_PREFIX)]
+
+    def lines_between(self, start: LogMark, end: LogMark) -> list[KernelLine]:
+        """Kernel log lines after `start` and before `end`, a mark just written (no sync line needed).
+        Raises KernelLogLost when `start` is not in the log."""
+        stream = self._stream()
+        stop = stream.wait_for(end.text, alive=lambda: self.guest.alive)
+        first = stream.find(start.text, stop)
+        if first < 0:
+            return lines_after_mark([], start)
+        return [line for line in stream.lines(first + 1, stop) if not line.text.startswith(SYNC_PREFIX)]
 
     def lines_since(self, mark: LogMark) -> list[KernelLine]:
         """Kernel log lines after `mark` (the mark line itself excluded)."""
         return lines_after_mark(self.log(since=mark), mark)
 
+    def read_value(self, path: str) -> str:
+        """The last line of a small file of the guest (a sysfs or procfs value), read by the shell
+        itself: a `cat` process costs ~60 ms under TCG. A missing or empty file is a GuestCommandError."""
+        quoted = shlex.quote(path)
+        command = f"{{ IFS= read -r -d '' v || [ -n \"$v\" ]; }} < {quoted} && printf '%s\\n' \"$v\""
+        output = self.guest.run(command, check=True).output.strip()
+        return output.splitlines()[-1] if output else ""
+
     # -- taint -----------------------------------------------------------------
     def taint(self) -> int:
-        return parse_taint(self.guest.run(["cat", "/proc/sys/kernel/tainted"], check=True).output)
+        return parse_taint(self.guest.run(TAINT_COMMAND, check=True).output)
 
     # -- modules -----------------------------------------------------------------
     def insmod(self, ko: Path, params: Mapping[str, str] | None = None) -> str:

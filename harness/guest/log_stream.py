@@ -27,7 +27,7 @@ WAIT_S = 20.0  # for a mark to reach the file; the reader runs behind only while
 
 def reader_command(path: Path) -> str:
     """The guest shell command that starts the reader in the background."""
-    return f"dd if=/dev/kmsg bs={READ_BLOCK} conv=noerror 2>/dev/null </dev/null | cat > {path} &"
+    return f"dd if=/dev/kmsg bs={READ_BLOCK} conv=noerror 2>/dev/null | cat > {path} 2>/dev/null &"
 
 
 class KernelLogStream:
@@ -85,6 +85,13 @@ class KernelLogStream:
                                      "stopped or the guest is too busy to run it")  # fmt: skip
             self._sleep(delay)
             delay = min(delay * 2, 0.02)
+
+    def find(self, text: str, end: int) -> int:
+        """Index of the last record before `end` whose text is `text`; -1 when there is none."""
+        for index in range(end - 1, -1, -1):
+            if self.records[index].lines[0].text.strip() == text:
+                return index
+        return -1
 
     def lines(self, start: int, end: int) -> list[KernelLine]:
         """The lines of records start..end-1."""
