@@ -180,6 +180,14 @@ class KernelCheckError(HarnessError):
     nonsense, a command timed out): the test fails, the checks are never switched off."""
 
 
+class KernelCheckInfraError(KernelCheckError):
+    """The check could not run for a reason of the host or the harness (its cause has ``infra``:
+    the guest's log copy unreadable, a mark lost): the test still fails, and a bisection skips
+    the commit instead of blaming it."""
+
+    infra = True
+
+
 class HostKernelRefused(HarnessError):
     """An attempt to load a module where the target is the host kernel."""
 

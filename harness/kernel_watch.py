@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from harness.build.decode import DecodedFrame, decode_frames, render
-from harness.errors import HarnessError, KernelCheckError, LostGuestError
+from harness.errors import HarnessError, KernelCheckError, KernelCheckInfraError, LostGuestError
 from harness.guest.kernel_ops import GuestKernel, LogMark
 from harness.guest.vm import Guest
 from harness.kernel_log.dmesg import AllowEntry, KernelLine, SplatReport, TaintFlag, scan_splats, unexpected_taint
@@ -238,7 +238,8 @@ def _guarded(guest: Guest, offset: int, policy: Policy, what: str,
     except HarnessError as e:
         if not guest.alive:
             return _death(guest, offset, policy)
-        raise KernelCheckError(f"the kernel checks {what} could not run: {e}") from e
+        error = KernelCheckInfraError if e.infra else KernelCheckError
+        raise error(f"the kernel checks {what} could not run: {e}") from e
 
 
 def settle(seconds: float) -> None:

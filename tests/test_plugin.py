@@ -51,10 +51,11 @@ def test_option_beats_env(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyP
 class FakeOps:
     """GuestKernel stand-in: a log that never changes and a taint read that may fail."""
 
-    def __init__(self, guest: object, taint_error: str = "") -> None:
+    def __init__(self, guest: object, taint_error: str = "", error: type[Exception] | None = None) -> None:
         self.guest = guest
         self.unloads = 0
         self.taint_error = taint_error
+        self.error = error
 
     def mark_and_taint(self):
         return self.mark(), self.taint()
@@ -72,7 +73,7 @@ class FakeOps:
         if self.taint_error:
             from harness.errors import HarnessError
 
-            raise HarnessError(self.taint_error)
+            raise (self.error or HarnessError)(self.taint_error)
         return 0
 
 
@@ -99,6 +100,22 @@ def test_kernel_check_that_cannot_run_is_an_error_not_a_pass(tmp_path: Path) -> 
     window = fake_window(ops, alive=True, console=tmp_path / "kernel.log")
     with pytest.raises(KernelCheckError, match=r"could not run: no taint value"):
         check_window(window, Policy((), "OE", 0))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("cause", "infra"), [("GuestReadError", True), ("KernelLogLost", True),
+                                             ("HarnessError", False)])  # fmt: skip
+def test_a_check_that_cannot_run_keeps_its_causes_infra(tmp_path: Path, cause: str, infra: bool) -> None:
+    """A guest answer the host cannot read is the host's problem: a bisection skips the commit."""
+    from types import SimpleNamespace
+
+    from harness import errors
+    from harness.kernel_watch import Policy, check_window
+
+    ops = FakeOps(SimpleNamespace(), "unreadable", getattr(errors, cause))
+    window = fake_window(ops, alive=True, console=tmp_path / "kernel.log")
+    with pytest.raises(errors.KernelCheckError) as caught:
+        check_window(window, Policy((), "OE", 0))  # type: ignore[arg-type]
+    assert caught.value.infra is infra
 
 
 def test_dead_guest_is_a_failing_verdict_with_the_console_splat(tmp_path: Path) -> None:

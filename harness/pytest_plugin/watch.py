@@ -130,7 +130,7 @@ def _check(item: pytest.Item, window: Window, phase: str) -> KernelVerdict | Non
         verdict = check_window(window, run_state(item.config).policy)
     except KernelCheckError as e:
         _discard(window, f"its kernel checks could not run after the {phase}", item)
-        raise KernelCheckError(f"kernel check error after the {phase} of {item.nodeid}: {e}") from e
+        raise type(e)(f"kernel check error after the {phase} of {item.nodeid}: {e}") from e
     release = window.session.kernel.release
     state = run_state(item.config)
     state.record_splats(item.nodeid, release, "guest died" if verdict.died else phase,
