@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.knetlink.bench import KEYS, Figure, format_table, raw_boot_argv
+from harness.knetlink.bench import KEYS, Figure, format_table
+from harness.knetlink.bench_raw import raw_boot_argv
 
 
 def result_with(raw: float, engines: dict[str, float]) -> dict[str, object]:

@@ -91,6 +91,10 @@ def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failing: str, suite: bo
         assert opened and all(s.closed for s in opened), "the suite ran while the bench's guests were open"
         return 10.0, 5
 
+    def per_test_seconds(cfg: HarnessConfig, release: str, scratch: Path, params: object, count: int) -> list[float]:
+        assert opened and all(s.closed for s in opened), "the overhead run booted beside the bench's guests"
+        return [0.4] * count
+
     monkeypatch.setattr(bench, "cached_vmlinux", lambda kernel, cache: None)
     monkeypatch.setattr(bench, "default_cache_root", lambda: tmp_path)
     monkeypatch.setattr(bench, "PySender", FakeSender)
@@ -99,6 +103,7 @@ def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failing: str, suite: bo
     monkeypatch.setattr(bench, "_handler_latency", lambda *a: {"error": "no eBPF here"})
     monkeypatch.setattr(bench, "_fuzz_rate", fuzz_rate)
     monkeypatch.setattr(bench, "_run_suite", run_suite)
+    monkeypatch.setattr(bench, "per_test_seconds", per_test_seconds)
     monkeypatch.setattr(bench, "matrix_figures", lambda *a: None)
     monkeypatch.setattr(bench, "expand_kernel_specs", lambda specs: [])
     opts = bench.BenchOptions(boots=2, cycles=1, rtt_samples=2, suite=suite, engines=("vng", "qemu"))
@@ -113,6 +118,8 @@ def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failing: str, suite: bo
     else:
         result = bench.run_bench(cfg, session_for, opts, lambda message: None)
         assert result["suite_s"]["median"] == 10.0 and result["boot_to_ready_s"]["engine"] == "vng"
+        overhead = result["per_test_overhead_s"]
+        assert overhead["median"] == 0.4 and overhead["runs"] == opts.overhead_tests
     return opened
 
 

@@ -139,7 +139,7 @@ def test_two_kernels_for_a_one_kernel_command_is_a_setting_error(monkeypatch: py
 @pytest.mark.parametrize(("argv", "timeout", "says"), [(["true"], 60.0, "exited without"),
                                                       (["sleep", "5"], 0.0, "did not print")])  # fmt: skip
 def test_a_raw_boot_without_its_marker_is_a_bench_failure(argv: list[str], timeout: float, says: str) -> None:
-    from harness.knetlink.bench import time_raw_boot
+    from harness.knetlink.bench_raw import time_raw_boot
 
     err = _raised(lambda: time_raw_boot(argv, timeout=timeout))
     _assert_kind(err, "BenchError", infra=True)

@@ -74,6 +74,12 @@ def read_junit(path: Path) -> Outcome:
     return Outcome(passed, failed, infra, first, skipped, recorded=True, first_skip=first_skip)
 
 
+def case_seconds(path: Path) -> list[float]:
+    """Each test case's time (setup, call and teardown with pytest's default junit_duration_report),
+    in the file's order; empty for a missing or unreadable file."""
+    return [float(case.get("time") or 0.0) for case in _testcases(path) or []]
+
+
 def seconds_by_param(path: Path, labels: Sequence[str]) -> dict[str, float]:
     """Summed test time per parameter label (e.g. per kernel: the label in a test id's brackets),
     from a JUnit XML file; labels no test carries are left out."""

@@ -15,36 +15,29 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.build.initramfs import cached_vmlinux, cpio_newc
+from harness.build.initramfs import cached_vmlinux
 from harness.build.kernel import Kernel, expand_kernel_specs
 from harness.build.module_build import default_cache_root
 from harness.config import PROJECT_ROOT, HarnessConfig
-from harness.errors import BenchError, HarnessError, MissingDependencyError
+from harness.errors import BenchError, BootError, HarnessError
 from harness.formats.junit import read_junit
 from harness.guest.accel import host_tsc_khz
-from harness.guest.cmdline import QemuSpec, qemu_argv
 from harness.guest.vm import Guest
-from harness.knetlink.bench_suite import matrix_figures
+from harness.knetlink.bench_raw import raw_boot_argv, raw_initramfs, time_raw_boot
+from harness.knetlink.bench_suite import matrix_figures, per_test_seconds
 from harness.knetlink.senders import C_SENDER, CSender, PySender
 from harness.session import KernelSession, LoadedModule
-
-RAW_MARKER = "KNH-RAW-BOOT-DONE"
-RAW_INIT = f"""#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox echo {RAW_MARKER}
-/bin/busybox echo o > /proc/sysrq-trigger
-""".encode()
 
 # A protocol of its own, so the bench never meets NETLINK_CRYPTO's users on the default one.
 BENCH_PARAMS = {"proto": "30"}
 
-KEYS = ("raw_boot_s", "boot_to_ready_s", "console_rtt_ms", "insmod_s", "rmmod_s", "py_sender_rate", "fuzz_rate",
-        "c_sender_rate", "suite_s", "naive_suite_s")  # fmt: skip
+KEYS = ("raw_boot_s", "boot_to_ready_s", "console_rtt_ms", "insmod_s", "rmmod_s", "per_test_overhead_s",
+        "py_sender_rate", "fuzz_rate", "c_sender_rate", "suite_s", "naive_suite_s")  # fmt: skip
 
 
 @dataclass
@@ -78,49 +71,6 @@ class Figure:
         return d
 
 
-def raw_initramfs(cache: Path) -> Path:
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        raise MissingDependencyError("busybox", "apt-get install busybox-static")
-    out = cache / "initramfs" / "raw-boot.cpio"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    data = cpio_newc([("bin", 0o040755, b""), ("proc", 0o040755, b""), ("dev", 0o040755, b""),
-                      ("bin/busybox", 0o100755, Path(busybox).read_bytes()), ("init", 0o100755, RAW_INIT)])  # fmt: skip
-    out.write_bytes(data)
-    return out
-
-
-RAW_KERNEL_ARGS = ("panic=-1", "loglevel=1")
-
-
-def raw_boot_argv(qemu: str, image: Path, initrd: Path, accel: str, memory: str, cpus: int,
-                  tsc_khz: int | None = None) -> list[str]:  # fmt: skip
-    """The floor: the qemu engine's machine and direct kernel entry with an init that prints and powers off
-    (no shared directories, no channel, the kernel console on stdio)."""
-    return qemu_argv(QemuSpec(image=image, initrd=initrd, accel=accel, qemu=qemu, name=None, memory=memory,
-                              cpus=cpus, kernel_args=RAW_KERNEL_ARGS, tsc_khz=tsc_khz))  # fmt: skip
-
-
-def time_raw_boot(argv: Sequence[str], timeout: float = 120.0) -> float:
-    start = time.monotonic()
-    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    seen = b""
-    try:
-        while True:
-            if time.monotonic() - start > timeout:
-                raise BenchError(f"raw boot did not print its marker within {timeout:.0f} s")
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                raise BenchError(f"raw boot exited without its marker: {seen[-500:]!r}")
-            seen += chunk
-            if RAW_MARKER.encode() in seen:
-                return time.monotonic() - start
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def _median_of(fn: Callable[[], float], n: int) -> Figure:
     fig = Figure()
     for _ in range(n):
@@ -137,6 +87,16 @@ class BenchOptions:
     sender_runs: int = 3
     suite: bool = True
     engines: tuple[str, ...] = ("vng", "qemu")
+    fuzz_frames: int = 10000
+    fuzz_runs: int = 3
+    overhead_tests: int = 15
+
+
+def quick_options(boots: int, sender_runs: int) -> BenchOptions:
+    """`bench --quick`: the headline ratios (boot per engine against the floor, console round trip, per-test
+    overhead, py/c sender rates, fuzz rate) from smaller samples, without the kernel suite and the matrix."""
+    return BenchOptions(boots=boots, messages=5000, sender_runs=sender_runs, suite=False, fuzz_frames=2000,
+                        fuzz_runs=2, overhead_tests=10)  # fmt: skip
 
 
 SENDER_TEXT = "bench"  # both senders send this payload in the same 24-byte frame (NLMSG_SPACE framing)
@@ -224,6 +184,7 @@ def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelS
         figs["py_sender_rate"], figs["c_sender_rate"], figs["fuzz_rate"] = _sender_figures(
             session, guest, build.directory, opts, progress
         )
+    figs["per_test_overhead_s"] = _per_test_overhead(cfg, kernel.release, opts, progress)
     if opts.suite:
         figs["suite_s"], figs["naive_suite_s"] = _suite_figures(cfg, kernel.release, figs["boot_to_ready_s"], progress)
     result: dict[str, Any] = {k: figs[k].as_dict() for k in KEYS}
@@ -259,18 +220,25 @@ def _boot_to_ready(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], Ke
     last: dict[str, KernelSession] = {}
     with contextlib.ExitStack() as others:  # the other engines' last guests, up to the end of the boots
         for engine in dict.fromkeys((cfg.engine, *opts.engines)):
-            fig = Figure()
-            for i in range(opts.boots):
+            fig, failed = Figure(), 0
+            while len(fig.values) < opts.boots:
                 with contextlib.ExitStack() as boot:
                     s = boot.enter_context(contextlib.closing(session_for(replace(cfg, engine=engine, boot_retries=0))))
-                    progress(f"boot {engine} {i + 1}/{opts.boots} ...")
-                    s.guest()
+                    progress(f"boot {engine} {len(fig.values) + 1}/{opts.boots} ...")
+                    try:
+                        s.guest()
+                    except BootError as e:  # a boot that fails is no sample; the count is reported
+                        failed += 1
+                        if failed > opts.boots:
+                            raise
+                        progress(f"boot {engine} failed, not counted: {str(e).splitlines()[0]}")
+                        continue
                     assert s.current_guest is not None and s.current_guest.boot_time_s is not None
                     fig.add(s.current_guest.boot_time_s)
-                    if i == opts.boots - 1:
+                    if len(fig.values) == opts.boots:
                         last[engine] = s
                         (keep if engine == cfg.engine else others).enter_context(boot.pop_all())
-            by_engine[engine] = fig.as_dict()
+            by_engine[engine] = {**fig.as_dict(), "failed_boots": failed}
             if engine == cfg.engine:
                 figure = fig
     figure.extra = {"engine": cfg.engine, "by_engine": by_engine}
@@ -309,7 +277,7 @@ def _sender_figures(session: KernelSession, guest: Guest, build_dir: Path, opts:
     c = CSender(guest, build_dir / C_SENDER, proto)
     py_fig, c_fig = sender_rates(py, c, opts.messages, opts.sender_runs)
     py_fig.extra["handler_latency_us"] = _handler_latency(session, py, opts.messages, progress)
-    fuzz = _fuzz_rate(session, loaded, py, progress)
+    fuzz = _fuzz_rate(session, loaded, py, progress, opts.fuzz_frames, opts.fuzz_runs)
     py.release()
     py.stop()
     session.unload(loaded)
@@ -331,6 +299,18 @@ def _suite_figures(cfg: HarnessConfig, release: str, boot: Figure,
     return suite, naive
 
 
+def _per_test_overhead(cfg: HarnessConfig, release: str, opts: BenchOptions,
+                       progress: Callable[[str], None]) -> Figure:  # fmt: skip
+    """per_test_overhead_s: an empty kernel test that loads and unloads the module, every check on."""
+    progress(f"per-test overhead: {opts.overhead_tests} empty kernel tests after a first one ...")
+    params = [f"{k}={v}" for k, v in BENCH_PARAMS.items()]
+    fig = Figure(note="setup + call + teardown of a test that only loads and unloads the module (JUnit times), "
+                      "the kernel watch on")  # fmt: skip
+    for seconds in per_test_seconds(cfg, release, cfg.results_dir / ".scratch", params, opts.overhead_tests):
+        fig.add(seconds)
+    return fig
+
+
 def _handler_latency(
     session: KernelSession, py: PySender, messages: int, progress: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -347,7 +327,7 @@ def _handler_latency(
 
 
 def _fuzz_rate(session: KernelSession, loaded: LoadedModule, py: PySender, progress: Callable[[str], None],
-               frames: int = 10000, runs: int = 3) -> Figure:  # fmt: skip
+               frames: int, runs: int) -> Figure:  # fmt: skip
     """Fuzzed frames per second (harness/knetlink/fuzz.py): generated on the host, sent and checked in the guest."""
     from harness.knetlink.fuzz import FuzzFailure, run_fuzz
 

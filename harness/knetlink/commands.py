@@ -67,13 +67,22 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boots", type=int, default=3, help="boots per engine and raw boots (default 3)")
     p.add_argument("--messages", type=int, default=20000, help="messages per sender rate run (default 20000)")
     p.add_argument("--no-suite", action="store_true", help="skip suite_s/naive_suite_s")
+    p.add_argument("--quick", action="store_true",
+                   help="the headline ratios only, from smaller samples, in minutes (docs/performance.md)")  # fmt: skip
     p.add_argument("--senders-only", action="store_true",
                    help="only py_sender_rate and c_sender_rate, on every --kernel in turn")  # fmt: skip
     p.add_argument("--sender-runs", type=_at_least_one, default=3, help="runs per sender rate (default 3)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.knetlink.bench import BenchOptions, format_sender_table, format_table, run_bench, run_sender_bench
+    from harness.knetlink.bench import (
+        BenchOptions,
+        format_sender_table,
+        format_table,
+        quick_options,
+        run_bench,
+        run_sender_bench,
+    )
 
     out = Output(args.quiet)
     try:
@@ -84,8 +93,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             kernel = resolve_kernel_spec(c.kernels[0] if c.kernels else None, notify=out.progress)
             return KernelSession(c, kernel, run_root, notify=out.progress)
 
-        opts = BenchOptions(boots=args.boots, messages=args.messages, sender_runs=args.sender_runs,
-                            suite=not args.no_suite)  # fmt: skip
+        opts = (quick_options(args.boots, args.sender_runs) if args.quick else
+                BenchOptions(boots=args.boots, messages=args.messages, sender_runs=args.sender_runs,
+                             suite=not args.no_suite))  # fmt: skip
         result = (run_sender_bench if args.senders_only else run_bench)(cfg, session_for, opts, out.progress)
     except HarnessError as e:
         out.error(str(e))
