@@ -162,11 +162,11 @@ class Window:
     """One test's watch: the guest and where its kernel log, taint and console stood."""
 
     session: KernelSession
-    ops: GuestKernel
+    guest_kernel: GuestKernel
     mark: LogMark
     taint: int
     console_offset: int
-    unloads: int  # ops.unloads when the window opened; more after the test means a module went away
+    unloads: int  # guest_kernel.unloads when the window opened; more after the test means a module went away
     lines: list[KernelLine] = field(default_factory=list)  # everything checked so far, for the artifacts
     kernel_failed: set[str] = field(default_factory=set)  # phases failed over the kernel's verdict
     closed: bool = False
@@ -174,7 +174,7 @@ class Window:
 
     @property
     def guest(self) -> Guest:
-        return self.ops.guest
+        return self.guest_kernel.guest
 
 
 @dataclass(frozen=True)
@@ -203,22 +203,14 @@ def open_window(session: KernelSession, cursor: Cursor | None, policy: Policy) -
     """Boot (or reuse) the session's guest and open a window on it; with a current `cursor`, also
     judge what the kernel did between the cursor's test and this window (no line is in neither).
     Raises HarnessError: BootError when no guest boots, LostGuestError when it dies meanwhile."""
-    ops = session.guest_kernel()
-    offset = console_offset(ops.guest)
-    mark, taint = ops.mark_and_taint()  # a taint from here on also prints after the mark
+    guest_kernel = session.guest_kernel()
+    offset = console_offset(guest_kernel.guest)
+    mark, taint = guest_kernel.mark_and_taint()  # a taint from here on also prints after the mark
     between = None
-    if cursor is not None and cursor.guest is ops.guest:
-        lines = lines_before(ops.lines_since(cursor.mark), mark)
+    if cursor is not None and cursor.guest is guest_kernel.guest:
+        lines = guest_kernel.lines_between(cursor.mark, mark)
         between = with_decoded(judge(lines, cursor.taint, taint, policy.allowlist, policy.allowed_taint), session)
-    return Window(session, ops, mark, taint, offset, ops.unloads), between
-
-
-def lines_before(lines: list[KernelLine], mark: LogMark) -> list[KernelLine]:
-    """The lines before `mark`'s line (all of them if the mark is not there)."""
-    for i, line in enumerate(lines):
-        if line.text.strip() == mark.text:
-            return lines[:i]
-    return lines
+    return Window(session, guest_kernel, mark, taint, offset, guest_kernel.unloads), between
 
 
 def _death(guest: Guest, offset: int, policy: Policy) -> KernelVerdict:
@@ -253,18 +245,18 @@ def check_window(window: Window, policy: Policy) -> KernelVerdict:
     move the mark on. After a module unload the kernel first gets `policy.settle_s`, then, on a
     kernel with kmemleak, the scans for what the module leaked (GuestKernel.find_leaks). A verdict
     after which the guest is discarded (guest_suspect) gets those scans too: scan_before_discard."""
-    guest, ops = window.guest, window.ops
+    guest, guest_kernel = window.guest, window.guest_kernel
     if window.session.current_guest is not guest:
         return with_decoded(_death(guest, window.console_offset, policy), window.session)
 
     def probe() -> KernelVerdict:
         reading = None
-        if ops.unloads > window.unloads:
+        if guest_kernel.unloads > window.unloads:
             settle(policy.settle_s)
-            reading = ops.find_leaks()  # before the log is read: a scan's lines belong to this check
-        window.unloads = ops.unloads
-        mark, taint = ops.mark_and_taint()
-        lines = ops.lines_between(window.mark, mark)
+            reading = guest_kernel.find_leaks()  # before the log is read: a scan's lines belong to this check
+        window.unloads = guest_kernel.unloads
+        mark, taint = guest_kernel.mark_and_taint()
+        lines = guest_kernel.lines_between(window.mark, mark)
         window.lines.extend(lines)
         verdict = judge(lines, window.taint, taint, policy.allowlist, policy.allowed_taint)
         window.mark, window.taint = mark, taint
@@ -282,14 +274,14 @@ def scan_before_discard(verdict: KernelVerdict, window: Window, policy: Policy) 
     still loaded are unloaded, newest first, and scanned (GuestKernel.find_leaks), so a module that
     both splats and leaks has both reported. What fails here is a note on the verdict, never in its
     place: the splat is what the test failed over."""
-    ops = window.ops
+    guest_kernel = window.guest_kernel
     try:
-        if not ops.has_kmemleak():
+        if not guest_kernel.has_kmemleak():
             return verdict
         built = window.session.decode_inputs()[0]  # {module name: .ko} of the modules built here
-        for name in [n for n in ops.module_list() if n in built]:
-            ops.rmmod(name)
-        reading = ops.find_leaks()
+        for name in [n for n in guest_kernel.module_list() if n in built]:
+            guest_kernel.rmmod(name)
+        reading = guest_kernel.find_leaks()
     except HarnessError as e:
         note = f"the kmemleak scan before the guest was discarded did not run: {e.args[0].splitlines()[0]}"
         return replace(verdict, notes=(*verdict.notes, note))
@@ -315,9 +307,9 @@ def check_after_last(session: KernelSession, cursor: Cursor, policy: Policy) -> 
 
     def probe() -> KernelVerdict:
         settle(policy.settle_s)
-        ops = session.guest_kernel()
-        lines = ops.lines_since(cursor.mark)
-        return judge(lines, cursor.taint, ops.taint(), policy.allowlist, policy.allowed_taint)
+        guest_kernel = session.guest_kernel()
+        lines = guest_kernel.lines_since(cursor.mark)
+        return judge(lines, cursor.taint, guest_kernel.taint(), policy.allowlist, policy.allowed_taint)
 
     return with_decoded(_guarded(cursor.guest, cursor.console_offset, policy, "after the last test", probe), session)
 

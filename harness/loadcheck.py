@@ -71,15 +71,15 @@ class CheckPolicy:
     max_slab_growth_kb: int
 
 
-def _meminfo(ops: GuestKernel) -> dict[str, int]:
-    return parse_meminfo(ops.read_file("/proc/meminfo", "meminfo"))
+def _meminfo(guest_kernel: GuestKernel) -> dict[str, int]:
+    return parse_meminfo(guest_kernel.read_file("/proc/meminfo", "meminfo"))
 
 
-def _unload_and_verify(session: KernelSession, ops: GuestKernel, loaded: LoadedModule,
+def _unload_and_verify(session: KernelSession, guest_kernel: GuestKernel, loaded: LoadedModule,
                        before: tuple[str, ...]) -> str | None:  # fmt: skip
     """Unload; None when the module is gone and the module list is back to `before`, else what is wrong."""
     session.unload(loaded)
-    now = ops.module_list()
+    now = guest_kernel.module_list()
     if loaded.name in now:
         return f"{loaded.name} is still loaded after rmmod succeeded"
     extra = [n for n in now if n not in before]
@@ -111,9 +111,9 @@ def check_kernel(session: KernelSession, source: ModuleSource, policy: CheckPoli
 def _run(session: KernelSession, source: ModuleSource, policy: CheckPolicy, row: CheckRow) -> None:
     built = session.build(source)
     row.build = f"{built.build_kind}, {len(built.warnings)} warnings"
-    ops = session.guest_kernel()
-    before = ops.module_list()
-    taint_before, mark = ops.taint(), ops.mark()
+    guest_kernel = session.guest_kernel()
+    before = guest_kernel.module_list()
+    taint_before, mark = guest_kernel.taint(), guest_kernel.mark()
     mem_before: dict[str, int] = {}
     loaded = session.load(policy.params, source)
     row.load = "+".join(loaded.loaded) if len(loaded.loaded) > 1 else "ok"
@@ -121,18 +121,18 @@ def _run(session: KernelSession, source: ModuleSource, policy: CheckPolicy, row:
     for cycle in range(policy.cycles + 1):
         if cycle:
             loaded = session.load(policy.params, source)
-        problem = _unload_and_verify(session, ops, loaded, before)
+        problem = _unload_and_verify(session, guest_kernel, loaded, before)
         if problem:
             row.fail("fail", f"cycle {cycle}: {problem}")
             break
         done = cycle
         if cycle == 0:  # the baseline after one load: caches the first load fills are not a leak
-            mem_before = _meminfo(ops)
+            mem_before = _meminfo(guest_kernel)
     row.cycles = f"{done}/{policy.cycles}"
     settle(session.config.settle)
-    reading = ops.find_leaks()
-    mem_after = _meminfo(ops)
-    verdict = with_leaks(judge(ops.lines_since(mark), taint_before, ops.taint(), policy.allowlist,
+    reading = guest_kernel.find_leaks()
+    mem_after = _meminfo(guest_kernel)
+    verdict = with_leaks(judge(guest_kernel.lines_since(mark), taint_before, guest_kernel.taint(), policy.allowlist,
                                policy.allowed_taint), reading, policy.allowlist)  # fmt: skip
     row.splats = str(len(verdict.splats.failures))
     row.taint = ",".join(f.letter for f in verdict.new_taint) or "none"

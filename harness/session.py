@@ -26,9 +26,9 @@ from harness.config import GUEST_SCRIPTS, HarnessConfig
 from harness.errors import BootError, HarnessError, MissingKernelDependency, ModuleCrashError
 from harness.guest.accel import AccelDecision, choose_accel
 from harness.guest.coverage import kernel_supports_coverage, unsupported_message
-from harness.guest.engines import LaunchSpec, engine_for
+from harness.guest.engines import GuestSpec, engine_for
 from harness.guest.kernel_ops import GuestKernel
-from harness.guest.vm import Guest, Launch, new_guest_name
+from harness.guest.vm import Guest, GuestLaunch, new_guest_name
 from harness.kernel_log.kmemleak import may_have_kmemleak
 
 
@@ -82,13 +82,13 @@ class KernelSession:
         run_root: Path,
         *,
         notify: Notify = _silent,
-        spec: str | None = None,
+        requested_kernel: str | None = None,
     ) -> None:
         self.config = config
         self.kernel = kernel
         self.run_root = run_root
         self.notify = notify
-        self.spec = spec  # what the user named (release, image path or tree), if anything
+        self.requested_kernel = requested_kernel  # the --kernel text the user gave (release, image, tree), if any
         self.stats = BootStats()
         self._builds: dict[ModuleSource, BuiltModule] = {}
         self._build_errors: dict[ModuleSource, HarnessError] = {}  # one make per kernel and source
@@ -109,9 +109,9 @@ class KernelSession:
 
     @property
     def spec_for_reproduction(self) -> str:
-        """A --kernel value naming this kernel: the user's spec, else the release if installed, else the image."""
-        if self.spec and self.spec != "all":
-            return self.spec
+        """A --kernel value naming this kernel: what the user gave, else the release if installed, else the image."""
+        if self.requested_kernel and self.requested_kernel != "all":
+            return self.requested_kernel
         if Path(f"/boot/vmlinuz-{self.kernel.release}").exists():
             return self.kernel.release
         return str(self.kernel.image)
@@ -157,19 +157,19 @@ class KernelSession:
             self.notify(self._accel.notice())
         return self._accel
 
-    def launch(self, name: str, run_dir: Path) -> Launch:
+    def launch(self, name: str, run_dir: Path) -> GuestLaunch:
         """The command that boots this kernel with the configured engine."""
         accel = self.accel().accel
         engine = engine_for(self.config.engine)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         channel = Path(tempfile.mkdtemp(prefix="knh-")) / "channel.sock"  # unix socket paths must be short
-        argv = engine.argv(LaunchSpec(
+        argv = engine.argv(GuestSpec(
             kernel=self.kernel, name=name, accel=accel, run_dir=run_dir, shell=GUEST_SCRIPTS / "guest-shell",
             cache=default_cache_root(), rw_dirs=(self.results_dir,), channel=channel, memory=self.config.memory,
             cpus=self.config.cpus, cwd=Path(os.getcwd()), tree_modules=modules_dir_for(self.kernel),
             memory_debug=self.config.memory_debug,
         ))  # fmt: skip
-        return Launch(tuple(argv), name, self.kernel.release, accel, engine.name, channel)
+        return GuestLaunch(tuple(argv), name, self.kernel.release, accel, engine.name, channel)
 
     def guest(self) -> Guest:
         """The live guest, booting one (with retries) if there is none or it died."""
@@ -228,29 +228,29 @@ class KernelSession:
         deps = built.kernel_dependencies_of(kos)
         check_kernel_provides(self.kernel, deps)  # before any load, with the option that provides each
         params = dict(params or {})
-        ops = self.guest_kernel()
+        guest_kernel = self.guest_kernel()
         guest = self.guest().launch.name
-        before = ops.module_list()
+        before = guest_kernel.module_list()
         try:
             if deps:
-                ops.modprobe(deps)
+                guest_kernel.modprobe(deps)
             for other in kos[:-1]:
-                ops.insmod(other)
-            name = ops.insmod(kos[-1], params)
+                guest_kernel.insmod(other)
+            name = guest_kernel.insmod(kos[-1], params)
         except ModuleCrashError:
             raise  # the kernel broke: the guest is for the kernel watch, not for more rmmods
         except HarnessError as e:
-            self._restore_after_refusal(ops, before, e)
+            self._restore_after_refusal(guest_kernel, before, e)
             raise
-        loaded = tuple(n for n in reversed(ops.module_list()) if n not in before)
+        loaded = tuple(n for n in reversed(guest_kernel.module_list()) if n not in before)
         return LoadedModule(name, kos[-1], params, loaded=loaded, before=before, guest=guest)
 
-    def _restore_after_refusal(self, ops: GuestKernel, before: tuple[str, ...], error: HarnessError) -> None:
+    def _restore_after_refusal(self, guest_kernel: GuestKernel, before: tuple[str, ...], error: HarnessError) -> None:
         """Unload what a refused load left (its dependencies); a failure to do so is a note on `error`."""
         if self._guest is None or not self._guest.alive:
             return
         try:
-            ops.restore_modules(before)
+            guest_kernel.restore_modules(before)
         except HarnessError as cleanup:  # said, not raised: the refusal is the error to report
             self.notify(f"after the refused load ({error.args[0].splitlines()[0]}), unloading what was loaded "
                         f"for it failed too: {cleanup.args[0].splitlines()[0]}")  # fmt: skip

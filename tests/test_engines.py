@@ -12,19 +12,19 @@ from harness.build.kernel import Kernel
 from harness.config import ENGINES, GUEST_SCRIPTS, HarnessConfig
 from harness.errors import ConfigError, MissingDependencyError
 from harness.guest import engines
-from harness.guest.engines import REGISTRY, LaunchSpec, QemuEngine, VngEngine, engine_for
+from harness.guest.engines import REGISTRY, GuestSpec, QemuEngine, VngEngine, engine_for
 from harness.session import KernelSession
 
 K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/lib/modules/6.1.0-56-amd64/build"))
 
 
-def launch(tmp_path: Path, **kw: object) -> LaunchSpec:
+def launch(tmp_path: Path, **kw: object) -> GuestSpec:
     base: dict[str, object] = dict(
         kernel=K, name="knh-1", accel="tcg", run_dir=tmp_path / "run", shell=Path("/g/guest-shell"),
         cache=Path("/c"), rw_dirs=(Path("/r"),), channel=Path("/tmp/x/ch.sock"), cwd=Path("/w"),
     )  # fmt: skip
     base.update(kw)
-    return LaunchSpec(**base)  # type: ignore[arg-type]
+    return GuestSpec(**base)  # type: ignore[arg-type]
 
 
 def vng_engine(vmlinux: Path | None = Path("/c/vmlinux")) -> VngEngine:
@@ -119,9 +119,9 @@ def test_qemu_engine_without_qemu_says_how_to_install_it(tmp_path: Path) -> None
 @dataclasses.dataclass
 class RecordingEngine:
     name: str
-    seen: list[LaunchSpec] = dataclasses.field(default_factory=list)
+    seen: list[GuestSpec] = dataclasses.field(default_factory=list)
 
-    def argv(self, spec: LaunchSpec) -> list[str]:
+    def argv(self, spec: GuestSpec) -> list[str]:
         self.seen.append(spec)
         return [f"boot-with-{self.name}", spec.name]
 

@@ -16,7 +16,7 @@ from harness.config import HarnessConfig
 from harness.errors import ConfigError, UnreadableKernelConfig
 from harness.guest import engines
 from harness.guest.cmdline import QemuSpec, VngSpec, qemu_argv, vng_argv
-from harness.guest.engines import LaunchSpec, QemuEngine, VngEngine
+from harness.guest.engines import GuestSpec, QemuEngine, VngEngine
 from harness.session import KernelSession
 
 # The relevant lines of Debian 12's two kernel configurations.
@@ -114,14 +114,14 @@ def test_a_config_that_exists_but_cannot_be_read_is_an_error(tmp_path: Path, mon
     assert info.value.infra
 
 
-def launch_spec(tmp_path: Path, kernel: Kernel, **kw: object) -> LaunchSpec:
+def launch_spec(tmp_path: Path, kernel: Kernel, **kw: object) -> GuestSpec:
     base: dict[str, object] = dict(kernel=kernel, name="knh-9", accel="tcg", run_dir=tmp_path / "run",
                                    shell=tmp_path / "sh", cache=tmp_path / "cache")  # fmt: skip
     base.update(kw)
-    return LaunchSpec(**base)  # type: ignore[arg-type]
+    return GuestSpec(**base)  # type: ignore[arg-type]
 
 
-def engine_argvs(tmp_path: Path, launch: LaunchSpec, config: dict[str, str] | None = None) -> dict[str, list[str]]:
+def engine_argvs(tmp_path: Path, launch: GuestSpec, config: dict[str, str] | None = None) -> dict[str, list[str]]:
     """The kernel arguments of both engines for `launch`; `config`: the kernel's configuration (None: read it)."""
     read = {} if config is None else {"kernel_config": lambda kernel: config}
     vng = VngEngine(executable=lambda: "vng", vmlinux=lambda k, cache: None, **read)  # type: ignore[arg-type]
@@ -151,14 +151,14 @@ def test_both_engines_turn_on_the_launchs_helpers_the_kernel_has(
 
 
 def test_the_memory_debug_setting_reaches_the_launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """HarnessConfig.memory_debug -> KernelSession.launch -> LaunchSpec: the environment is read once, by the
+    """HarnessConfig.memory_debug -> KernelSession.launch -> GuestSpec: the environment is read once, by the
     settings, not by a spec's default."""
-    seen: list[LaunchSpec] = []
+    seen: list[GuestSpec] = []
 
     class Recording:
         name = "vng"
 
-        def argv(self, launch: LaunchSpec) -> list[str]:
+        def argv(self, launch: GuestSpec) -> list[str]:
             seen.append(launch)
             return ["boot"]
 

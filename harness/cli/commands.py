@@ -178,7 +178,7 @@ def open_session(cfg: HarnessConfig, out: Output) -> KernelSession:
     spec = cfg.kernels[0] if cfg.kernels else None
     kernel = resolve_kernel_spec(spec, notify=out.progress, options=BuildOptions.from_config(cfg))
     run_root = cfg.results_dir / time.strftime("cli-%Y%m%d-%H%M%S")
-    return KernelSession(cfg, kernel, run_root, notify=out.progress, spec=spec)
+    return KernelSession(cfg, kernel, run_root, notify=out.progress, requested_kernel=spec)
 
 
 def run_with_session(args: argparse.Namespace, body: Callable[[KernelSession, Output], int]) -> int:
@@ -348,7 +348,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         except HarnessError as e:
             rows.append(CheckRow(spec or "default", status="ERROR", problems=[str(e)], outcome="harness"))
             continue
-        session = KernelSession(cfg, kernel, run_root, notify=out.progress, spec=spec or None)
+        session = KernelSession(cfg, kernel, run_root, notify=out.progress, requested_kernel=spec or None)
         try:
             rows.append(check_kernel(session, session.default_source(), policy))
         finally:

@@ -1,6 +1,6 @@
 """Engines: the ways a guest boots, behind one interface.
 
-An engine turns a `LaunchSpec` (what to boot: kernel, accelerator, shell, shared
+An engine turns a `GuestSpec` (what to boot: kernel, accelerator, shell, shared
 directories, channel, memory-debug helpers) into the argv that boots it, after the
 preparation it needs (finding its executable, the uncompressed vmlinux, the initramfs,
 the kernel's configuration, which decides the memory-debug arguments). The argv itself
@@ -29,7 +29,7 @@ from harness.guest.vm import GuestPaths
 
 
 @dataclass(frozen=True)
-class LaunchSpec:
+class GuestSpec:
     """One guest to boot, whatever the engine."""
 
     kernel: Kernel
@@ -59,7 +59,7 @@ class Engine(Protocol):
 
     name: ClassVar[str]
 
-    def argv(self, launch: LaunchSpec) -> list[str]:
+    def argv(self, launch: GuestSpec) -> list[str]:
         """Prepare what the engine needs and return the command that boots `launch`."""
         ...
 
@@ -68,7 +68,7 @@ VmlinuxFor = Callable[[Kernel, Path], Path | None]
 KernelConfigOf = Callable[[Kernel], Mapping[str, str]]
 
 
-def debug_args(launch: LaunchSpec, kernel_config: KernelConfigOf) -> tuple[str, ...]:
+def debug_args(launch: GuestSpec, kernel_config: KernelConfigOf) -> tuple[str, ...]:
     """The kernel arguments that turn on the launch's memory-debug helpers the kernel has switched off. The
     configuration is read even with no helper, so that an unreadable one stops the launch, not a later step."""
     return memory_debug_args(kernel_config(launch.kernel), launch.memory_debug)
@@ -84,7 +84,7 @@ class VngEngine:
     boot_path: Path | None = field(default=GUEST_SCRIPTS / "vng_boot")  # see VngSpec.boot_path
     kernel_config: KernelConfigOf = read_kernel_config
 
-    def spec(self, launch: LaunchSpec) -> VngSpec:
+    def spec(self, launch: GuestSpec) -> VngSpec:
         return VngSpec(
             kernel=launch.kernel, accel=launch.accel, shell=launch.shell, rw_dirs=launch.rw_dirs,
             image=self.vmlinux(launch.kernel, launch.cache), memory=launch.memory, cpus=launch.cpus,
@@ -92,7 +92,7 @@ class VngEngine:
             boot_path=self.boot_path, memory_debug_args=debug_args(launch, self.kernel_config),
         )  # fmt: skip
 
-    def argv(self, launch: LaunchSpec) -> list[str]:
+    def argv(self, launch: GuestSpec) -> list[str]:
         return vng_argv(self.spec(launch))
 
 
@@ -108,7 +108,7 @@ class QemuEngine:
     init_script: Path = field(default=GUEST_SCRIPTS / "fast-init")
     kernel_config: KernelConfigOf = read_kernel_config
 
-    def spec(self, launch: LaunchSpec) -> QemuSpec:
+    def spec(self, launch: GuestSpec) -> QemuSpec:
         qemu = self.which("qemu-system-x86_64")
         if qemu is None:
             raise MissingDependencyError("qemu-system-x86_64", "apt-get install qemu-system-x86")
@@ -123,7 +123,7 @@ class QemuEngine:
             memory_debug_args=debug_args(launch, self.kernel_config),
         )  # fmt: skip
 
-    def argv(self, launch: LaunchSpec) -> list[str]:
+    def argv(self, launch: GuestSpec) -> list[str]:
         return qemu_argv(self.spec(launch))
 
 

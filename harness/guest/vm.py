@@ -61,7 +61,7 @@ def _child_setup(kernel_log: str) -> None:
 
 
 @dataclass(frozen=True)
-class Launch:
+class GuestLaunch:
     """How to start one guest: the exact argv and what it is, for messages."""
 
     argv: tuple[str, ...]
@@ -88,7 +88,7 @@ class GuestPaths:
 class Guest:
     """One booted guest. Use as a context manager, or call start()/close()."""
 
-    def __init__(self, launch: Launch, run_dir: Path, *, command_timeout: float = 60.0) -> None:
+    def __init__(self, launch: GuestLaunch, run_dir: Path, *, command_timeout: float = 60.0) -> None:
         self.launch = launch
         self.paths = GuestPaths(run_dir)
         self.command_timeout = command_timeout

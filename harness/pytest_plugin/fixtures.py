@@ -69,7 +69,7 @@ def knh_kernel_session(request: pytest.FixtureRequest, knh_config: HarnessConfig
         raise HarnessFailed(f"kernel {param.spec or '(default)'} unusable: {error}", infra=error.infra)
     state = run_state(request.config)
     session = KernelSession(knh_config, param.kernel, state.run_root, notify=notifier(request.config),
-                            spec=param.spec)  # fmt: skip
+                            requested_kernel=param.spec)  # fmt: skip
     state.sessions.append(session)
     if knh_config.module_coverage:
         directory = state.run_root / param.kernel.label / "coverage"
@@ -127,18 +127,18 @@ def guest_kernel(guest: Guest, knh_kernel_session: KernelSession) -> GuestKernel
 class KernelLogWindow:
     """Kernel log lines written since the window opened."""
 
-    def __init__(self, ops: GuestKernel, mark: LogMark) -> None:
-        self.ops = ops
+    def __init__(self, guest_kernel: GuestKernel, mark: LogMark) -> None:
+        self.guest_kernel = guest_kernel
         self.mark = mark
 
     def lines(self) -> list[KernelLine]:
-        return self.ops.lines_since(self.mark)
+        return self.guest_kernel.lines_since(self.mark)
 
     def texts(self) -> list[str]:
         return [ln.text for ln in self.lines()]
 
     def restart(self) -> None:
-        self.mark = self.ops.mark()
+        self.mark = self.guest_kernel.mark()
 
 
 @pytest.fixture
