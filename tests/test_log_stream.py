@@ -139,3 +139,13 @@ def test_taint_is_read_by_the_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ops = GuestKernel(_BashGuest(), tmp_path)  # type: ignore[arg-type]
     assert ops.taint() == int(Path("/proc/sys/kernel/tainted").read_text())
     assert "cat" not in TAINT_COMMAND.split()
+
+
+def test_insmod_and_rmmod_are_busybox_applets_when_the_root_has_busybox(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.guest import kernel_ops
+
+    for found, want in (("/usr/bin/busybox", ("/usr/bin/busybox", "insmod")), (None, ("insmod",))):
+        kernel_ops.module_tool.cache_clear()
+        monkeypatch.setattr(kernel_ops.shutil, "which", lambda name, found=found: found)
+        assert kernel_ops.module_tool("insmod") == want
+    kernel_ops.module_tool.cache_clear()
