@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from harness.cli import commands as cli
+from harness.cli.ini import project_ini
 from harness.config import HarnessConfig
 from harness.errors import BuildError, ConfigError, KernelBuildError, LostGuestError, ModuleCrashError
 from harness.guest.console import CommandResult
@@ -48,6 +49,9 @@ class FakeOps:
     def mark(self) -> LogMark:
         self.events.append("mark")
         return LogMark("knh-mark:test:1")
+
+    def mark_and_taint(self) -> tuple[LogMark, int]:
+        return self.mark(), self.taint()
 
     def lines_since(self, mark: LogMark) -> list[KernelLine]:
         assert mark == LogMark("knh-mark:test:1")
@@ -214,7 +218,7 @@ def test_exec_clean_kernel_prints_nothing_on_stderr(monkeypatch: pytest.MonkeyPa
 def test_exec_window_starts_before_insmod(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     s = FakeSession(0, builds=True, new_log="[    1.0] warn_nth: loaded\n")
     assert run(monkeypatch, s, ["exec", "-q", "--dmesg", "--", "true"]) == 0
-    assert s.events == ["taint", "mark", "insmod warn_nth.ko", "run", "lines_since", "taint"]
+    assert s.events == ["mark", "taint", "insmod warn_nth.ko", "run", "lines_since", "taint"]
     out = capsys.readouterr().out
     assert out == "out\n--- guest kernel log since the module load ---\n[    1.0] warn_nth: loaded\n"
 
@@ -222,7 +226,7 @@ def test_exec_window_starts_before_insmod(monkeypatch: pytest.MonkeyPatch, capsy
 def test_exec_dmesg_without_module_starts_at_the_command(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     s = FakeSession(0, new_log="[    2.0] from the command\n")
     assert run(monkeypatch, s, ["exec", "--no-module", "-q", "--dmesg", "--", "true"]) == 0
-    assert s.events == ["taint", "mark", "run", "lines_since", "taint"]
+    assert s.events == ["mark", "taint", "run", "lines_since", "taint"]
     assert capsys.readouterr().out.endswith("since the command's start ---\n[    2.0] from the command\n")
 
 
@@ -269,6 +273,16 @@ def test_exec_oops_while_loading_is_253_not_254(monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.parametrize(("status", "git"), [(0, 0), (3, 1), (253, 1), (255, 1), (254, 125)])
 def test_bisect_status_speaks_git_bisect_run(status: int, git: int) -> None:
     assert cli.bisect_status(status) == git
+
+
+@pytest.mark.parametrize("setting", [("KNH_ACCEL", "warp"), ("KNH_SPLAT_ALLOWLIST", "/nonexistent/allow.txt")])
+def test_exec_bisect_stops_on_a_usage_error_before_any_boot(monkeypatch: pytest.MonkeyPatch, capsys: Any,
+                                                            setting: tuple[str, str]) -> None:  # fmt: skip
+    """A bad setting is the same on every commit: skipping (125) would skip them all, so the bisection stops."""
+    monkeypatch.setenv(*setting)
+    s = FakeSession(0)
+    assert run(monkeypatch, s, ["exec", "--no-module", "--bisect", "-q", "--", "true"]) == 128
+    assert not s.booted and setting[1] in capsys.readouterr().err
 
 
 def test_exec_bisect_flag_maps_a_splat_to_bad(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
@@ -337,7 +351,7 @@ def test_a_broken_pyproject_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatc
 def test_ini_keys_of_pyproject_reach_the_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\nknh_engine = 'qemu'\nother = 1\n")
     monkeypatch.chdir(tmp_path)
-    assert cli._project_ini() == {"knh_engine": "qemu"}
+    assert project_ini() == {"knh_engine": "qemu"}
 
 
 # pytest takes its ini keys from the first of these files that has its section, in the directory it starts
@@ -354,7 +368,7 @@ def test_ini_keys_of_every_file_pytest_reads_reach_the_cli(monkeypatch: pytest.M
                                                             name: str, text: str) -> None:  # fmt: skip
     (tmp_path / name).write_text(text)
     monkeypatch.chdir(tmp_path)
-    assert cli._project_ini() == {"knh_engine": "qemu"}
+    assert project_ini() == {"knh_engine": "qemu"}
 
 
 def test_the_cli_takes_the_ini_file_pytest_takes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -362,23 +376,23 @@ def test_the_cli_takes_the_ini_file_pytest_takes(monkeypatch: pytest.MonkeyPatch
     (tmp_path / "tox.ini").write_text("[pytest]\nknh_engine = qemu\n")
     (tmp_path / "setup.cfg").write_text("[metadata]\nname = x\n")  # no pytest section: not pytest's file
     monkeypatch.chdir(tmp_path)
-    assert cli._project_ini() == {"knh_engine": "vng"}  # pyproject.toml comes before tox.ini
+    assert project_ini() == {"knh_engine": "vng"}  # pyproject.toml comes before tox.ini
     (tmp_path / "pytest.ini").write_text("[pytest]\n")  # pytest.ini is pytest's file even without keys
-    assert cli._project_ini() == {}
+    assert project_ini() == {}
     (tmp_path / "pytest.ini").unlink()
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")  # no pytest table: pytest looks on
-    assert cli._project_ini() == {"knh_engine": "qemu"}
+    assert project_ini() == {"knh_engine": "qemu"}
     sub = tmp_path / "sub" / "dir"
     sub.mkdir(parents=True)
     monkeypatch.chdir(sub)  # pytest started in a subdirectory finds the nearest parent's file
-    assert cli._project_ini() == {"knh_engine": "qemu"}
+    assert project_ini() == {"knh_engine": "qemu"}
 
 
 def test_ini_values_reach_the_settings_as_pytest_hands_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\nknh_boot_timeout = 300\n"
                                              "knh_kernels = ['6.1.0-a', '6.1.0-b']\n")  # fmt: skip
     monkeypatch.chdir(tmp_path)
-    assert cli._project_ini() == {"knh_boot_timeout": "300", "knh_kernels": ["6.1.0-a", "6.1.0-b"]}
+    assert project_ini() == {"knh_boot_timeout": "300", "knh_kernels": ["6.1.0-a", "6.1.0-b"]}
 
 
 def test_a_broken_tox_ini_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
@@ -412,5 +426,5 @@ def test_pyproject_is_read_with_tomli_where_there_is_no_tomllib(monkeypatch: pyt
     monkeypatch.setitem(sys.modules, "tomli", SimpleNamespace(loads=loads, TOMLDecodeError=parser.TOMLDecodeError))
     (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\nknh_engine = 'qemu'\n")
     monkeypatch.chdir(tmp_path)
-    assert cli._project_ini() == {"knh_engine": "qemu"}
+    assert project_ini() == {"knh_engine": "qemu"}
     assert len(read) == 1

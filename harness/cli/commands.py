@@ -8,7 +8,8 @@ printed on stderr; ``--ignore-splats`` keeps the command's status); 254 when
 the harness could not get that far (kernel, build, boot or module load failed;
 the message says which); 255 when the guest died while the command ran (panic,
 QEMU exit). ``git bisect run`` aborts on statuses of 128 and above: with
-``--bisect`` exec exits 0 (good), 125 (skip: 254) or 1 (bad: anything else).
+``--bisect`` exec exits 0 (good), 125 (skip: 254) or 1 (bad: anything else), and 128
+(abort) on a usage error before anything runs (a bad setting or allowlist).
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import iniconfig
-
 from harness.build.config_items import BuildOptions
 from harness.build.kernel_build import resolve_kernel_spec
 from harness.cli.base import EXIT_GUEST_DIED, EXIT_HARNESS, EXIT_KERNEL_SPLAT, Command, Output
+from harness.cli.ini import project_ini
 from harness.config import BUILD_CHOICES, ENGINES, SETTINGS_BY_NAME, HarnessConfig, module_params_dict, resolve
 from harness.errors import ConfigError, HarnessError, LostGuestError, ModuleCrashError
 from harness.kernel_log.dmesg import KernelLine, load_allowlist
@@ -134,41 +134,10 @@ def config_from_args(args: argparse.Namespace) -> HarnessConfig:
              "results_dir", "module_dir", "module_build", "make_vars", "make_targets", "module_params",
              "splat_allowlist", "allowed_taint")  # fmt: skip
     options = {n: getattr(args, n, None) for n in names}
-    cfg = resolve(options, ini=_project_ini())
+    cfg = resolve(options, ini=project_ini())
     from dataclasses import replace
 
     return replace(cfg, results_dir=cfg.results_dir.resolve())
-
-
-def _pytest_section(path: Path) -> dict[str, Any] | None:
-    """pytest's ini keys in `path`; None when the file has no pytest section (pytest then looks on)."""
-    if path.suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10: tomli, which pytest itself needs there
-            import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        if path.name != "pyproject.toml":
-            return dict(data.get("pytest", {}))
-        table = data.get("tool", {}).get("pytest", {})
-        return {k: v for k, v in table.items() if k != "ini_options"} or table.get("ini_options")
-    sections = iniconfig.IniConfig(str(path)).sections
-    section = sections.get("tool:pytest" if path.name == "setup.cfg" else "pytest")
-    return dict(section) if section is not None else {} if path.name.endswith("pytest.ini") else None
-
-
-def _project_ini() -> dict[str, Any]:
-    """knh_ ini keys from the file pytest takes them from (_pytest/config/findpaths.py), so CLI and pytest agree,
-    as pytest's ini mode hands them (a string or a list). An unreadable file is a ConfigError, as for pytest."""
-    names = ("pytest.toml", ".pytest.toml", "pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
-    for path in (base / name for base in (Path.cwd(), *Path.cwd().parents) for name in names):
-        try:
-            section = _pytest_section(path) if path.is_file() else None
-        except (OSError, ValueError, iniconfig.ParseError) as e:
-            raise ConfigError(f"{path} cannot be read for its knh_ keys: {e}; fix it (pytest refuses it too)") from None
-        if section is not None:
-            return {k: v if isinstance(v, list) else str(v) for k, v in section.items() if k.startswith("knh_")}
-    return {}
 
 
 def open_session(cfg: HarnessConfig, out: Output) -> KernelSession:
@@ -261,27 +230,34 @@ def cmd_exec(args: argparse.Namespace) -> int:
     def body(session: KernelSession, out: Output) -> int:
         allowlist = load_allowlist(session.config.splat_allowlist)  # a bad file: ConfigError, no boot
         build = None if args.no_module else session.build()  # a build failure should not cost a boot
-        ops = session.guest_kernel()
-        taint_before, mark = ops.taint(), ops.mark()  # the window starts before insmod
+        guest_kernel = session.guest_kernel()
+        mark, taint_before = guest_kernel.mark_and_taint()  # the window starts before insmod
         if build is not None:
             loaded = session.load(module_params_dict(session.config.module_params))
             out.progress(f"loaded {', '.join(loaded.loaded)}")
         result = session.guest().run(argv, timeout=session.config.command_timeout)
         sys.stdout.write(result.output)
         sys.stdout.flush()
-        lines = ops.lines_since(mark)
-        verdict = judge(lines, taint_before, ops.taint(), allowlist, session.config.allowed_taint)
+        lines = guest_kernel.lines_since(mark)
+        verdict = judge(lines, taint_before, guest_kernel.taint(), allowlist, session.config.allowed_taint)
         verdict = with_decoded(verdict, session)
         if args.dmesg:
             write_log(lines, "the command's start" if build is None else "the module load")
         sys.stdout.flush()
         return report_verdict(result.status, verdict, ignore_splats=args.ignore_splats)
 
+    if args.bisect:
+        try:  # a usage error would skip every commit: the bisection stops instead
+            load_allowlist(config_from_args(args).splat_allowlist)
+        except ConfigError as e:
+            Output(args.quiet).error(f"{e}\n(a usage error: exit {GIT_BISECT_ABORT} stops the bisection, which would "
+                                     "otherwise skip every commit)")  # fmt: skip
+            return GIT_BISECT_ABORT
     status = run_with_session(args, body)
     return bisect_status(status) if args.bisect else status
 
 
-GIT_BISECT_GOOD, GIT_BISECT_BAD, GIT_BISECT_SKIP = 0, 1, 125
+GIT_BISECT_GOOD, GIT_BISECT_BAD, GIT_BISECT_SKIP, GIT_BISECT_ABORT = 0, 1, 125, 128
 
 
 def bisect_status(status: int) -> int:
