@@ -257,9 +257,9 @@ SCAN_TIMEOUT_S: Final = 600.0  # one scan of a 1 GB guest: 5 to 15 s under TCG h
 
 
 def may_have_kmemleak(config: Mapping[str, str]) -> bool:
-    """Whether a kernel with `config` ({symbol: value}, harness.build.config_items.read_kernel_config) may have kmemleak,
-    so the guest is asked once: CONFIG_DEBUG_KMEMLEAK=y, or no configuration found. A kernel configured
-    without it (every stock kernel here) is never asked."""
+    """Whether a kernel with `config` ({symbol: value}, from harness.build.config_items.read_kernel_config)
+    may have kmemleak, so the guest is asked once: CONFIG_DEBUG_KMEMLEAK=y, or no configuration found.
+    A kernel configured without it (every stock kernel here) is never asked."""
     return not config or config.get("DEBUG_KMEMLEAK") == "y"
 
 
