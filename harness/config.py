@@ -65,10 +65,20 @@ _positive_int = _number(int, allow_zero=False)
 _non_negative_int = _number(int, allow_zero=True)
 
 
-def _accel(text: str) -> str:
-    if text not in ACCEL_CHOICES:
-        raise ValueError(f"must be one of {', '.join(ACCEL_CHOICES)}")
-    return text
+def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    """A parser of text that must be one of `choices`."""
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+_accel = _one_of(ACCEL_CHOICES)
+_engine = _one_of(ENGINES)
+_build_choice = _one_of(BUILD_CHOICES)
 
 
 def _taint_letters(text: str) -> str:
@@ -103,12 +113,6 @@ def _memory_debug(text: str) -> tuple[str, ...]:
     return helpers
 
 
-def _engine(text: str) -> str:
-    if text not in ENGINES:
-        raise ValueError(f"must be one of {', '.join(ENGINES)}")
-    return text
-
-
 def _memory(text: str) -> str:
     digits = text[:-1] if text[-1:].upper() in ("M", "G") else text
     if not digits.isdigit() or int(digits) <= 0:
@@ -133,12 +137,6 @@ def _param(text: str) -> str:
     name, sep, _ = text.partition("=")
     if not sep or not name.isidentifier():
         raise ValueError("must be NAME=VALUE")
-    return text
-
-
-def _build_choice(text: str) -> str:
-    if text not in BUILD_CHOICES:
-        raise ValueError(f"must be one of {', '.join(BUILD_CHOICES)}")
     return text
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from elf_objects import gcc_object  # tests/elf_objects.py
+from fake_guest import FakeKernel  # tests/fake_guest.py
 
 from harness.config import HarnessConfig
 from harness.errors import KernelCheckError
@@ -252,46 +253,20 @@ def test_a_ko_that_cannot_be_read_fails_the_check_instead_of_blaming_the_kernel(
 # ---- the check: the window after an unload ----------------------------------------------------------------
 
 
-class LeakOps:
-    """GuestKernel stand-in for check_window: an unload happened, the scan found `found`, and the
-    kernel log since the mark holds `log` (the scan's own line among it)."""
-
-    def __init__(self, found: LeakReading | None, log: str) -> None:
-        self.guest = SimpleNamespace(alive=True, run=lambda *a, **k: None)
-        self.unloads = 1
-        self.found = found
-        self.log = parse_lines(log)
-        self.calls: list[str] = []
-
-    def find_leaks(self) -> LeakReading | None:
-        self.calls.append("find_leaks")
-        return self.found
-
-    def mark_and_taint(self):
-        return self.mark(), self.taint()
-
-    def lines_between(self, start, end):
-        return self.lines_since(start)
-
-    def lines_since(self, mark: object) -> list[Any]:
-        self.calls.append("lines_since")
-        return self.log
-
-    def taint(self) -> int:
-        return 0x3000
-
-    def mark(self) -> LogMark:
-        return LogMark("knh-mark:x:2")
+def after_unload(found: LeakReading | None, log: str) -> FakeKernel:
+    """GuestKernel stand-in for check_window: an unload happened, the scan found `found`, and the kernel log
+    since the mark holds `log` (the scan's own line among it)."""
+    return FakeKernel(taint=0x3000).unloaded(found, log)
 
 
-def check(ops: LeakOps, allowlist: str = "") -> Any:
+def check(ops: FakeKernel, allowlist: str = "") -> Any:
     session = SimpleNamespace(current_guest=ops.guest, decode_inputs=lambda: ({}, {}, None))
     window = Window(session, ops, LogMark("knh-mark:x:1"), 0x3000, 0, unloads=0)  # type: ignore[arg-type]
     return check_window(window, Policy(parse_allowlist(allowlist), "OE", 0))
 
 
 def test_after_an_unload_the_scan_runs_before_the_log_is_read_and_replaces_its_line() -> None:
-    ops = LeakOps(reading("6.1"), SCAN_LINE)
+    ops = after_unload(reading("6.1"), SCAN_LINE)
     verdict = check(ops)
     assert ops.calls == ["find_leaks", "lines_since"]
     assert not verdict.ok and verdict.splats.ok and not verdict.guest_suspect
@@ -300,12 +275,12 @@ def test_after_an_unload_the_scan_runs_before_the_log_is_read_and_replaces_its_l
 
 def test_a_kernel_only_leak_passes_the_check_and_is_reported() -> None:
     kernel = judge_leaks(reading("6.12"), ()).kernel
-    verdict = check(LeakOps(LeakReading(("leak",), kernel, (5.0, 5.0)), SCAN_LINE))
+    verdict = check(after_unload(LeakReading(("leak",), kernel, (5.0, 5.0)), SCAN_LINE))
     assert verdict.ok and verdict.leaks is not None and "kworker/u8:1" in verdict.leaks.kernel_message()
 
 
 def test_without_kmemleak_the_kmemleak_line_of_a_scan_stays_a_splat() -> None:
-    verdict = check(LeakOps(None, SCAN_LINE))
+    verdict = check(after_unload(None, SCAN_LINE))
     assert not verdict.ok and verdict.leaks is None and verdict.splats.failures[0].kind == "kmemleak"
 
 
@@ -324,91 +299,36 @@ def test_summary_json_lists_the_readings_and_only_the_modules_leaks_break_the_ru
 
 # ---- the watch: a pytest run on a fake session whose module unload leaves a kmemleak reading -------------
 
-LEAKING_SESSION_CONFTEST = '''
-import itertools
+LEAKING_SESSION_CONFTEST = """
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from fake_guest import session_fixture
 
-from harness.kernel_log.dmesg import parse_lines
-from harness.guest.kernel_ops import LogMark
 from harness.kernel_log.kmemleak import LeakReading, ModuleSymbols, parse_kmemleak, symbolize
 
 SYMBOLS = ModuleSymbols("leak", ((0xFFFFFFFFC0400000, 0xB2, "leak_alloc"), (0xFFFFFFFFC0406000, 0x40, "leak_init")))
 OBJECTS = [symbolize(o, [SYMBOLS]) for o in parse_kmemleak(Path(REPORT).read_text())]
 SCAN_LINE = "[   60.000000] kmemleak: 3 new suspected memory leaks (see /sys/kernel/debug/kmemleak)"
 
-
-class Ops:
-    def __init__(self, guest):
-        self.guest, self.unloads, self.n, self.log, self.found = guest, 0, itertools.count(1), [], None
-
-    def mark(self):
-        return LogMark(f"knh-mark:{next(self.n)}")
-
-    def mark_and_taint(self):
-        return self.mark(), self.taint()
-
-    def lines_between(self, start, end):
-        return self.lines_since(start)
-
-    def lines_since(self, mark):
-        lines, self.log = self.log, []
-        return lines
-
-    def taint(self):
-        return 0
-
-    def find_leaks(self):
-        found, self.found = self.found, None
-        return found
-
-    def unload(self, objects):
-        self.unloads += 1
-        self.log = parse_lines(SCAN_LINE)
-        self.found = LeakReading(("leak",), tuple(objects), (5.0, 6.0))
+knh_kernel_session = session_fixture()
 
 
-guest = SimpleNamespace(alive=True, launch=SimpleNamespace(name="g"), run=lambda argv, timeout=None: None,
-                        paths=SimpleNamespace(kernel_log=Path("/nonexistent"), transcript=Path("/nonexistent")))
-ops = Ops(guest)
-
-
-class Session:
-    current_guest = guest
-    kernel = SimpleNamespace(release="fake", label="fake")
-    spec_for_reproduction = "fake"
-
-    def guest_kernel(self):
-        return ops
-
-    def decode_inputs(self):
-        return {}, {}, None
-
-    def guest(self):
-        return guest
-
-    def recycle(self, reason):
-        pass
-
-
-@pytest.fixture(scope="session")
-def knh_kernel_session():
-    return Session()
+def unloaded(guest_kernel, objects):
+    guest_kernel.unloaded(LeakReading(("leak",), tuple(objects), (5.0, 6.0)), SCAN_LINE)
 
 
 @pytest.fixture
-def leaking(guest):
+def leaking(guest_kernel):
     yield
-    ops.unload([o for o in OBJECTS if o.touches("leak")])
+    unloaded(guest_kernel, [o for o in OBJECTS if o.touches("leak")])
 
 
 @pytest.fixture
-def kernel_leaking(guest):
+def kernel_leaking(guest_kernel):
     yield
-    ops.unload([o for o in OBJECTS if not o.touches("leak")])
-'''
+    unloaded(guest_kernel, [o for o in OBJECTS if not o.touches("leak")])
+"""
 
 
 def test_the_watch_fails_the_unloading_test_once_and_reports_a_kernel_leak(pytester: pytest.Pytester) -> None:

@@ -1,9 +1,11 @@
 """The pytest plugin's behaviour without booting anything."""
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from fake_guest import FakeKernel  # tests/fake_guest.py
 
 KERNEL_TEST = """
 def test_needs_guest(guest):
@@ -48,55 +50,23 @@ def test_option_beats_env(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyP
     pytester.runpytest("--engine", "qemu").assert_outcomes(passed=1)
 
 
-class FakeOps:
-    """GuestKernel stand-in: a log that never changes and a taint read that may fail."""
-
-    def __init__(self, guest: object, taint_error: str = "", error: type[Exception] | None = None) -> None:
-        self.guest = guest
-        self.unloads = 0
-        self.taint_error = taint_error
-        self.error = error
-
-    def mark_and_taint(self):
-        return self.mark(), self.taint()
-
-    def lines_between(self, start, end):
-        return self.lines_since(start)
-
-    def lines_since(self, mark: object) -> list[object]:
-        return []
-
-    def mark(self) -> object:
-        return object()
-
-    def taint(self) -> int:
-        if self.taint_error:
-            from harness.errors import HarnessError
-
-            raise (self.error or HarnessError)(self.taint_error)
-        return 0
-
-
-def fake_window(ops: FakeOps, *, alive: bool, console: Path) -> object:
-    from types import SimpleNamespace
-
+def fake_window(guest_kernel: FakeKernel, *, alive: bool, console: Path) -> object:
     from harness.kernel_watch import Window
 
-    ops.guest.alive = alive  # type: ignore[attr-defined]
-    ops.guest.paths = SimpleNamespace(kernel_log=console)  # type: ignore[attr-defined]
-    ops.guest.dead_reason = None if alive else "QEMU exited"  # type: ignore[attr-defined]
-    session = SimpleNamespace(current_guest=ops.guest, decode_inputs=lambda: ({}, {}, None))
-    return Window(session, ops, mark=None, taint=0, console_offset=0, unloads=0)  # type: ignore[arg-type]
+    guest = guest_kernel.guest
+    guest.alive, guest.dead_reason = alive, None if alive else "QEMU exited"
+    guest.paths.kernel_log = console
+    session = SimpleNamespace(current_guest=guest, decode_inputs=lambda: ({}, {}, None))
+    return Window(session, guest_kernel, mark=None, taint=0, console_offset=0, unloads=0)  # type: ignore[arg-type]
 
 
 def test_kernel_check_that_cannot_run_is_an_error_not_a_pass(tmp_path: Path) -> None:
     """A splat/taint check whose guest command fails must not count as a clean kernel."""
-    from types import SimpleNamespace
-
-    from harness.errors import KernelCheckError
+    from harness.errors import HarnessError, KernelCheckError
     from harness.kernel_watch import Policy, check_window
 
-    ops = FakeOps(SimpleNamespace(), "no taint value in the output of `cat /proc/sys/kernel/tainted`: 'Killed'")
+    ops = FakeKernel(taint_error=HarnessError("no taint value in the output of `cat /proc/sys/kernel/tainted`: "
+                                              "'Killed'"))  # fmt: skip
     window = fake_window(ops, alive=True, console=tmp_path / "kernel.log")
     with pytest.raises(KernelCheckError, match=r"could not run: no taint value"):
         check_window(window, Policy((), "OE", 0))  # type: ignore[arg-type]
@@ -106,12 +76,10 @@ def test_kernel_check_that_cannot_run_is_an_error_not_a_pass(tmp_path: Path) -> 
                                              ("HarnessError", False)])  # fmt: skip
 def test_a_check_that_cannot_run_keeps_its_causes_infra(tmp_path: Path, cause: str, infra: bool) -> None:
     """A guest answer the host cannot read is the host's problem: a bisection skips the commit."""
-    from types import SimpleNamespace
-
     from harness import errors
     from harness.kernel_watch import Policy, check_window
 
-    ops = FakeOps(SimpleNamespace(), "unreadable", getattr(errors, cause))
+    ops = FakeKernel(taint_error=getattr(errors, cause)("unreadable"))
     window = fake_window(ops, alive=True, console=tmp_path / "kernel.log")
     with pytest.raises(errors.KernelCheckError) as caught:
         check_window(window, Policy((), "OE", 0))  # type: ignore[arg-type]
@@ -120,8 +88,6 @@ def test_a_check_that_cannot_run_keeps_its_causes_infra(tmp_path: Path, cause: s
 
 def test_dead_guest_is_a_failing_verdict_with_the_console_splat(tmp_path: Path) -> None:
     """A guest that died during the test is never "no verdict": the splat comes from its console file."""
-    from types import SimpleNamespace
-
     from harness.kernel_watch import Policy, check_window
 
     console = tmp_path / "kernel.log"
@@ -136,7 +102,7 @@ def test_dead_guest_is_a_failing_verdict_with_the_console_splat(tmp_path: Path) 
         "[    5.100007]  </IRQ>\n"
         "[    5.100008] Kernel panic - not syncing: Fatal exception in interrupt\n"
     )
-    window = fake_window(FakeOps(SimpleNamespace()), alive=False, console=console)
+    window = fake_window(FakeKernel(), alive=False, console=console)
     verdict = check_window(window, Policy((), "OE", 0))  # type: ignore[arg-type]
     assert not verdict.ok and verdict.died is not None and verdict.guest_suspect
     message = verdict.message()
@@ -144,30 +110,13 @@ def test_dead_guest_is_a_failing_verdict_with_the_console_splat(tmp_path: Path) 
     assert "unable to handle page fault" in message and "Fatal exception in interrupt" in message
 
 
-FAKE_SESSION_CONFTEST = '''
-import pytest
-from types import SimpleNamespace
+FAKE_SESSION_CONFTEST = """
+from fake_guest import session_fixture
+
 from harness.errors import HarnessError
 
-class Ops:
-    unloads = 0
-    def __init__(self, guest):
-        self.guest = guest
-    def mark(self):
-        raise HarnessError("no mark line in the output: 'Killed'")
-    def mark_and_taint(self):
-        return self.mark(), 0
-    def taint(self):
-        return 0
-
-@pytest.fixture(scope="session")
-def knh_kernel_session():
-    guest = SimpleNamespace(alive=True, paths=SimpleNamespace(kernel_log=__import__("pathlib").Path("/nonexistent")))
-    ops = Ops(guest)
-    return SimpleNamespace(guest_kernel=lambda: ops, guest=lambda: guest, current_guest=guest,
-                           kernel=SimpleNamespace(release="fake"), spec_for_reproduction="fake",
-                           decode_inputs=lambda: ({}, {}, None))
-'''
+knh_kernel_session = session_fixture(mark_error=HarnessError("no mark line in the output: 'Killed'"))
+"""
 
 
 def test_probe_failing_at_setup_fails_the_test_as_a_kernel_check_error(pytester: pytest.Pytester) -> None:
@@ -188,91 +137,11 @@ def test_bad_allowlist_is_a_usage_error_at_startup(pytester: pytest.Pytester) ->
     result.stderr.fnmatch_lines([f"*{bad}:2:*"])
 
 
-CRASHING_SESSION_CONFTEST = '''
-import itertools
-from pathlib import Path
-from types import SimpleNamespace
+CRASHING_SESSION_CONFTEST = """
+from fake_guest import session_fixture
 
-import pytest
-
-from harness.guest.kernel_ops import LogMark
-
-PANIC = (
-    "[   12.000000] Kernel panic - not syncing: deliberate\\n"
-    "[   12.000001] CPU: 0 PID: 1 Comm: x Not tainted 6.1.0 #1\\n"
-    "[   12.000002] Kernel Offset: disabled\\n"
-)
-
-
-class Guest:
-    names = itertools.count(1)
-
-    def __init__(self, root):
-        n = next(self.names)
-        self.alive, self.dead_reason = True, None
-        self.launch = SimpleNamespace(name=f"guest-{n}")
-        self.paths = SimpleNamespace(kernel_log=root / f"kernel-{n}.log", transcript=root / f"console-{n}.log")
-        self.paths.kernel_log.write_text("[    1.000000] booted\\n")
-
-    def run(self, argv, timeout=None):
-        return SimpleNamespace(status=0, output="")
-
-    def crash(self):
-        with self.paths.kernel_log.open("a") as f:
-            f.write(PANIC)
-        self.alive, self.dead_reason = False, "QEMU exited"
-
-
-class Ops:
-    def __init__(self, guest):
-        self.guest, self.unloads, self.n = guest, 0, itertools.count(1)
-
-    def mark(self):
-        return LogMark(f"knh-mark:{next(self.n)}")
-
-    def mark_and_taint(self):
-        return self.mark(), self.taint()
-
-    def lines_between(self, start, end):
-        return self.lines_since(start)
-
-    def lines_since(self, mark):
-        return []
-
-    def taint(self):
-        return 0
-
-
-class Session:
-    def __init__(self, root):
-        self.root, self.current_guest, self._ops = root, None, None
-        self.kernel = SimpleNamespace(release="fake-1.0", label="fake-1.0")
-        self.spec_for_reproduction = "fake-1.0"
-
-    def decode_inputs(self):
-        return {}, {}, None
-
-    def guest(self):
-        if self.current_guest is None or not self.current_guest.alive:
-            self.current_guest = Guest(self.root)
-            self._ops = Ops(self.current_guest)
-        return self.current_guest
-
-    def guest_kernel(self):
-        self.guest()
-        return self._ops
-
-    def recycle(self, reason):
-        self.current_guest = None
-
-    def close(self):
-        pass
-
-
-@pytest.fixture(scope="session")
-def knh_kernel_session(tmp_path_factory):
-    return Session(tmp_path_factory.mktemp("guests"))
-'''
+knh_kernel_session = session_fixture(release="fake-1.0")
+"""
 
 CRASHING_TESTS = '''
 def test_a(guest):
@@ -289,10 +158,17 @@ def test_c(guest):
 '''
 
 
-def test_crash_between_tests_fails_the_next_test_naming_the_previous(pytester: pytest.Pytester) -> None:
+@pytest.fixture
+def crashing(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester with the crashing session's conftest.py, for runs in a subprocess (tests/ on their PYTHONPATH)."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent), prepend=os.pathsep)
     pytester.makeconftest(CRASHING_SESSION_CONFTEST)
-    pytester.makepyfile(test_crash=CRASHING_TESTS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
+    return pytester
+
+
+def test_crash_between_tests_fails_the_next_test_naming_the_previous(crashing: pytest.Pytester) -> None:
+    crashing.makepyfile(test_crash=CRASHING_TESTS)
+    result = crashing.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
     result.assert_outcomes(passed=3, errors=1)
     result.stdout.fnmatch_lines([
         "*ERROR at setup of test_b*",
@@ -303,11 +179,10 @@ def test_crash_between_tests_fails_the_next_test_naming_the_previous(pytester: p
     result.stdout.fnmatch_lines(["*KERNEL BROKE between tests on fake-1.0, after test_crash.py::test_a*"])
 
 
-def test_crash_after_the_last_test_fails_the_run(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(CRASHING_SESSION_CONFTEST)
-    pytester.makepyfile(test_crash=CRASHING_TESTS.replace("def test_b(guest):", "def test_b(knh_kernel_session):")
+def test_crash_after_the_last_test_fails_the_run(crashing: pytest.Pytester) -> None:
+    crashing.makepyfile(test_crash=CRASHING_TESTS.replace("def test_b(guest):", "def test_b(knh_kernel_session):")
                         .replace("def test_c(guest):", "def test_c(knh_kernel_session):"))  # fmt: skip
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
+    result = crashing.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([
         "*the guest kernel died after the last test on it: test_crash.py::test_a* passed its checks*",

@@ -18,10 +18,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fake_guest import FakeKernel  # tests/fake_guest.py
 
 from harness.errors import ModuleBusyError
 from harness.guest.kernel_ops import LogMark
-from harness.kernel_log.dmesg import parse_lines
 from harness.kernel_log.kmemleak import LeakReading, ModuleSymbols, parse_kmemleak, symbolize
 from harness.kernel_watch import Policy, Window, check_window
 
@@ -37,58 +37,14 @@ def leaked() -> LeakReading:
     return LeakReading(("leak",), tuple(symbolize(o, [SYMBOLS]) for o in objects), (5.1, 6.0))
 
 
-class SplatOps:
-    """GuestKernel stand-in: the test's window logged `log`; `leak` (built here) and `virtio_net` (the
-    kernel's) are loaded; the scan after `leak`'s unload finds its objects."""
-
-    def __init__(self, log: str, *, kmemleak: bool = True, rmmod_error: Exception | None = None) -> None:
-        self.guest = SimpleNamespace(alive=True, run=lambda *a, **k: None)
-        self.unloads = 0
-        self.log = parse_lines(log)
-        self.kmemleak = kmemleak
-        self.rmmod_error = rmmod_error
-        self.loaded = ["leak", "virtio_net"]
-        self.unscanned: list[str] = []
-        self.calls: list[str] = []
-
-    def mark_and_taint(self):
-        return self.mark(), self.taint()
-
-    def lines_between(self, start, end):
-        return self.lines_since(start)
-
-    def lines_since(self, mark: object) -> list[Any]:
-        self.calls.append("lines_since")
-        return self.log
-
-    def taint(self) -> int:
-        return 0
-
-    def mark(self) -> LogMark:
-        return LogMark("knh-mark:x:2")
-
-    def has_kmemleak(self) -> bool:
-        return self.kmemleak
-
-    def module_list(self) -> tuple[str, ...]:
-        self.calls.append("module_list")
-        return tuple(self.loaded)
-
-    def rmmod(self, name: str) -> None:
-        self.calls.append(f"rmmod {name}")
-        if self.rmmod_error is not None:
-            raise self.rmmod_error
-        self.loaded.remove(name)
-        self.unloads += 1
-        self.unscanned.append(name)
-
-    def find_leaks(self) -> LeakReading | None:
-        self.calls.append("find_leaks")
-        found, self.unscanned = (leaked() if self.unscanned else None), []
-        return found
+def splat_kernel(log: str, *, kmemleak: bool = True, rmmod_error: Exception | None = None) -> FakeKernel:
+    """The test's window logged `log`; `leak` (built here) and `virtio_net` (the kernel's) are loaded; the scan
+    after `leak`'s unload finds its objects."""
+    return FakeKernel(log=log, loaded=("leak", "virtio_net"), kmemleak=kmemleak, leaks=leaked(),
+                      rmmod_error=rmmod_error)  # fmt: skip
 
 
-def check(ops: SplatOps) -> Any:
+def check(ops: FakeKernel) -> Any:
     session = SimpleNamespace(current_guest=ops.guest,
                               decode_inputs=lambda: ({"leak": Path("/nonexistent/leak.ko")}, {}, None))  # fmt: skip
     window = Window(session, ops, LogMark("knh-mark:x:1"), 0, 0, unloads=0)  # type: ignore[arg-type]
@@ -96,7 +52,7 @@ def check(ops: SplatOps) -> Any:
 
 
 def test_a_splat_on_a_kmemleak_guest_that_answers_unloads_and_scans_before_the_discard() -> None:
-    ops = SplatOps(KASAN)
+    ops = splat_kernel(KASAN)
     verdict = check(ops)
     assert ops.calls == ["lines_since", "module_list", "rmmod leak", "find_leaks"]  # the kernel's module stays
     assert verdict.guest_suspect and verdict.died is None
@@ -107,20 +63,20 @@ def test_a_splat_on_a_kmemleak_guest_that_answers_unloads_and_scans_before_the_d
 
 
 def test_without_kmemleak_the_discard_costs_no_guest_command() -> None:
-    ops = SplatOps(KASAN, kmemleak=False)
+    ops = splat_kernel(KASAN, kmemleak=False)
     verdict = check(ops)
     assert ops.calls == ["lines_since"] and verdict.guest_suspect and verdict.leaks is None
 
 
 def test_a_splat_that_keeps_the_guest_unloads_nothing() -> None:
-    ops = SplatOps(WARNING)
+    ops = splat_kernel(WARNING)
     verdict = check(ops)
     assert not verdict.ok and not verdict.guest_suspect and ops.calls == ["lines_since"]
 
 
 def test_an_unload_refused_before_the_discard_is_a_note_and_the_splat_stays_the_verdict() -> None:
     busy = ModuleBusyError("rmmod leak failed (status 1): the module is in use: reference count 1", "", [])
-    ops = SplatOps(KASAN, rmmod_error=busy)
+    ops = splat_kernel(KASAN, rmmod_error=busy)
     verdict = check(ops)  # never a KernelCheckError in place of the splat
     assert [s.kind for s in verdict.splats.failures] == ["kasan"] and verdict.leaks is None
     assert ("the kmemleak scan before the guest was discarded did not run: rmmod leak failed (status 1): "
@@ -130,143 +86,38 @@ def test_an_unload_refused_before_the_discard_is_a_note_and_the_splat_stays_the_
 
 # ---- the watch: wording and order on a fake session ------------------------------------------------------
 
-FAKE_SESSION_CONFTEST = '''
-import itertools
+FAKE_SESSION_CONFTEST = """
 from pathlib import Path
-from types import SimpleNamespace
 
-import pytest
+from fake_guest import session_fixture
 
-from harness.guest.kernel_ops import LogMark
-from harness.kernel_log.dmesg import parse_lines
 from harness.kernel_log.kmemleak import LeakReading, ModuleSymbols, parse_kmemleak, symbolize
 
 SYMBOLS = ModuleSymbols("leak", ((0xFFFFFFFFC0400000, 0xB2, "leak_alloc"), (0xFFFFFFFFC0406000, 0x40, "leak_init")))
 OBJECTS = [symbolize(o, [SYMBOLS]) for o in parse_kmemleak(Path(REPORT).read_text())]
-KASAN = Path(KASAN_LOG).read_text().replace("slab_oob", "leak")
-PANIC = "[   12.000000] Kernel panic - not syncing: deliberate\\n"
-EVENTS = Path(EVENTS_FILE)
+
+knh_kernel_session = session_fixture(built=["leak"], journal=Path(EVENTS_FILE), kmemleak=True,
+                                     leaks=LeakReading(("leak",), tuple(OBJECTS), (5.0, 6.0)))
+"""
+
+TESTS = """
+from pathlib import Path
 
 
-def event(text):
-    with EVENTS.open("a") as f:
-        f.write(text + "\\n")
-
-
-class Guest:
-    names = itertools.count(1)
-
-    def __init__(self, root):
-        n = next(self.names)
-        self.alive, self.dead_reason = True, None
-        self.launch = SimpleNamespace(name=f"guest-{n}")
-        self.paths = SimpleNamespace(kernel_log=root / f"kernel-{n}.log", transcript=root / f"console-{n}.log")
-        self.paths.kernel_log.write_text("[    1.000000] booted\\n")
-
-    def run(self, argv, timeout=None):
-        return SimpleNamespace(status=0, output="")
-
-    def close(self):  # the harness stops it: not a death
-        self.alive = False
-
-    def crash(self):
-        with self.paths.kernel_log.open("a") as f:
-            f.write(PANIC)
-        self.alive, self.dead_reason = False, "QEMU exited"
-
-
-class Ops:
-    def __init__(self, guest):
-        self.guest, self.unloads, self.n, self.log = guest, 0, itertools.count(1), []
-        self.loaded, self.unscanned = [], []
-
-    def mark(self):
-        return LogMark(f"knh-mark:{next(self.n)}")
-
-    def mark_and_taint(self):
-        return self.mark(), self.taint()
-
-    def lines_between(self, start, end):
-        return self.lines_since(start)
-
-    def lines_since(self, mark):
-        lines, self.log = self.log, []
-        return lines
-
-    def taint(self):
-        return 0
-
-    def has_kmemleak(self):
-        return True
-
-    def module_list(self):
-        return tuple(self.loaded)
-
-    def rmmod(self, name):
-        event(f"rmmod {name}")
-        self.loaded.remove(name)
-        self.unloads += 1
-        self.unscanned.append(name)
-
-    def find_leaks(self):
-        event("find_leaks")
-        found = LeakReading(("leak",), tuple(OBJECTS), (5.0, 6.0)) if self.unscanned else None
-        self.unscanned = []
-        return found
-
-    def load_overreading_leaker(self):
-        self.loaded.append("leak")
-        self.log = parse_lines(KASAN)
-
-
-class Session:
-    def __init__(self, root):
-        self.root, self.current_guest, self._ops = root, None, None
-        self.kernel = SimpleNamespace(release="fake-1.0", label="fake-1.0")
-        self.spec_for_reproduction = "fake-1.0"
-
-    def decode_inputs(self):
-        return {"leak": self.root / "leak.ko"}, {}, None
-
-    def guest(self):
-        if self.current_guest is None or not self.current_guest.alive:
-            self.current_guest = Guest(self.root)
-            self._ops = Ops(self.current_guest)
-        return self.current_guest
-
-    def guest_kernel(self):
-        self.guest()
-        return self._ops
-
-    def recycle(self, reason):
-        event(f"discard {self.current_guest.launch.name}: {reason}")
-        self.current_guest.close()
-        self.current_guest = None
-
-    def close(self):
-        pass
-
-
-@pytest.fixture(scope="session")
-def knh_kernel_session(tmp_path_factory):
-    return Session(tmp_path_factory.mktemp("guests"))
-'''
-
-TESTS = '''
 def test_overreads_and_leaks(guest_kernel):
-    guest_kernel.load_overreading_leaker()
+    guest_kernel.load("leak", Path(KASAN_LOG).read_text().replace("slab_oob", "leak"))
+
 
 def test_panics(guest):
     guest.crash()
-'''
+"""
 
 
 def test_the_report_says_the_harness_discarded_the_guest_after_scanning_it(pytester: pytest.Pytester) -> None:
     events = pytester.path / "events.txt"
     pytester.makeconftest(FAKE_SESSION_CONFTEST.replace("REPORT", repr(str(DATA / "kmemleak" / "kmemleak-6.12.txt")))
-                          .replace("KASAN_LOG", repr(str(DATA / "dmesg" / "debug" / "kasan-6.12.log")))
                           .replace("EVENTS_FILE", repr(str(events))))  # fmt: skip
-    pytester.makepyfile(test_discard=TESTS)
+    pytester.makepyfile(test_discard=TESTS.replace("KASAN_LOG", repr(str(DATA / "dmesg" / "debug" / "kasan-6.12.log"))))
     results = pytester.path / "results"
     result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly", "-rA", "--results-dir", str(results))
     result.assert_outcomes(failed=2)

@@ -11,60 +11,9 @@ import pytest
 from harness.pytest_plugin.report import outcome_of
 
 FAKE_SESSION_CONFTEST = """
-from types import SimpleNamespace
+from fake_guest import session_fixture
 
-import pytest
-
-from harness.guest.kernel_ops import LogMark
-
-
-class Ops:
-    unloads = 0
-
-    def __init__(self, guest):
-        self.guest = guest
-
-    def mark(self):
-        return LogMark("knh-mark:1")
-
-    def mark_and_taint(self):
-        return self.mark(), self.taint()
-
-    def lines_between(self, start, end):
-        return self.lines_since(start)
-
-    def lines_since(self, mark):
-        return []
-
-    def taint(self):
-        return 0
-
-
-class Session:
-    kernel = SimpleNamespace(release="fake", label="fake")
-    spec_for_reproduction = "fake"
-
-    def __init__(self, log):
-        self.current_guest = SimpleNamespace(alive=True, launch=SimpleNamespace(name="g"),
-                                             run=lambda argv, timeout=None: None,
-                                             paths=SimpleNamespace(kernel_log=log, transcript=log))
-        self.ops = Ops(self.current_guest)
-
-    def guest(self):
-        return self.current_guest
-
-    def guest_kernel(self):
-        return self.ops
-
-    def decode_inputs(self):
-        return {}, {}, None
-
-
-@pytest.fixture(scope="session")
-def knh_kernel_session(tmp_path_factory):
-    log = tmp_path_factory.mktemp("guest") / "kernel.log"
-    log.write_text("")
-    return Session(log)
+knh_kernel_session = session_fixture()
 """
 
 TESTS = """
