@@ -12,13 +12,36 @@ per request:
 
 --no-attr sends requests without the message attribute (the module must answer
 EINVAL). Exit status: 0 when every request got a reply, 1 when one got an
-error, 2 when the family is not registered (the module is not loaded).
-Standard output carries only ASCII JSON; diagnostics go to stderr.
+error, 2 when the family is not registered (the module is not loaded; the one
+JSON line is then {"family": NAME, "error": errno}).
+
+    genl_echo_send.py persistent
+
+prints "GENL_ECHO READY", then reads one JSON request per line from stdin,
+
+    {"messages": ["hi", ...], "family": "KNH_ECHO", "no_attr": false}
+
+("family" and "no_attr" optional), and answers each with one JSON line,
+
+    {"status": 0, "replies": [{"msg": "hi", "reply": "hi"}, ...]}
+
+where status and replies are the exit status and the lines the command form
+would give for the same arguments. Each request opens its own socket and
+resolves the family anew, so the module may come and go between requests.
+This saves a Python start per request (seconds in a TCG guest). It stops at
+the end of its input. (To send the one message "persistent" in the command
+form, write `genl_echo_send.py -- persistent`.)
+
+Standard output carries only ASCII JSON (plus the READY line); diagnostics go
+to stderr.
 """
 
 import argparse
 import json
 import sys
+
+READY = "GENL_ECHO READY"
+DEFAULT_FAMILY = "KNH_ECHO"
 
 
 def _light_pyroute2() -> None:
@@ -75,29 +98,51 @@ def echo(sock: GenericNetlinkSocket, text: "str | None") -> "dict[str, object]":
     return {"msg": text, "reply": answers[0]}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", default="KNH_ECHO", help="generic netlink family name (default KNH_ECHO)")
-    parser.add_argument("--no-attr", action="store_true", help="send requests without GENL_ECHO_ATTR_MSG")
-    parser.add_argument("messages", nargs="+", metavar="MSG")
-    args = parser.parse_args()
-
+def exchange(family: str, messages: "list[str]", no_attr: bool) -> "tuple[int, list[dict[str, object]]]":
+    """Resolve `family`, send one request per message: (exit status, one reply per request)."""
     sock = GenericNetlinkSocket()
     try:
         try:
-            sock.bind(args.family, echomsg)
+            sock.bind(family, echomsg)
         except NetlinkError as e:
-            print(json.dumps({"family": args.family, "error": abs(e.code)}), flush=True)
-            print(f"generic netlink family {args.family} not found: {e}", file=sys.stderr)
-            return 2
-        status = 0
-        for text in args.messages:
-            result = echo(sock, None if args.no_attr else text)
-            print(json.dumps(result), flush=True)
-            status |= "error" in result
-        return status
+            print(f"generic netlink family {family} not found: {e}", file=sys.stderr, flush=True)
+            return 2, [{"family": family, "error": abs(e.code)}]
+        replies = [echo(sock, None if no_attr else text) for text in messages]
+        return (1 if any("error" in r for r in replies) else 0), replies
     finally:
         sock.close()
+
+
+def serve() -> int:
+    """The persistent mode: one exchange per JSON line of stdin."""
+    print(READY, flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            status, replies = exchange(
+                request.get("family", DEFAULT_FAMILY), list(request["messages"]), bool(request.get("no_attr"))
+            )
+            answer = {"status": status, "replies": replies}
+        except Exception as e:  # keep serving; the host reports it
+            answer = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(answer), flush=True)
+    return 0
+
+
+def main() -> int:
+    if sys.argv[1:] == ["persistent"]:
+        return serve()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default=DEFAULT_FAMILY, help="generic netlink family name (default KNH_ECHO)")
+    parser.add_argument("--no-attr", action="store_true", help="send requests without GENL_ECHO_ATTR_MSG")
+    parser.add_argument("messages", nargs="+", metavar="MSG")
+    args = parser.parse_args()
+    status, replies = exchange(args.family, args.messages, args.no_attr)
+    for reply in replies:
+        print(json.dumps(reply), flush=True)
+    return status
 
 
 if __name__ == "__main__":

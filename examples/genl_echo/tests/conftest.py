@@ -25,5 +25,6 @@ def knh_module_source() -> ModuleSource:
 
 @pytest.fixture
 def echo(guest: Guest) -> EchoClient:
-    """Runs the in-guest sender (sender/genl_echo_send.py) with this interpreter."""
+    """The in-guest sender (sender/genl_echo_send.py, run with this interpreter): one
+    process per guest, started by the first send and kept for the next tests."""
     return EchoClient(guest, EXAMPLE / "sender" / "genl_echo_send.py")
