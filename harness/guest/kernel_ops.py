@@ -129,7 +129,9 @@ class GuestKernel:
 
     def mark_and_taint(self) -> tuple[LogMark, int]:
         """A new mark and the taint value read after it, in one guest command (shell builtins only):
-        a taint from here on also prints after the mark."""
+        a taint from here on also prints after the mark. The log's reader starts with the first one, so
+        a flood during the first test is copied as it comes."""
+        self._stream()
         text = f"knh-mark:{self._token}:{next(self._counter)}"
         output = self.guest.run(f"echo {text} > /dev/kmsg && {TAINT_COMMAND}", check=True).output
         return LogMark(text), parse_taint(output)
