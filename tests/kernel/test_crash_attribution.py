@@ -1,8 +1,8 @@
 """A kernel that crashes makes the run red, on the test that caused it, whenever the crash comes.
 
-Each test here runs a small pytest session of its own (pytester, in a subprocess)
+The tests here read the outcome of small pytest runs of their own (in a subprocess)
 against tests/modules/crashy, a module that breaks the kernel on purpose, on the
-same kernel, engine and accelerator as the outer run, and reads its outcome:
+outer run's kernel and accelerator and the qemu engine (inner_runs.INNER_ENGINE):
 
 - a timer left armed at unload panics the kernel within the settle: the test that
   unloaded fails;
@@ -11,17 +11,25 @@ same kernel, engine and accelerator as the outer run, and reads its outcome:
 - the panic comes after the last test: the run exits non-zero with the crash text;
 - insmod killed by an oops raises ModuleCrashError, not ModuleLoadError, and a
   test that skips or xfails over a splat fails.
+
+The quick tier's two cases (the kthread's panic between tests, the oopses in
+insmod) share one inner run: the oopses begin on the fresh guest booted for the
+test after the panic, so the pair boots four guests in one process instead of five
+in two. Each outer test reads only its own inner tests' outcomes.
 """
 
 from __future__ import annotations
 
+import re
 import textwrap
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from inner_runs import MODULES, source_conftest  # tests/kernel/inner_runs.py
+from inner_runs import MODULES, run_pytest, same_kernel_options, source_conftest  # tests/kernel/inner_runs.py
 
 from harness.build.config_items import read_kernel_config
-from harness.config import HarnessConfig
 from harness.session import KernelSession
 
 CRASHY = MODULES / "crashy"
@@ -39,8 +47,6 @@ def wait_until_dead(session, seconds=60.0):
         time.sleep(0.2)
 """
 
-pytestmark = pytest.mark.usefixtures("shared_cache")  # tests/kernel/conftest.py
-
 
 def panic_delay_ms(session: KernelSession) -> int:
     """How long after its load crashy's kthread panics: after the loading test's checks and
@@ -51,16 +57,12 @@ def panic_delay_ms(session: KernelSession) -> int:
     return 20_000 if slow else 3000
 
 
-def run_inner(pytester: pytest.Pytester, session: KernelSession, config: HarnessConfig,
-              tests: str, *args: str) -> pytest.RunResult:  # fmt: skip
-    pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(wait_dead=WAIT_DEAD, test_inner=textwrap.dedent(tests))
-    return pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-rA",
-        # the fast engine whatever the outer run's: these runs test the kernel watch, not an engine
-        "--kernel", session.spec_for_reproduction, "--engine", "qemu", "--accel", session.accel().accel,
-        "--results-dir", str(pytester.path / "results"), *args,
-    )  # fmt: skip
+def run_inner(directory: Path, session: KernelSession, tests: str, *args: str,
+              env: dict[str, str] | None = None) -> pytest.RunResult:  # fmt: skip
+    """An inner run of `tests` (test_inner.py) with crashy as its module, its results in directory/results."""
+    files = {"conftest.py": CONFTEST, "wait_dead.py": WAIT_DEAD, "test_inner.py": textwrap.dedent(tests)}
+    return run_pytest(directory, files, "-p", "no:cacheprovider", "-rA", *same_kernel_options(session),
+                      "--results-dir", str(directory / "results"), *args, env=env)  # fmt: skip
 
 
 # The first test of the two panic cases: it loads crashy, whose kthread panics `delay` ms later.
@@ -72,20 +74,94 @@ def test_loads_a_module_that_panics_later(guest_kernel, built_module):
 """
 
 
-def run_panic_later(pytester: pytest.Pytester, session: KernelSession, config: HarnessConfig,
-                    tests: str) -> tuple[pytest.RunResult, str]:  # fmt: skip
+def run_panic_later(directory: Path, session: KernelSession, tests: str) -> tuple[pytest.RunResult, str]:
     """run_inner with PANICS_LATER's test, then `tests`; the run and the line crashy's panic prints."""
     delay = panic_delay_ms(session)
-    result = run_inner(pytester, session, config, PANICS_LATER.format(delay=delay) + textwrap.dedent(tests))
+    result = run_inner(directory, session, PANICS_LATER.format(delay=delay) + textwrap.dedent(tests))
     return result, f"crashy: deliberate panic {delay} ms after load"
+
+
+# The panic between tests: after PANICS_LATER's test, a host-only test waits for the panic.
+PANIC_BETWEEN_TESTS = """
+def test_host_only(knh_kernel_session):  # the session fixture keeps it in this place (no guest)
+    wait_until_dead(knh_kernel_session)
+
+def test_next_guest_test(guest_kernel):
+    pass
+
+def test_after_that(guest_kernel):
+    pass
+"""
+PANIC_BETWEEN_OUTCOMES = {"test_loads_a_module_that_panics_later": ["PASSED"], "test_host_only": ["PASSED"],
+                          "test_next_guest_test": ["ERROR"], "test_after_that": ["PASSED"]}  # fmt: skip
+
+# insmod killed by an oops, under a test that skips on ModuleLoadError, one that skips on any harness
+# error, and one marked xfail: each oops discards its guest, so each test has a fresh one.
+OOPS_IN_INSMOD = """
+import pytest
+from harness.errors import HarnessError, ModuleLoadError
+
+def test_skips_modules_that_refuse_to_load(guest_kernel, built_module):
+    try:
+        guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
+    except ModuleLoadError as e:
+        pytest.skip(f"does not load: {e}")
+
+def test_skips_on_any_harness_error(guest_kernel, built_module):
+    try:
+        guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
+    except HarnessError as e:
+        pytest.skip(f"does not load: {type(e).__name__}")
+
+@pytest.mark.xfail(reason="expected to fail")
+def test_xfail_over_an_oops(guest_kernel, built_module):
+    guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
+"""
+OOPS_TESTS = ("test_skips_modules_that_refuse_to_load", "test_skips_on_any_harness_error", "test_xfail_over_an_oops")
+
+_OUTCOME_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|XPASS) test_inner\.py::(\w+)\[")
+
+
+def outcomes(result: pytest.RunResult, tests: Iterable[str]) -> dict[str, list[str]]:
+    """{inner test: its outcome lines in the -rA summary} for each of `tests` (a test with no line there, a
+    skipped one among them, has []; one that passed and then failed its teardown has both)."""
+    found: dict[str, list[str]] = {name: [] for name in tests}
+    for line in result.outlines:
+        m = _OUTCOME_LINE.match(line)
+        if m and m.group(2) in found:
+            found[m.group(2)].append(m.group(1))
+    return found
+
+
+@dataclass(frozen=True)
+class QuickRun:
+    """The inner run both quick-tier cases read: its result and output, the line crashy's panic prints,
+    its results directory and the file it was given as GITHUB_STEP_SUMMARY."""
+
+    result: pytest.RunResult
+    out: str
+    panic: str
+    results: Path
+    step_summary: Path
+
+
+@pytest.fixture(scope="module")
+def quick_run(knh_kernel_session: KernelSession, tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    """PANICS_LATER's test, PANIC_BETWEEN_TESTS, then OOPS_IN_INSMOD, in one inner run."""
+    directory = tmp_path_factory.mktemp("crash-quick")
+    step_summary = directory / "step-summary.md"
+    delay = panic_delay_ms(knh_kernel_session)
+    tests = PANICS_LATER.format(delay=delay) + PANIC_BETWEEN_TESTS + OOPS_IN_INSMOD
+    result = run_inner(directory, knh_kernel_session, tests, env={"GITHUB_STEP_SUMMARY": str(step_summary)})
+    return QuickRun(result, result.stdout.str(), f"crashy: deliberate panic {delay} ms after load",
+                    directory / "results", step_summary)  # fmt: skip
 
 
 @pytest.mark.full  # each boots guests of its own; the quick tier keeps the panic and oops cases
 @pytest.mark.kernel
-def test_timer_armed_at_unload_fails_the_test_that_unloaded(
-    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
-) -> None:
-    result = run_inner(pytester, knh_kernel_session, knh_config, """
+def test_timer_armed_at_unload_fails_the_test_that_unloaded(knh_kernel_session: KernelSession,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    result = run_inner(tmp_path, knh_kernel_session, """
         import pytest
 
         @pytest.mark.module_params(timer_ms=700)  # fires 0.7 s after rmmod: after the checks, within the settle
@@ -104,34 +180,20 @@ def test_timer_armed_at_unload_fails_the_test_that_unloaded(
 
 
 @pytest.mark.kernel
-def test_panic_after_the_settle_fails_the_next_test_naming_the_previous(
-    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
-) -> None:
-    result, panic = run_panic_later(pytester, knh_kernel_session, knh_config, """
-        def test_host_only(knh_kernel_session):  # the session fixture keeps it in this place (no guest)
-            wait_until_dead(knh_kernel_session)
-
-        def test_next_guest_test(guest_kernel):
-            pass
-
-        def test_after_that(guest_kernel):
-            pass
-    """)
-    out = result.stdout.str()
-    result.assert_outcomes(passed=3, errors=1)
+def test_panic_after_the_settle_fails_the_next_test_naming_the_previous(quick_run: QuickRun) -> None:
+    out = quick_run.out
+    assert outcomes(quick_run.result, PANIC_BETWEEN_OUTCOMES) == PANIC_BETWEEN_OUTCOMES, out
     assert "ERROR at setup of test_next_guest_test" in out, out
     assert "between tests: after test_inner.py::test_loads_a_module_that_panics_later[" in out, out
-    assert panic in out, out
+    assert quick_run.panic in out, out
     assert "PASSED test_inner.py::test_after_that" in out, out
     assert "KERNEL BROKE between tests" in out, out
 
 
 @pytest.mark.full  # each boots guests of its own; the quick tier keeps the panic and oops cases
 @pytest.mark.kernel
-def test_panic_after_the_last_test_fails_the_run(
-    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig
-) -> None:
-    result, panic = run_panic_later(pytester, knh_kernel_session, knh_config, """
+def test_panic_after_the_last_test_fails_the_run(knh_kernel_session: KernelSession, tmp_path: Path) -> None:
+    result, panic = run_panic_later(tmp_path, knh_kernel_session, """
         def test_host_only_last(knh_kernel_session):  # the session fixture keeps it last (no guest)
             wait_until_dead(knh_kernel_session)
     """)
@@ -144,44 +206,25 @@ def test_panic_after_the_last_test_fails_the_run(
 
 
 @pytest.mark.kernel
-def test_oops_in_insmod_is_a_crash_and_never_a_skip(
-    pytester: pytest.Pytester, knh_kernel_session: KernelSession, knh_config: HarnessConfig,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_oops_in_insmod_is_a_crash_and_never_a_skip(quick_run: QuickRun, knh_kernel_session: KernelSession) -> None:
     """Also: the run's summary.md (and the GitHub job summary) shows the three oopses as one failure,
     decoded to the line of crashy.c that writes through NULL."""
-    step_summary = pytester.path / "step-summary.md"
-    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
-    result = run_inner(pytester, knh_kernel_session, knh_config, """
-        import pytest
-        from harness.errors import HarnessError, ModuleLoadError
-
-        def test_skips_modules_that_refuse_to_load(guest_kernel, built_module):
-            try:
-                guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
-            except ModuleLoadError as e:
-                pytest.skip(f"does not load: {e}")
-
-        def test_skips_on_any_harness_error(guest_kernel, built_module):
-            try:
-                guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
-            except HarnessError as e:
-                pytest.skip(f"does not load: {type(e).__name__}")
-
-        @pytest.mark.xfail(reason="expected to fail")
-        def test_xfail_over_an_oops(guest_kernel, built_module):
-            guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
-    """)
-    out = result.stdout.str()
-    result.assert_outcomes(failed=3)
+    out = quick_run.out
+    assert outcomes(quick_run.result, OOPS_TESTS) == {name: ["FAILED"] for name in OOPS_TESTS}, out
     assert "ModuleCrashError: insmod crashy.ko: the kernel crashed" in out, out
     assert "crashy_init" in out, out
     assert "a kernel splat is never skipped" in out, out
     assert "the xfail-marked test raised ModuleCrashError" in out, out
-    [summary_md] = (pytester.path / "results").glob("run-*/summary.md")
+    [summary_md] = quick_run.results.glob("run-*/summary.md")
     text = summary_md.read_text()
     line = next(i for i, t in enumerate((CRASHY / "crashy.c").read_text().splitlines(), 1) if "*crashy_null = 1;" in t)
     release = knh_kernel_session.kernel.release
-    assert "## Distinct failures: 1" in text and f"### 1. null-deref on {release}, 3 tests" in text, text
-    assert f"tests/modules/crashy/crashy.c:{line}` (crashy_init)" in text, text
-    assert step_summary.read_text() == text
+    # the distinct failures (the run's panic between tests is another one): one holds the oopses, all three
+    distinct = text.split("\n## Distinct failures: ", 1)[1].split("\n## ", 1)[0]
+    groups = [g for g in distinct.split("\n### ")[1:] if any(f"test_inner.py::{name}[" in g for name in OOPS_TESTS)]
+    assert len(groups) == 1, text
+    assert re.match(rf"\d+\. null-deref on {re.escape(release)}, 3 tests\n", groups[0]), text
+    listed = re.findall(r"^- `test_inner\.py::(\w+)\[", groups[0], re.M)
+    assert listed == list(OOPS_TESTS), text
+    assert f"tests/modules/crashy/crashy.c:{line}` (crashy_init)" in groups[0], text
+    assert quick_run.step_summary.read_text() == text

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from inner_runs import MODULES, source_conftest  # tests/kernel/inner_runs.py
+from inner_runs import MODULES, same_kernel_options, source_conftest  # tests/kernel/inner_runs.py
 
 from harness.build.config_items import read_kernel_config
 from harness.errors import BuildError, BuildExcluded, ModuleBusyError
@@ -122,9 +122,8 @@ def test_a_symbol_no_kernel_exports_is_named_at_build(knh_kernel_session: Kernel
 
 def run_check(session: KernelSession, module: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "harness", "check", "--module-dir", str(MODULES / module), "--kernel",
-         session.spec_for_reproduction, "--engine", "qemu", "--accel", session.accel().accel,
-         "--results-dir", str(session.results_dir), "-q", *args],
+        [sys.executable, "-m", "harness", "check", "--module-dir", str(MODULES / module),
+         *same_kernel_options(session), "--results-dir", str(session.results_dir), "-q", *args],
         capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
 
@@ -153,8 +152,7 @@ def test_load_check_option_adds_the_check_to_a_suite(pytester: pytest.Pytester,
     pytester.makeconftest(source_conftest(MODULES / "dep_intree"))
     pytester.makepyfile(test_host="def test_host():\n    pass\n")
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-rA", "--kernel", knh_kernel_session.spec_for_reproduction,
-        "--engine", "qemu", "--accel", knh_kernel_session.accel().accel,
+        "-p", "no:cacheprovider", "-rA", *same_kernel_options(knh_kernel_session),
         "--results-dir", str(pytester.path / "results"), "--load-check", "2",
     )  # fmt: skip
     result.assert_outcomes(passed=2)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from inner_runs import same_kernel_options  # tests/kernel/inner_runs.py
 
 from harness.cli.base import EXIT_KERNEL_SPLAT
 from harness.config import GUEST_SCRIPTS
@@ -34,9 +35,9 @@ def poke_script(times: int, then_exit: int = 0) -> list[str]:
 
 def same_guest_options(session: KernelSession) -> list[str]:
     """Options that give a harness subprocess this session's kernel, accelerator and guest, with warn_nth, on
-    the fast engine (these runs test exec's kernel checks, not an engine)."""
+    the inner runs' engine (these runs test exec's kernel checks, not an engine)."""
     cfg = session.config
-    return ["--kernel", session.spec_for_reproduction, "--engine", "qemu", "--accel", session.accel().accel,
+    return [*same_kernel_options(session),
             "--boot-timeout", str(cfg.boot_timeout), "--results-dir", str(cfg.results_dir.resolve()),
             "--guest-memory", cfg.memory, "--guest-cpus", str(cfg.cpus),
             "--module-dir", str(WARN_NTH)]  # its own Makefile's default goal  # fmt: skip
