@@ -80,8 +80,13 @@ class _SilentGuest:
 
 
 @pytest.mark.parametrize("read", ["log", "read_file"])
-def test_a_guest_copy_missing_on_the_host_is_a_guest_read_failure(tmp_path: Path, read: str) -> None:
+def test_a_guest_copy_missing_on_the_host_is_a_guest_read_failure(
+    tmp_path: Path, read: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.guest import log_stream
     from harness.guest.kernel_ops import GuestKernel
+
+    monkeypatch.setattr(log_stream, "WAIT_S", 0.2)  # the log's copy never gets the sync line
 
     ops = GuestKernel(_SilentGuest(), tmp_path)  # type: ignore[arg-type]
     err = _raised(ops.log if read == "log" else lambda: ops.read_file("/proc/meminfo", "meminfo"))
