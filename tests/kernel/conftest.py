@@ -19,5 +19,6 @@ def shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
 def debug_spec(knh_kernel_session: KernelSession) -> str:
     """The outer run's debug kernel (built or taken from the cache when the run resolved it), for the
     tests marked debug_kernel, which run only on one."""
-    assert knh_kernel_session.spec is not None, "debug_kernel tests run only on a named debug-profile kernel"
-    return knh_kernel_session.spec
+    named = knh_kernel_session.requested_kernel
+    assert named is not None, "debug_kernel tests run only on a named debug-profile kernel"
+    return named
