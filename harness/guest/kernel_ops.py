@@ -117,24 +117,24 @@ class GuestKernel:
         self._verified_not_host = True
 
     # -- kernel log ----------------------------------------------------------
-    def mark(self) -> LogMark:
-        text = f"knh-mark:{self._token}:{next(self._counter)}"
-        self.guest.run(f"echo {text} > /dev/kmsg", check=True)
-        return LogMark(text)
+    def _marked(self, command: str = "", *, prefix: str = "knh-mark:",
+                check: bool = False) -> tuple[LogMark, CommandResult]:  # fmt: skip
+        """A new mark written to /dev/kmsg, then `command` if any, in one guest command: what the
+        command makes the kernel print follows the mark."""
+        mark = LogMark(f"{prefix}{self._token}:{next(self._counter)}")
+        then = f" && {command}" if command else ""
+        return mark, self.guest.run(f"echo {mark.text} > /dev/kmsg{then}", check=check)
 
-    def _marked(self, argv: Sequence[str]) -> tuple[LogMark, CommandResult]:
-        """A new mark, then `argv`, in one guest command: the lines the command makes follow the mark."""
-        text = f"knh-mark:{self._token}:{next(self._counter)}"
-        return LogMark(text), self.guest.run(f"echo {text} > /dev/kmsg && {shlex.join(argv)}")
+    def mark(self) -> LogMark:
+        return self._marked(check=True)[0]
 
     def mark_and_taint(self) -> tuple[LogMark, int]:
         """A new mark and the taint value read after it, in one guest command (shell builtins only):
         a taint from here on also prints after the mark. The log's reader starts with the first one, so
         a flood during the first test is copied as it comes."""
         self._stream()
-        text = f"knh-mark:{self._token}:{next(self._counter)}"
-        output = self.guest.run(f"echo {text} > /dev/kmsg && {TAINT_COMMAND}", check=True).output
-        return LogMark(text), parse_taint(output)
+        mark, result = self._marked(TAINT_COMMAND, check=True)
+        return mark, parse_taint(result.output)
 
     def _stream(self) -> KernelLogStream:
         """The guest's /dev/kmsg copy; its reader starts with the first read of the log (it copies
@@ -146,28 +146,26 @@ class GuestKernel:
             self._log_stream = stream
         return self._log_stream
 
+    def _copied(self, end: LogMark, start: LogMark | None) -> list[KernelLine]:
+        """The copy's lines from the one holding `start` (None: from the first) up to `end`, a mark just
+        written, once the copy holds it; nothing when `start` is not there. Sync lines are left out."""
+        stream = self._stream()
+        stop = stream.wait_for(end.text, alive=lambda: self.guest.alive)
+        first = 0 if start is None else stream.find(start.text, stop)
+        if first < 0:
+            return []
+        return [line for line in stream.lines(first, stop) if not line.text.startswith(SYNC_PREFIX)]
+
     def log(self, since: LogMark | None = None) -> list[KernelLine]:
         """The kernel log of the guest up to now, parsed: all of it, or from the line holding `since`
         on (nothing when `since` is not in it). "Now" is a sync line written to /dev/kmsg, which
-        the copy holds once everything logged before it is in; sync lines are left out."""
-        stream = self._stream()
-        sync = f"{SYNC_PREFIX}{self._token}:{next(self._counter)}"
-        self.guest.run(f"echo {sync} > /dev/kmsg", check=True)
-        end = stream.wait_for(sync, alive=lambda: self.guest.alive)
-        start = 0 if since is None else stream.find(since.text, end)
-        if start < 0:
-            return []
-        return [line for line in stream.lines(start, end) if not line.text.startswith(SYNC_PREFIX)]
+        the copy holds once everything logged before it is in."""
+        return self._copied(self._marked(prefix=SYNC_PREFIX, check=True)[0], since)
 
     def lines_between(self, start: LogMark, end: LogMark) -> list[KernelLine]:
         """Kernel log lines after `start` and before `end`, a mark just written (no sync line needed).
         Raises KernelLogLost when `start` is not in the log."""
-        stream = self._stream()
-        stop = stream.wait_for(end.text, alive=lambda: self.guest.alive)
-        first = stream.find(start.text, stop)
-        if first < 0:
-            return lines_after_mark([], start)
-        return [line for line in stream.lines(first + 1, stop) if not line.text.startswith(SYNC_PREFIX)]
+        return lines_after_mark(self._copied(end, start), start)
 
     def lines_since(self, mark: LogMark) -> list[KernelLine]:
         """Kernel log lines after `mark` (the mark line itself excluded)."""
@@ -193,7 +191,7 @@ class GuestKernel:
         if self.has_kmemleak():  # objects reported before never blame this module
             self.guest.run(write_argv(CLEAR), check=True)
         argv = [*module_tool("insmod"), str(ko)] + [f"{k}={v}" for k, v in (params or {}).items()]
-        mark, result = self._marked(argv)
+        mark, result = self._marked(shlex.join(argv))
         if result.status != 0:
             lines = self.lines_since(mark)
             self._raise_if_crashed(f"insmod {ko.name}", result.status, result.output, lines, also=ko)
@@ -209,7 +207,7 @@ class GuestKernel:
         refuses because the module is in use, ModuleCrashError when it crashed."""
         ko = self._loaded_from.get(name) if self.has_kmemleak() else None
         sections = parse_sections(self.guest.run(sections_argv(name), check=True).output) if ko else {}
-        mark, result = self._marked([*module_tool("rmmod"), name])
+        mark, result = self._marked(shlex.join([*module_tool("rmmod"), name]))
         if result.status != 0:
             lines = self.lines_since(mark)
             self._raise_if_crashed(f"rmmod {name}", result.status, result.output, lines)
