@@ -17,7 +17,7 @@ from pathlib import Path
 
 from harness.errors import GuestReadError, KernelLogLost
 from harness.kernel_log.dmesg import KernelLine
-from harness.kernel_log.kmsg import KmsgRecord, parse_chunk
+from harness.kernel_log.kmsg import KmsgRecord, lines_of, parse_chunk
 
 # /dev/kmsg refuses a read into a buffer smaller than the record (EINVAL): records are at most
 # about 1 KiB of text plus the dictionary.
@@ -76,7 +76,7 @@ class KernelLogStream:
         while True:
             self.poll()
             for index in range(start, len(self.records)):
-                if self.records[index].lines[0].text.strip() == text:
+                if self.records[index].holds(text):
                     return index
             start = len(self.records)
             if not alive() or self._clock() > deadline:
@@ -89,10 +89,10 @@ class KernelLogStream:
     def find(self, text: str, end: int) -> int:
         """Index of the last record before `end` whose text is `text`; -1 when there is none."""
         for index in range(end - 1, -1, -1):
-            if self.records[index].lines[0].text.strip() == text:
+            if self.records[index].holds(text):
                 return index
         return -1
 
     def lines(self, start: int, end: int) -> list[KernelLine]:
         """The lines of records start..end-1."""
-        return [line for record in self.records[start:end] for line in record.lines]
+        return lines_of(self.records[start:end])

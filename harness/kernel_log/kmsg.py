@@ -25,6 +25,10 @@ class KmsgRecord:
     seq: int
     lines: tuple[KernelLine, ...]
 
+    def holds(self, text: str) -> bool:
+        """True when the record's message is `text` (a mark the harness wrote)."""
+        return self.lines[0].text.strip() == text
+
 
 @dataclass(frozen=True)
 class KmsgChunk:
