@@ -41,6 +41,12 @@ MEMORY_DEBUG_DEFAULT: tuple[str, ...] = ("kfence",)
 Number = TypeVar("Number", int, float)
 
 
+def default_cache_root() -> Path:
+    """The harness cache: built kernels and modules, initramfs images, foreign architectures' kernels and roots."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "knetlink-harness"
+
+
 def vng_executable() -> str:
     """virtme-ng from the running interpreter's environment, else from PATH."""
     local = Path(sys.executable).parent / "vng"
@@ -79,6 +85,15 @@ def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
 _accel = _one_of(ACCEL_CHOICES)
 _engine = _one_of(ENGINES)
 _build_choice = _one_of(BUILD_CHOICES)
+
+
+def _arch(text: str) -> str:
+    """An architecture name, or "host" for the host's own."""
+    from harness.arches import ARCH_NAMES, host_arch
+
+    if text == "host":
+        return host_arch().name
+    return _one_of(ARCH_NAMES)(text)
 
 
 def _taint_letters(text: str) -> str:
@@ -186,6 +201,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kernels", "--kernel", "KNH_KERNEL", "knh_kernels", "",
             "kernel to boot: installed release, path to a kernel image, or 'all' (every installed kernel "
             "with headers); repeat for a matrix (default: newest installed kernel with headers)", multi=True),
+    Setting("arch", "--arch", "KNH_ARCH", "knh_arch", "host",
+            "guest architecture of the kernels named without one (x86_64, arm64; host: the host's); a --kernel "
+            "value may carry its own (arm64:6.1.0-57-arm64). A foreign one boots under TCG on the qemu engine, with "
+            "cross-built modules and a root filesystem made by `python -m harness arch-setup ARCH`", _arch),
     Setting("accel", "--accel", "KNH_ACCEL", "knh_accel", "auto",
             "QEMU accelerator: auto (KVM if a probe guest runs on it, else TCG), kvm or tcg", _accel),
     Setting("engine", "--engine", "KNH_ENGINE", "knh_engine", "vng",
@@ -282,6 +301,7 @@ class HarnessConfig:
     Setting's default, parsed (the table above is the one place defaults are written)."""
 
     kernels: tuple[str, ...] = _default("kernels")
+    arch: str = _default("arch")
     accel: str = _default("accel")
     engine: str = _default("engine")
     boot_timeout: float = _default("boot_timeout")

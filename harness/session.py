@@ -22,7 +22,7 @@ from harness.build.kernel_build import modules_dir_for
 from harness.build.module_build import BuiltModule, build_module, default_cache_root
 from harness.build.module_deps import missing_module, module_name, modules_dep_names, read_symvers
 from harness.build.progress import Notify
-from harness.config import GUEST_SCRIPTS, HarnessConfig
+from harness.config import GUEST_SCRIPTS, PROJECT_ROOT, HarnessConfig
 from harness.errors import BootError, HarnessError, MissingKernelDependency, ModuleCrashError
 from harness.guest.accel import AccelDecision, choose_accel
 from harness.guest.coverage import kernel_supports_coverage, unsupported_message
@@ -96,6 +96,7 @@ class KernelSession:
         self._guest: Guest | None = None
         self.last_guest: Guest | None = None  # kept after it died, for its logs
         self._guest_kernel: GuestKernel | None = None
+        self._said_engine = False
         self._boot_error: BootError | None = None
 
     @property
@@ -112,8 +113,8 @@ class KernelSession:
         """A --kernel value naming this kernel: what the user gave, else the release if installed, else the image."""
         if self.requested_kernel and self.requested_kernel != "all":
             return self.requested_kernel
-        if Path(f"/boot/vmlinuz-{self.kernel.release}").exists():
-            return self.kernel.release
+        if self.kernel.foreign or Path(f"/boot/vmlinuz-{self.kernel.release}").exists():
+            return self.kernel.spec
         return str(self.kernel.image)
 
     def default_source(self) -> ModuleSource:
@@ -153,23 +154,49 @@ class KernelSession:
 
     def accel(self) -> AccelDecision:
         if self._accel is None:
-            self._accel = choose_accel(self.config.accel, self.kernel.image)
+            self._accel = choose_accel(self.config.accel, self.kernel.image, foreign=self.kernel.foreign)
             self.notify(self._accel.notice())
         return self._accel
 
     def launch(self, name: str, run_dir: Path) -> GuestLaunch:
         """The command that boots this kernel with the configured engine."""
         accel = self.accel().accel
-        engine = engine_for(self.config.engine)
+        engine = engine_for(self.engine_name)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         channel = Path(tempfile.mkdtemp(prefix="knh-")) / "channel.sock"  # unix socket paths must be short
+        root, shared = self.guest_root()
         argv = engine.argv(GuestSpec(
             kernel=self.kernel, name=name, accel=accel, run_dir=run_dir, shell=GUEST_SCRIPTS / "guest-shell",
             cache=default_cache_root(), rw_dirs=(self.results_dir,), channel=channel, memory=self.config.memory,
             cpus=self.config.cpus, cwd=Path(os.getcwd()), tree_modules=modules_dir_for(self.kernel),
-            memory_debug=self.config.memory_debug,
+            memory_debug=self.config.memory_debug, root=root, shared_dirs=shared,
         ))  # fmt: skip
         return GuestLaunch(tuple(argv), name, self.kernel.release, accel, engine.name, channel)
+
+    @property
+    def engine_name(self) -> str:
+        """The configured engine; the qemu engine for a foreign kernel (virtme-ng's init and its guest tools
+        are the host's programs, which a foreign guest cannot run)."""
+        if self.kernel.foreign and self.config.engine != "qemu":
+            if not self._said_engine:
+                self.notify(f"{self.kernel.arch} guests boot with the qemu engine (engine {self.config.engine} "
+                            "runs the host's programs in the guest)")  # fmt: skip
+                self._said_engine = True
+            return "qemu"
+        return self.config.engine
+
+    def guest_root(self) -> tuple[Path, tuple[Path, ...]]:
+        """The guest's root and the host directories shared into it: the host's root, or a foreign architecture's
+        (made once, harness.build.foreign) with the project and the working directory at their own paths."""
+        if not self.kernel.foreign:
+            return Path("/"), ()
+        from harness.arches import arch_named
+        from harness.build.foreign import make_root
+
+        root = make_root(arch_named(self.kernel.arch), notify=self.notify)
+        cwd = Path(os.getcwd())
+        shared = (PROJECT_ROOT,) if cwd.is_relative_to(PROJECT_ROOT) else (PROJECT_ROOT, cwd)
+        return root, shared
 
     def guest(self) -> Guest:
         """The live guest, booting one (with retries) if there is none or it died."""
@@ -209,8 +236,8 @@ class KernelSession:
             self._guest = self.last_guest = guest
             self.scratch.mkdir(parents=True, exist_ok=True)
             kmemleak = may_have_kmemleak(read_kernel_config(self.kernel))  # stock kernels: no guest command
-            self._guest_kernel = GuestKernel(guest, self.scratch, kmemleak=kmemleak,
-                                             decode_inputs=self.decode_inputs)  # fmt: skip
+            self._guest_kernel = GuestKernel(guest, self.scratch, kmemleak=kmemleak, decode_inputs=self.decode_inputs,
+                                             root=self.guest_root()[0])  # fmt: skip
             return guest
         assert last is not None
         self._boot_error = last  # do not boot again for every remaining test

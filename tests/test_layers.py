@@ -18,7 +18,7 @@ HARNESS = ROOT / "harness"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("harness.errors",)),
     ("pure", ("harness.kernel_log", "harness.formats")),
-    ("settings", ("harness.config",)),
+    ("settings", ("harness.config", "harness.arches")),
     ("build", ("harness.build",)),
     ("guest", ("harness.guest",)),
     ("orchestrator", ("harness.session", "harness.kernel_watch", "harness.loadcheck")),

@@ -174,7 +174,16 @@ def cached_vmlinux(kernel: Kernel, cache_root: Path) -> Path | None:
 
 
 def build_initramfs(kernel: Kernel, init_script: Path, cache_root: Path, busybox: str | None = None) -> Path:
-    """The fast engine's initramfs for `kernel` (cached by content)."""
+    """The fast engine's initramfs for `kernel` (cached by content). Its busybox is the host's, or for a
+    foreign kernel the static one of that architecture's root (harness.build.foreign)."""
+    if busybox is None and kernel.foreign:
+        from harness.arches import arch_named
+        from harness.build.kernel import arch_dirs, setup_hint
+
+        arch = arch_named(kernel.arch)
+        busybox = str(arch_dirs(arch, cache_root).root / "bin" / "busybox")
+        if not Path(busybox).is_file():
+            raise MissingDependencyError(f"{busybox} (the {arch.name} root's static busybox)", setup_hint(arch))
     busybox = busybox or shutil.which("busybox")
     if busybox is None:
         raise MissingDependencyError("busybox", "apt-get install busybox-static")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from harness.arches import Arch, arch_named, host_arch, is_foreign, split_arch
+from harness.config import default_cache_root
 from harness.errors import KernelNotFoundError
 
 BOOT_DIR = Path("/boot")
@@ -25,11 +27,22 @@ class Kernel:
     release: str  # uname -r of the guest, e.g. "6.1.0-56-amd64"
     image: Path  # bzImage/vmlinuz handed to virtme-ng
     build_dir: Path  # KDIR for `make -C KDIR M=...`
+    arch: str = field(default_factory=lambda: host_arch().name)  # harness.arches: the guest's architecture
 
     @property
     def label(self) -> str:
         """Short name used in test ids and result paths."""
         return self.release
+
+    @property
+    def foreign(self) -> bool:
+        """True for a kernel of another architecture than the host's (harness.arches.is_foreign)."""
+        return is_foreign(arch_named(self.arch))
+
+    @property
+    def spec(self) -> str:
+        """A --kernel value naming this kernel by release: with its architecture when that is not the host's."""
+        return f"{self.arch}:{self.release}" if self.foreign else self.release
 
 
 def release_sort_key(release: str) -> tuple[tuple[int, ...], str]:
@@ -135,19 +148,96 @@ def resolve_kernel(spec: str | None, boot: Path = BOOT_DIR, modules: Path = MODU
     return kernel
 
 
+@dataclass(frozen=True)
+class ArchDirs:
+    """Where one architecture's kernels and root live under the harness cache."""
+
+    arch: Arch
+    cache_root: Path
+
+    @property
+    def base(self) -> Path:
+        return self.cache_root / "arch" / self.arch.name
+
+    @property
+    def store(self) -> Path:
+        """The kernel store: boot/, lib/modules/<release>/, usr/src/ as in a root."""
+        return self.base / "kernels"
+
+    @property
+    def boot(self) -> Path:
+        return self.store / "boot"
+
+    @property
+    def modules(self) -> Path:
+        return self.store / "lib" / "modules"
+
+    @property
+    def root(self) -> Path:
+        """The guest's root filesystem."""
+        return self.base / "root"
+
+
+def arch_dirs(arch: Arch, cache_root: Path | None = None) -> ArchDirs:
+    """`arch`'s directories under `cache_root` (default: the harness cache)."""
+    return ArchDirs(arch, cache_root or default_cache_root())
+
+
+def setup_hint(arch: Arch) -> str:
+    return f"python -m harness arch-setup {arch.name}"
+
+
+def foreign_kernels(arch: Arch, cache_root: Path | None = None) -> list[Kernel]:
+    """The kernels in `arch`'s store, newest first."""
+    dirs = arch_dirs(arch, cache_root)
+    return [replace(k, arch=arch.name) for k in installed_kernels(dirs.boot, dirs.modules)]
+
+
+def resolve_foreign_kernel(arch: Arch, spec: str | None, cache_root: Path | None = None) -> Kernel:
+    """A release in `arch`'s store (None: the newest there), or what is missing and the command that adds it."""
+    dirs = arch_dirs(arch, cache_root)
+    if spec and "/" in spec:
+        raise KernelNotFoundError(f"{arch.name} kernels are named by release ({arch.name}:6.1.0-57-{arch.debian}), "
+                                  f"not by path: {spec}")  # fmt: skip
+    try:
+        kernel = resolve_kernel(spec, dirs.boot, dirs.modules)
+    except KernelNotFoundError as e:
+        have = ", ".join(k.release for k in foreign_kernels(arch, cache_root)) or "none"
+        add = f"{setup_hint(arch)}{' --release ' + spec if spec else ''}"
+        raise KernelNotFoundError(f"no {arch.name} kernel {spec or ''} in {dirs.store} (have: {have}); add it "
+                                  f"with:\n    {add}\n({e.args[0].splitlines()[0]})") from None  # fmt: skip
+    return replace(kernel, arch=arch.name)
+
+
 ALL_KERNELS = "all"
 
 
-def expand_kernel_specs(specs: tuple[str, ...], boot: Path = BOOT_DIR, modules: Path = MODULES_DIR) -> list[str]:
+def qualify(spec: str, arch: str | None) -> str:
+    """`spec` with the architecture it is meant for: a spec without a prefix gets `arch` (the arch setting)
+    when that is foreign; a prefix naming the host's architecture is dropped. "" stays "" on the host."""
+    prefix, rest = split_arch(spec)
+    name = prefix or arch or host_arch().name
+    return f"{name}:{rest}" if is_foreign(arch_named(name)) else rest
+
+
+def expand_kernel_specs(specs: tuple[str, ...], boot: Path = BOOT_DIR, modules: Path = MODULES_DIR,
+                        arch: str | None = None) -> list[str]:  # fmt: skip
     """Turn the user's list into specs: () -> [""] (the default kernel); "all" -> every installed
-    kernel with headers, oldest first; duplicates dropped."""
+    kernel with headers, oldest first; duplicates dropped. `arch` (the arch setting) is the architecture
+    of specs without one: a foreign one's "all" is every kernel of its store (harness.build.foreign), and
+    its specs carry the prefix ("arm64:6.1.0-57-arm64", "arm64:" for the newest)."""
     out: list[str] = []
     for spec in specs or ("",):
-        if spec == ALL_KERNELS:
+        spec = qualify(spec, arch)
+        prefix, rest = split_arch(spec)
+        if rest != ALL_KERNELS:
+            out.append(spec)
+        elif prefix is None:
             found = [k.release for k in reversed(installed_kernels(boot, modules))]
             out += found or [""]  # nothing installed: the default spec reports what is missing
         else:
-            out.append(spec)
+            found = [k.spec for k in reversed(foreign_kernels(arch_named(prefix)))]
+            out += found or [f"{prefix}:"]
     return list(dict.fromkeys(out))
 
 

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.arches import arch_named, is_foreign, split_arch
 from harness.build.config_items import (
     REQUIRED_CONFIG,
     BuildOptions,
@@ -42,7 +43,7 @@ from harness.build.config_items import (
     read_config,
 )
 from harness.build.configure import BuildLayout, build_layout, configure, profile_error
-from harness.build.kernel import Kernel, image_release, resolve_kernel
+from harness.build.kernel import Kernel, image_release, resolve_foreign_kernel, resolve_kernel
 from harness.build.kernel_source import find_distro_source, is_kernel_tree, locked, parse_profile_spec, profile_tree
 from harness.build.module_build import default_cache_root
 from harness.build.progress import BuildProgress, Notify, previous_objects
@@ -324,9 +325,11 @@ def _rmtree(path: Path) -> None:
 
 
 def modules_dir_for(kernel: Kernel, cache_root: Path | None = None) -> Path | None:
-    """Where the modules of a kernel built here were installed (for the fast engine's initramfs),
-    or None for any other kernel."""
+    """Where the modules of a kernel built here were installed (for the fast engine's initramfs), the
+    store's modules of a foreign kernel (harness.build.foreign), or None for any other kernel."""
     build_dir = kernel.build_dir
+    if kernel.foreign:  # <store>/lib/modules/<release>/build
+        return build_dir.parent if (build_dir.parent / "modules.dep").exists() else None
     if build_dir.name.endswith("-obj") and build_dir.parent.name == "kernel-builds":  # a profile build (O=)
         modules_root = build_dir.with_name(build_dir.name.removesuffix("-obj") + "-modules")
     else:
@@ -371,7 +374,16 @@ def resolve_kernel_spec(
 ) -> Kernel:
     """resolve_kernel plus source trees and profiles: a directory with Makefile, Kconfig and arch/ is
     built (or taken from the cache) and its Kernel returned; `debug` builds the distribution's source
-    with the debug profile, `debug:TREE` that tree; anything else goes to resolve_kernel."""
+    with the debug profile, `debug:TREE` that tree; `ARCH:RELEASE` (harness.arches) a kernel of a foreign
+    architecture from its store (harness.build.foreign); anything else goes to resolve_kernel."""
+    arch, rest = split_arch(spec) if spec else (None, "")
+    if arch is not None:
+        if is_foreign(arch_named(arch)):
+            if parse_profile_spec(rest) is not None or (rest and Path(rest).is_dir()):
+                raise KernelNotFoundError(f"{spec}: kernels built here are for the host's architecture only; an "
+                                          f"{arch} kernel is a release of its store ({arch}:RELEASE)")  # fmt: skip
+            return resolve_foreign_kernel(arch_named(arch), rest or None, cache_root)
+        spec = rest or None
     profile = parse_profile_spec(spec) if spec else None
     if profile is not None:
         name, tree = profile

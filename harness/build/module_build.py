@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.arches import arch_named
 from harness.build.config_items import read_kernel_config
 from harness.build.dkms import DKMS_CONF, DkmsConf, exclusion, read_dkms_conf
 from harness.build.kernel import Kernel, image_version
@@ -48,19 +48,14 @@ from harness.build.plan import (
     kbuild_command,
     makefile_command,
 )
-from harness.config import expand_make_vars
-from harness.errors import BuildError, BuildExcluded, ConfigError
+from harness.config import default_cache_root, expand_make_vars
+from harness.errors import BuildError, BuildExcluded, ConfigError, MissingDependencyError
 from harness.formats.elf import modinfo_field
 
 IGNORED_SUFFIXES = (".o", ".ko", ".mod", ".mod.c", ".cmd", ".symvers", ".order", ".swp")
 BUILD_LOG = "build.log"
 DONE_MARK = ".knh-built"
 MODULES_LIST = ".knh-modules"  # the .ko files to load, relative to the build, in the build's order
-
-
-def default_cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "knetlink-harness"
 
 
 @dataclass(frozen=True)
@@ -179,9 +174,21 @@ def debug_info_variables(config: Mapping[str, str], variables: Sequence[str]) ->
     return DEBUG_INFO_VARIABLES
 
 
-def host_arch() -> str:
-    """DKMS's `arch`: the guest's architecture, which is the host's."""
-    return platform.machine()
+def guest_machine(kernel: Kernel) -> str:
+    """DKMS's `arch`: the guest's architecture (uname -m), the host's unless the kernel is foreign."""
+    return arch_named(kernel.arch).machine
+
+
+def cross_variables(kernel: Kernel, which: Callable[[str], str | None] = shutil.which) -> tuple[str, ...]:
+    """make's ARCH= and CROSS_COMPILE= for a foreign kernel (harness.arches), nothing for the host's; the
+    cross compiler must be there (the headers of Debian's kernels call <prefix>gcc-<version>)."""
+    if not kernel.foreign:
+        return ()
+    arch = arch_named(kernel.arch)
+    if which(f"{arch.cross_compile}gcc") is None:
+        raise MissingDependencyError(f"{arch.cross_compile}gcc (the {arch.name} cross compiler)",
+                                     f"apt-get install {' '.join(arch.cross_packages)}")  # fmt: skip
+    return (f"ARCH={arch.kbuild}", f"CROSS_COMPILE={arch.cross_compile}")
 
 
 def ko_depends(ko: Path) -> tuple[str, ...]:
@@ -214,20 +221,22 @@ def build_module(src: Path, kernel: Kernel, *, cache_root: Path | None = None, t
                           "knh_module_source) at the driver's directory")  # fmt: skip
     choice = choose_build(src, choice)
     config = read_kernel_config(kernel)
-    variables = expand_make_vars(make_vars, kernel.build_dir, kernel.release) + (GCOV_VARIABLES if coverage else ())
+    variables = cross_variables(kernel) + expand_make_vars(make_vars, kernel.build_dir, kernel.release)
+    variables += GCOV_VARIABLES if coverage else ()
     variables += debug_info_variables(config, variables)
     cache_root = cache_root or default_cache_root()
     key = source_key(src, kernel, (*targets, f"build={choice}", *variables), coverage=coverage)
     final = cache_root / "modules" / kernel.release / f"{src.name}-{key}"
     dkms_root = final.with_name(f".{final.name}.dkms")  # DKMS's dkms_tree and source_tree for this build
     conf = None
-    dkms_vars = dkms_variables(kernel.build_dir, kernel.release, host_arch(), dkms_root / "tree", dkms_root / "src")
+    dkms_vars = dkms_variables(kernel.build_dir, kernel.release, guest_machine(kernel), dkms_root / "tree",
+                               dkms_root / "src")  # fmt: skip
     if choice == "dkms" and targets:
         raise ConfigError(f"make targets {' '.join(targets)} do not apply to a dkms.conf build (its MAKE[i] says "
                           "what to build); fix: drop --make-targets, or set --module-build makefile")  # fmt: skip
     if choice == "dkms":
         conf = read_dkms_conf(src / DKMS_CONF, dkms_vars)
-        reason = exclusion(conf, kernel.release, host_arch(), config)
+        reason = exclusion(conf, kernel.release, guest_machine(kernel), config)
         if reason:
             raise BuildExcluded(reason)
     if (final / DONE_MARK).exists():

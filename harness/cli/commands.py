@@ -22,7 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.arches import ARCH_NAMES
 from harness.build.config_items import BuildOptions
+from harness.build.kernel import qualify
 from harness.build.kernel_build import resolve_kernel_spec
 from harness.cli.base import EXIT_GUEST_DIED, EXIT_HARNESS, EXIT_KERNEL_SPLAT, Command, Output
 from harness.cli.ini import project_ini
@@ -39,6 +41,7 @@ def add_guest_options(p: argparse.ArgumentParser, *, module: bool = True, no_mod
         p.add_argument(s.option, dest=name, help=f"{s.help} [env {s.env}]", **kw)
 
     opt("kernels", action="append", default=None, metavar="KERNEL")
+    opt("arch", default=None, choices=("host", *ARCH_NAMES))
     opt("accel", default=None, choices=("auto", "kvm", "tcg"))
     opt("engine", default=None, choices=ENGINES)
     opt("boot_timeout", default=None, metavar="SECONDS")
@@ -130,7 +133,7 @@ def build_parser(extra: Sequence[Command] = ()) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> HarnessConfig:
-    names = ("kernels", "accel", "engine", "boot_timeout", "boot_retries", "command_timeout", "memory", "cpus",
+    names = ("kernels", "arch", "accel", "engine", "boot_timeout", "boot_retries", "command_timeout", "memory", "cpus",
              "results_dir", "module_dir", "module_build", "make_vars", "make_targets", "module_params",
              "splat_allowlist", "allowed_taint")  # fmt: skip
     options = {n: getattr(args, n, None) for n in names}
@@ -144,7 +147,7 @@ def open_session(cfg: HarnessConfig, out: Output) -> KernelSession:
     if len(cfg.kernels) > 1:
         where = cfg.sources.get("kernels", "the settings")
         raise ConfigError(f"give this command one --kernel, not {len(cfg.kernels)} ({' '.join(cfg.kernels)}, {where})")
-    spec = cfg.kernels[0] if cfg.kernels else None
+    spec = qualify(cfg.kernels[0] if cfg.kernels else "", cfg.arch) or None
     kernel = resolve_kernel_spec(spec, notify=out.progress, options=BuildOptions.from_config(cfg))
     run_root = cfg.results_dir / time.strftime("cli-%Y%m%d-%H%M%S")
     return KernelSession(cfg, kernel, run_root, notify=out.progress, requested_kernel=spec)
@@ -313,7 +316,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         policy = CheckPolicy(args.cycles, module_params_dict(cfg.module_params), load_allowlist(cfg.splat_allowlist),
                              cfg.allowed_taint, args.max_slab_growth)  # fmt: skip
-        specs = expand_kernel_specs(cfg.kernels)
+        specs = expand_kernel_specs(cfg.kernels, arch=cfg.arch)
     except HarnessError as e:
         out.error(str(e))
         return EXIT_HARNESS
@@ -346,7 +349,7 @@ def cmd_build_kernel(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
         options = BuildOptions.from_config(cfg)
-        for spec in expand_kernel_specs(cfg.kernels):
+        for spec in expand_kernel_specs(cfg.kernels, arch=cfg.arch):
             start = time.monotonic()
             kernel = resolve_kernel_spec(spec or None, notify=out.progress, options=options)
             out.progress(f"{spec or 'default kernel'}: {kernel.release} ready ({time.monotonic() - start:.1f} s)")
@@ -398,9 +401,10 @@ def cmd_bisect_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> int:
     """Run the core commands, and `extra` ones a module layer adds."""
+    from harness.cli.arch_setup import COMMANDS as ARCH_COMMANDS
     from harness.cli.shards import COMMANDS
 
-    extra = (*COMMANDS, *extra)
+    extra = (*COMMANDS, *ARCH_COMMANDS, *extra)
     args = build_parser(extra).parse_args(argv)
     for command in extra:
         if args.command == command.name:

@@ -114,12 +114,19 @@ def choose_accel(
     *,
     device_check: Callable[[], str | None] = kvm_device_usable,
     probe: Callable[[Path], ProbeResult] = probe_kvm,
+    foreign: bool = False,
 ) -> AccelDecision:
-    """Apply the user's request ("auto", "kvm" or "tcg") to what the machine can do."""
+    """Apply the user's request ("auto", "kvm" or "tcg") to what the machine can do. A `foreign` kernel (of
+    another architecture than the host's, harness.arches) runs under TCG: KVM runs the host's only."""
     if requested not in ACCEL_CHOICES:
         raise ConfigError(f"accelerator must be one of {', '.join(ACCEL_CHOICES)}, not {requested!r}")
     if requested == "tcg":
         return AccelDecision("tcg", "requested")
+    if foreign:
+        if requested == "kvm":
+            raise ConfigError("KVM was requested for a kernel of another architecture than the host's: KVM runs "
+                              "guests of the host's architecture only; fix: --accel auto or tcg")  # fmt: skip
+        return AccelDecision("tcg", "a guest of another architecture than the host's runs under TCG")
     problem = device_check()
     if problem is None:
         result = probe(image)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.arches import X86_64
 from harness.build.kernel import Kernel
 
 # Kernel arguments every harness guest gets:
@@ -124,7 +125,13 @@ class QemuSpec:
     initrd: Path | None = None
     qemu: str = "qemu-system-x86_64"
     name: str | None = "knh"
-    machine: str | None = "microvm"  # None: QEMU's default PC machine
+    machine: str | None = X86_64.qemu_machine  # None: QEMU's default PC machine
+    tcg_cpu: str = X86_64.tcg_cpu  # -cpu under TCG (KVM: host)
+    # The guest's interactive console and the kernel console's device (harness.arches.Arch). On a machine
+    # with one UART the kernel console has it and the shell a virtio console (hvc0).
+    console: str = X86_64.console
+    kernel_console: str = X86_64.kernel_console
+    root: Path = Path("/")  # the guest's root: the host's, or a foreign architecture's (harness.build.foreign)
     memory: str = "1G"
     cpus: int = 2
     kernel_log: Path | None = None  # file the kernel console (ttyS1) is written to
@@ -164,19 +171,26 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     calibrate_delay() in a few percent of boots, so the host's TSC frequency is
     passed as tsc_early_khz= (the TCG guest's TSC is the host's).
     """
-    accel = ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+    accel = ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg", "-cpu", spec.tcg_cpu]
     argv = [
         spec.qemu, *(["-name", spec.name] if spec.name else []), *(["-M", spec.machine] if spec.machine else []),
         *accel, "-m", spec.memory, "-smp", str(spec.cpus),
-        "-nodefaults", "-no-reboot", "-display", "none", "-vga", "none", "-net", "none",
-        "-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
+        "-nodefaults", "-no-reboot", "-display", "none", *(["-vga", "none"] if spec.qemu.endswith("x86_64") else []),
+        "-net", "none", "-chardev", "stdio,id=con,signal=off",
     ]  # fmt: skip
-    if spec.kernel_log is not None:
+    if spec.kernel_log is None:
+        argv += ["-serial", "chardev:con"]
+    elif spec.console.startswith("hvc"):
+        # one UART (the kernel console, a file); the shell on a virtio console
+        argv += ["-chardev", f"file,id=klog,path={qemu_opt(spec.kernel_log)}", "-serial", "chardev:klog",
+                 "-device", "virtio-serial-device,id=knhcon",
+                 "-device", "virtconsole,bus=knhcon.0,chardev=con"]  # fmt: skip
+    else:
         # microvm creates only ttyS0 from -serial; ttyS1 (the kernel console) is added as a device
-        argv += ["-chardev", f"file,id=klog,path={qemu_opt(spec.kernel_log)}",
+        argv += ["-serial", "chardev:con", "-chardev", f"file,id=klog,path={qemu_opt(spec.kernel_log)}",
                  "-device", "isa-serial,chardev=klog,index=1"]  # fmt: skip
     if spec.shell is not None:
-        argv += _ninep("hostroot", Path("/"), readonly=True)
+        argv += _ninep("hostroot", spec.root, readonly=True)
         for i, d in enumerate(spec.rw_dirs):
             argv += _ninep(f"knhrw{i}", d, readonly=False)
         for i, d in enumerate(spec.fresh_dirs):
@@ -184,21 +198,27 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
         for i, (_, host) in enumerate(spec.mapped_dirs):
             argv += _ninep(f"knhmap{i}", host, readonly=True)
     if spec.channel is not None:
-        argv += channel_qemu_args(spec.channel, transport="mmio" if spec.machine == "microvm" else "pci")
-    console = "console=ttyS1" if spec.kernel_log is not None else "console=ttyS0"
+        argv += channel_qemu_args(spec.channel, transport="pci" if spec.machine is None else "mmio")
+    # without a kernel log file, the kernel console is the one serial port (stdio)
+    console = f"console={spec.kernel_console if spec.kernel_log is not None else _first_serial(spec)}"
     # tsc=reliable: without an HPET the kernel's watchdog marks the TCG TSC unstable and falls back to a
     # tick-based clocksource, which times nothing shorter than a tick (bpftrace's nsecs, for one).
     clock = [f"tsc_early_khz={spec.tsc_khz}", "tsc=reliable"] if spec.accel == "tcg" and spec.tsc_khz else []
     args = [console, *(["rdinit=/init"] if spec.initrd else []), *spec.kernel_args, *clock, *spec.memory_debug_args]
     if spec.shell is not None:
         args += [
-            f"knh.shell={spec.shell}", f"knh.cwd={spec.cwd}",
+            f"knh.shell={spec.shell}", f"knh.cwd={spec.cwd}", f"knh.tty={spec.console}",
             "knh.rw=" + ",".join(str(d) for d in spec.rw_dirs),
             "knh.fresh=" + ",".join(str(d) for d in spec.fresh_dirs),
             "knh.map=" + ",".join(str(guest) for guest, _ in spec.mapped_dirs),
         ]  # fmt: skip
     initrd = ["-initrd", str(spec.initrd)] if spec.initrd else []
     return [*argv, "-kernel", str(spec.image), *initrd, "-append", " ".join(args)]
+
+
+def _first_serial(spec: QemuSpec) -> str:
+    """The device of -serial's first port: the UART that is not a virtio console."""
+    return spec.kernel_console if spec.console.startswith("hvc") else spec.console
 
 
 CHANNEL_NAME = "knh.0"

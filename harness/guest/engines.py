@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import ClassVar, Protocol
 
+from harness.arches import X86_64, arch_named
 from harness.build.config_items import read_kernel_config
 from harness.build.initramfs import build_initramfs, cached_vmlinux
 from harness.build.kernel import Kernel
@@ -45,13 +46,18 @@ class GuestSpec:
     cwd: Path = Path("/")  # the guest shell's working directory, where the engine can set it
     tree_modules: Path | None = None  # modules of a kernel built from a tree (seen at /lib/modules/<release>)
     memory_debug: tuple[str, ...] = MEMORY_DEBUG_DEFAULT  # helpers to turn on (the memory_debug setting)
+    # The guest's root: the host's, or a foreign architecture's (harness.build.foreign), in which the host
+    # directories of `shared_dirs` (the project, the working directory) appear read-only at their own paths.
+    root: Path = Path("/")
+    shared_dirs: tuple[Path, ...] = ()
 
     @property
     def mapped_dirs(self) -> tuple[tuple[Path, Path], ...]:
         """(guest path, host path) pairs mounted read-only."""
+        shared = tuple((d, d) for d in self.shared_dirs)
         if self.tree_modules is None:
-            return ()
-        return ((Path("/lib/modules") / self.kernel.release, self.tree_modules),)
+            return shared
+        return (*shared, (Path("/lib/modules") / self.kernel.release, self.tree_modules))
 
 
 class Engine(Protocol):
@@ -109,18 +115,21 @@ class QemuEngine:
     kernel_config: KernelConfigOf = read_kernel_config
 
     def spec(self, launch: GuestSpec) -> QemuSpec:
-        qemu = self.which("qemu-system-x86_64")
+        arch = arch_named(launch.kernel.arch)
+        qemu = self.which(arch.qemu)
         if qemu is None:
-            raise MissingDependencyError("qemu-system-x86_64", "apt-get install qemu-system-x86")
-        image = self.vmlinux(launch.kernel, launch.cache) or launch.kernel.image
+            raise MissingDependencyError(arch.qemu, f"apt-get install {arch.qemu_package}")
+        x86 = arch.name == X86_64.name  # the PVH entry of an uncompressed vmlinux, the TSC clock: x86 only
+        image = (self.vmlinux(launch.kernel, launch.cache) if x86 else None) or launch.kernel.image
         initrd = self.initramfs(launch.kernel, self.init_script, launch.cache)
         launch.run_dir.mkdir(parents=True, exist_ok=True)  # QEMU creates the kernel log, not its directory
         return QemuSpec(
             image=image, initrd=initrd, accel=launch.accel, shell=launch.shell,
             rw_dirs=launch.rw_dirs, fresh_dirs=(launch.cache,), kernel_log=GuestPaths(launch.run_dir).kernel_log,
             channel=launch.channel, memory=launch.memory, cpus=launch.cpus, name=launch.name, cwd=launch.cwd,
-            qemu=qemu, tsc_khz=self.tsc_khz(), mapped_dirs=launch.mapped_dirs,
-            memory_debug_args=debug_args(launch, self.kernel_config),
+            qemu=qemu, tsc_khz=self.tsc_khz() if x86 else None, mapped_dirs=launch.mapped_dirs,
+            memory_debug_args=debug_args(launch, self.kernel_config), machine=arch.qemu_machine,
+            tcg_cpu=arch.tcg_cpu, console=arch.console, kernel_console=arch.kernel_console, root=launch.root,
         )  # fmt: skip
 
     def argv(self, launch: GuestSpec) -> list[str]:

@@ -61,11 +61,15 @@ class LogMark:
 
 
 @functools.cache
-def module_tool(name: str) -> tuple[str, ...]:
-    """argv of insmod or rmmod in the guest. busybox's applets (static, the same init_module and
-    delete_module calls) start in ~50 ms under TCG where kmod's take ~140 ms; kmod's when the host
-    root (the guest's) has no busybox."""
-    busybox = shutil.which("busybox")
+def module_tool(name: str, root: Path = Path("/")) -> tuple[str, ...]:
+    """argv of insmod or rmmod in the guest whose root is the host directory `root` (the host's own, or
+    a foreign architecture's). busybox's applets (static, the same init_module and delete_module calls)
+    start in ~50 ms under TCG where kmod's take ~140 ms; kmod's when that root has no busybox."""
+    if root == Path("/"):
+        busybox = shutil.which("busybox")
+    else:
+        found = [d for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin") if (root / d[1:] / "busybox").is_file()]
+        busybox = f"{found[0]}/busybox" if found else None
     return (busybox, name) if busybox else (name,)
 
 
@@ -90,9 +94,10 @@ class GuestKernel:
     asked once, at the first insmod."""
 
     def __init__(self, guest: Guest, scratch: Path, *, kmemleak: bool = False,
-                 decode_inputs: Callable[[], DecodeInputs] | None = None) -> None:  # fmt: skip
+                 decode_inputs: Callable[[], DecodeInputs] | None = None, root: Path = Path("/")) -> None:  # fmt: skip
         self.guest = guest
         self.scratch = scratch
+        self.root = root  # the host directory that is the guest's root (harness.guest.engines.GuestSpec.root)
         self._token = secrets.token_hex(4)
         self._counter = itertools.count(1)
         self._verified_not_host = False
@@ -190,7 +195,7 @@ class GuestKernel:
         self.ensure_not_host()
         if self.has_kmemleak():  # objects reported before never blame this module
             self.guest.run(write_argv(CLEAR), check=True)
-        argv = [*module_tool("insmod"), str(ko)] + [f"{k}={v}" for k, v in (params or {}).items()]
+        argv = [*module_tool("insmod", self.root), str(ko)] + [f"{k}={v}" for k, v in (params or {}).items()]
         mark, result = self._marked(shlex.join(argv))
         if result.status != 0:
             lines = self.lines_since(mark)
@@ -207,7 +212,7 @@ class GuestKernel:
         refuses because the module is in use, ModuleCrashError when it crashed."""
         ko = self._loaded_from.get(name) if self.has_kmemleak() else None
         sections = parse_sections(self.guest.run(sections_argv(name), check=True).output) if ko else {}
-        mark, result = self._marked(shlex.join([*module_tool("rmmod"), name]))
+        mark, result = self._marked(shlex.join([*module_tool("rmmod", self.root), name]))
         if result.status != 0:
             lines = self.lines_since(mark)
             self._raise_if_crashed(f"rmmod {name}", result.status, result.output, lines)
@@ -273,7 +278,7 @@ class GuestKernel:
             return
         if not (self.has_kmemleak() and any(n in self._loaded_from for n in extra)):
             mark = self.mark()
-            result = self.guest.run([*module_tool("rmmod"), *extra])
+            result = self.guest.run([*module_tool("rmmod", self.root), *extra])
             if result.status == 0:
                 self.unloads += 1
                 return

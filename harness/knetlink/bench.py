@@ -132,7 +132,7 @@ def run_sender_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], 
     """Only the sender figures, for every kernel of ``cfg.kernels`` in turn (one guest each), in one run."""
     kernels: dict[str, Any] = {}
     accel = ""
-    for spec in expand_kernel_specs(cfg.kernels):
+    for spec in expand_kernel_specs(cfg.kernels, arch=cfg.arch):
         session = session_for(replace(cfg, kernels=(spec,) if spec else ()))
         try:
             accel = session.accel().accel

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.build.kernel import qualify
 from harness.build.kernel_build import resolve_kernel_spec
 from harness.cli.base import EXIT_HARNESS, Command, Output
 from harness.cli.commands import add_guest_options, config_from_args, run_with_session
@@ -39,7 +40,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
         sender = CSender(session.guest(), session.build().directory / C_SENDER, proto)
         sent = sender.send(SEED_MESSAGE)
         lines = ops.lines_since(mark)
-        print(f"kernel {session.kernel.release}, accelerator {session.accel().accel}, "
+        machine = session.guest().run(["uname", "-m"]).output.strip()
+        print(f"kernel {session.kernel.release} ({machine} guest), accelerator {session.accel().accel}, "
               f"boot {session.stats.boot_times_s[-1]:.1f} s")  # fmt: skip
         print("sender: " + sent.output.strip())
         print("kernel log:")
@@ -90,7 +92,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_root = cfg.results_dir / time.strftime("bench-%Y%m%d-%H%M%S")
 
         def session_for(c: HarnessConfig) -> KernelSession:
-            kernel = resolve_kernel_spec(c.kernels[0] if c.kernels else None, notify=out.progress)
+            kernel = resolve_kernel_spec(qualify(c.kernels[0] if c.kernels else "", c.arch) or None,
+                                         notify=out.progress)  # fmt: skip
             return KernelSession(c, kernel, run_root, notify=out.progress)
 
         opts = (quick_options(args.boots, args.sender_runs) if args.quick else

@@ -52,7 +52,7 @@ def worker_cpus(config: pytest.Config, cfg: HarnessConfig) -> int:
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """-n auto: one worker per selected kernel, at most one per core."""
     try:
-        kernels = len(expand_kernel_specs(resolve_settings(config).kernels)) or 1
+        kernels = len(expand_kernel_specs(resolve_settings(config).kernels, arch=resolve_settings(config).arch)) or 1
     except HarnessError:
         return 1  # the bad setting is reported once the run is configured
 

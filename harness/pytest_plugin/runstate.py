@@ -177,7 +177,7 @@ def kernel_params(config: pytest.Config) -> list[KernelParam]:
     if cached is None:
         cached = []
         build_options = BuildOptions.from_config(run_state(config).config)
-        for spec in expand_kernel_specs(run_state(config).config.kernels):
+        for spec in expand_kernel_specs(run_state(config).config.kernels, arch=run_state(config).config.arch):
             try:
                 kernel = resolve_kernel_spec(spec or None, notify=notifier(config), options=build_options)
                 cached.append(KernelParam(spec, kernel, None))
