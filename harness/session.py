@@ -19,10 +19,10 @@ from harness.build.config_items import read_kernel_config
 from harness.build.decode import DecodeInputs
 from harness.build.kernel import Kernel
 from harness.build.kernel_build import modules_dir_for
-from harness.build.module_build import BuiltModule, build_module, default_cache_root
+from harness.build.module_build import BuiltModule, build_module
 from harness.build.module_deps import missing_module, module_name, modules_dep_names, read_symvers
 from harness.build.progress import Notify
-from harness.config import GUEST_SCRIPTS, PROJECT_ROOT, HarnessConfig
+from harness.config import GUEST_SCRIPTS, PROJECT_ROOT, HarnessConfig, default_cache_root
 from harness.errors import BootError, HarnessError, MissingKernelDependency, ModuleCrashError
 from harness.guest.accel import AccelDecision, choose_accel
 from harness.guest.coverage import kernel_supports_coverage, unsupported_message

@@ -2,9 +2,26 @@
 # Install everything knetlink-harness needs on a fresh Debian 12 or Ubuntu machine:
 # QEMU, busybox, build tools, bpftrace, kernels with matching headers, and a
 # Python virtual environment (.venv) with the harness and its dependencies.
-# Usage: scripts/setup.sh   (as root, or with sudo available)
+# Usage: scripts/setup.sh [--arch arm64]   (as root, or with sudo available)
+#   --arch arm64: also what arm64 guests need (docs/kernels.md, "arm64 guests"): QEMU for arm64, the
+#   cross compiler, mmdebstrap, and (python -m harness arch-setup arm64) the arm64 counterparts of the
+#   installed kernels and an arm64 root file system in the harness cache.
 set -eu
 cd "$(dirname "$0")/.."
+
+FOREIGN=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --arch) FOREIGN="${2:?--arch needs a value: arm64}"; shift 2 ;;
+    --arch=*) FOREIGN="${1#--arch=}"; shift ;;
+    *) echo "setup.sh: unknown argument '$1' (usage: scripts/setup.sh [--arch arm64])" >&2; exit 2 ;;
+  esac
+done
+case "$FOREIGN" in
+  ""|x86_64) FOREIGN="" ;;
+  arm64) ;;
+  *) echo "setup.sh: unsupported guest architecture '$FOREIGN' (supported: arm64)" >&2; exit 2 ;;
+esac
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -29,6 +46,12 @@ case "${ID:-}" in
     exit 1 ;;
 esac
 
+if [ -n "$FOREIGN" ]; then
+  # The arm64 kernel packages are downloaded with apt-get download, which needs the architecture known to dpkg.
+  PKGS="$PKGS qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross mmdebstrap"
+  $SUDO dpkg --add-architecture "$FOREIGN"
+fi
+
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 # shellcheck disable=SC2086
@@ -41,4 +64,5 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+if [ -n "$FOREIGN" ]; then .venv/bin/python -m harness arch-setup "$FOREIGN"; fi
 .venv/bin/python -m harness doctor

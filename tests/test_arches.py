@@ -102,12 +102,6 @@ def test_kernel_arch_foreign_and_spec() -> None:
     assert k.foreign and k.spec == "arm64:6.1.0-57-arm64" and k.label == "6.1.0-57-arm64"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="harness/arches.py:59 host_arch() names an unknown host after its machine (riscv64), which "
-    "arch_named() refuses: Kernel.foreign, qualify() and so expand_kernel_specs(()) raise ConfigError on "
-    "such a host although host_arch's docstring says nothing is foreign about it",
-)
 def test_an_unknown_host_has_nothing_foreign(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(platform, "machine", lambda: "riscv64")
     k = Kernel("6.6.0", Path("/boot/vmlinuz-6.6.0"), Path("/lib/modules/6.6.0/build"))

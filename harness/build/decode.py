@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from harness.formats.elf import ko_functions
+from harness.arches import binutil
+from harness.formats.elf import ko_functions, machine
 
 FRAME_RE: Final = re.compile(
     r"(?P<rip>RIP: [0-9a-f]{4}:)?(?P<unreliable>\? )?(?P<func>[A-Za-z_.$][\w.$]*)"
@@ -173,7 +174,8 @@ class FrameDecoder:
         """One addr2line run over `image` (offsets into `section` of a .ko, or a vmlinux's addresses)."""
         if not wanted:
             return {}
-        argv = ["addr2line", "-a", "-f", "-i", "-e", str(image), *(["-j", section] if section else []),
+        argv = [binutil("addr2line", elf_machine(image)), "-a", "-f", "-i", "-e", str(image),
+                *(["-j", section] if section else []),
                 *(hex(a) for _, a in wanted)]  # fmt: skip
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
@@ -209,9 +211,19 @@ class FrameDecoder:
             self.notes.append(text)
 
 
+def elf_machine(image: Path) -> int | None:
+    """The ELF machine of `image` (harness.formats.elf.machine); None when it cannot be read."""
+    try:
+        with image.open("rb") as f:
+            return machine(f.read(20))
+    except OSError:
+        return None
+
+
 @functools.lru_cache(maxsize=2)
 def _nm(vmlinux: str, mtime_ns: int) -> dict[str, int]:
-    proc = subprocess.run(["nm", vmlinux], capture_output=True, text=True, check=False, timeout=120)
+    proc = subprocess.run([binutil("nm", elf_machine(Path(vmlinux))), vmlinux], capture_output=True, text=True,
+                          check=False, timeout=120)  # fmt: skip
     return parse_nm(proc.stdout)
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness.arches import Arch
-from harness.build.kernel import Kernel, arch_dirs, resolve_foreign_kernel
+from harness.build.kernel import ArchDirs, Kernel, arch_dirs, resolve_foreign_kernel
 from harness.build.progress import Notify
 from harness.errors import HarnessError, MissingDependencyError
 

@@ -37,7 +37,7 @@ class Kernel:
     @property
     def foreign(self) -> bool:
         """True for a kernel of another architecture than the host's (harness.arches.is_foreign)."""
-        return is_foreign(arch_named(self.arch))
+        return is_foreign(self.arch)
 
     @property
     def spec(self) -> str:
@@ -217,7 +217,9 @@ def qualify(spec: str, arch: str | None) -> str:
     when that is foreign; a prefix naming the host's architecture is dropped. "" stays "" on the host."""
     prefix, rest = split_arch(spec)
     name = prefix or arch or host_arch().name
-    return f"{name}:{rest}" if is_foreign(arch_named(name)) else rest
+    if not is_foreign(name):
+        return rest
+    return f"{arch_named(name).name}:{rest}"  # an unknown name: the error that lists the known ones
 
 
 def expand_kernel_specs(specs: tuple[str, ...], boot: Path = BOOT_DIR, modules: Path = MODULES_DIR,

@@ -45,9 +45,8 @@ from harness.build.config_items import (
 from harness.build.configure import BuildLayout, build_layout, configure, profile_error
 from harness.build.kernel import Kernel, image_release, resolve_foreign_kernel, resolve_kernel
 from harness.build.kernel_source import find_distro_source, is_kernel_tree, locked, parse_profile_spec, profile_tree
-from harness.build.module_build import default_cache_root
 from harness.build.progress import BuildProgress, Notify, previous_objects
-from harness.config import vng_executable
+from harness.config import default_cache_root, vng_executable
 from harness.errors import KernelBuildError, KernelNotFoundError, MissingDependencyError
 
 KIMG = Path("arch/x86/boot/bzImage")

@@ -128,6 +128,8 @@ def build_parser(extra: Sequence[Command] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check host dependencies and print install commands")
     p.add_argument("--kernel", dest="kernels", action="append", default=None)
     p.add_argument("--no-kvm-probe", action="store_true", help="skip booting a KVM probe guest")
+    p.add_argument("--arch", choices=ARCH_NAMES, default=None,
+                   help="also require what guests of this architecture need (arm64: scripts/setup.sh --arch arm64)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -422,7 +424,8 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
     if args.command == "doctor":
         from harness.cli.doctor import run_doctor
 
-        return run_doctor(args.kernels[0] if args.kernels else None, probe_kvm=not args.no_kvm_probe, as_json=args.json)
+        return run_doctor(args.kernels[0] if args.kernels else None, probe_kvm=not args.no_kvm_probe, as_json=args.json,
+                          arch=args.arch)  # fmt: skip
     raise AssertionError(args.command)
 
 

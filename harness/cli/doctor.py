@@ -12,6 +12,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from harness.arches import ARCHES, Arch, is_foreign
+from harness.build.kernel import arch_dirs, foreign_kernels
 from harness.build.kernel_build import resolve_kernel_spec
 from harness.errors import HarnessError
 from harness.guest.accel import kvm_device_usable, probe_kvm
@@ -59,7 +61,23 @@ def _vng_boot_path() -> Check:
                  required=False)  # fmt: skip
 
 
-def checks(kernel_spec: str | None, probe: bool) -> list[Check]:
+def foreign_checks(arch: Arch, required: bool) -> list[Check]:
+    """What guests of a foreign architecture need; one command installs all of it."""
+    fix = f"scripts/setup.sh --arch {arch.name}"
+    dirs = arch_dirs(arch)
+    kernels = foreign_kernels(arch)
+    root_ok = (dirs.root / "bin" / "busybox").is_file()
+    return [
+        _tool(arch.qemu, fix, required=required),
+        _tool(f"{arch.cross_compile}gcc", fix, required=required),
+        _tool("mmdebstrap", fix, required=required),
+        Check(f"{arch.name} kernels", bool(kernels), ", ".join(k.release for k in kernels) or f"none in {dirs.store}",
+              fix, required),
+        Check(f"{arch.name} root", root_ok, str(dirs.root) if root_ok else f"not made ({dirs.root})", fix, required),
+    ]
+
+
+def checks(kernel_spec: str | None, probe: bool, arch: str | None = None) -> list[Check]:
     apt = "apt-get install -y"
     venv_bin = f"{sys.executable} -m pip install"
     vng_local = shutil.which("vng") or (sys.prefix + "/bin/vng")
@@ -100,12 +118,15 @@ def checks(kernel_spec: str | None, probe: bool) -> list[Check]:
         detail = problem or ("/dev/kvm opens (probe boot skipped)" if problem is None else "")
         fix = 'echo \'KERNEL=="kvm", GROUP="kvm", MODE="0666"\' > /etc/udev/rules.d/99-kvm.rules && udevadm trigger'
         result.append(Check("KVM", problem is None, detail, fix, False))
+    for other in ARCHES.values():  # required when asked for (--arch), else what the host could add
+        if is_foreign(other):
+            result += foreign_checks(other, required=arch == other.name)
     return result
 
 
-def run_doctor(kernel_spec: str | None, probe_kvm: bool = True, as_json: bool = False) -> int:
+def run_doctor(kernel_spec: str | None, probe_kvm: bool = True, as_json: bool = False, arch: str | None = None) -> int:
     missing = 0
-    found = checks(kernel_spec, probe_kvm)
+    found = checks(kernel_spec, probe_kvm, arch)
     if as_json:
         import json
 

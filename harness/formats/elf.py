@@ -26,6 +26,13 @@ def _string(data: bytes, start: int) -> str:
     return data[start : data.index(b"\0", start)].decode(errors="replace")
 
 
+def machine(head: bytes) -> int | None:
+    """e_machine of a little-endian 64-bit ELF file's first bytes (62 x86_64, 183 aarch64), None for anything else."""
+    if len(head) < 20 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return None
+    return int(struct.unpack_from("<H", head, 18)[0])
+
+
 def sections(data: bytes) -> list[Section]:
     """The section headers of an ELF file (32 or 64 bit, either byte order); [] when it is none.
     Raises struct.error or ValueError on a truncated file."""

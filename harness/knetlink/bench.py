@@ -22,8 +22,7 @@ from typing import Any
 
 from harness.build.initramfs import cached_vmlinux
 from harness.build.kernel import Kernel, expand_kernel_specs
-from harness.build.module_build import default_cache_root
-from harness.config import PROJECT_ROOT, HarnessConfig
+from harness.config import PROJECT_ROOT, HarnessConfig, default_cache_root
 from harness.errors import BenchError, BootError, HarnessError
 from harness.formats.junit import read_junit
 from harness.guest.accel import host_tsc_khz

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.build.module_build import default_cache_root
+from harness.config import default_cache_root
 from harness.session import KernelSession
 
 
