@@ -380,6 +380,7 @@ def test_lockdep_report() -> None:
         ("WARNING: possible recursive locking detected", "lockdep"),
         ("WARNING: suspicious RCU usage", "lockdep"),
         ("BUG: kernel NULL pointer dereference, address: 0000000000000008", "null-deref"),
+        ("Unable to handle kernel NULL pointer dereference at virtual address 0000000000000000", "null-deref"),  # arm64
         ("list_del corruption, ffff888003e2c0c0->next is LIST_POISON1 (dead000000000100)", "list-corruption"),
         ("refcount_t: addition on 0; use-after-free.", "refcount"),
         (

@@ -376,7 +376,8 @@ SPLAT_PATTERNS: Final[tuple[SplatPattern, ...]] = (
         standalone=True,
     ),
     _pat("odebug", r"^ODEBUG: "),  # a WARN: the [ cut here ] block it starts is of this kind
-    _pat("null-deref", r"^BUG: kernel NULL pointer dereference\b"),
+    # x86 says BUG:, arm64 "Unable to handle kernel NULL pointer dereference at virtual address 0000000000000000"
+    _pat("null-deref", r"^(?:BUG: kernel|Unable to handle kernel) NULL pointer dereference\b"),
     _pat("list-corruption", r"\blist_(?:add|del)(?:_rcu)? corruption\b"),
     _pat("refcount", r"^refcount_t: "),
     _pat("stack-protector", r"\bstack-protector: Kernel stack is corrupted\b"),
