@@ -3,7 +3,7 @@
 
 On one guest per kernel and engine, alternately loads and unloads (KernelSession.load/unload, as
 the kmod fixture does) tests/modules/mk_pwd (no dependency) and tests/modules/dep_intree (needs
-crc8: modprobe before, removed after), and prints the median wall time of each and the difference,
+crc7: modprobe before, removed after), and prints the median wall time of each and the difference,
 the cost of the dependency.
 
 Usage: .venv/bin/python scripts/measure_dependency_cost.py [--rounds 15] [--kernel REL ...] [--engine E ...]
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--kernel", action="append", default=None)
     parser.add_argument("--engine", action="append", default=None)
     args = parser.parse_args()
-    print("| kernel | engine | load+unload, no dependency | with crc8 | dependency cost |")
+    print("| kernel | engine | load+unload, no dependency | with crc7 | dependency cost |")
     print("|---|---|---|---|---|")
     for release in expand_kernel_specs(tuple(args.kernel or ("all",))):
         for engine in args.engine or ("vng", "qemu"):

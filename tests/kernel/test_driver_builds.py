@@ -73,22 +73,22 @@ def test_build_exclusive_config_excludes_kernels_without_it(knh_kernel_session: 
         knh_kernel_session.build(source)
 
 
-def needs_crc8_module(session: KernelSession) -> None:
-    """dep_intree needs crc8 as a module (Debian's kernels: CONFIG_CRC8=m); a kernel built here may have it
-    built in or not at all."""
-    value = read_kernel_config(session.kernel).get("CRC8", "n")
+def needs_crc7_module(session: KernelSession) -> None:
+    """dep_intree needs crc7 as a module (Debian's kernels, amd64 and arm64: CONFIG_CRC7=m); a kernel built
+    here may have it built in or not at all."""
+    value = read_kernel_config(session.kernel).get("CRC7", "n")
     if value != "m":
-        pytest.skip(f"CONFIG_CRC8={value} in {session.kernel.release}: dep_intree's dependency is not a module")
+        pytest.skip(f"CONFIG_CRC7={value} in {session.kernel.release}: dep_intree's dependency is not a module")
 
 
 def test_in_tree_dependency_is_loaded_first_and_removed_after(knh_kernel_session: KernelSession,
                                                               guest_kernel: GuestKernel) -> None:  # fmt: skip
-    """dep_intree calls crc8, which Debian builds as a module nothing loads: modprobe'd before, removed after."""
-    needs_crc8_module(knh_kernel_session)
-    assert "crc8" not in guest_kernel.module_list()
+    """dep_intree calls crc7, which Debian builds as a module nothing loads: modprobe'd before, removed after."""
+    needs_crc7_module(knh_kernel_session)
+    assert "crc7" not in guest_kernel.module_list()
     loaded, texts = load_and_unload(knh_kernel_session, guest_kernel, ModuleSource(MODULES / "dep_intree"))
-    assert loaded.loaded == ("crc8", "dep_intree")
-    assert any(t.startswith("dep_intree: loaded") and "0xb6" in t for t in texts), texts
+    assert loaded.loaded == ("crc7", "dep_intree")
+    assert any(t.startswith("dep_intree: loaded") and "0xe4" in t for t in texts), texts
 
 
 def test_a_two_ko_driver_loads_its_core_first_and_tests_the_client(knh_kernel_session: KernelSession,
@@ -129,12 +129,12 @@ def run_check(session: KernelSession, module: str, *args: str) -> subprocess.Com
 
 
 def test_check_command_passes_a_driver_with_a_dependency(knh_kernel_session: KernelSession) -> None:
-    """`python -m harness check` on dep_intree: built, crc8 loaded with it, 3 clean cycles, exit 0."""
-    needs_crc8_module(knh_kernel_session)
+    """`python -m harness check` on dep_intree: built, crc7 loaded with it, 3 clean cycles, exit 0."""
+    needs_crc7_module(knh_kernel_session)
     proc = run_check(knh_kernel_session, "dep_intree", "--cycles", "3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     row = next(line for line in proc.stdout.splitlines() if line.startswith(knh_kernel_session.kernel.release))
-    assert "crc8+dep_intree" in row and "3/3" in row and row.split()[-1] == "PASS", proc.stdout
+    assert "crc7+dep_intree" in row and "3/3" in row and row.split()[-1] == "PASS", proc.stdout
 
 
 @pytest.mark.full
@@ -148,7 +148,7 @@ def test_check_command_fails_a_module_that_will_not_unload(knh_kernel_session: K
 def test_load_check_option_adds_the_check_to_a_suite(pytester: pytest.Pytester,
                                                      knh_kernel_session: KernelSession) -> None:  # fmt: skip
     """A suite of one host-only test run with --load-check 2 on dep_intree gets test_load_unload_cycles."""
-    needs_crc8_module(knh_kernel_session)
+    needs_crc7_module(knh_kernel_session)
     pytester.makeconftest(source_conftest(MODULES / "dep_intree"))
     pytester.makepyfile(test_host="def test_host():\n    pass\n")
     result = pytester.runpytest_subprocess(
@@ -158,7 +158,7 @@ def test_load_check_option_adds_the_check_to_a_suite(pytester: pytest.Pytester,
     result.assert_outcomes(passed=2)
     out = result.stdout.str()
     assert "PASSED knh_load_check.py::test_load_unload_cycles" in out
-    assert re.search(r"crc8\+dep_intree\s+2/2\s+0\s+none\s.*PASS", out), out
+    assert re.search(r"crc7\+dep_intree\s+2/2\s+0\s+none\s.*PASS", out), out
 
 
 @pytest.mark.full
