@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from knetlink_stats import module_stats  # tests/kernel/knetlink_stats.py
 
 from harness.config import HarnessConfig
-from harness.guest.kernel_ops import GuestKernel
+from harness.guest.kernel_ops import GuestKernel, module_tool
 from harness.guest.vm import Guest
 from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
 from harness.knetlink.senders import CSender
@@ -83,6 +84,7 @@ def test_rmmod_insmod_while_senders_hammer(kmod: KnetlinkModule, kernel_log: Lin
     work = scratch_dir(guest_kernel, "reload")
     params = " ".join(f"{k}={v}" for k, v in kmod.params.items())
     send = f"{c_sender.binary} -p {kmod.proto}"
+    insmod, rmmod = (shlex.join(module_tool(tool, guest_kernel.root)) for tool in ("insmod", "rmmod"))
     (work / "hammer.sh").write_text(f"""#!/bin/bash
 # one sender loop: short-lived senders (an open socket pins the module, so rmmod needs gaps)
 cd {work}
@@ -90,32 +92,44 @@ while [ ! -e stop ]; do
   {send} -n 20 -q -- "hammer$1" >> out$1 2>> err$1
 done
 """)
+    # The cycle starts no process but the module tools (busybox's applets where the guest has busybox,
+    # as GuestKernel's insmod and rmmod) and a sender loop per hammer: its waits are `read -t` on a pipe
+    # nobody writes (a builtin sleep; a `sleep` process costs tens of ms under TCG, more while three
+    # loops fork senders), and the first rmmod waits until every loop has finished a sender run.
     (work / "cycle.sh").write_text(f"""#!/bin/bash
 cd {work}
+exec {{pause_fd}}<> <(:)
+pause() {{ read -r -t "$1" -u "$pause_fd" _ || :; }}
 pids=""
-for i in $(seq {HAMMERS}); do bash hammer.sh $i & pids="$pids $!"; done
-sleep 1
+for ((i = 1; i <= {HAMMERS}; i++)); do bash hammer.sh $i & pids="$pids $!"; done
+for ((t = 0; t < 600; t++)); do
+  started=0
+  for ((i = 1; i <= {HAMMERS}; i++)); do [ -s out$i ] && started=$((started + 1)); done
+  [ $started -eq {HAMMERS} ] && break
+  pause 0.05
+done
+[ $started -eq {HAMMERS} ] || echo "only $started of {HAMMERS} sender loops finished a run within 30 s"
 ok=0
-for c in $(seq {cycles}); do
+for ((c = 1; c <= {cycles}; c++)); do
   tries=0
-  until rmmod {kmod.name} 2>/dev/null; do
+  until {rmmod} {kmod.name} 2>/dev/null; do
     tries=$((tries + 1))
     [ $tries -gt 3000 ] && {{ echo "rmmod never succeeded in cycle $c"; break 2; }}
-    sleep 0.01
+    pause 0.01
   done
   echo "cycle $c rmmod after $tries retries"
-  sleep 0.2
-  insmod {kmod.path} {params} || {{ echo "insmod failed in cycle $c"; break; }}
-  sleep 0.2
+  pause 0.2
+  {insmod} {kmod.path} {params} || {{ echo "insmod failed in cycle $c"; break; }}
+  pause 0.2
   ok=$((ok + 1))
 done
 touch stop
 # bounded wait: a sender stuck in the kernel must not hang the test for the whole command timeout
-for t in $(seq 600); do
+for ((t = 0; t < 600; t++)); do
   running=""
   for p in $pids; do kill -0 $p 2>/dev/null && running="$running $p"; done
   [ -z "$running" ] && break
-  sleep 0.1
+  pause 0.1
 done
 [ -n "$running" ] && echo "sender loops still running after 60 s:$running"
 echo "cycles ok: $ok"
@@ -123,6 +137,7 @@ echo "cycles ok: $ok"
     result = guest.run(["bash", str(work / "cycle.sh")], timeout=300)
     assert f"cycles ok: {cycles}" in result.output, result.output[-3000:]
     assert "still running" not in result.output, result.output[-3000:]
+    assert "sender loops finished a run" not in result.output, result.output[-3000:]
 
     # the module is loaded again and answers
     assert guest_kernel.loaded(kmod.name)
