@@ -14,7 +14,7 @@ import secrets
 from pathlib import Path
 
 import pytest
-from knetlink_stats import STAT_NAMES, module_stats, param_path  # tests/kernel/knetlink_stats.py
+from knetlink_stats import STAT_NAMES, module_stats, param_path, read_param  # tests/kernel/knetlink_stats.py
 
 from harness.build.module_build import BuiltModule
 from harness.config import GUEST_SCRIPTS
@@ -31,7 +31,7 @@ REPO = GUEST_SCRIPTS.parent
 def guest_copy(guest: Guest, binary: Path) -> str:
     """A copy of the sender in the guest's own /tmp: the build cache under /root is not readable by nobody."""
     dst = f"/tmp/knl_send-{secrets.token_hex(3)}"
-    guest.run(f"cp {binary} {dst} && chmod 755 {dst}", check=True)
+    guest.run(f"install -m 755 {binary} {dst}", check=True)
     return dst
 
 
@@ -43,7 +43,7 @@ def send_as(guest: Guest, setpriv: str, sender: str, proto: int, message: str) -
 @pytest.mark.module_params(require_cap=1)
 def test_require_cap_unprivileged_gets_eperm_root_served(kmod: KnetlinkModule, kernel_log: LinkLogWindow,
                                                          c_sender: CSender, guest: Guest) -> None:  # fmt: skip
-    assert guest.run("cat /sys/module/knetlink/parameters/require_cap").output.strip() == "Y"
+    assert read_param(guest, "require_cap") == "Y"
     sender = guest_copy(guest, c_sender.binary)
     p = kmod.proto
 
@@ -74,7 +74,7 @@ def test_require_cap_unprivileged_gets_eperm_root_served(kmod: KnetlinkModule, k
 
 def test_require_cap_off_by_default(kmod: KnetlinkModule, kernel_log: LinkLogWindow, c_sender: CSender,
                                     guest: Guest) -> None:  # fmt: skip
-    assert guest.run("cat /sys/module/knetlink/parameters/require_cap").output.strip() == "N"
+    assert read_param(guest, "require_cap") == "N"
     sender = guest_copy(guest, c_sender.binary)
     status, out = send_as(guest, f"{NOBODY} --inh-caps=-all", sender, kmod.proto, "nobody-default")
     assert (status, out) == (0, "ack seq=1 error=0"), out
@@ -86,9 +86,10 @@ def test_stat_counters_are_read_only_even_for_root(kmod: KnetlinkModule, py_send
     assert [(a.seq, a.error) for a in py_sender.send("counted", seq=9)] == [(9, 0)]
     counted = {"received": 1, "printed": 1, "acked": 1, "errors": 0}
     assert module_stats(guest) == counted
-    for name in STAT_NAMES:
-        path = param_path(f"stat_{name}")
-        assert guest.run(["stat", "-c", "%a", path], check=True).output.strip() == "444", path
+    paths = [param_path(f"stat_{name}") for name in STAT_NAMES]
+    modes = guest.run(["stat", "-c", "%n %a", *paths], check=True).output.split()
+    assert modes == [word for path in paths for word in (path, "444")], modes
+    for path in paths:
         refused = guest.run(f"echo 1000 > {path}")
         assert refused.status != 0 and "Permission denied" in refused.output, (path, refused)
     assert module_stats(guest) == counted
