@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.arches import Arch, arch_named, host_arch, is_foreign
 from harness.build.kernel import BOOT_DIR, Kernel
 from harness.config import HarnessConfig, resolve
 from harness.errors import ConfigError, KernelBuildError, UnreadableKernelConfig
@@ -119,6 +120,11 @@ DEBUG_PROFILE: dict[str, tuple[str, str]] = {
     "KERNEL_ZSTD": ("n", "the harness would unpack a zstd payload and boot the vmlinux: see KERNEL_GZIP"),
 }
 
+# Profile symbols that only make sense on x86 (make's ARCH=x86), left out of the profile on other architectures:
+# arm64 has no compressed-image choice (no HAVE_KERNEL_* symbols, so the choice is not in its Kconfig) and no PVH
+# entry; QEMU boots its arch/arm64/boot/Image directly.
+X86_ONLY_PROFILE = frozenset({"KERNEL_GZIP", "KERNEL_ZSTD"})
+
 # Profile symbols that newer trees dropped (the behaviour became unconditional): absent is not an error.
 DEBUG_PROFILE_OPTIONAL = frozenset({"UBSAN_SANITIZE_ALL"})
 
@@ -142,6 +148,28 @@ TINY_BASE: dict[str, str] = {
     "FUNCTION_TRACER": "y", "DYNAMIC_FTRACE": "y", "BPF": "y", "BPF_JIT": "y", "CGROUPS": "y",
 }  # fmt: skip
 
+# The harness items of an arm64 guest: it boots only on the qemu engine, on -M virt (harness.arches.ARM64), so
+# REQUIRED_CONFIG without what is x86's (the PVH entry, the 8250 UARTs) or vng's PC machine's (virtio over PCI),
+# with the virt machine's UART built in: the PL011 carries the kernel console from the first line on.
+ARM64_DROPPED = frozenset({"PVH", "SERIAL_8250_CONSOLE", "VIRTIO_PCI"})
+ARM64_REQUIRED: dict[str, str] = {
+    **{k: v for k, v in REQUIRED_CONFIG.items() if k not in ARM64_DROPPED},
+    "SERIAL_AMBA_PL011": "y",  # -M virt's one UART: the kernel console (console=ttyAMA0)
+    "SERIAL_AMBA_PL011_CONSOLE": "y",
+}
+# Wanted on arm64, not worth failing over: the virt machine's PL031 clock (the guest's time of day), no
+# KERNEL_ZSTD (arm64 has no compressed-image choice: see X86_ONLY_PROFILE).
+ARM64_PREFERRED: dict[str, str] = {
+    **{k: v for k, v in PREFERRED_CONFIG.items() if k != "KERNEL_ZSTD"},
+    "RTC_CLASS": "y", "RTC_HCTOSYS": "y", "RTC_DRV_PL031": "y",
+}  # fmt: skip
+# TINY_BASE's x86 items (8250 UARTs, ACPI, the PC's timers, x86's paravirt guest, early_printk) and PCI (every
+# device of the arm64 guest is virtio-mmio, found through the device tree QEMU hands the kernel) are left out;
+# arm64 selects what -M virt needs itself (GICv3, the architected timer, PSCI for power-off, AMBA, OF).
+ARM64_BASE_DROPPED = frozenset({"SERIAL_8250", "SERIAL_8250_CONSOLE", "EARLY_PRINTK", "PCI", "PCI_MSI", "ACPI",
+                                "HYPERVISOR_GUEST", "PARAVIRT", "KVM_GUEST", "HPET_TIMER"})  # fmt: skip
+ARM64_BASE: dict[str, str] = {k: v for k, v in TINY_BASE.items() if k not in ARM64_BASE_DROPPED}
+
 # virtme-ng guest items the harness does not use (graphics, sound, KVM host, snaps, virtio-fs:
 # the harness always boots with --force-9p): left out of the tiny base to save build time.
 VIRTME_DROPPED_PREFIXES = ("DRM", "SND", "SOUND", "FB", "FRAMEBUFFER", "VGA_CONSOLE", "KVM", "SQUASHFS", "FUSE_FS",
@@ -164,6 +192,35 @@ class BuildOptions:
     jobs: int | None = None
     vng: str = ""  # virtme-ng executable; "" = the one next to the running interpreter
     profile: str = ""  # "" or a key of PROFILES ("debug"): built out of the tree, a cache entry of its own
+    # "" (the host's) or a foreign architecture's name (harness.arches: "arm64"): cross-built out of the tree
+    # (make ARCH= CROSS_COMPILE= O=), a cache entry of its own
+    arch: str = ""
+
+    @property
+    def target(self) -> Arch:
+        """The architecture the kernel is built for."""
+        return arch_named(self.arch) if self.arch else host_arch()
+
+    @property
+    def foreign(self) -> bool:
+        """True when the kernel is cross-built for another architecture than the host's."""
+        return bool(self.arch) and is_foreign(self.arch)
+
+    def make_vars(self) -> tuple[str, ...]:
+        """make's ARCH= and CROSS_COMPILE= of a cross build; nothing for the host's architecture."""
+        if not self.foreign:
+            return ()
+        return (f"ARCH={self.target.kbuild}", f"CROSS_COMPILE={self.target.cross_compile}")
+
+    def required(self) -> dict[str, str]:
+        """The items the harness and the module need on this build's architecture (REQUIRED_CONFIG on x86)."""
+        return ARM64_REQUIRED if self.target.kbuild == "arm64" else REQUIRED_CONFIG
+
+    def preferred(self) -> dict[str, str]:
+        return ARM64_PREFERRED if self.target.kbuild == "arm64" else PREFERRED_CONFIG
+
+    def tiny_base(self) -> dict[str, str]:
+        return ARM64_BASE if self.target.kbuild == "arm64" else TINY_BASE
 
     @classmethod
     def from_config(cls, cfg: HarnessConfig) -> BuildOptions:
@@ -183,8 +240,8 @@ class BuildOptions:
 
     def config(self) -> dict[str, str]:
         """Every symbol this build sets, later entries winning."""
-        out = dict(REQUIRED_CONFIG)
-        out.update(PREFERRED_CONFIG)
+        out = dict(self.required())
+        out.update(self.preferred())
         if self.btf:
             out.update(BTF_CONFIG)
         out.update({name: value for name, (value, _) in self.profile_config().items()})
@@ -196,12 +253,15 @@ class BuildOptions:
         return out
 
     def profile_config(self) -> dict[str, tuple[str, str]]:
-        """The profile's items (symbol -> (value, reason)); {} without a profile."""
+        """The profile's items (symbol -> (value, reason)) on this build's architecture; {} without a profile."""
         if not self.profile:
             return {}
         if self.profile not in PROFILES:
             raise KernelBuildError(f"unknown kernel profile {self.profile!r}: known are {', '.join(PROFILES)}")
-        return PROFILES[self.profile]
+        profile = PROFILES[self.profile]
+        if self.target.kbuild != "x86":
+            return {k: v for k, v in profile.items() if k not in X86_ONLY_PROFILE}
+        return profile
 
     def fingerprint(self) -> str:
         """Hash of the configuration request (and the virtme-ng version that expands it)."""
@@ -214,6 +274,8 @@ class BuildOptions:
         parts: list[object] = [sorted(self.config().items()), self.btf, self.base, str(vng_version)]
         if self.profile:
             parts.append(self.profile)
+        if self.foreign:  # the host's builds keep the fingerprint they always had (their cache entries stay valid)
+            parts.append(self.target.name)
         text = json.dumps(parts)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -302,7 +364,7 @@ def config_line(name: str, value: str) -> str:
 
 def tiny_fragment(virtme: dict[str, str], options: BuildOptions) -> dict[str, str]:
     """The KCONFIG_ALLCONFIG for `make allnoconfig`: base, virtme-ng's kept items, ours."""
-    out = dict(TINY_BASE)
+    out = dict(options.tiny_base())
     out.update({k: v for k, v in virtme.items() if v != "n" and not k.startswith(VIRTME_DROPPED_PREFIXES)})
     out.update(options.config())
     return out
@@ -311,5 +373,5 @@ def tiny_fragment(virtme: dict[str, str], options: BuildOptions) -> dict[str, st
 def extra_items(options: BuildOptions) -> dict[str, str]:
     """Items beyond the required and preferred ones that must hold; the profile's are checked by
     missing_profile (with reasons and optional symbols)."""
-    skip = {*REQUIRED_CONFIG, *PREFERRED_CONFIG, *options.profile_config()}
+    skip = {*options.required(), *options.preferred(), *options.profile_config()}
     return {k: v for k, v in options.config().items() if k not in skip}

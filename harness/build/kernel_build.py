@@ -18,6 +18,16 @@ and make rebuilds what it must.
 
 Every external command goes through an injectable runner, so the cache logic
 and the failure paths are tested without building a kernel.
+
+A foreign architecture's kernel (``--kernel arm64:debug``, ``arm64:TREE``) goes the same way, cross-built:
+every make gets ``ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu-`` (harness.arches) and runs out of the tree
+(``make O=``) into a cache entry named with the architecture, so it never shares objects or a record with
+the host's build of the same tree. It is plain make, not ``vng --build --arch arm64``: the debug profile is
+already built with make O= (vng builds in the tree), and one command line serves both architectures; only
+``vng --kconfig --dry-run --arch arm64`` is asked, for virtme-ng's arm64 guest items. Its image is
+``arch/arm64/boot/Image`` (no bzImage header to read: the release is the one kbuild wrote to
+``include/config/kernel.release``, which modules_install uses too), its modules are installed into the
+cache like the host's, and the Kernel carries the architecture, so the qemu engine boots it on -M virt.
 """
 
 from __future__ import annotations
@@ -30,27 +40,35 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.arches import arch_named, is_foreign, split_arch
 from harness.build.config_items import (
-    REQUIRED_CONFIG,
     BuildOptions,
     Runner,
     missing_config,
     missing_profile,
     read_config,
 )
-from harness.build.configure import BuildLayout, build_layout, configure, profile_error
-from harness.build.kernel import Kernel, image_release, resolve_foreign_kernel, resolve_kernel
+from harness.build.configure import (
+    KIMG as KIMG,  # the x86 image, where it was named before
+)
+from harness.build.configure import (
+    BuildLayout,
+    build_layout,
+    built_release,
+    check_clean_source,
+    check_cross_compiler,
+    configure,
+    kernel_image,
+    profile_error,
+)
+from harness.build.kernel import Kernel, resolve_foreign_kernel, resolve_kernel
 from harness.build.kernel_source import find_distro_source, is_kernel_tree, locked, parse_profile_spec, profile_tree
 from harness.build.progress import BuildProgress, Notify, previous_objects
 from harness.config import default_cache_root, vng_executable
 from harness.errors import KernelBuildError, KernelNotFoundError, MissingDependencyError
-
-KIMG = Path("arch/x86/boot/bzImage")
-
 
 BUILD_TOOLS_HINT = "apt-get install build-essential flex bison bc libelf-dev libssl-dev zstd"
 
@@ -141,6 +159,11 @@ class BuiltKernel:
         return self.modules_root / "lib" / "modules" / self.kernel.release
 
 
+def _layout(tree: Path, cache_root: Path, options: BuildOptions) -> BuildLayout:
+    """The build layout of `options`: the profile's and the foreign architecture's entry."""
+    return build_layout(tree, cache_root, options.profile, options.target.name if options.foreign else "")
+
+
 def _state_paths(tree: Path, cache_root: Path) -> tuple[Path, Path, Path, Path]:
     layout = build_layout(tree, cache_root)
     return layout.record, layout.log, layout.lock, layout.modules_root
@@ -176,14 +199,18 @@ def build_kernel(
         raise KernelNotFoundError(f"{tree} is not a kernel source tree (no Makefile, Kconfig and arch/)")
     options = options or BuildOptions()
     options.profile_config()  # an unknown profile fails before anything runs
-    layout = build_layout(tree, cache_root or default_cache_root(), options.profile)
-    what = f"kernel tree {tree}" + (f" ({options.profile} profile)" if options.profile else "")
+    kernel_image(options)  # so does an architecture the harness builds no kernel for
+    layout = _layout(tree, cache_root or default_cache_root(), options)
+    kind = [f"{options.profile} profile"] if options.profile else []
+    kind += [f"{options.target.name}, {options.target.cross_compile}gcc"] if options.foreign else []
+    what = f"kernel tree {tree}" + (f" ({'; '.join(kind)})" if kind else "")
     with locked(layout.lock):
         key = cache_key(tree, options)
-        cached = _cached(layout.record, key, layout.build_dir)
+        cached = _cached(layout.record, key, layout.build_dir, options)
         if cached is not None:
             notify(f"{what}: unchanged, using the {cached.release} built before")
             return BuiltKernel(cached, layout.modules_root, True, 0.0, layout.log, key)
+        check_cross_compiler(options)
         start = time.monotonic()
         layout.log.write_text(f"kernel build of {tree}, key {key}\n")
         job = _Build(tree, options, layout, run, notify, options.vng or vng_executable(), what)
@@ -199,7 +226,7 @@ def _configure_if_changed(job: _Build) -> bool:
     """Configure the tree when its configuration is not the one asked for; whether it did."""
     build_dir, objdir, options = job.layout.build_dir, job.layout.objdir, job.options
     if objdir is not None:
-        _check_clean_source(job.tree, objdir)
+        check_clean_source(job.tree, objdir, options)
         objdir.mkdir(parents=True, exist_ok=True)
     marker = build_dir / ".knh-config"  # ignored by the kernel's .gitignore (".*")
     fingerprint = options.fingerprint()
@@ -214,7 +241,8 @@ def _configure_if_changed(job: _Build) -> bool:
 
 
 def _make(job: _Build) -> BuildProgress:
-    """Build the kernel (`vng --build`, or make O= for a profile), counting the objects compiled."""
+    """Build the kernel (`vng --build`, or make O= for a profile or a cross build), counting the objects
+    compiled."""
     layout, options = job.layout, job.options
     jobs = options.jobs or os.cpu_count() or 1
     if layout.objdir is None:
@@ -222,7 +250,8 @@ def _make(job: _Build) -> BuildProgress:
         if options.jobs:
             argv += ["--jobs", str(options.jobs)]
     else:
-        argv = ["make", f"O={layout.objdir}", f"-j{jobs}", f"LOCALVERSION={localversion(options)}"]
+        argv = ["make", f"O={layout.objdir}", *options.make_vars(), f"-j{jobs}",
+                f"LOCALVERSION={localversion(options)}"]  # fmt: skip
     job.notify(f"{job.what}: building with {jobs} job(s) ({' '.join(argv[:2])} ...; log {layout.log}) ...")
     with BuildProgress(layout.log, job.notify, job.what, previous_objects(layout.record)) as progress:
         status = job.run(argv, job.tree, layout.log)
@@ -236,7 +265,7 @@ def _check_config(job: _Build) -> None:
     have dropped or renamed a symbol since the tree was configured."""
     build_dir = job.layout.build_dir
     final = read_config(build_dir / ".config")
-    missing = missing_config(final, REQUIRED_CONFIG)
+    missing = missing_config(final, job.options.required())
     if missing:
         raise job.error(f"{build_dir}/.config after the build lacks what the harness needs: {', '.join(missing)}")
     missing = missing_profile(final, job.options.profile_config())
@@ -246,8 +275,8 @@ def _check_config(job: _Build) -> None:
 
 def _release(job: _Build) -> str:
     """The release of the kernel image the build made."""
-    image = job.layout.build_dir / KIMG
-    release = image_release(image) if image.exists() else None
+    image = job.layout.build_dir / kernel_image(job.options)
+    release = built_release(image, job.layout.build_dir, job.options)
     if release is None:
         raise job.error(f"the build of {job.tree} produced no readable {image}")
     return release
@@ -263,6 +292,7 @@ def _install_modules(job: _Build, release: str) -> None:
     modules_root.mkdir(parents=True)
     argv = ["make", "-s", f"LOCALVERSION={localversion(job.options)}", "modules_install",
             f"INSTALL_MOD_PATH={modules_root}", "INSTALL_MOD_STRIP=1", "DEPMOD=/sbin/depmod"]  # fmt: skip
+    argv[1:1] = job.options.make_vars()  # the cross strip (INSTALL_MOD_STRIP) of a foreign build
     if layout.objdir is not None:
         argv.insert(1, f"O={layout.objdir}")
     if job.run(argv, job.tree, layout.log) != 0:
@@ -275,46 +305,38 @@ def _record(job: _Build, key: str, release: str, start: float, progress: BuildPr
             steps: tuple[str, ...]) -> BuiltKernel:  # fmt: skip
     """Write the cache record of a finished build and say so."""
     layout = job.layout
-    image = layout.build_dir / KIMG
+    image = layout.build_dir / kernel_image(job.options)
     seconds = time.monotonic() - start
     # Non-git trees: the state after the build, so files the build generated do not count as changes.
     key = key if key.startswith("git:") else cache_key(job.tree, job.options)
     record = {"key": key, "release": release, "image": str(image), "seconds": round(seconds, 1),
               "objects": progress.objects, "profile": job.options.profile,
               "full_objects": max(progress.objects, progress.expected)}  # fmt: skip
+    if job.options.foreign:  # the host's records keep their fields
+        record["arch"] = job.options.target.name
     layout.record.write_text(json.dumps(record, indent=1) + "\n")
     job.notify(f"{job.what}: built {release} in {seconds:.0f} s ({progress.objects} objects compiled)")
-    kernel = Kernel(release, image, layout.build_dir)
+    kernel = Kernel(release, image, layout.build_dir, job.options.target.name)
     return BuiltKernel(kernel, layout.modules_root, False, seconds, layout.log, key, steps)
 
 
 def localversion(options: BuildOptions) -> str:
-    """LOCALVERSION of a build: `-virtme` (what vng passes), `-virtme-debug` for the debug profile, so
-    the two kernels of one tree have different releases (test ids, result paths)."""
-    return LOCALVERSION + (f"-{options.profile}" if options.profile else "")
+    """LOCALVERSION of a build: `-virtme` (what vng passes), `-virtme-debug` for the debug profile, and the
+    foreign architecture last as in the distribution's flavours (`-virtme-debug-arm64`), so the kernels of
+    one tree have different releases (test ids, result paths, the module cache)."""
+    return (LOCALVERSION + (f"-{options.profile}" if options.profile else "")
+            + (f"-{options.target.name}" if options.foreign else ""))  # fmt: skip
 
 
-def _check_clean_source(tree: Path, objdir: Path) -> None:
-    """make refuses an O= build of a tree that was configured in place (its own check, made clear here)."""
-    leftovers = [p for p in (".config", "include/config", "arch/x86/include/generated") if (tree / p).exists()]
-    if leftovers:
-        raise KernelBuildError(
-            f"{tree} has an in-tree build ({', '.join(leftovers)}), and a profile build goes to {objdir} "
-            "(make O=), which make refuses for a tree that is not clean. Fix: `make mrproper` in the tree "
-            "(its plain build is then redone on next use), or give the profile a clean checkout "
-            "(`git worktree add ../linux-debug`) and name that: --kernel debug:../linux-debug"
-        )
-
-
-def _cached(record_path: Path, key: str, tree: Path) -> Kernel | None:
+def _cached(record_path: Path, key: str, tree: Path, options: BuildOptions) -> Kernel | None:
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return None
     image = Path(record.get("image", ""))
-    if record.get("key") != key or not image.is_file() or image_release(image) != record.get("release"):
+    if record.get("key") != key or built_release(image, tree, options) != record.get("release"):
         return None
-    return Kernel(record["release"], image, tree)
+    return Kernel(record["release"], image, tree, options.target.name)
 
 
 def _rmtree(path: Path) -> None:
@@ -327,10 +349,10 @@ def modules_dir_for(kernel: Kernel, cache_root: Path | None = None) -> Path | No
     """Where the modules of a kernel built here were installed (for the fast engine's initramfs), the
     store's modules of a foreign kernel (harness.build.foreign), or None for any other kernel."""
     build_dir = kernel.build_dir
-    if kernel.foreign:  # <store>/lib/modules/<release>/build
-        return build_dir.parent if (build_dir.parent / "modules.dep").exists() else None
-    if build_dir.name.endswith("-obj") and build_dir.parent.name == "kernel-builds":  # a profile build (O=)
+    if build_dir.name.endswith("-obj") and build_dir.parent.name == "kernel-builds":  # a profile or cross build (O=)
         modules_root = build_dir.with_name(build_dir.name.removesuffix("-obj") + "-modules")
+    elif kernel.foreign:  # a foreign kernel of the store: <store>/lib/modules/<release>/build
+        return build_dir.parent if (build_dir.parent / "modules.dep").exists() else None
     else:
         _, _, _, modules_root = _state_paths(build_dir, cache_root or default_cache_root())
     moddir = modules_root / "lib" / "modules" / kernel.release
@@ -339,10 +361,14 @@ def modules_dir_for(kernel: Kernel, cache_root: Path | None = None) -> Path | No
 
 def built_kernel_for_spec(spec: str, *, options: BuildOptions | None = None,
                           cache_root: Path | None = None) -> Kernel | None:  # fmt: skip
-    """The kernel a tree or profile spec (`~/src/linux`, `debug`, `debug:TREE`) resolves to when it is
-    already built and current, without building anything; None otherwise (also for other specs)."""
+    """The kernel a tree or profile spec (`~/src/linux`, `debug`, `debug:TREE`, with a foreign architecture's
+    prefix too: `arm64:debug`) resolves to when it is already built and current, without building anything;
+    None otherwise (also for other specs)."""
     cache_root = cache_root or default_cache_root()
     base = options or BuildOptions.from_env()
+    arch, spec = split_arch(spec)
+    if arch is not None:
+        base = replace(base, arch=arch if is_foreign(arch) else "")
     profile = parse_profile_spec(spec)
     if profile is not None:
         name, tree_spec = profile
@@ -353,14 +379,13 @@ def built_kernel_for_spec(spec: str, *, options: BuildOptions | None = None,
             if tarball is None:
                 return None
             tree = cache_root / "kernel-src" / tarball.name.split(".tar.")[0]
-        base = BuildOptions(btf=base.btf, extra_config=base.extra_config, base=base.base, jobs=base.jobs,
-                            vng=base.vng, profile=name)  # fmt: skip
+        base = replace(base, profile=name)
     else:
         tree = Path(spec)
     if not is_kernel_tree(tree):
         return None
-    layout = build_layout(tree.resolve(), cache_root, base.profile)
-    return _cached(layout.record, cache_key(tree.resolve(), base), layout.build_dir)
+    layout = _layout(tree.resolve(), cache_root, base)
+    return _cached(layout.record, cache_key(tree.resolve(), base), layout.build_dir, base)
 
 
 def resolve_kernel_spec(
@@ -374,23 +399,21 @@ def resolve_kernel_spec(
     """resolve_kernel plus source trees and profiles: a directory with Makefile, Kconfig and arch/ is
     built (or taken from the cache) and its Kernel returned; `debug` builds the distribution's source
     with the debug profile, `debug:TREE` that tree; `ARCH:RELEASE` (harness.arches) a kernel of a foreign
-    architecture from its store (harness.build.foreign); anything else goes to resolve_kernel."""
+    architecture from its store (harness.build.foreign), `ARCH:debug`, `ARCH:debug:TREE` and `ARCH:TREE`
+    the same builds cross-compiled for it; anything else goes to resolve_kernel."""
     arch, rest = split_arch(spec) if spec else (None, "")
     if arch is not None:
         if is_foreign(arch_named(arch)):
-            if parse_profile_spec(rest) is not None or (rest and Path(rest).is_dir()):
-                raise KernelNotFoundError(f"{spec}: kernels built here are for the host's architecture only; an "
-                                          f"{arch} kernel is a release of its store ({arch}:RELEASE)")  # fmt: skip
-            return resolve_foreign_kernel(arch_named(arch), rest or None, cache_root)
+            if parse_profile_spec(rest) is None and not (rest and Path(rest).is_dir()):
+                return resolve_foreign_kernel(arch_named(arch), rest or None, cache_root)
+            options = replace(options or BuildOptions.from_env(), arch=arch)
         spec = rest or None
     profile = parse_profile_spec(spec) if spec else None
     if profile is not None:
         name, tree = profile
         cache_root = cache_root or default_cache_root()
         path = profile_tree(tree, cache_root=cache_root, notify=notify)
-        base = options or BuildOptions.from_env()
-        options = BuildOptions(btf=base.btf, extra_config=base.extra_config, base=base.base, jobs=base.jobs,
-                               vng=base.vng, profile=name)  # fmt: skip
+        options = replace(options or BuildOptions.from_env(), profile=name)
         return build_kernel(path, options=options, notify=notify, run=run, cache_root=cache_root).kernel
     if spec and Path(spec).is_dir():
         path = Path(spec)
