@@ -171,7 +171,7 @@ class KernelSession:
             cpus=self.config.cpus, cwd=Path(os.getcwd()), tree_modules=modules_dir_for(self.kernel),
             memory_debug=self.config.memory_debug, root=root, shared_dirs=shared,
         ))  # fmt: skip
-        return GuestLaunch(tuple(argv), name, self.kernel.release, accel, engine.name, channel)
+        return GuestLaunch(tuple(argv), name, self.kernel.release, accel, engine.name, channel, root)
 
     @property
     def engine_name(self) -> str:

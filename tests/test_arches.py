@@ -446,3 +446,13 @@ def test_arches_table_is_consistent() -> None:
     for name, a in arches.ARCHES.items():
         assert a.name == name and a.qemu.startswith("qemu-system-") and a.cross_compile.endswith("-")
     assert arches.ARCH_NAMES == ("x86_64", "arm64")
+
+
+def test_a_foreign_root_runs_its_own_python(tmp_path: Path) -> None:
+    """A guest program in an arm64 root runs on that root's python3, never on the host's interpreter (the
+    example module's sender started the host's pyenv python there: exit 127)."""
+    from harness.guest.vm import GuestLaunch, guest_python
+
+    assert guest_python(tmp_path) == "/usr/bin/python3"
+    launch = GuestLaunch(("qemu",), "knh-x", "6.1.0-57-arm64", "tcg", "qemu", root=tmp_path)
+    assert launch.root == tmp_path

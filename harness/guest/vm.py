@@ -9,10 +9,13 @@ Layout of a guest's run directory (under the results directory):
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import secrets
 import shlex
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,6 +73,32 @@ class GuestLaunch:
     accel: str
     engine: str  # "vng" or "qemu"
     channel: Path | None = None  # host socket of the virtio-serial data channel, if any
+    root: Path = Path("/")  # the host directory that is the guest's root (a foreign architecture's, or the host's)
+
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+@functools.cache
+def guest_python(root: Path = Path("/")) -> str:
+    """The interpreter a guest program (a sender) runs on: the distribution's python3 of the guest's root.
+
+    In the host's root, when that is Python 3.10 or newer, else the harness's own: the guest sees the host's
+    root, so either works. Distributions build their interpreter with PGO and LTO and link libpython into it;
+    under TCG a pyenv-style build (shared libpython, no PGO) ran the sender's send/ack loop about 30% slower
+    (docs/performance.md). A foreign architecture's root has only its own.
+    """
+    if root != Path("/"):
+        return str(SYSTEM_PYTHON)
+    if SYSTEM_PYTHON.exists():
+        try:
+            proc = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info >= (3, 10))"],
+                                  capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            return sys.executable
+        if proc.returncode == 0 and proc.stdout.strip() == "True":
+            return str(SYSTEM_PYTHON)
+    return sys.executable
 
 
 @dataclass(frozen=True)
@@ -147,6 +176,11 @@ class Guest:
             self.close()
             raise
         self.boot_time_s = time.monotonic() - start
+
+    @property
+    def python(self) -> str:
+        """The interpreter for programs run in this guest (guest_python of its root)."""
+        return guest_python(self.launch.root)
 
     @property
     def alive(self) -> bool:

@@ -9,11 +9,8 @@ what each one caused. CSender runs the C sender (`knl_send`) as a normal guest c
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +19,9 @@ from typing import Any
 from harness.config import GUEST_SCRIPTS
 from harness.errors import ChannelError, HarnessError
 from harness.guest.channel import Channel
-from harness.guest.vm import Guest
+from harness.guest.vm import Guest, guest_python  # noqa: F401 (guest_python: its old home)
 
 READY = "NLSEND READY"
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 C_SENDER = "sender/knl_send"  # built by module/Makefile's default goal, relative to the module directory
 
 
@@ -89,26 +85,6 @@ def parse_acks(reply: dict[str, Any]) -> list[Ack]:
     return [Ack(int(a["seq"]), int(a["error"])) for a in reply.get("acks", [])]
 
 
-@functools.cache
-def guest_python() -> str:
-    """The interpreter nl_send.py runs on: the distribution's python3 when it is Python 3.10 or newer, else the
-    harness's own.
-
-    The guest sees the host's root, so either works. Distributions build their interpreter with PGO and LTO and
-    link libpython into it; under TCG a pyenv-style build (shared libpython, no PGO) ran the sender's send/ack
-    loop about 30% slower (docs/performance.md).
-    """
-    if SYSTEM_PYTHON.exists():
-        try:
-            proc = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info >= (3, 10))"],
-                                  capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired):
-            return sys.executable
-        if proc.returncode == 0 and proc.stdout.strip() == "True":
-            return str(SYSTEM_PYTHON)
-    return sys.executable
-
-
 class PySender:
     """The persistent Python sender in the guest, on the virtio-serial data channel.
 
@@ -123,7 +99,7 @@ class PySender:
         self.guest = guest
         self.proto = proto
         self.stderr = stderr
-        self.python = python or guest_python()
+        self.python = python or guest.python
         self.script = script or GUEST_SCRIPTS / "nl_send.py"
         self._owner = f"nl_send:{self.proto}:{self.python}:{self.script}"
         self._channel: Channel | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,11 +52,11 @@ class EchoClient:
     the sender again.
     """
 
-    def __init__(self, guest: Guest, script: Path, python: str = sys.executable, *, stderr: Path | None = None,
+    def __init__(self, guest: Guest, script: Path, python: str | None = None, *, stderr: Path | None = None,
                  timeout: float = REQUEST_TIMEOUT_S) -> None:  # fmt: skip
         self.guest = guest
         self.script = script
-        self.python = python
+        self.python = python or guest.python  # the guest root's python3 (an arm64 guest has no host program)
         self.stderr = stderr or guest.paths.run_dir / "genl_echo_send.stderr"  # the guest can write the run dir
         self.timeout = timeout
         self._owner = f"genl_echo_send:{python}:{script}"  # tells this sender from other channel programs
