@@ -178,12 +178,12 @@ def run_bench(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelS
         figs["raw_boot_s"] = _raw_boot(cfg, kernel, accel, opts, progress)
         figs["boot_to_ready_s"], session = _boot_to_ready(cfg, session_for, opts, progress, sessions)
         guest = session.guest()
-        figs["console_rtt_ms"] = _console_rtt(guest, opts.rtt_samples)
-        figs["insmod_s"], figs["rmmod_s"] = _load_cycles(session, opts.cycles)
+        figs["console_rtt_ms"] = console_rtt(guest, opts.rtt_samples)
+        figs["insmod_s"], figs["rmmod_s"] = load_cycles(session, opts.cycles)
         figs["py_sender_rate"], figs["c_sender_rate"], figs["fuzz_rate"] = _sender_figures(
             session, guest, build.directory, opts, progress
         )
-    figs["per_test_overhead_s"] = _per_test_overhead(cfg, kernel.release, opts, progress)
+    figs["per_test_overhead_s"] = per_test_overhead(cfg, kernel.release, opts, progress)
     if opts.suite:
         figs["suite_s"], figs["naive_suite_s"] = _suite_figures(cfg, kernel.release, figs["boot_to_ready_s"], progress)
     result: dict[str, Any] = {k: figs[k].as_dict() for k in KEYS}
@@ -244,7 +244,7 @@ def _boot_to_ready(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], Ke
     return figure, last[cfg.engine]
 
 
-def _console_rtt(guest: Guest, samples: int) -> Figure:
+def console_rtt(guest: Guest, samples: int) -> Figure:
     """console_rtt_ms: `true` run in the guest over the serial console."""
     rtt = Figure(note=f"median of {samples} `true` round trips over the serial console")
     for _ in range(samples):
@@ -252,7 +252,7 @@ def _console_rtt(guest: Guest, samples: int) -> Figure:
     return rtt
 
 
-def _load_cycles(session: KernelSession, cycles: int) -> tuple[Figure, Figure]:
+def load_cycles(session: KernelSession, cycles: int) -> tuple[Figure, Figure]:
     """insmod_s and rmmod_s: the module loaded and unloaded `cycles` times."""
     insmod = Figure(note="insmod over the console, including a kernel log mark and the host-kernel guard")
     rmmod = Figure(note="rmmod over the console")
@@ -298,7 +298,7 @@ def _suite_figures(cfg: HarnessConfig, release: str, boot: Figure,
     return suite, naive
 
 
-def _per_test_overhead(cfg: HarnessConfig, release: str, opts: BenchOptions,
+def per_test_overhead(cfg: HarnessConfig, release: str, opts: BenchOptions,
                        progress: Callable[[str], None]) -> Figure:  # fmt: skip
     """per_test_overhead_s: an empty kernel test that loads and unloads the module, every check on."""
     progress(f"per-test overhead: {opts.overhead_tests} empty kernel tests after a first one ...")

@@ -74,9 +74,12 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--senders-only", action="store_true",
                    help="only py_sender_rate and c_sender_rate, on every --kernel in turn")  # fmt: skip
     p.add_argument("--sender-runs", type=_at_least_one, default=3, help="runs per sender rate (default 3)")
+    p.add_argument("--no-arches", action="store_true",
+                   help="leave out the foreign architectures' figures (taken for each one arch-setup has set up)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.arches import split_arch
     from harness.knetlink.bench import (
         BenchOptions,
         format_sender_table,
@@ -85,6 +88,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_bench,
         run_sender_bench,
     )
+    from harness.knetlink.bench_arch import arch_figures, foreign_specs, format_arch_rows
 
     out = Output(args.quiet)
     try:
@@ -100,10 +104,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 BenchOptions(boots=args.boots, messages=args.messages, sender_runs=args.sender_runs,
                              suite=not args.no_suite))  # fmt: skip
         result = (run_sender_bench if args.senders_only else run_bench)(cfg, session_for, opts, out.progress)
+        if not args.senders_only and not args.no_arches:
+            result["arches"] = {split_arch(spec)[0]: arch_figures(cfg, spec, session_for, opts.boots, opts.rtt_samples,
+                                                                  opts.cycles, opts.overhead_tests, out.progress)
+                                for spec in foreign_specs()}  # fmt: skip
     except HarnessError as e:
         out.error(str(e))
         return EXIT_HARNESS
-    print(format_sender_table(result) if args.senders_only else format_table(result))
+    print(format_sender_table(result) if args.senders_only else "\n".join([format_table(result),
+                                                                             *format_arch_rows(result)]))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
