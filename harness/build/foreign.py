@@ -38,6 +38,7 @@ ROOT_PACKAGES = (
     "base-files", "base-passwd", "bash", "coreutils", "dash", "debianutils", "busybox-static", "kmod", "mount",
     "util-linux", "procps", "psmisc", "iproute2", "grep", "sed", "gawk", "findutils", "gzip", "xz-utils",
     "python3-minimal", "libpython3-stdlib", "bpftrace",
+    "python3-pyroute2",  # the example module's generic netlink sender (examples/genl_echo)
 )  # fmt: skip
 ROOT_DONE = ".knh-root"  # written last: a root without it is unfinished
 

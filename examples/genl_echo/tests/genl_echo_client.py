@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,9 @@ class EchoClient:
                  timeout: float = REQUEST_TIMEOUT_S) -> None:  # fmt: skip
         self.guest = guest
         self.script = script
-        self.python = python or guest.python  # the guest root's python3 (an arm64 guest has no host program)
+        # The harness's own interpreter has pyroute2 (a dev dependency) and is the guest's in the host's root;
+        # a foreign architecture's root has the distribution's python3 with python3-pyroute2.
+        self.python = python or (sys.executable if guest.launch.root == Path("/") else guest.python)
         self.stderr = stderr or guest.paths.run_dir / "genl_echo_send.stderr"  # the guest can write the run dir
         self.timeout = timeout
         self._owner = f"genl_echo_send:{python}:{script}"  # tells this sender from other channel programs
