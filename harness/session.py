@@ -194,8 +194,8 @@ class KernelSession:
         from harness.build.foreign import make_root
 
         root = make_root(arch_named(self.kernel.arch), notify=self.notify)
-        cwd = Path(os.getcwd())
-        shared = (PROJECT_ROOT,) if cwd.is_relative_to(PROJECT_ROOT) else (PROJECT_ROOT, cwd)
+        wanted = (PROJECT_ROOT, GUEST_SCRIPTS, Path(os.getcwd()))  # the guest shell's directory may be elsewhere
+        shared = tuple(d for d in dict.fromkeys(wanted) if not any(d != o and d.is_relative_to(o) for o in wanted))
         return root, shared
 
     def guest(self) -> Guest:

@@ -434,7 +434,10 @@ def test_session_guest_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert session.guest_root() == (tmp_path / "arm64-root", (PROJECT_ROOT, tmp_path))
     monkeypatch.chdir(PROJECT_ROOT)
     assert session.guest_root() == (tmp_path / "arm64-root", (PROJECT_ROOT,))
-    assert made == ["arm64", "arm64"]
+    broken = tmp_path / "broken-scripts"  # tests/test_reliability.py's guest shell outside the project
+    monkeypatch.setattr("harness.session.GUEST_SCRIPTS", broken)
+    assert session.guest_root() == (tmp_path / "arm64-root", (PROJECT_ROOT, broken))
+    assert made == ["arm64", "arm64", "arm64"]
 
 
 def test_session_kernel_spec_of_a_foreign_kernel(tmp_path: Path) -> None:
