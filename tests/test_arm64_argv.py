@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 
 import pytest
+from test_engines import launch as engines_launch  # tests/: the GuestSpec with the usual paths
 
 from harness.arches import ARM64, X86_64
 from harness.build.kernel import Kernel
@@ -135,12 +136,7 @@ def engine(asked: list[str], *, have: tuple[str, ...] = ("qemu-system-aarch64", 
 
 
 def launch(tmp_path: Path, kernel: Kernel, **kw: object) -> GuestSpec:
-    base: dict[str, object] = dict(
-        kernel=kernel, name="knh-1", accel="tcg", run_dir=tmp_path / "run", shell=Path("/g/guest-shell"),
-        cache=Path("/c"), rw_dirs=(Path("/r"),), channel=Path("/t/ch.sock"), cwd=Path("/w"),
-    )  # fmt: skip
-    base.update(kw)
-    return GuestSpec(**base)  # type: ignore[arg-type]
+    return engines_launch(tmp_path, kernel=kernel, **kw)
 
 
 def test_qemu_engine_spec_for_arm64(tmp_path: Path) -> None:

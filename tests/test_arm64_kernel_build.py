@@ -14,12 +14,12 @@ import hashlib
 import json
 import platform
 import shutil
-import struct
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from test_kernel_build_profile import fake_image  # tests/: a bzImage with its version string
 
 from harness.arches import ARM64, arch_named
 from harness.build import configure, kernel_source
@@ -54,16 +54,6 @@ def x86_64_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         return f"/usr/bin/{name}" if "linux-gnu-" in name else real(name)
 
     monkeypatch.setattr(configure.shutil, "which", which)
-
-
-def bzimage(path: Path, release: str) -> None:
-    data = bytearray(0x1000)
-    data[0x202:0x206] = b"HdrS"
-    struct.pack_into("<H", data, 0x20E, 0x400)
-    text = f"{release} (builder@host) #1 SMP".encode()
-    data[0x600 : 0x600 + len(text)] = text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(bytes(data))
 
 
 class FakeKbuild:
@@ -110,7 +100,7 @@ class FakeKbuild:
                 (out / IMAGE).parent.mkdir(parents=True, exist_ok=True)
                 (out / IMAGE).write_bytes(b"MZ\0\0 arm64 Image " + release.encode())
             else:
-                bzimage(out / kb.KIMG, release)
+                fake_image(out / kb.KIMG, release)
             (out / "Module.symvers").write_text("")
             return 0
         return 64
