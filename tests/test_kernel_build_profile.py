@@ -37,6 +37,15 @@ def fake_image(path: Path, release: str) -> None:
     path.write_bytes(bytes(data))
 
 
+def allnoconfig(args: Sequence[str], out: Path, drop: set[str]) -> int:
+    """A fake `make [O=out] allnoconfig`: KCONFIG_ALLCONFIG copied to out/.config, minus the symbols in `drop`."""
+    allconfig = Path(next(a for a in args if a.startswith("KCONFIG_ALLCONFIG=")).split("=", 1)[1])
+    dropped = tuple(f"CONFIG_{d}=" for d in drop)
+    lines = [ln for ln in allconfig.read_text().splitlines() if not ln.startswith(dropped)]
+    (out / ".config").write_text("\n".join(lines) + "\n")
+    return 0
+
+
 class FakeKbuild:
     """Runner: `vng --kconfig --dry-run` lists items; `make [O=dir] allnoconfig` copies KCONFIG_ALLCONFIG to
     the .config, minus `drop` (symbols "the tree lacks"); a build writes bzImage and prints CC lines;
@@ -61,11 +70,7 @@ class FakeKbuild:
                 f.write("CONFIG_VIRTIO=y\nCONFIG_DRM=y\n# CONFIG_USB is not set\n")
             return 0
         if "allnoconfig" in args:
-            allconfig = Path(next(a for a in args if a.startswith("KCONFIG_ALLCONFIG=")).split("=", 1)[1])
-            dropped = tuple(f"CONFIG_{d}=" for d in self.drop)
-            lines = [ln for ln in allconfig.read_text().splitlines() if not ln.startswith(dropped)]
-            (out / ".config").write_text("\n".join(lines) + "\n")
-            return 0
+            return allnoconfig(args, out, self.drop)
         if "modules_install" in args:
             root = Path(next(a for a in args if a.startswith("INSTALL_MOD_PATH=")).split("=", 1)[1])
             moddir = root / "lib" / "modules" / (SUBLEVEL_RELEASE + localversion)
