@@ -17,7 +17,7 @@ from harness.config import GUEST_SCRIPTS, HarnessConfig
 from harness.guest.ebpf import BpfRunner
 from harness.guest.kernel_ops import GuestKernel
 from harness.guest.vm import Guest
-from harness.knetlink.ebpf import KnetlinkCounts, measure_handler_latency
+from harness.knetlink.ebpf import KnetlinkCounts, LatencyReport, measure_handler_latency
 from harness.knetlink.fixtures import LinkLogWindow
 from harness.knetlink.senders import Ack, PySender
 from harness.pytest_plugin.ebpf_fixtures import skip_or_fail
@@ -100,33 +100,46 @@ TAIL_FACTOR = 50  # p99 below this many times the median of the same run
 P99_LIMIT_US = 5_000  # absolute bound for TCG (measured p99 13-23 µs, median 7.5-8.7 µs); KVM is faster
 
 
+def latency_problem(report: LatencyReport) -> str | None:
+    """Why `report` breaks a latency bound, or None."""
+    median, p99 = report.median_us, report.quantile_us(0.99)
+    assert median is not None and p99 is not None, report.render()
+    if p99 >= TAIL_FACTOR * median:
+        return (f"p99 {p99:.1f} us is {p99 / median:.0f}x the median {median:.1f} us of the same run (bound "
+                f"{TAIL_FACTOR}x): more than 1% of the messages took a slow path")  # fmt: skip
+    if p99 >= P99_LIMIT_US:
+        return (f"p99 {p99:.1f} us is above the absolute bound {P99_LIMIT_US} us for TCG guests (median "
+                f"{median:.1f} us): the handler itself got slower")  # fmt: skip
+    return None
+
+
 @pytest.mark.full  # the quick tier keeps one probe test (bpftrace starts in seconds under TCG)
 def test_handler_latency_p99_within_bounds(
     ebpf: BpfRunner, guest: Guest, guest_kernel: GuestKernel, py_sender: PySender, knh_config: HarnessConfig,
     record_property: Callable[[str, object], None],
 ) -> None:  # fmt: skip
+    """The bounds hold in a run, or in a second run right after it. A slow path in the handler is systematic:
+    it shows in both. A busy host stretches calls at random (a TCG vCPU descheduled: in .ci/run beside the debug
+    kernel's build one run had 75 of 2,000 calls above 131 us, p99 64x the median); a second run is not
+    stretched the same way. Both runs' histograms are in the failure."""
     clock = ebpf.clock_reason()
     if clock is not None:
         skip_or_fail(clock, knh_config)
-    bench: dict[str, object] = {}
+    problems: list[str] = []
+    for attempt in (1, 2):
+        bench: dict[str, object] = {}
 
-    def send() -> None:
-        bench.update(py_sender.bench(LATENCY_MESSAGES))
+        def send(into: dict[str, object] = bench) -> None:
+            into.update(py_sender.bench(LATENCY_MESSAGES))
 
-    report = measure_handler_latency(guest, guest_kernel.scratch, send, runner=ebpf)
-    print("\n" + report.render())
-    record_property("knetlink_rcv_median_us", report.median_us)
-    record_property("knetlink_rcv_p99_us", report.quantile_us(0.99))
-
-    assert bench.get("errors") == 0, bench
-    assert report.count == LATENCY_MESSAGES, report.render()  # one knetlink_rcv call per message sent
-    median, p99 = report.median_us, report.quantile_us(0.99)
-    assert median is not None and p99 is not None, report.render()
-    assert p99 < TAIL_FACTOR * median, (
-        f"p99 {p99:.1f} us is {p99 / median:.0f}x the median {median:.1f} us of the same run (bound {TAIL_FACTOR}x): "
-        f"more than 1% of the messages took a slow path\n{report.render()}"
-    )
-    assert p99 < P99_LIMIT_US, (
-        f"p99 {p99:.1f} us is above the absolute bound {P99_LIMIT_US} us for TCG guests (median {median:.1f} us): "
-        f"the handler itself got slower\n{report.render()}"
-    )
+        report = measure_handler_latency(guest, guest_kernel.scratch, send, runner=ebpf)
+        print(f"\nrun {attempt}:\n" + report.render())
+        record_property(f"knetlink_rcv_median_us_run{attempt}", report.median_us)
+        record_property(f"knetlink_rcv_p99_us_run{attempt}", report.quantile_us(0.99))
+        assert bench.get("errors") == 0, bench
+        assert report.count == LATENCY_MESSAGES, report.render()  # one knetlink_rcv call per message sent
+        problem = latency_problem(report)
+        if problem is None:
+            return
+        problems.append(f"run {attempt}: {problem}\n{report.render()}")
+    pytest.fail("the latency bounds failed in two runs in a row:\n" + "\n".join(problems))
