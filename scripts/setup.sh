@@ -46,6 +46,11 @@ case "${ID:-}" in
     exit 1 ;;
 esac
 
+if [ -n "$FOREIGN" ] && [ "${ID:-}" != debian ]; then
+  # Ubuntu serves arm64 from another archive (ports.ubuntu.com) under other kernel package names.
+  echo "setup.sh: --arch $FOREIGN needs Debian's archive (its $FOREIGN kernel packages and root); on ${ID:-this system} run it in a Debian 12 container, as the GitHub workflow's arm64 job does" >&2
+  exit 2
+fi
 if [ -n "$FOREIGN" ]; then
   # The arm64 kernel packages are downloaded with apt-get download, which needs the architecture known to dpkg.
   PKGS="$PKGS qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross mmdebstrap"
