@@ -133,3 +133,41 @@ def test_a_failing_figure_closes_every_session_opened(monkeypatch: pytest.Monkey
 def test_a_whole_run_closes_every_session_before_the_suite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     opened = run(monkeypatch, tmp_path, "", suite=True)
     assert len(opened) == 5 and all(s.closed for s in opened)  # the main session and 2 boots per engine
+
+
+class BootSession:
+    """A session whose guest boots in `seconds`, or whose boot fails (BootError) when `seconds` is None."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds, self.closed, self.current_guest = seconds, False, None
+
+    def guest(self) -> SimpleNamespace:
+        from harness.errors import BootError
+
+        if self.seconds is None:
+            raise BootError("did not boot\nconsole ...")
+        self.current_guest = SimpleNamespace(boot_time_s=self.seconds)
+        return self.current_guest
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_fresh_boots_counts_failed_boots_and_keeps_only_the_last_session_open() -> None:
+    """The boot samples of the main figures and of each foreign architecture's come from one loop."""
+    import contextlib
+
+    from harness.errors import BootError
+
+    made = [BootSession(s) for s in (3.0, None, 2.0, 4.0)]
+    queue = iter(made)
+    said: list[str] = []
+    with contextlib.ExitStack() as keep:
+        fig, failed, last = bench.fresh_boots(lambda: next(queue), 3, "qemu", said.append, keep)  # type: ignore[arg-type, return-value]
+        assert (fig.values, failed, last) == ([3.0, 2.0, 4.0], 1, made[3])
+        assert [s.closed for s in made] == [True, True, True, False]
+    assert made[3].closed
+    assert said[2] == "boot qemu failed, not counted: did not boot", said
+    never = iter([BootSession(None) for _ in range(4)])
+    with pytest.raises(BootError), contextlib.ExitStack() as keep:
+        bench.fresh_boots(lambda: next(never), 3, "qemu", said.append, keep)  # type: ignore[arg-type, return-value]

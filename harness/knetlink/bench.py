@@ -8,6 +8,7 @@ a noisy host. Each figure is a median of repeated runs with min and max.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -210,38 +211,47 @@ def _raw_boot(cfg: HarnessConfig, kernel: Kernel, accel: str, opts: BenchOptions
     return fig
 
 
+def fresh_boots(new_session: Callable[[], KernelSession], boots: int, label: str, progress: Callable[[str], None],
+                keep: contextlib.ExitStack[bool | None]) -> tuple[Figure, int, KernelSession]:  # fmt: skip
+    """`boots` boot times, each of a guest of a fresh session, and the number of boots that failed (no sample;
+    more failures than `boots` raise the last). Every session is closed here but the last, which is returned
+    open, its closing left to `keep`."""
+    fig, failed = Figure(), 0
+    while True:
+        with contextlib.ExitStack() as boot:
+            s = boot.enter_context(contextlib.closing(new_session()))
+            progress(f"boot {label} {len(fig.values) + 1}/{boots} ...")
+            try:
+                s.guest()
+            except BootError as e:
+                failed += 1
+                if failed > boots:
+                    raise
+                progress(f"boot {label} failed, not counted: {str(e).splitlines()[0]}")
+                continue
+            assert s.current_guest is not None and s.current_guest.boot_time_s is not None
+            fig.add(s.current_guest.boot_time_s)
+            if len(fig.values) == boots:
+                keep.enter_context(boot.pop_all())
+                return fig, failed, s
+
+
 def _boot_to_ready(cfg: HarnessConfig, session_for: Callable[[HarnessConfig], KernelSession], opts: BenchOptions,
                    progress: Callable[[str], None],
                    keep: contextlib.ExitStack[bool | None]) -> tuple[Figure, KernelSession]:  # fmt: skip
     """boot_to_ready_s per engine, from fresh guests, the configured engine's figure first. The configured
     engine's last guest is returned open, its closing left to `keep`; every other guest is closed here."""
     by_engine: dict[str, Any] = {}
-    last: dict[str, KernelSession] = {}
     with contextlib.ExitStack() as others:  # the other engines' last guests, up to the end of the boots
         for engine in dict.fromkeys((cfg.engine, *opts.engines)):
-            fig, failed = Figure(), 0
-            while len(fig.values) < opts.boots:
-                with contextlib.ExitStack() as boot:
-                    s = boot.enter_context(contextlib.closing(session_for(replace(cfg, engine=engine, boot_retries=0))))
-                    progress(f"boot {engine} {len(fig.values) + 1}/{opts.boots} ...")
-                    try:
-                        s.guest()
-                    except BootError as e:  # a boot that fails is no sample; the count is reported
-                        failed += 1
-                        if failed > opts.boots:
-                            raise
-                        progress(f"boot {engine} failed, not counted: {str(e).splitlines()[0]}")
-                        continue
-                    assert s.current_guest is not None and s.current_guest.boot_time_s is not None
-                    fig.add(s.current_guest.boot_time_s)
-                    if len(fig.values) == opts.boots:
-                        last[engine] = s
-                        (keep if engine == cfg.engine else others).enter_context(boot.pop_all())
+            new_session = functools.partial(session_for, replace(cfg, engine=engine, boot_retries=0))
+            fig, failed, s = fresh_boots(new_session, opts.boots, engine, progress,
+                                         keep if engine == cfg.engine else others)  # fmt: skip
             by_engine[engine] = {**fig.as_dict(), "failed_boots": failed}
             if engine == cfg.engine:
-                figure = fig
+                figure, session = fig, s
     figure.extra = {"engine": cfg.engine, "by_engine": by_engine}
-    return figure, last[cfg.engine]
+    return figure, session
 
 
 def console_rtt(guest: Guest, samples: int) -> Figure:

@@ -16,8 +16,7 @@ from typing import Any
 from harness.arches import ARCHES, is_foreign
 from harness.build.kernel import foreign_kernels
 from harness.config import HarnessConfig
-from harness.errors import BootError
-from harness.knetlink.bench import Figure, console_rtt, load_cycles, per_test_overhead, quick_options
+from harness.knetlink.bench import console_rtt, fresh_boots, load_cycles, per_test_overhead, quick_options
 from harness.session import KernelSession
 
 ARCH_KEYS = ("boot_to_ready_s", "console_rtt_ms", "insmod_s", "rmmod_s", "per_test_overhead_s")
@@ -38,26 +37,9 @@ def arch_figures(cfg: HarnessConfig, spec: str, session_for: Callable[[HarnessCo
                  progress: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
     """ARCH_KEYS for the kernel `spec` names, as {key: Figure.as_dict()} plus the kernel and accelerator."""
     c = replace(cfg, kernels=(spec,), engine="qemu", boot_retries=0)
-    boot, failed = Figure(note="qemu engine (-M virt under TCG for arm64), fresh guests"), 0
     with contextlib.ExitStack() as keep:
-        session: KernelSession | None = None
-        while len(boot.values) < boots:
-            s = keep.enter_context(contextlib.closing(session_for(c)))
-            progress(f"{spec}: boot {len(boot.values) + 1}/{boots} ...")
-            try:
-                s.guest()
-            except BootError as e:
-                failed += 1
-                if failed > boots:
-                    raise
-                progress(f"{spec}: boot failed, not counted: {str(e).splitlines()[0]}")
-                continue
-            assert s.current_guest is not None and s.current_guest.boot_time_s is not None
-            boot.add(s.current_guest.boot_time_s)
-            if session is not None:
-                session.close()
-            session = s
-        assert session is not None
+        boot, failed, session = fresh_boots(lambda: session_for(c), boots, spec, progress, keep)
+        boot.note = "qemu engine (-M virt under TCG for arm64), fresh guests"
         boot.extra = {"failed_boots": failed}
         rtt = console_rtt(session.guest(), rtt_samples)
         insmod, rmmod = load_cycles(session, cycles)
