@@ -237,7 +237,7 @@ class KernelSession:
             self.scratch.mkdir(parents=True, exist_ok=True)
             kmemleak = may_have_kmemleak(read_kernel_config(self.kernel))  # stock kernels: no guest command
             self._guest_kernel = GuestKernel(guest, self.scratch, kmemleak=kmemleak, decode_inputs=self.decode_inputs,
-                                             root=self.guest_root()[0])  # fmt: skip
+                                             root=guest.launch.root)  # fmt: skip
             return guest
         assert last is not None
         self._boot_error = last  # do not boot again for every remaining test

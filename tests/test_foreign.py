@@ -316,3 +316,23 @@ def test_finish_root_keeps_what_is_there(tmp_path: Path) -> None:
     assert not (root / "etc" / "group").exists()  # no master, no database
     _finish_root(root)  # again: nothing to do, nothing raised
     assert os.readlink(root / "bin" / "sh") == "bash"
+
+
+def test_the_initramfs_finds_the_foreign_roots_busybox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One answer to "where is the root's busybox" (foreign.root_busybox) for the initramfs, the module tools
+    and doctor: a merged-/usr root has it in usr/bin."""
+    from harness.arches import ARM64
+    from harness.build.initramfs import build_initramfs
+    from harness.build.kernel import Kernel, arch_dirs
+    from harness.errors import KernelModulesMissing, MissingDependencyError
+
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    kernel = Kernel("6.1.0-57-arm64", tmp_path / "Image", tmp_path / "nowhere" / "build", arch="arm64")
+    with pytest.raises(MissingDependencyError, match="arch-setup arm64"):
+        build_initramfs(kernel, tmp_path / "init", tmp_path)
+    busybox = arch_dirs(ARM64, tmp_path).root / "usr" / "bin" / "busybox"
+    busybox.parent.mkdir(parents=True)
+    busybox.write_bytes(b"\x7fELF")
+    assert foreign.root_busybox(busybox.parents[2]) == "/usr/bin/busybox"
+    with pytest.raises(KernelModulesMissing):  # past the busybox: the kernel's modules are next
+        build_initramfs(kernel, tmp_path / "init", tmp_path)

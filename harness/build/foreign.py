@@ -67,6 +67,12 @@ def _checked(run: Run, argv: Sequence[str], cwd: Path) -> str:
     return proc.stdout
 
 
+def root_busybox(root: Path) -> str | None:
+    """Where a foreign root has its busybox, as a path in the guest (its static busybox-static binary), or None."""
+    found = [d for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin") if (root / d[1:] / "busybox").is_file()]
+    return f"{found[0]}/busybox" if found else None
+
+
 def counterpart_release(release: str, host: Arch, arch: Arch) -> str | None:
     """The release of `arch`'s flavour of a host kernel: 6.1.0-57-amd64 -> 6.1.0-57-arm64; None when the release
     does not end in the host's flavour (a kernel built here, another distribution's naming)."""

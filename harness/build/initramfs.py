@@ -178,12 +178,15 @@ def build_initramfs(kernel: Kernel, init_script: Path, cache_root: Path, busybox
     foreign kernel the static one of that architecture's root (harness.build.foreign)."""
     if busybox is None and kernel.foreign:
         from harness.arches import arch_named
+        from harness.build.foreign import root_busybox
         from harness.build.kernel import arch_dirs, setup_hint
 
         arch = arch_named(kernel.arch)
-        busybox = str(arch_dirs(arch, cache_root).root / "bin" / "busybox")
-        if not Path(busybox).is_file():
-            raise MissingDependencyError(f"{busybox} (the {arch.name} root's static busybox)", setup_hint(arch))
+        root = arch_dirs(arch, cache_root).root
+        in_root = root_busybox(root)
+        if in_root is None:
+            raise MissingDependencyError(f"busybox in {root} (the {arch.name} root's static busybox)", setup_hint(arch))
+        busybox = str(root / in_root.lstrip("/"))
     busybox = busybox or shutil.which("busybox")
     if busybox is None:
         raise MissingDependencyError("busybox", "apt-get install busybox-static")

@@ -229,14 +229,14 @@ def build_module(src: Path, kernel: Kernel, *, cache_root: Path | None = None, t
     final = cache_root / "modules" / kernel.release / f"{src.name}-{key}"
     dkms_root = final.with_name(f".{final.name}.dkms")  # DKMS's dkms_tree and source_tree for this build
     conf = None
-    dkms_vars = dkms_variables(kernel.build_dir, kernel.release, guest_machine(kernel), dkms_root / "tree",
-                               dkms_root / "src")  # fmt: skip
+    machine = guest_machine(kernel)
+    dkms_vars = dkms_variables(kernel.build_dir, kernel.release, machine, dkms_root / "tree", dkms_root / "src")
     if choice == "dkms" and targets:
         raise ConfigError(f"make targets {' '.join(targets)} do not apply to a dkms.conf build (its MAKE[i] says "
                           "what to build); fix: drop --make-targets, or set --module-build makefile")  # fmt: skip
     if choice == "dkms":
         conf = read_dkms_conf(src / DKMS_CONF, dkms_vars)
-        reason = exclusion(conf, kernel.release, guest_machine(kernel), config)
+        reason = exclusion(conf, kernel.release, machine, config)
         if reason:
             raise BuildExcluded(reason)
     if (final / DONE_MARK).exists():

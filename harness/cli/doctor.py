@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from harness.arches import ARCHES, Arch, is_foreign
+from harness.build.foreign import root_busybox
 from harness.build.kernel import arch_dirs, foreign_kernels
 from harness.build.kernel_build import resolve_kernel_spec
 from harness.errors import HarnessError
@@ -66,7 +67,7 @@ def foreign_checks(arch: Arch, required: bool) -> list[Check]:
     fix = f"scripts/setup.sh --arch {arch.name}"
     dirs = arch_dirs(arch)
     kernels = foreign_kernels(arch)
-    root_ok = (dirs.root / "bin" / "busybox").is_file()
+    root_ok = root_busybox(dirs.root) is not None
     return [
         _tool(arch.qemu, fix, required=required),
         _tool(f"{arch.cross_compile}gcc", fix, required=required),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.build.decode import DecodeInputs, decoded_section
+from harness.build.foreign import root_busybox
 from harness.build.module_deps import module_name
 from harness.errors import (
     GuestReadError,
@@ -65,11 +66,7 @@ def module_tool(name: str, root: Path = Path("/")) -> tuple[str, ...]:
     """argv of insmod or rmmod in the guest whose root is the host directory `root` (the host's own, or
     a foreign architecture's). busybox's applets (static, the same init_module and delete_module calls)
     start in ~50 ms under TCG where kmod's take ~140 ms; kmod's when that root has no busybox."""
-    if root == Path("/"):
-        busybox = shutil.which("busybox")
-    else:
-        found = [d for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin") if (root / d[1:] / "busybox").is_file()]
-        busybox = f"{found[0]}/busybox" if found else None
+    busybox = shutil.which("busybox") if root == Path("/") else root_busybox(root)
     return (busybox, name) if busybox else (name,)
 
 
