@@ -145,11 +145,17 @@ def config_from_args(args: argparse.Namespace) -> HarnessConfig:
     return replace(cfg, results_dir=cfg.results_dir.resolve())
 
 
+def first_kernel(cfg: HarnessConfig) -> str | None:
+    """The kernel a one-kernel command boots: the first --kernel, with the arch setting's prefix where it is
+    foreign (harness.build.kernel.qualify); None for the newest installed."""
+    return qualify(cfg.kernels[0] if cfg.kernels else "", cfg.arch) or None
+
+
 def open_session(cfg: HarnessConfig, out: Output) -> KernelSession:
     if len(cfg.kernels) > 1:
         where = cfg.sources.get("kernels", "the settings")
         raise ConfigError(f"give this command one --kernel, not {len(cfg.kernels)} ({' '.join(cfg.kernels)}, {where})")
-    spec = qualify(cfg.kernels[0] if cfg.kernels else "", cfg.arch) or None
+    spec = first_kernel(cfg)
     kernel = resolve_kernel_spec(spec, notify=out.progress, options=BuildOptions.from_config(cfg))
     run_root = cfg.results_dir / time.strftime("cli-%Y%m%d-%H%M%S")
     return KernelSession(cfg, kernel, run_root, notify=out.progress, requested_kernel=spec)

@@ -12,10 +12,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.build.kernel import qualify
 from harness.build.kernel_build import resolve_kernel_spec
 from harness.cli.base import EXIT_HARNESS, Command, Output
-from harness.cli.commands import add_guest_options, config_from_args, run_with_session
+from harness.cli.commands import add_guest_options, config_from_args, first_kernel, run_with_session
 from harness.config import HarnessConfig, module_params_dict
 from harness.errors import HarnessError
 from harness.knetlink.links import parse_link_lines
@@ -96,8 +95,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_root = cfg.results_dir / time.strftime("bench-%Y%m%d-%H%M%S")
 
         def session_for(c: HarnessConfig) -> KernelSession:
-            kernel = resolve_kernel_spec(qualify(c.kernels[0] if c.kernels else "", c.arch) or None,
-                                         notify=out.progress)  # fmt: skip
+            kernel = resolve_kernel_spec(first_kernel(c), notify=out.progress)
             return KernelSession(c, kernel, run_root, notify=out.progress)
 
         opts = (quick_options(args.boots, args.sender_runs) if args.quick else
