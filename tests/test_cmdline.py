@@ -94,6 +94,16 @@ def guest_shell_path(path: str) -> str:
     return proc.stdout
 
 
+def test_guest_shell_mounts_nothing_without_knh_usr_on_the_command_line() -> None:
+    """guest-shell runs here on the host (its /proc/cmdline has no knh.usr=): no mount is tried, nothing printed."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    proc = subprocess.run(["/bin/sh", str(GUEST_SCRIPTS / "guest-shell")], input="echo done\n", text=True,
+                          capture_output=True, timeout=30, check=True)  # fmt: skip
+    assert (proc.stdout, proc.stderr) == ("done\n", "")
+
+
 def test_guest_shell_takes_inits_boot_path_off_again() -> None:
     argv = vng_argv(spec(boot_path=GUEST_SCRIPTS / "vng_boot"))
     init_path = next(a for a in argv[argv.index("--append") + 1].split() if a.startswith("PATH=")).removeprefix("PATH=")

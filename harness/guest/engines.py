@@ -88,6 +88,7 @@ class VngEngine:
     executable: Callable[[], str] = vng_executable
     vmlinux: VmlinuxFor = cached_vmlinux
     boot_path: Path | None = field(default=GUEST_SCRIPTS / "vng_boot")  # see VngSpec.boot_path
+    cached_usr: bool = True  # see VngSpec.cached_usr
     kernel_config: KernelConfigOf = read_kernel_config
 
     def spec(self, launch: GuestSpec) -> VngSpec:
@@ -96,6 +97,7 @@ class VngEngine:
             image=self.vmlinux(launch.kernel, launch.cache), memory=launch.memory, cpus=launch.cpus,
             name=launch.name, vng=self.executable(), channel=launch.channel, mapped_dirs=launch.mapped_dirs,
             boot_path=self.boot_path, memory_debug_args=debug_args(launch, self.kernel_config),
+            cached_usr=self.cached_usr,
         )  # fmt: skip
 
     def argv(self, launch: GuestSpec) -> list[str]:

@@ -4,7 +4,8 @@ With require_cap=1 a sender without CAP_NET_ADMIN gets an EPERM ack and
 nothing is logged; root (and only a holder of the capability) is served.
 The stat_* counters cannot be set, not even by root, neither through sysfs
 nor at insmod.
-The guest sees the host filesystem read-only except the results directory.
+The guest sees the host filesystem read-only except the results directory; a vng guest's /usr is the
+host's, cached, and keeps the guest's writes to itself.
 (The host-kernel refusal is tested without a guest in tests/test_reliability.py.)
 """
 
@@ -19,10 +20,12 @@ from knetlink_stats import STAT_NAMES, module_stats, param_path, read_param  # t
 from harness.build.module_build import BuiltModule
 from harness.config import GUEST_SCRIPTS
 from harness.errors import ModuleLoadError
+from harness.guest.cmdline import CACHED_USR_TAG
 from harness.guest.kernel_ops import GuestKernel
 from harness.guest.vm import Guest
 from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
 from harness.knetlink.senders import CSender, PySender
+from harness.session import KernelSession
 
 NOBODY = "--reuid=65534 --regid=65534 --clear-groups"
 REPO = GUEST_SCRIPTS.parent
@@ -128,3 +131,27 @@ def test_host_filesystem_is_read_only_except_results(guest: Guest, guest_kernel:
         assert guest.run(["cat", str(shared)], check=True).output.strip() == f"host-{token}"
     finally:
         shared.unlink(missing_ok=True)
+
+
+def test_vng_guest_sees_the_hosts_usr_cached_and_keeps_its_writes(guest: Guest, knh_kernel_session: KernelSession,
+                                                                  tmp_path: Path) -> None:  # fmt: skip
+    """On virtme-ng the host's /usr is a second, cached 9p share under a tmpfs overlay (CACHED_USR_TAG): the
+    guest reads the host's files there, and what it writes there stays in the guest."""
+    if knh_kernel_session.engine_name != "vng":
+        pytest.skip("the cached /usr is virtme-ng's (the qemu engine's whole root is cached)")
+    mounts = guest.run(["cat", "/proc/mounts"], check=True).output.splitlines()
+    usr = [m.split() for m in mounts if m.split()[1:2] == ["/usr"]]
+    assert usr and usr[-1][2] == "overlay" and "lowerdir=/run/knh-usr/lower" in usr[-1][3], usr
+    lower = [m.split() for m in mounts if m.split()[1:2] == ["/run/knh-usr/lower"]]
+    assert lower and lower[-1][:3] == [CACHED_USR_TAG, "/run/knh-usr/lower", "9p"], lower
+    # 6.12 shows the cache mode as cache=0xf, 6.1 by its name; cache=none shows nothing
+    options = lower[-1][3].split(",")
+    assert any(o.startswith("cache=") or o in ("loose", "fscache") for o in options), f"/usr uncached: {lower}"
+    # the host's /usr as it is
+    assert guest.run(["cat", "/usr/lib/os-release"], check=True).output == Path("/usr/lib/os-release").read_text()
+    # a write stays in the guest
+    token = secrets.token_hex(6)
+    name = f"/usr/share/knh-guest-write-{token}"
+    guest.run(f"echo {token} > {name}", check=True)
+    assert guest.run(["cat", name], check=True).output.strip() == token
+    assert not Path(name).exists(), "a file written in the guest's /usr reached the host"
