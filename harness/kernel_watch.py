@@ -163,7 +163,7 @@ class Window:
 
     session: KernelSession
     guest_kernel: GuestKernel
-    mark: LogMark
+    mark: LogMark | None  # None: from the guest's first line (window_after_use of a guest booted by the test)
     taint: int
     console_offset: int
     unloads: int  # guest_kernel.unloads when the window opened; more after the test means a module went away
@@ -211,6 +211,19 @@ def open_window(session: KernelSession, cursor: Cursor | None, policy: Policy) -
         lines = guest_kernel.lines_between(cursor.mark, mark)
         between = with_decoded(judge(lines, cursor.taint, taint, policy.allowlist, policy.allowed_taint), session)
     return Window(session, guest_kernel, mark, taint, offset, guest_kernel.unloads), between
+
+
+def window_after_use(session: KernelSession, start: Cursor | None, unloads: int) -> Window | None:
+    """The window of a test that used the session's guest without asking for a guest fixture (it loaded a
+    module through the session, say), opened after the fact: from `start`, the cursor of the guest the test
+    began with, or from the first line of a guest it booted (taint 0, console from its start). None when the
+    session has no guest now."""
+    guest_kernel = session.current_guest_kernel
+    if guest_kernel is None:
+        return None
+    if start is not None and start.guest is guest_kernel.guest:
+        return Window(session, guest_kernel, start.mark, start.taint, start.console_offset, unloads)
+    return Window(session, guest_kernel, None, 0, 0, 0)
 
 
 def _death(guest: Guest, offset: int, policy: Policy) -> KernelVerdict:
@@ -291,7 +304,7 @@ def scan_before_discard(verdict: KernelVerdict, window: Window, policy: Policy) 
 def cursor_after(window: Window, test: str) -> Cursor | None:
     """Where the next check on this guest starts; None when the guest is gone."""
     guest = window.guest
-    if window.session.current_guest is not guest or not guest.alive:
+    if window.session.current_guest is not guest or not guest.alive or window.mark is None:
         return None
     return Cursor(guest, window.mark, window.taint, console_offset(guest), test)
 

@@ -96,6 +96,9 @@ class KernelSession:
         self._guest: Guest | None = None
         self.last_guest: Guest | None = None  # kept after it died, for its logs
         self._guest_kernel: GuestKernel | None = None
+        # Calls of guest() (and through it guest_kernel(), load(), unload()...): the kernel watch tells a test
+        # that used the guest through this session alone from one that did not (harness.pytest_plugin.watch)
+        self.guest_requests = 0
         self._said_engine = False
         self._boot_error: BootError | None = None
 
@@ -200,6 +203,7 @@ class KernelSession:
 
     def guest(self) -> Guest:
         """The live guest, booting one (with retries) if there is none or it died."""
+        self.guest_requests += 1
         if self._guest is not None and self._guest.alive:
             return self._guest
         if self._guest is not None:
@@ -322,6 +326,11 @@ class KernelSession:
     @property
     def current_guest(self) -> Guest | None:
         return self._guest
+
+    @property
+    def current_guest_kernel(self) -> GuestKernel | None:
+        """The current guest's GuestKernel (None without a guest); never boots one."""
+        return self._guest_kernel
 
     def recycle(self, reason: str) -> None:
         """Throw the guest away so the next user boots a fresh one."""

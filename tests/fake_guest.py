@@ -100,10 +100,10 @@ class FakeKernel:
     def mark_and_taint(self) -> tuple[LogMark, int]:
         return self.mark(), self.taint()
 
-    def lines_between(self, start: LogMark, end: LogMark) -> list[KernelLine]:
+    def lines_between(self, start: LogMark | None, end: LogMark) -> list[KernelLine]:
         return self.lines_since(start)
 
-    def lines_since(self, mark: LogMark) -> list[KernelLine]:
+    def lines_since(self, mark: LogMark | None) -> list[KernelLine]:
         self._did("lines_since")
         lines, self.log = self.log, []
         return lines
@@ -157,8 +157,14 @@ class FakeSession:
         self.current_guest: FakeGuest | None = None
         self._guest_kernel: FakeKernel | None = None
         self._names = itertools.count(1)
+        self.guest_requests = 0
+
+    @property
+    def current_guest_kernel(self) -> FakeKernel | None:
+        return self._guest_kernel if self.current_guest is not None else None
 
     def guest(self) -> FakeGuest:
+        self.guest_requests += 1
         if self.current_guest is None or not self.current_guest.alive:
             self.current_guest = FakeGuest(self.root, f"guest-{next(self._names)}")
             self._guest_kernel = FakeKernel(self.current_guest, journal=self.journal, **self.kernel_options)

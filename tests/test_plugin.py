@@ -191,6 +191,29 @@ def test_crash_after_the_last_test_fails_the_run(crashing: pytest.Pytester) -> N
     result.stdout.fnmatch_lines(["*KERNEL BROKE after the last test on fake-1.0, after test_crash.py::test_a*"])
 
 
+SESSION_USE_TESTS = '''
+def test_loads_through_the_session(knh_kernel_session):
+    knh_kernel_session.guest_kernel().load("bad", "[    1.000000] WARNING: CPU: 0 PID: 1 at bad.c:1 bad_init+0x1/0x2")
+
+def test_host_only(knh_kernel_session):
+    assert knh_kernel_session.kernel.release == "fake-1.0"
+
+def test_later(guest):
+    pass
+'''
+
+
+def test_a_test_that_uses_the_sessions_guest_without_a_guest_fixture_is_watched(crashing: pytest.Pytester) -> None:
+    """A test asking only for knh_kernel_session that loads a module through it (booting the guest): its splat
+    fails it at teardown, checked from the boot of the guest it booted; a test that does not touch the guest
+    stays host-only, and the next guest test starts clean."""
+    crashing.makepyfile(test_use=SESSION_USE_TESTS)
+    result = crashing.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "-p", "no:randomly")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_loads_through_the_session*", "*WARNING: CPU: 0 PID: 1*"])
+    result.stdout.fnmatch_lines(["PASSED test_use.py::test_host_only*", "PASSED test_use.py::test_later*"])
+
+
 def test_failure_kind_is_recorded_by_error_type_for_bisect(pytester: pytest.Pytester) -> None:
     """An unusable kernel is an infra failure, an assertion a test failure: bisect-run reads the
     JUnit property the plugin writes, not the words of the message."""

@@ -164,9 +164,11 @@ class GuestKernel:
         the copy holds once everything logged before it is in."""
         return self._copied(self._marked(prefix=SYNC_PREFIX, check=True)[0], since)
 
-    def lines_between(self, start: LogMark, end: LogMark) -> list[KernelLine]:
-        """Kernel log lines after `start` and before `end`, a mark just written (no sync line needed).
-        Raises KernelLogLost when `start` is not in the log."""
+    def lines_between(self, start: LogMark | None, end: LogMark) -> list[KernelLine]:
+        """Kernel log lines after `start` (None: from the guest's first line) and before `end`, a mark just
+        written (no sync line needed). Raises KernelLogLost when `start` is not in the log."""
+        if start is None:
+            return self._copied(end, None)
         return lines_after_mark(self._copied(end, start), start)
 
     def lines_since(self, mark: LogMark) -> list[KernelLine]:

@@ -5,8 +5,11 @@ Before a guest test: the kernel is checked since the previous test on that guest
 test's window opens. After its call and after its teardown (an unload gets the
 settle first, and on a kmemleak kernel the leak scans): a splat, new taint, a leak
 through the unloaded module or a dead guest fails the test; a skip or xfail never
-covers one. After the last test, every watched guest is checked before it is
-shut down. The checks themselves are harness.kernel_watch.
+covers one. A test that asks only for knh_kernel_session is host-only unless it uses
+the session's guest (loads a module through it, say): then its teardown checks the
+kernel since the test began, or since the boot of a guest the test booted. After the
+last test, every watched guest is checked before it is shut down. The checks
+themselves are harness.kernel_watch.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from harness.kernel_watch import (
     dead_since,
     judge_death,
     open_window,
+    window_after_use,
     with_decoded,
 )
 from harness.pytest_plugin.runstate import fail_on_harness_error, run_state, uses_guest
@@ -42,13 +46,36 @@ def _knh_kernel_watch(request: pytest.FixtureRequest) -> Iterator[None]:
     taint, console offset) before the test, check it after the call and after the teardown."""
     item = request.node
     if not uses_guest(item):
-        yield
+        if "knh_kernel_session" not in getattr(item, "fixturenames", ()):
+            yield
+            return
+        yield from _watch_session_use(item, request.getfixturevalue("knh_kernel_session"))
         return
     session: KernelSession = request.getfixturevalue("knh_kernel_session")
     window = _open_window(item, session)
     item.stash[WINDOW_KEY] = window
     yield
     # Teardown: fixtures of the test (rmmod among them) are gone; check what they left.
+    _close_window(item, window)
+
+
+def _watch_session_use(item: pytest.Item, session: KernelSession) -> Iterator[None]:
+    """A test with the session and no guest fixture: nothing is asked of the guest before it; when it used
+    the session's guest (GuestKernel counts the requests), its teardown checks the kernel from where the
+    guest stood when the test began (the cursor of the test before), or from the boot of the guest it booted."""
+    state = run_state(item.config)
+    cursor = state.cursors.get(session)
+    start = cursor if cursor_current(session, cursor) else None
+    guest_kernel = session.current_guest_kernel
+    unloads = guest_kernel.unloads if guest_kernel is not None else 0
+    requests = session.guest_requests
+    yield
+    if session.guest_requests == requests:
+        return  # host-only: a crash meanwhile is the next guest test's to report, naming the test before
+    window = window_after_use(session, start, unloads)
+    if window is None:
+        return
+    state.cursors.pop(session, None)
     _close_window(item, window)
 
 
@@ -74,7 +101,7 @@ def _open_window(item: pytest.Item, session: KernelSession) -> Window:
     except HarnessError as e:
         pytest.fail(f"kernel check error: the kernel checks could not start for {item.nodeid}: {e}", pytrace=False)
     if cursor is not None and between is not None and not between.ok:
-        if not between.guest_suspect:  # keep watching from here: nothing after this point is lost
+        if not between.guest_suspect and window.mark is not None:  # keep watching from here: nothing is lost
             state.cursors[session] = replace(cursor, mark=window.mark, taint=window.taint,
                                                               console_offset=window.console_offset)  # fmt: skip
         _fail_between(item, session, cursor, between)
