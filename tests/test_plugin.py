@@ -242,6 +242,44 @@ def test_quick_tier_deselects_full_tests_and_full_runs_them(pytester: pytest.Pyt
     pytester.runpytest("-p", "no:cacheprovider", "--full", "-k", "soak").assert_outcomes(passed=1)
 
 
+ONE_KERNEL_TESTS = """
+import pytest
+
+@pytest.mark.one_kernel
+@pytest.mark.parametrize("sig", ["INT", "TERM", "KILL"])
+def test_cleanup(knh_kernel_session, sig):
+    pass
+
+@pytest.mark.one_kernel
+def test_timeout(knh_kernel_session):
+    pass
+
+def test_every_kernel(knh_kernel_session):
+    pass
+"""
+
+
+def collected(result: pytest.RunResult) -> list[str]:
+    return sorted(line.strip() for line in result.stdout.lines if "::" in line)
+
+
+def test_one_kernel_cases_spread_over_the_matrix_in_the_quick_tier_and_run_on_every_kernel_in_the_full(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_o=ONE_KERNEL_TESTS)
+    kernels = ["--kernel", "ka", "--kernel", "kb"]
+    quick = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", *kernels)  # in any order
+    assert collected(quick) == [
+        "test_o.py::test_cleanup[ka-INT]", "test_o.py::test_cleanup[ka-TERM]", "test_o.py::test_cleanup[kb-KILL]",
+        "test_o.py::test_every_kernel[ka]", "test_o.py::test_every_kernel[kb]", "test_o.py::test_timeout[kb]",
+    ]  # fmt: skip
+    quick.stdout.fnmatch_lines(["*6/10 tests collected (4 deselected)*"])
+    full = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--full", *kernels)
+    assert len(collected(full)) == 10
+    one = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kernel", "ka")
+    assert len(collected(one)) == 5
+
+
 class _Item:
     """What harness.pytest_plugin.plugin.selected reads of a collected test: its markers and its kernel parameter."""
 

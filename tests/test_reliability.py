@@ -103,6 +103,7 @@ KILLS = [
 
 
 @pytest.mark.kernel
+@pytest.mark.one_kernel  # QEMU's cleanup after a signal to the harness: the same whatever the guest kernel
 @pytest.mark.parametrize(("engine", "sig", "when"), KILLS)
 def test_killed_harness_leaves_no_qemu(knh_kernel_session: KernelSession, tmp_path: Path, engine: str, sig: int,
                                        when: str) -> None:  # fmt: skip
@@ -169,6 +170,7 @@ def test_panicked_guest_raises_lost_guest_with_panic_text_then_fresh_guest(priva
 
 
 @pytest.mark.kernel
+@pytest.mark.one_kernel  # the timeout hits before the kernel has printed anything
 def test_boot_timeout_is_killed_and_retried_once(knh_kernel_session: KernelSession, tmp_path: Path) -> None:
     config: HarnessConfig = replace(knh_kernel_session.config, engine="qemu", boot_timeout=0.5, boot_retries=1,
                                     accel=knh_kernel_session.accel().accel)  # fmt: skip
@@ -195,6 +197,7 @@ def test_boot_timeout_is_killed_and_retried_once(knh_kernel_session: KernelSessi
 
 
 @pytest.mark.kernel
+@pytest.mark.one_kernel  # the guest shell is the harness's
 def test_broken_guest_shell_fails_boot_with_cause(knh_kernel_session: KernelSession, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """A guest whose shell cannot start: QEMU exits at once; both attempts fail and the error says so.

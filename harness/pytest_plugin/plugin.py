@@ -69,6 +69,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "full: runs only in the full tier (--full, KNH_FULL=1, tox -e kernel-full)")
     config.addinivalue_line(
         "markers",
+        "one_kernel: the harness's own behaviour, the same whatever the guest kernel (QEMU's cleanup after a "
+        "signal, a boot timeout): in the quick tier each case runs on one kernel of the matrix, the cases spread "
+        "over its kernels; on every kernel in the full tier",
+    )
+    config.addinivalue_line(
+        "markers",
         "debug_kernel: runs only on a debug-profile kernel (--kernel debug, debug:TREE; tox -e debug); deselected "
         "for every other kernel of the matrix",
     )
@@ -138,9 +144,37 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.add_marker(pytest.mark.kernel)
     full = run_state(config).config.full
     deselected = [item for item in items if not selected(item, full=full)]  # the tiers, and says so
+    kept = [item for item in items if selected(item, full=full)]
+    if not full and any(item.get_closest_marker("one_kernel") is not None for item in kept):
+        deselected += spread_over_kernels(kept, len(kernel_params(config)))
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if selected(item, full=full)]
+        left_out = set(map(id, deselected))
+        items[:] = [item for item in items if id(item) not in left_out]
+
+
+def spread_over_kernels(items: list[pytest.Item], kernels: int) -> list[pytest.Item]:
+    """The copies of one_kernel tests to leave out: a case (a test with the same values of its other parameters)
+    keeps the copy of one kernel, the n-th case the copy of the (n mod kernels)-th kernel of the matrix. Cases
+    are numbered in the order of their file, name and parameters: the same in every run and xdist worker,
+    whatever order the items are in."""
+    copies: dict[tuple[str, str], list[tuple[int, pytest.Item]]] = {}
+    for item in items:
+        index = _kernel_index(item)
+        if index is None or not isinstance(item, pytest.Function) or item.get_closest_marker("one_kernel") is None:
+            continue
+        # the test's name without its kernel: the kernel's id comes first in the brackets
+        param = item.callspec.params["knh_kernel_session"]
+        label = param.label if isinstance(param, KernelParam) else str(param)
+        copies.setdefault((str(item.path), item.name.replace(f"[{label}", "[", 1)), []).append((index, item))
+    return [item for n, case in enumerate(sorted(copies)) for index, item in copies[case] if index != n % kernels]
+
+
+def _kernel_index(item: pytest.Item) -> int | None:
+    """The position of the item's kernel in the matrix (None: not parametrized over kernels)."""
+    callspec = getattr(item, "callspec", None)
+    param = None if callspec is None else callspec.params.get("knh_kernel_session")
+    return None if param is None else kernel_params(item.config).index(param)
 
 
 def selected(item: pytest.Item, *, full: bool) -> bool:

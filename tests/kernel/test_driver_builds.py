@@ -145,6 +145,7 @@ def test_check_command_fails_a_module_that_will_not_unload(knh_kernel_session: K
 
 
 @pytest.mark.usefixtures("shared_cache")  # tests/kernel/conftest.py
+@pytest.mark.one_kernel  # the option's plumbing; dep_intree's load and unload are tested on every kernel above
 def test_load_check_option_adds_the_check_to_a_suite(pytester: pytest.Pytester,
                                                      knh_kernel_session: KernelSession) -> None:  # fmt: skip
     """A suite of one host-only test run with --load-check 2 on dep_intree gets test_load_unload_cycles."""
