@@ -38,7 +38,8 @@ def qemu_spec(**kw: object) -> QemuSpec:
 def test_tcg_argv_is_exact() -> None:
     assert vng_argv(spec(blacklist=())) == [
         "vng", "--run", "/boot/vmlinuz-6.1.0-56-amd64", "--name", "knh-1", "--memory", "1G", "--cpus", "2",
-        "--shell", "/g/guest-shell", "--force-9p", "--append", "panic=-1 loglevel=5 log_buf_len=8M",
+        "--shell", "/g/guest-shell", "--force-9p", "--append",
+        "panic=-1 loglevel=5 log_buf_len=8M rcupdate.rcu_expedited=1",
         "--qemu-opts=-no-reboot", "--disable-kvm", "--rwdir", "/r",
     ]  # fmt: skip
 
@@ -65,13 +66,13 @@ def test_shell_join_quotes_metacharacters() -> None:
 def test_blacklist_and_image_override() -> None:
     argv = vng_argv(spec(blacklist=("kvm", "ahci"), image=Path("/c/vmlinux")))
     assert argv[argv.index("--run") + 1] == "/c/vmlinux"
-    assert argv[argv.index("--append") + 1] == "panic=-1 loglevel=5 log_buf_len=8M module_blacklist=kvm,ahci"
+    assert argv[argv.index("--append") + 1] == " ".join([*BASE_KERNEL_ARGS, "module_blacklist=kvm,ahci"])
 
 
 def test_boot_path_goes_first_on_the_path_of_vngs_init() -> None:
     argv = vng_argv(spec(blacklist=(), boot_path=Path("/g/vng_boot")))
     assert argv[argv.index("--append") + 1] == (
-        "panic=-1 loglevel=5 log_buf_len=8M PATH=/g/vng_boot:/usr/sbin:/usr/bin:/sbin:/bin"
+        "panic=-1 loglevel=5 log_buf_len=8M rcupdate.rcu_expedited=1 PATH=/g/vng_boot:/usr/sbin:/usr/bin:/sbin:/bin"
     )
 
 
@@ -234,6 +235,6 @@ def test_argv_reads_neither_the_environment_nor_the_kernel_config(
     configured = Kernel(K.release, K.image, build)
     monkeypatch.setenv("KNH_MEMORY_DEBUG", "all")
     vng = vng_argv(spec(kernel=configured, blacklist=()))
-    assert vng[vng.index("--append") + 1] == "panic=-1 loglevel=5 log_buf_len=8M"
+    assert vng[vng.index("--append") + 1] == "panic=-1 loglevel=5 log_buf_len=8M rcupdate.rcu_expedited=1"
     qemu = qemu_argv(qemu_spec(shell=None, rw_dirs=()))
-    assert qemu[qemu.index("-append") + 1] == "console=ttyS1 rdinit=/init panic=-1 loglevel=5 log_buf_len=8M"
+    assert qemu[qemu.index("-append") + 1] == " ".join(["console=ttyS1", "rdinit=/init", *BASE_KERNEL_ARGS])

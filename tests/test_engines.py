@@ -60,7 +60,8 @@ def test_vng_engine_argv_from_a_launch_spec(tmp_path: Path) -> None:
         "/venv/bin/vng", "--run", "/c/vmlinux", "--name", "knh-1", "--memory", "1G", "--cpus", "2",
         "--shell", "/g/guest-shell", "--force-9p",
     ]  # fmt: skip
-    assert append.startswith("panic=-1 loglevel=5 log_buf_len=8M") and "module_blacklist=" in append
+    assert append.startswith("panic=-1 loglevel=5 log_buf_len=8M rcupdate.rcu_expedited=1")
+    assert "module_blacklist=" in append
     assert argv[argv.index("--append") + 2 :] == [
         "--qemu-opts=-no-reboot", "--disable-kvm", "--rwdir", "/r",
         "--qemu-opts=-device", "--qemu-opts=virtio-serial-pci,id=knhser",

@@ -15,7 +15,7 @@ from harness.build.memdebug import memory_debug_args
 from harness.config import HarnessConfig
 from harness.errors import ConfigError, UnreadableKernelConfig
 from harness.guest import engines
-from harness.guest.cmdline import QemuSpec, VngSpec, qemu_argv, vng_argv
+from harness.guest.cmdline import BASE_KERNEL_ARGS, QemuSpec, VngSpec, qemu_argv, vng_argv
 from harness.guest.engines import GuestSpec, QemuEngine, VngEngine
 from harness.session import KernelSession
 
@@ -84,7 +84,8 @@ def test_both_builders_put_the_arguments_they_are_given_on_the_kernel_command_li
     assert set(args) <= set(append) and append.index("tsc=reliable") < append.index(args[0])
     vng = vng_argv(VngSpec(kernel=kernel, accel="tcg", shell=tmp_path / "sh", rw_dirs=(), memory_debug_args=args))
     append = vng[vng.index("--append") + 1].split()
-    assert append[3:5] == list(args) and append[5].startswith("module_blacklist=")
+    base = len(BASE_KERNEL_ARGS)
+    assert append[base : base + 2] == list(args) and append[base + 2].startswith("module_blacklist=")
 
 
 def test_a_config_that_exists_but_cannot_be_read_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,8 +21,13 @@ from harness.build.kernel import Kernel
 #                   the guest dies. A module's info lines stay out of it: under TCG
 #                   every console line costs ~0.4 ms of the sender's round trip. The
 #                   kernel log (dmesg) has every line either way;
-#  log_buf_len=8M   thousands of module log lines per test fit in the ring buffer.
-BASE_KERNEL_ARGS = ("panic=-1", "loglevel=5", "log_buf_len=8M")
+#  log_buf_len=8M   thousands of module log lines per test fit in the ring buffer;
+#  rcupdate.rcu_expedited=1
+#                   RCU grace periods end as soon as every CPU has passed a quiescent state
+#                   instead of on the next ticks: the same guarantee, sooner. Under TCG an
+#                   insmod+rmmod pair (module unload waits for grace periods) took 70 ms
+#                   without it and 33 ms with it, a qemu-engine boot 3.5 s and 3.2 s.
+BASE_KERNEL_ARGS = ("panic=-1", "loglevel=5", "log_buf_len=8M", "rcupdate.rcu_expedited=1")
 
 # Drivers udev loads in virtme-ng's guest that no test here needs (emulated SATA/CD,
 # watchdogs, SMBus, PC speaker, a nested KVM the guest cannot use...). Loading
