@@ -163,3 +163,11 @@ def test_a_failing_suite_is_a_bench_failure(monkeypatch: pytest.MonkeyPatch, tmp
     err = _raised(lambda: bench_suite.run_suite(cfg, ["6.1.0-a"], tmp_path / "j.xml", parallel=False))
     _assert_kind(err, "BenchError", infra=True)
     assert "1 failed" in str(err)
+
+
+def test_a_crash_while_loading_is_not_a_refusal_to_load() -> None:
+    """`except ModuleLoadError` (a test skipping modules the kernel refuses) must not catch an insmod the kernel
+    crashed in: the kernel watch fails that test, and the crash attribution tests check it on real kernels."""
+    from harness.errors import HarnessError, ModuleCrashError, ModuleLoadError
+
+    assert issubclass(ModuleCrashError, HarnessError) and not issubclass(ModuleCrashError, ModuleLoadError)

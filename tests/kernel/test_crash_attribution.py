@@ -12,10 +12,12 @@ outer run's kernel and accelerator and the qemu engine (inner_runs.INNER_ENGINE)
 - insmod killed by an oops raises ModuleCrashError, not ModuleLoadError, and a
   test that skips or xfails over a splat fails.
 
-The quick tier's two cases (the kthread's panic between tests, the oopses in
-insmod) share one inner run: the oopses begin on the fresh guest booted for the
-test after the panic, so the pair boots four guests in one process instead of five
-in two. Each outer test reads only its own inner tests' outcomes.
+The quick tier's two cases (the kthread's panic between tests, a skip and an
+xfail over an oops in insmod) share one inner run: the oopses begin on the fresh
+guest booted for the test after the panic, so the pair boots three guests in one
+process. The oops under a test that skips on ModuleLoadError alone is the full
+tier's (a guest of its own). Each outer test reads only its own inner tests'
+outcomes.
 """
 
 from __future__ import annotations
@@ -95,17 +97,12 @@ def test_after_that(guest_kernel):
 PANIC_BETWEEN_OUTCOMES = {"test_loads_a_module_that_panics_later": ["PASSED"], "test_host_only": ["PASSED"],
                           "test_next_guest_test": ["ERROR"], "test_after_that": ["PASSED"]}  # fmt: skip
 
-# insmod killed by an oops, under a test that skips on ModuleLoadError, one that skips on any harness
-# error, and one marked xfail: each oops discards its guest, so each test has a fresh one.
+# insmod killed by an oops, under a test that skips on any harness error and one marked xfail: each oops
+# discards its guest, so each test has a fresh one. (A test that skips on ModuleLoadError alone is the full
+# tier's: REFUSAL_SKIP.)
 OOPS_IN_INSMOD = """
 import pytest
-from harness.errors import HarnessError, ModuleLoadError
-
-def test_skips_modules_that_refuse_to_load(guest_kernel, built_module):
-    try:
-        guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
-    except ModuleLoadError as e:
-        pytest.skip(f"does not load: {e}")
+from harness.errors import HarnessError
 
 def test_skips_on_any_harness_error(guest_kernel, built_module):
     try:
@@ -117,7 +114,21 @@ def test_skips_on_any_harness_error(guest_kernel, built_module):
 def test_xfail_over_an_oops(guest_kernel, built_module):
     guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
 """
-OOPS_TESTS = ("test_skips_modules_that_refuse_to_load", "test_skips_on_any_harness_error", "test_xfail_over_an_oops")
+OOPS_TESTS = ("test_skips_on_any_harness_error", "test_xfail_over_an_oops")
+
+# A test that skips when its module refuses to load (ModuleLoadError): an oops in insmod is a ModuleCrashError,
+# which that except clause does not catch.
+REFUSAL_SKIP = """
+import pytest
+from harness.errors import ModuleLoadError
+
+def test_skips_modules_that_refuse_to_load(guest_kernel, built_module):
+    try:
+        guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
+    except ModuleLoadError as e:
+        pytest.skip(f"does not load: {e}")
+"""
+
 
 _OUTCOME_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|XPASS) test_inner\.py::(\w+)\[")
 
@@ -205,13 +216,23 @@ def test_panic_after_the_last_test_fails_the_run(knh_kernel_session: KernelSessi
     assert "KERNEL BROKE after the last test" in out, out
 
 
+@pytest.mark.full  # a guest of its own; the quick tier's oopses are a skip and an xfail over one
+@pytest.mark.kernel
+def test_oops_in_insmod_is_not_a_refusal(knh_kernel_session: KernelSession, tmp_path: Path) -> None:
+    result = run_inner(tmp_path, knh_kernel_session, REFUSAL_SKIP)
+    out = result.stdout.str()
+    assert outcomes(result, ["test_skips_modules_that_refuse_to_load"]) == {
+        "test_skips_modules_that_refuse_to_load": ["FAILED"]}, out  # fmt: skip
+    assert "ModuleCrashError: insmod crashy.ko: the kernel crashed" in out, out
+
+
 @pytest.mark.kernel
 def test_oops_in_insmod_is_a_crash_and_never_a_skip(quick_run: QuickRun, knh_kernel_session: KernelSession) -> None:
-    """Also: the run's summary.md (and the GitHub job summary) shows the three oopses as one failure,
-    decoded to the line of crashy.c that writes through NULL."""
+    """Also: the run's summary.md (and the GitHub job summary) shows the oopses as one failure, decoded to
+    the line of crashy.c that writes through NULL."""
     out = quick_run.out
     assert outcomes(quick_run.result, OOPS_TESTS) == {name: ["FAILED"] for name in OOPS_TESTS}, out
-    assert "ModuleCrashError: insmod crashy.ko: the kernel crashed" in out, out
+    assert "does not load: ModuleCrashError" in out, out  # what the skipping test caught
     assert "crashy_init" in out, out
     assert "a kernel splat is never skipped" in out, out
     assert "the xfail-marked test raised ModuleCrashError" in out, out
@@ -219,11 +240,11 @@ def test_oops_in_insmod_is_a_crash_and_never_a_skip(quick_run: QuickRun, knh_ker
     text = summary_md.read_text()
     line = next(i for i, t in enumerate((CRASHY / "crashy.c").read_text().splitlines(), 1) if "*crashy_null = 1;" in t)
     release = knh_kernel_session.kernel.release
-    # the distinct failures (the run's panic between tests is another one): one holds the oopses, all three
+    # the distinct failures (the run's panic between tests is another one): one holds all the oopses
     distinct = text.split("\n## Distinct failures: ", 1)[1].split("\n## ", 1)[0]
     groups = [g for g in distinct.split("\n### ")[1:] if any(f"test_inner.py::{name}[" in g for name in OOPS_TESTS)]
     assert len(groups) == 1, text
-    assert re.match(rf"\d+\. null-deref on {re.escape(release)}, 3 tests\n", groups[0]), text
+    assert re.match(rf"\d+\. null-deref on {re.escape(release)}, {len(OOPS_TESTS)} tests\n", groups[0]), text
     listed = re.findall(r"^- `test_inner\.py::(\w+)\[", groups[0], re.M)
     assert listed == list(OOPS_TESTS), text
     assert f"tests/modules/crashy/crashy.c:{line}` (crashy_init)" in groups[0], text
