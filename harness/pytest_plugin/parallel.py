@@ -1,7 +1,9 @@
 """Kernels in parallel with pytest-xdist: one guest per worker, one run directory for all.
 
 - ``-n auto`` starts one worker per selected kernel, at most one per core
-  (``pytest_xdist_auto_num_workers``); ``-n N`` starts N.
+  (``pytest_xdist_auto_num_workers``), and one per core when ``-m`` leaves out
+  the tests marked ``kernel`` (``-m "not kernel"``: host-side tests only);
+  ``-n N`` starts N.
 - Tests are scheduled by kernel (the harness's own scheduler for ``--dist load``,
   the default of ``-n``): each kernel's tests stay on one worker, which boots it
   once; tests of no kernel are spread like pytest-xdist's load scheduling.
@@ -48,15 +50,38 @@ def worker_cpus(config: pytest.Config, cfg: HarnessConfig) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+def selects_kernel_tests(markexpr: str) -> bool:
+    """Whether a test marked `kernel` (and nothing else) passes the -m expression `markexpr` ("" passes all);
+    an expression this pytest cannot read counts as passing (pytest reports it itself)."""
+    if not markexpr.strip():
+        return True
+    try:
+        from _pytest.mark.expression import Expression  # pytest's own -m parser
+    except ImportError:
+        return True
+    try:
+        expression = Expression.compile(markexpr)
+    except Exception:  # SyntaxError in pytest 9, the module's own ParseError before: pytest reports it itself
+        return True
+
+    def only_kernel(name: str, /, **_: str | int | bool | None) -> bool:
+        return name == "kernel"
+
+    return bool(expression.evaluate(only_kernel))
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """-n auto: one worker per selected kernel, at most one per core."""
+    """-n auto: one worker per selected kernel, at most one per core; one per core for host-side tests alone."""
+    cores = os.cpu_count() or 1
+    if not selects_kernel_tests(str(config.getoption("markexpr", "") or "")):
+        return cores
     try:
         kernels = len(expand_kernel_specs(resolve_settings(config).kernels, arch=resolve_settings(config).arch)) or 1
     except HarnessError:
         return 1  # the bad setting is reported once the run is configured
 
-    return max(1, min(kernels, os.cpu_count() or 1))
+    return max(1, min(kernels, cores))
 
 
 @pytest.hookimpl(optionalhook=True)
