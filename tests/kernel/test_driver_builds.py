@@ -128,6 +128,7 @@ def run_check(session: KernelSession, module: str, *args: str) -> subprocess.Com
     )  # fmt: skip
 
 
+@pytest.mark.one_kernel  # the command's face; dep_intree's load and unload are tested on every kernel above
 def test_check_command_passes_a_driver_with_a_dependency(knh_kernel_session: KernelSession) -> None:
     """`python -m harness check` on dep_intree: built, crc7 loaded with it, 3 clean cycles, exit 0."""
     needs_crc7_module(knh_kernel_session)
