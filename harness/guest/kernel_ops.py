@@ -260,8 +260,7 @@ class GuestKernel:
     def modprobe(self, names: Sequence[str]) -> None:
         """Load modules of the guest kernel's own tree, with what they need (modprobe -a)."""
         self.ensure_not_host()
-        mark = self.mark()
-        result = self.guest.run(["modprobe", "-a", *names])
+        mark, result = self._marked(shlex.join(["modprobe", "-a", *names]))
         if result.status != 0:
             lines = self.lines_since(mark)
             self._raise_if_crashed(f"modprobe {' '.join(names)}", result.status, result.output, lines)
@@ -276,8 +275,7 @@ class GuestKernel:
         if not extra:
             return
         if not (self.has_kmemleak() and any(n in self._loaded_from for n in extra)):
-            mark = self.mark()
-            result = self.guest.run([*module_tool("rmmod", self.root), *extra])
+            mark, result = self._marked(shlex.join([*module_tool("rmmod", self.root), *extra]))
             if result.status == 0:
                 self.unloads += 1
                 return

@@ -97,37 +97,33 @@ def test_after_that(guest_kernel):
 PANIC_BETWEEN_OUTCOMES = {"test_loads_a_module_that_panics_later": ["PASSED"], "test_host_only": ["PASSED"],
                           "test_next_guest_test": ["ERROR"], "test_after_that": ["PASSED"]}  # fmt: skip
 
+def oops_under_skip(test: str, exception: str) -> str:
+    """An inner test named `test` whose insmod of crashy oopses in the module's init, and which skips when the
+    harness raises `exception` (a class of harness.errors)."""
+    return textwrap.dedent(f"""
+        import pytest
+        from harness.errors import {exception}
+
+        def {test}(guest_kernel, built_module):
+            try:
+                guest_kernel.insmod(built_module.module(), {{"oops_init": "1"}})
+            except {exception} as e:
+                pytest.skip(f"does not load: {{type(e).__name__}}")
+    """)
+
+
 # insmod killed by an oops, under a test that skips on any harness error and one marked xfail: each oops
 # discards its guest, so each test has a fresh one. (A test that skips on ModuleLoadError alone is the full
 # tier's: REFUSAL_SKIP.)
-OOPS_IN_INSMOD = """
-import pytest
-from harness.errors import HarnessError
-
-def test_skips_on_any_harness_error(guest_kernel, built_module):
-    try:
-        guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
-    except HarnessError as e:
-        pytest.skip(f"does not load: {type(e).__name__}")
-
+OOPS_IN_INSMOD = oops_under_skip("test_skips_on_any_harness_error", "HarnessError") + """
 @pytest.mark.xfail(reason="expected to fail")
 def test_xfail_over_an_oops(guest_kernel, built_module):
     guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
 """
 OOPS_TESTS = ("test_skips_on_any_harness_error", "test_xfail_over_an_oops")
 
-# A test that skips when its module refuses to load (ModuleLoadError): an oops in insmod is a ModuleCrashError,
-# which that except clause does not catch.
-REFUSAL_SKIP = """
-import pytest
-from harness.errors import ModuleLoadError
-
-def test_skips_modules_that_refuse_to_load(guest_kernel, built_module):
-    try:
-        guest_kernel.insmod(built_module.module(), {"oops_init": "1"})
-    except ModuleLoadError as e:
-        pytest.skip(f"does not load: {e}")
-"""
+# An oops in insmod is a ModuleCrashError, which a test skipping modules the kernel refuses does not catch.
+REFUSAL_SKIP = oops_under_skip("test_skips_modules_that_refuse_to_load", "ModuleLoadError")
 
 
 _OUTCOME_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|XPASS) test_inner\.py::(\w+)\[")
