@@ -12,7 +12,7 @@ from harness.build.kernel import Kernel
 from harness.config import ENGINES, GUEST_SCRIPTS, HarnessConfig
 from harness.errors import ConfigError, MissingDependencyError
 from harness.guest import engines
-from harness.guest.engines import REGISTRY, GuestSpec, QemuEngine, VngEngine, engine_for
+from harness.guest.engines import REGISTRY, GuestSpec, QemuEngine, VngEngine, engine_for, under_usr
 from harness.session import KernelSession
 
 K = Kernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), Path("/lib/modules/6.1.0-56-amd64/build"))
@@ -78,6 +78,20 @@ def test_vng_engine_without_the_cached_usr_shares_nothing_more(tmp_path: Path) -
     argv = dataclasses.replace(vng_engine(), cached_usr=False).argv(launch(tmp_path))
     assert not any("knhusr" in a for a in argv)
     assert not any(a.startswith("knh.usr=") for a in argv[argv.index("--append") + 1].split())
+
+
+@pytest.mark.parametrize("shared", ["rw", "mapped"])
+def test_vng_engine_leaves_the_cached_usr_out_when_a_shared_directory_is_under_usr(tmp_path: Path,
+                                                                                     shared: str) -> None:  # fmt: skip
+    """The cached /usr is mounted over /usr after virtme-ng's own mounts: a directory shared below it would be
+    hidden (a tree kernel's modules at /lib/modules/<release>, which is /usr/lib/modules on a merged-/usr host)."""
+    inside = {"rw": {"rw_dirs": (Path("/usr/src/results"),)},
+              "mapped": {"tree_modules": Path("/m/lib/modules/x")}}[shared]
+    if shared == "mapped" and not under_usr(Path("/lib/modules")):
+        pytest.skip("/lib is not /usr/lib on this host")
+    argv = vng_engine().argv(launch(tmp_path, **inside))
+    assert not any("knhusr" in a for a in argv)
+    assert "knhusr" in " ".join(vng_engine().argv(launch(tmp_path)))  # outside /usr: shared
 
 
 def test_vng_engine_puts_its_boot_tools_on_inits_path(tmp_path: Path) -> None:

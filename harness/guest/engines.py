@@ -10,6 +10,7 @@ The engine names are harness.config.ENGINES; `REGISTRY` holds one engine per nam
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -80,6 +81,18 @@ def debug_args(launch: GuestSpec, kernel_config: KernelConfigOf) -> tuple[str, .
     return memory_debug_args(kernel_config(launch.kernel), launch.memory_debug)
 
 
+def shared_guest_paths(launch: GuestSpec) -> tuple[Path, ...]:
+    """Where virtme-ng mounts the launch's shared directories in the guest."""
+    return (*launch.rw_dirs, *(guest for guest, _ in launch.mapped_dirs))
+
+
+def under_usr(path: Path) -> bool:
+    """Whether `path` is /usr or below it once resolved (/lib/modules is /usr/lib/modules on a merged-/usr host):
+    the cached /usr (VngSpec.cached_usr) is mounted over /usr after virtme-ng's mounts and would hide such one."""
+    resolved = Path(os.path.realpath(path))
+    return resolved == Path("/usr") or Path("/usr") in resolved.parents
+
+
 @dataclass(frozen=True)
 class VngEngine:
     """virtme-ng: its own init (udevd without the coldplug) on a PC machine, the host root over 9p."""
@@ -88,7 +101,7 @@ class VngEngine:
     executable: Callable[[], str] = vng_executable
     vmlinux: VmlinuxFor = cached_vmlinux
     boot_path: Path | None = field(default=GUEST_SCRIPTS / "vng_boot")  # see VngSpec.boot_path
-    cached_usr: bool = True  # see VngSpec.cached_usr
+    cached_usr: bool = True  # see VngSpec.cached_usr; left out when a shared directory is under /usr
     kernel_config: KernelConfigOf = read_kernel_config
 
     def spec(self, launch: GuestSpec) -> VngSpec:
@@ -97,7 +110,7 @@ class VngEngine:
             image=self.vmlinux(launch.kernel, launch.cache), memory=launch.memory, cpus=launch.cpus,
             name=launch.name, vng=self.executable(), channel=launch.channel, mapped_dirs=launch.mapped_dirs,
             boot_path=self.boot_path, memory_debug_args=debug_args(launch, self.kernel_config),
-            cached_usr=self.cached_usr,
+            cached_usr=self.cached_usr and not any(map(under_usr, shared_guest_paths(launch))),
         )  # fmt: skip
 
     def argv(self, launch: GuestSpec) -> list[str]:
