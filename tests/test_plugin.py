@@ -214,6 +214,18 @@ def test_a_test_that_uses_the_sessions_guest_without_a_guest_fixture_is_watched(
     result.stdout.fnmatch_lines(["PASSED test_use.py::test_host_only*", "PASSED test_use.py::test_later*"])
 
 
+def test_a_last_test_that_uses_the_sessions_guest_is_blamed_once_and_not_the_test_before(
+    crashing: pytest.Pytester,
+) -> None:
+    first = "def test_first(guest):\n    pass\n\n"
+    crashing.makepyfile(test_use=first + SESSION_USE_TESTS.split("def test_host_only")[0])
+    result = crashing.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_loads_through_the_session*", "*WARNING: CPU: 0 PID: 1*"])
+    assert "after the last test" not in result.stdout.str()
+    assert "KERNEL BROKE" not in result.stdout.str()
+
+
 def test_failure_kind_is_recorded_by_error_type_for_bisect(pytester: pytest.Pytester) -> None:
     """An unusable kernel is an infra failure, an assertion a test failure: bisect-run reads the
     JUnit property the plugin writes, not the words of the message."""

@@ -20,12 +20,14 @@ from dataclasses import replace
 import pytest
 
 from harness.errors import BootError, HarnessError, KernelCheckError, LostGuestError
+from harness.guest.kernel_ops import LogMark
 from harness.kernel_watch import (
     Cursor,
     KernelVerdict,
     Window,
     check_after_last,
     check_window,
+    console_offset,
     cursor_after,
     cursor_current,
     dead_since,
@@ -38,6 +40,7 @@ from harness.pytest_plugin.runstate import fail_on_harness_error, run_state, use
 from harness.session import KernelSession
 
 WINDOW_KEY = pytest.StashKey[Window]()
+SESSION_USE_KEY = pytest.StashKey[tuple[KernelSession, "int | None"]]()
 
 
 @pytest.fixture(autouse=True)
@@ -61,22 +64,44 @@ def _knh_kernel_watch(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def _watch_session_use(item: pytest.Item, session: KernelSession) -> Iterator[None]:
     """A test with the session and no guest fixture: nothing is asked of the guest before it; when it used
-    the session's guest (GuestKernel counts the requests), its teardown checks the kernel from where the
-    guest stood when the test began (the cursor of the test before), or from the boot of the guest it booted."""
+    the session's guest (the session counts the requests), its teardown checks the kernel from where the
+    guest stood when the test began (the cursor of the test before), or from the boot of the guest it booted.
+    A test that did not use the guest is host-only: a crash meanwhile is the next check's to report."""
     state = run_state(item.config)
     cursor = state.cursors.get(session)
     start = cursor if cursor_current(session, cursor) else None
-    guest_kernel = session.current_guest_kernel
+    guest_kernel = getattr(session, "current_guest_kernel", None)
     unloads = guest_kernel.unloads if guest_kernel is not None else 0
-    requests = session.guest_requests
+    requests = getattr(session, "guest_requests", None)
+    item.stash[SESSION_USE_KEY] = (session, requests)
+    start_mark: tuple[LogMark, int, int] | None = None
+    if start is None and guest_kernel is not None and guest_kernel.guest.alive:
+        # a guest without a cursor (the test before it failed its checks and kept it): where it stands now, so that
+        # what an earlier test left is not this test's
+        try:
+            mark, taint = guest_kernel.mark_and_taint()
+            start_mark = (mark, taint, console_offset(guest_kernel.guest))
+        except HarnessError:
+            pass  # the guest broke: its use in the test gets the verdict then
     yield
-    if session.guest_requests == requests:
-        return  # host-only: a crash meanwhile is the next guest test's to report, naming the test before
-    window = window_after_use(session, start, unloads)
-    if window is None:
+    if not _used_the_guest(item):
+        return
+    if start is None and start_mark is not None and guest_kernel is not None:
+        start = Cursor(guest_kernel.guest, *start_mark, item.nodeid)
+    if not _used_the_guest(item):
         return
     state.cursors.pop(session, None)
-    _close_window(item, window)
+    window = window_after_use(session, start, unloads)
+    if window is not None:
+        _close_window(item, window)
+
+
+def _used_the_guest(item: pytest.Item) -> KernelSession | None:
+    """The session whose guest the session-only test `item` used (asked for), None for any other test."""
+    session, requests = item.stash.get(SESSION_USE_KEY, (None, None))
+    if session is None or requests is None or getattr(session, "guest_requests", None) == requests:
+        return None
+    return session
 
 
 def _open_window(item: pytest.Item, session: KernelSession) -> Window:
@@ -232,10 +257,15 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     """After the run's last test, check every guest still watched before teardown shuts it down
     (also when a conftest overrides knh_kernel_session and its finalizer is not ours)."""
     failures: list[str | None] = []
+    # A session-only test that used its guest is checked by its own teardown, from where the guest stood when it
+    # began: that session's after-the-last check comes after it, from where that check ended.
+    used = _used_the_guest(item) if nextitem is None else None
     if nextitem is None:
-        watched: list[KernelSession] = list(run_state(item.config).cursors.keys())
+        watched: list[KernelSession] = [s for s in run_state(item.config).cursors if s is not used]
         failures = [check_after_last_test(item.config, session) for session in watched]
     result = yield
+    if used is not None:
+        failures.append(check_after_last_test(item.config, used))
     if any(failures):
         pytest.fail("\n".join(f for f in failures if f), pytrace=False)
     return result
