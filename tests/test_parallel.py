@@ -47,7 +47,7 @@ def test_summary_merges_what_the_workers_recorded(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("markexpr", "kernel_tests"), [
     ("", True), ("kernel", True), ("not kernel", False), ("not full", True), ("kernel and not full", True),
-    ("not kernel and not full", False), ("((", True),
+    ("not kernel and not full", False), ("((", True), ("full", True), ("not (kernel and not full)", True),
 ])  # fmt: skip
 def test_auto_workers_know_a_run_of_host_side_tests_by_its_mark_expression(markexpr: str, kernel_tests: bool) -> None:
     from harness.pytest_plugin.parallel import selects_kernel_tests

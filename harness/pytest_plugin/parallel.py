@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,9 @@ def worker_cpus(config: pytest.Config, cfg: HarnessConfig) -> int:
 
 
 def selects_kernel_tests(markexpr: str) -> bool:
-    """Whether a test marked `kernel` (and nothing else) passes the -m expression `markexpr` ("" passes all);
-    an expression this pytest cannot read counts as passing (pytest reports it itself)."""
+    """Whether a test marked `kernel` may pass the -m expression `markexpr` ("" passes all): with none of the
+    expression's other markers, or with all of them (`-m full` selects kernel tests too). An expression this
+    pytest cannot read counts as passing (pytest reports it itself)."""
     if not markexpr.strip():
         return True
     try:
@@ -64,10 +65,13 @@ def selects_kernel_tests(markexpr: str) -> bool:
     except Exception:  # SyntaxError in pytest 9, the module's own ParseError before: pytest reports it itself
         return True
 
-    def only_kernel(name: str, /, **_: str | int | bool | None) -> bool:
-        return name == "kernel"
+    def kernel_and(others: bool) -> Callable[..., bool]:
+        def matcher(name: str, /, **_: str | int | bool | None) -> bool:
+            return name == "kernel" or others
 
-    return bool(expression.evaluate(only_kernel))
+        return matcher
+
+    return any(bool(expression.evaluate(kernel_and(others))) for others in (False, True))
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -146,35 +146,35 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     deselected = [item for item in items if not selected(item, full=full)]  # the tiers, and says so
     kept = [item for item in items if selected(item, full=full)]
     if not full and any(item.get_closest_marker("one_kernel") is not None for item in kept):
-        deselected += spread_over_kernels(kept, len(kernel_params(config)))
+        deselected += spread_over_kernels(kept)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         left_out = set(map(id, deselected))
         items[:] = [item for item in items if id(item) not in left_out]
 
 
-def spread_over_kernels(items: list[pytest.Item], kernels: int) -> list[pytest.Item]:
+def spread_over_kernels(items: list[pytest.Item]) -> list[pytest.Item]:
     """The copies of one_kernel tests to leave out: a case (a test with the same values of its other parameters)
-    keeps the copy of one kernel, the n-th case the copy of the (n mod kernels)-th kernel of the matrix. Cases
-    are numbered in the order of their file, name and parameters: the same in every run and xdist worker,
-    whatever order the items are in."""
-    copies: dict[tuple[str, str], list[tuple[int, pytest.Item]]] = {}
+    keeps the copy of one kernel, the n-th case the copy of the (n mod kernels)-th kernel of the matrix among
+    those that resolved (all of them when none did). Cases are numbered in the order of their node ids without
+    the kernel: the same in every run and xdist worker, whatever order the items are in."""
+    copies: dict[tuple[str, str], list[tuple[int, bool, pytest.Item]]] = {}
+    params = kernel_params(items[0].config) if items else []
     for item in items:
-        index = _kernel_index(item)
-        if index is None or not isinstance(item, pytest.Function) or item.get_closest_marker("one_kernel") is None:
+        if not isinstance(item, pytest.Function) or item.get_closest_marker("one_kernel") is None:
             continue
-        # the test's name without its kernel: the kernel's id comes first in the brackets
-        param = item.callspec.params["knh_kernel_session"]
-        label = param.label if isinstance(param, KernelParam) else str(param)
-        copies.setdefault((str(item.path), item.name.replace(f"[{label}", "[", 1)), []).append((index, item))
-    return [item for n, case in enumerate(sorted(copies)) for index, item in copies[case] if index != n % kernels]
-
-
-def _kernel_index(item: pytest.Item) -> int | None:
-    """The position of the item's kernel in the matrix (None: not parametrized over kernels)."""
-    callspec = getattr(item, "callspec", None)
-    param = None if callspec is None else callspec.params.get("knh_kernel_session")
-    return None if param is None else kernel_params(item.config).index(param)
+        param = item.callspec.params.get("knh_kernel_session") if hasattr(item, "callspec") else None
+        if not isinstance(param, KernelParam) or param not in params:
+            continue
+        # the test's node id without its kernel: the kernel's id comes first in the brackets
+        case = (item.parent.nodeid if item.parent else "", item.name.replace(f"[{param.label}", "[", 1))
+        copies.setdefault(case, []).append((params.index(param), param.error is None, item))
+    left_out = []
+    for n, case in enumerate(sorted(copies)):
+        indices = sorted(i for i, ok, _ in copies[case] if ok) or sorted(i for i, _, _ in copies[case])
+        keep = indices[n % len(indices)]
+        left_out += [item for index, _, item in copies[case] if index != keep]
+    return left_out
 
 
 def selected(item: pytest.Item, *, full: bool) -> bool:
