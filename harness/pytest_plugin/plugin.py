@@ -143,8 +143,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if KERNEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kernel)
     full = run_state(config).config.full
-    deselected = [item for item in items if not selected(item, full=full)]  # the tiers, and says so
-    kept = [item for item in items if selected(item, full=full)]
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []  # the tiers, and says so
+    for item in items:
+        (kept if selected(item, full=full) else deselected).append(item)
     if not full and any(item.get_closest_marker("one_kernel") is not None for item in kept):
         deselected += spread_over_kernels(kept)
     if deselected:

@@ -20,7 +20,6 @@ from dataclasses import replace
 import pytest
 
 from harness.errors import BootError, HarnessError, KernelCheckError, LostGuestError
-from harness.guest.kernel_ops import LogMark
 from harness.kernel_watch import (
     Cursor,
     KernelVerdict,
@@ -74,20 +73,15 @@ def _watch_session_use(item: pytest.Item, session: KernelSession) -> Iterator[No
     unloads = guest_kernel.unloads if guest_kernel is not None else 0
     requests = getattr(session, "guest_requests", None)
     item.stash[SESSION_USE_KEY] = (session, requests)
-    start_mark: tuple[LogMark, int, int] | None = None
     if start is None and guest_kernel is not None and guest_kernel.guest.alive:
         # a guest without a cursor (the test before it failed its checks and kept it): where it stands now, so that
         # what an earlier test left is not this test's
         try:
             mark, taint = guest_kernel.mark_and_taint()
-            start_mark = (mark, taint, console_offset(guest_kernel.guest))
+            start = Cursor(guest_kernel.guest, mark, taint, console_offset(guest_kernel.guest), item.nodeid)
         except HarnessError:
             pass  # the guest broke: its use in the test gets the verdict then
     yield
-    if not _used_the_guest(item):
-        return
-    if start is None and start_mark is not None and guest_kernel is not None:
-        start = Cursor(guest_kernel.guest, *start_mark, item.nodeid)
     if not _used_the_guest(item):
         return
     state.cursors.pop(session, None)
