@@ -292,6 +292,77 @@ def test_one_kernel_cases_spread_over_the_matrix_in_the_quick_tier_and_run_on_ev
     assert len(collected(one)) == 5
 
 
+COSTED_ONE_KERNEL_TESTS = """
+import pytest
+
+@pytest.mark.one_kernel(cost=3)
+@pytest.mark.parametrize("n", [1, 2])
+def test_three(knh_kernel_session, n):
+    pass
+
+@pytest.mark.one_kernel(cost=5)
+def test_five(knh_kernel_session):
+    pass
+
+@pytest.mark.one_kernel
+def test_one(knh_kernel_session):
+    pass
+"""
+
+GROUPED_ONE_KERNEL_TESTS = """
+import pytest
+
+@pytest.mark.one_kernel(cost=2, group="inner-run")
+def test_a(knh_kernel_session):
+    pass
+
+@pytest.mark.one_kernel(cost=3)
+def test_b(knh_kernel_session):
+    pass
+
+@pytest.mark.one_kernel(cost=2, group="inner-run")
+def test_c(knh_kernel_session):
+    pass
+"""
+
+
+def test_one_kernel_cases_go_costliest_first_to_the_kernel_with_the_least_cost(pytester: pytest.Pytester) -> None:
+    """5 to ka, 3 and 3 to kb (kb has less each time), then 1 to ka (5 against 6): 6 and 6. Spread by name
+    alone, the two cases of cost 3 would land on different kernels: 8 and 4."""
+    pytester.makepyfile(test_c=COSTED_ONE_KERNEL_TESTS)
+    quick = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kernel", "ka", "--kernel", "kb")
+    assert collected(quick) == [
+        "test_c.py::test_five[ka]", "test_c.py::test_one[ka]",
+        "test_c.py::test_three[kb-1]", "test_c.py::test_three[kb-2]",
+    ]
+
+
+def test_one_kernel_cases_of_a_group_run_on_one_kernel(pytester: pytest.Pytester) -> None:
+    """test_a and test_c share a group (cost 4): on ka; test_b (cost 3) on kb. Without the group, b would go
+    first, to ka, and a and c to kb."""
+    pytester.makepyfile(test_g=GROUPED_ONE_KERNEL_TESTS)
+    quick = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kernel", "ka", "--kernel", "kb")
+    assert collected(quick) == ["test_g.py::test_a[ka]", "test_g.py::test_b[kb]", "test_g.py::test_c[ka]"]
+
+
+@pytest.mark.parametrize("group", ["3", "''"])
+def test_a_one_kernel_group_that_is_not_a_name_is_a_usage_error(pytester: pytest.Pytester, group: str) -> None:
+    pytester.makepyfile(test_bad=f"import pytest\n\n@pytest.mark.one_kernel(group={group})\n"
+                                 "def test_x(knh_kernel_session):\n    pass\n")  # fmt: skip
+    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kernel", "ka", "--kernel", "kb")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines([f"*test_bad.py::test_x*one_kernel(group={group})*is a name*"])
+
+
+@pytest.mark.parametrize("cost", ["'six'", "0", "-2", "True"])
+def test_a_one_kernel_cost_that_is_not_a_positive_number_is_a_usage_error(pytester: pytest.Pytester, cost: str) -> None:
+    pytester.makepyfile(test_bad=f"import pytest\n\n@pytest.mark.one_kernel(cost={cost})\n"
+                                 "def test_x(knh_kernel_session):\n    pass\n")  # fmt: skip
+    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kernel", "ka", "--kernel", "kb")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines([f"*test_bad.py::test_x*one_kernel(cost={cost})*positive number*"])
+
+
 class _Item:
     """What harness.pytest_plugin.plugin.selected reads of a collected test: its markers and its kernel parameter."""
 

@@ -69,9 +69,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "full: runs only in the full tier (--full, KNH_FULL=1, tox -e kernel-full)")
     config.addinivalue_line(
         "markers",
-        "one_kernel: the harness's own behaviour, the same whatever the guest kernel (QEMU's cleanup after a "
-        "signal, a boot timeout): in the quick tier each case runs on one kernel of the matrix, the cases spread "
-        "over its kernels; on every kernel in the full tier",
+        "one_kernel(cost=1): the harness's own behaviour, the same whatever the guest kernel (QEMU's cleanup "
+        "after a signal, a boot timeout): in the quick tier each case runs on one kernel of the matrix, the cases "
+        "handed out costliest first to the kernel with the least cost so far (cost: the case's seconds under TCG, "
+        "roughly); on every kernel in the full tier",
     )
     config.addinivalue_line(
         "markers",
@@ -155,12 +156,32 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         items[:] = [item for item in items if id(item) not in left_out]
 
 
+def one_kernel_args(item: pytest.Item) -> tuple[float, str | None]:
+    """What an item's one_kernel marker declares: its relative cost (`cost=`, default 1), what the quick tier
+    balances, and its group (`group=`, default none): the cases of one group run on the same kernel (tests that
+    share one expensive fixture)."""
+    marker = item.get_closest_marker("one_kernel")
+    kwargs = marker.kwargs if marker is not None else {}
+    cost, group = kwargs.get("cost", 1), kwargs.get("group")
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost <= 0:
+        raise pytest.UsageError(f"{item.nodeid}: one_kernel(cost={cost!r}): the cost is a positive number (the "
+                                "case's seconds under TCG, roughly), e.g. @pytest.mark.one_kernel(cost=6)")  # fmt: skip
+    if group is not None and (not isinstance(group, str) or not group):
+        raise pytest.UsageError(f"{item.nodeid}: one_kernel(group={group!r}): the group is a name, e.g. "
+                                '@pytest.mark.one_kernel(group="crash-inner-run")')  # fmt: skip
+    return float(cost), group
+
+
 def spread_over_kernels(items: list[pytest.Item]) -> list[pytest.Item]:
-    """The copies of one_kernel tests to leave out: a case (a test with the same values of its other parameters)
-    keeps the copy of one kernel, the n-th case the copy of the (n mod kernels)-th kernel of the matrix among
-    those that resolved (all of them when none did). Cases are numbered in the order of their node ids without
-    the kernel: the same in every run and xdist worker, whatever order the items are in."""
+    """The copies of one_kernel tests to leave out: a case (a test with the same values of its other parameters),
+    or a group of cases (one_kernel's `group`), keeps the copies of one kernel among those of the matrix that
+    resolved (all of them when none did). The cases and groups are handed out costliest first (one_kernel's
+    `cost`, a group's the sum of its cases'), each to the kernel with the least cost so far (the first such
+    kernel of the matrix on a tie), so that every kernel's quick tier takes about the same time. Ties between
+    cases go by their node ids without the kernel: the same in every run and xdist worker, whatever order the
+    items are in."""
     copies: dict[tuple[str, str], list[tuple[int, bool, pytest.Item]]] = {}
+    costs: dict[tuple[str, str], dict[tuple[str, str], float]] = {}  # per case or group: its cases' costs
     params = kernel_params(items[0].config) if items else []
     for item in items:
         if not isinstance(item, pytest.Function) or item.get_closest_marker("one_kernel") is None:
@@ -170,12 +191,17 @@ def spread_over_kernels(items: list[pytest.Item]) -> list[pytest.Item]:
             continue
         # the test's node id without its kernel: the kernel's id comes first in the brackets
         case = (item.parent.nodeid if item.parent else "", item.name.replace(f"[{param.label}", "[", 1))
-        copies.setdefault(case, []).append((params.index(param), param.error is None, item))
+        cost, group = one_kernel_args(item)
+        key = ("", group) if group is not None else case  # no node id is empty
+        copies.setdefault(key, []).append((params.index(param), param.error is None, item))
+        costs.setdefault(key, {})[case] = cost
+    load = [0.0] * len(params)
     left_out = []
-    for n, case in enumerate(sorted(copies)):
-        indices = sorted(i for i, ok, _ in copies[case] if ok) or sorted(i for i, _, _ in copies[case])
-        keep = indices[n % len(indices)]
-        left_out += [item for index, _, item in copies[case] if index != keep]
+    for key in sorted(copies, key=lambda k: (-sum(costs[k].values()), k)):
+        indices = sorted({i for i, ok, _ in copies[key] if ok} or {i for i, _, _ in copies[key]})
+        keep = min(indices, key=lambda i: (load[i], i))
+        load[keep] += sum(costs[key].values())
+        left_out += [item for index, _, item in copies[key] if index != keep]
     return left_out
 
 
