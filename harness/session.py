@@ -267,13 +267,13 @@ class KernelSession:
                 guest_kernel.modprobe(deps)
             for other in kos[:-1]:
                 guest_kernel.insmod(other)
-            name = guest_kernel.insmod(kos[-1], params)
+            name, after = guest_kernel.insmod_listing(kos[-1], params)
         except ModuleCrashError:
             raise  # the kernel broke: the guest is for the kernel watch, not for more rmmods
         except HarnessError as e:
             self._restore_after_refusal(guest_kernel, before, e)
             raise
-        loaded = tuple(n for n in reversed(guest_kernel.module_list()) if n not in before)
+        loaded = tuple(n for n in reversed(after) if n not in before)
         return LoadedModule(name, kos[-1], params, loaded=loaded, before=before, guest=guest)
 
     def _restore_after_refusal(self, guest_kernel: GuestKernel, before: tuple[str, ...], error: HarnessError) -> None:

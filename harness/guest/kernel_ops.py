@@ -119,13 +119,21 @@ class GuestKernel:
         self._verified_not_host = True
 
     # -- kernel log ----------------------------------------------------------
+    def _new_mark(self, prefix: str = "knh-mark:") -> LogMark:
+        return LogMark(f"{prefix}{self._token}:{next(self._counter)}")
+
     def _marked(self, command: str = "", *, prefix: str = "knh-mark:",
                 check: bool = False) -> tuple[LogMark, CommandResult]:  # fmt: skip
         """A new mark written to /dev/kmsg, then `command` if any, in one guest command: what the
         command makes the kernel print follows the mark."""
-        mark = LogMark(f"{prefix}{self._token}:{next(self._counter)}")
+        mark = self._new_mark(prefix)
         then = f" && {command}" if command else ""
         return mark, self.guest.run(f"echo {mark.text} > /dev/kmsg{then}", check=check)
+
+    @property
+    def _listing(self) -> str:
+        """The line that comes before the module list a combined command prints (after its own output)."""
+        return f"knh-modules:{self._token}"
 
     def mark(self) -> LogMark:
         return self._marked(check=True)[0]
@@ -191,11 +199,19 @@ class GuestKernel:
     def insmod(self, ko: Path, params: Mapping[str, str] | None = None) -> str:
         """Load `ko` in the guest; returns the module name. Raises ModuleLoadError with the kernel's
         words when the kernel refused it, ModuleCrashError when the kernel crashed loading it."""
+        return self._insmod(ko, params, listing=False)[0]
+
+    def insmod_listing(self, ko: Path, params: Mapping[str, str] | None = None) -> tuple[str, tuple[str, ...]]:
+        """insmod, and the guest's module list after it (module_list), in one guest command."""
+        return self._insmod(ko, params, listing=True)
+
+    def _insmod(self, ko: Path, params: Mapping[str, str] | None, *, listing: bool) -> tuple[str, tuple[str, ...]]:
         self.ensure_not_host()
         if self.has_kmemleak():  # objects reported before never blame this module
             self.guest.run(write_argv(CLEAR), check=True)
         argv = [*module_tool("insmod", self.root), str(ko)] + [f"{k}={v}" for k, v in (params or {}).items()]
-        mark, result = self._marked(shlex.join(argv))
+        listed = f" && {{ echo {self._listing}; {MODULE_LIST_SCRIPT}; }}" if listing else ""
+        mark, result = self._marked(shlex.join(argv) + listed)
         if result.status != 0:
             lines = self.lines_since(mark)
             self._raise_if_crashed(f"insmod {ko.name}", result.status, result.output, lines, also=ko)
@@ -204,7 +220,15 @@ class GuestKernel:
             )
         name = ko.stem.replace("-", "_")
         self._loaded_from[name] = ko
-        return name
+        return name, (self._listed(result.output) if listing else ())
+
+    def _listed(self, output: str) -> tuple[str, ...]:
+        """The module names a combined command printed after its _listing line."""
+        lines = output.splitlines()
+        if self._listing not in lines:
+            raise GuestReadError(f"no module list ({self._listing} and the names) in the output of a guest command: "
+                                 f"{output[-500:]!r}; the guest's shell or console is not in step: rerun the test")
+        return tuple(n.strip() for n in lines[lines.index(self._listing) + 1 :] if n.strip())
 
     def rmmod(self, name: str) -> None:
         """Unload `name`. Raises ModuleBusyError (with holders and reference count) when the kernel
@@ -269,18 +293,40 @@ class GuestKernel:
 
     def restore_modules(self, before: Sequence[str]) -> None:
         """Unload, newest first, every module loaded since the guest's module list was `before`: one
-        rmmod for all of them; one at a time when it fails (so the error names the module) or when
-        kmemleak must learn where a module the harness loaded was (GuestKernel.rmmod)."""
-        extra = [n for n in self.module_list() if n not in before]
+        rmmod for all of them, picked and unloaded by one guest command; one at a time when it fails (so
+        the error names the module) or when kmemleak must learn where a module the harness loaded was
+        (GuestKernel.rmmod)."""
+        if self.has_kmemleak():
+            extra = [n for n in self.module_list() if n not in before]
+            if not extra:
+                return
+            if any(n in self._loaded_from for n in extra):
+                for name in extra:
+                    self.rmmod(name)
+                return
+        # Without kmemleak: the guest's shell picks the modules that are not in `before` and unloads them with one
+        # rmmod, in one guest command (the list comes first, then the mark and the rmmod)
+        mark = self._new_mark()
+        keep = shlex.quote(" " + " ".join(before) + " ")
+        rmmod = shlex.join(module_tool("rmmod", self.root))
+        result = self.guest.run(
+            f'knh_x=; while read -r knh_n _; do case {keep} in *" $knh_n "*) ;; *) knh_x="$knh_x $knh_n" ;; esac; '
+            f'done < /proc/modules; echo "{self._listing}$knh_x"; '
+            f'[ -z "$knh_x" ] || {{ echo {mark.text} > /dev/kmsg && {rmmod} $knh_x; }}'
+        )  # fmt: skip
+        listed = [ln for ln in result.output.splitlines() if ln.startswith(self._listing)]
+        if not listed:
+            raise GuestReadError(f"no list of the modules to unload ({self._listing}) in the output of the unload: "
+                                 f"{result.output[-500:]!r}; the guest's shell or console is not in step: rerun the "
+                                 "test")  # fmt: skip
+        extra = listed[0][len(self._listing) :].split()
         if not extra:
             return
-        if not (self.has_kmemleak() and any(n in self._loaded_from for n in extra)):
-            mark, result = self._marked(shlex.join([*module_tool("rmmod", self.root), *extra]))
-            if result.status == 0:
-                self.unloads += 1
-                return
-            lines = self.lines_since(mark)
-            self._raise_if_crashed(f"rmmod {' '.join(extra)}", result.status, result.output, lines)
+        if result.status == 0:
+            self.unloads += 1
+            return
+        lines = self.lines_since(mark)
+        self._raise_if_crashed(f"rmmod {' '.join(extra)}", result.status, result.output, lines)
         for name in [n for n in self.module_list() if n not in before]:
             self.rmmod(name)
 
