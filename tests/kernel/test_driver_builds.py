@@ -128,7 +128,7 @@ def run_check(session: KernelSession, module: str, *args: str) -> subprocess.Com
     )  # fmt: skip
 
 
-@pytest.mark.one_kernel(cost=5)  # the command's face; dep_intree's load and unload are tested on every kernel above
+@pytest.mark.one_kernel(cost=5.5)  # the command's face; dep_intree's load and unload are tested on every kernel above
 def test_check_command_passes_a_driver_with_a_dependency(knh_kernel_session: KernelSession) -> None:
     """`python -m harness check` on dep_intree: built, crc7 loaded with it, 3 clean cycles, exit 0."""
     needs_crc7_module(knh_kernel_session)
@@ -146,7 +146,7 @@ def test_check_command_fails_a_module_that_will_not_unload(knh_kernel_session: K
 
 
 @pytest.mark.usefixtures("shared_cache")  # tests/kernel/conftest.py
-@pytest.mark.one_kernel(cost=6)  # the option's plumbing; dep_intree's load and unload are tested on every kernel above
+@pytest.mark.one_kernel(cost=7.5)  # the option's plumbing; dep_intree's load and unload: every kernel, above
 def test_load_check_option_adds_the_check_to_a_suite(pytester: pytest.Pytester,
                                                      knh_kernel_session: KernelSession) -> None:  # fmt: skip
     """A suite of one host-only test run with --load-check 2 on dep_intree gets test_load_unload_cycles."""
