@@ -27,8 +27,9 @@ def launch(tmp_path: Path, **kw: object) -> GuestSpec:
     return GuestSpec(**base)  # type: ignore[arg-type]
 
 
-def vng_engine(vmlinux: Path | None = Path("/c/vmlinux")) -> VngEngine:
-    return VngEngine(executable=lambda: "/venv/bin/vng", vmlinux=lambda kernel, cache: vmlinux)
+def vng_engine(vmlinux: Path | None = Path("/c/vmlinux"), prefixes: tuple[Path, ...] = ()) -> VngEngine:
+    return VngEngine(executable=lambda: "/venv/bin/vng", vmlinux=lambda kernel, cache: vmlinux,
+                     cached_prefixes=lambda: prefixes)  # fmt: skip
 
 
 def qemu_engine(
@@ -92,6 +93,36 @@ def test_vng_engine_leaves_the_cached_usr_out_when_a_shared_directory_is_under_u
     argv = vng_engine().argv(launch(tmp_path, **inside))
     assert not any("knhusr" in a for a in argv)
     assert "knhusr" in " ".join(vng_engine().argv(launch(tmp_path)))  # outside /usr: shared
+
+
+def test_vng_engine_shares_the_harness_python_again_cached_at_its_own_paths(tmp_path: Path) -> None:
+    """A pyenv interpreter and a virtual environment outside /usr: two more cached shares, knhcache0 and
+    knhcache1, named in order by knh.cache= for guest-shell."""
+    argv = vng_engine(prefixes=(Path("/opt/pyenv/3.11"), Path("/p/.venv"))).argv(launch(tmp_path, cwd=Path("/p")))
+    assert "knh.cache=/opt/pyenv/3.11,/p/.venv" in argv[argv.index("--append") + 1].split()
+    opts = [a.removeprefix("--qemu-opts=") for a in argv if a.startswith("--qemu-opts=")]
+    assert "local,id=knhcache0,path=/opt/pyenv/3.11,security_model=none,readonly=on,multidevs=remap" in opts
+    assert "virtio-9p-pci,fsdev=knhcache1,mount_tag=knhcache1" in opts
+    assert "local,id=knhcache1,path=/p/.venv,security_model=none,readonly=on,multidevs=remap" in opts
+
+
+@pytest.mark.parametrize(("prefix", "why"), [
+    ("/", "the root"), ("/usr", "the cached /usr has it"), ("/usr/lib/python3", "the cached /usr has it"),
+    ("/c", "the harness cache"), ("/w/..", "holds the working directory"),
+    ("/r/venv", "inside a shared directory"), ("/r", "a shared directory"), ("/w", "the working directory"),
+])  # fmt: skip
+def test_vng_engine_caches_no_python_directory_that_the_host_writes_or_that_hides_a_share(
+        tmp_path: Path, prefix: str, why: str) -> None:  # fmt: skip
+    argv = vng_engine(prefixes=(Path(os.path.realpath(prefix)),)).argv(launch(tmp_path))
+    assert not any("knhcache" in a or a.startswith("knh.cache=") for a in " ".join(argv).split()), why
+
+
+def test_the_default_python_directories_are_the_interpreters_installation_and_environment() -> None:
+    import sys
+
+    assert engines.python_prefixes() == tuple(dict.fromkeys(
+        Path(os.path.realpath(p)) for p in (sys.base_prefix, sys.prefix)))  # fmt: skip
+    assert VngEngine().cached_prefixes is engines.python_prefixes
 
 
 def test_vng_engine_puts_its_boot_tools_on_inits_path(tmp_path: Path) -> None:

@@ -52,6 +52,10 @@ INIT_PATH_TAIL = "/usr/sbin:/usr/bin:/sbin:/bin"
 # which), as virtme-ng's own /usr is: a snapshot of the host's /usr for the guest's life, as the qemu engine's
 # whole root is.
 CACHED_USR_TAG = "knhusr"
+# The same for other read-only host directories at their own paths (VngSpec.cached_dirs: the harness's Python
+# when it is not under /usr, a pyenv or uv interpreter and the virtual environment): 9p tags knhcache0, knhcache1,
+# ..., in the order of knh.cache=DIR,DIR on the kernel command line.
+CACHED_DIR_TAG = "knhcache"
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class VngSpec:
     # (harness.build.memdebug.memory_debug_args of its configuration and the memory_debug setting)
     memory_debug_args: tuple[str, ...] = ()
     cached_usr: bool = False  # share the host's /usr again, cached (CACHED_USR_TAG)
+    cached_dirs: tuple[Path, ...] = ()  # more host directories shared again, cached (CACHED_DIR_TAG)
 
 
 def path_entry_on_cmdline(path: Path) -> bool:
@@ -106,6 +111,9 @@ def vng_argv(spec: VngSpec) -> list[str]:
         kernel_args.append(f"PATH={spec.boot_path}:{INIT_PATH_TAIL}")
     if spec.cached_usr:
         kernel_args.append(f"knh.usr={CACHED_USR_TAG}")
+    cached_dirs = [d for d in spec.cached_dirs if path_entry_on_cmdline(d) and "," not in str(d)]
+    if cached_dirs:
+        kernel_args.append("knh.cache=" + ",".join(map(str, cached_dirs)))
     argv = [
         spec.vng,
         "--run", str(spec.image or spec.kernel.image),
@@ -126,6 +134,8 @@ def vng_argv(spec: VngSpec) -> list[str]:
     argv += [f"--rodir={guest}={host}" for guest, host in spec.mapped_dirs]
     if spec.cached_usr:
         argv += [f"--qemu-opts={a}" for a in _ninep(CACHED_USR_TAG, Path("/usr"), readonly=True, transport="pci")]
+    for i, d in enumerate(cached_dirs):
+        argv += [f"--qemu-opts={a}" for a in _ninep(f"{CACHED_DIR_TAG}{i}", d, readonly=True, transport="pci")]
     return argv + list(spec.extra_args)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,25 @@ def shared_guest_paths(launch: GuestSpec) -> tuple[Path, ...]:
     return (*launch.rw_dirs, *(guest for guest, _ in launch.mapped_dirs))
 
 
+def python_prefixes() -> tuple[Path, ...]:
+    """The harness's interpreter's installation and virtual environment (resolved; one when they are the same)."""
+    return tuple(dict.fromkeys(Path(os.path.realpath(p)) for p in (sys.base_prefix, sys.prefix)))
+
+
+def cacheable(directory: Path, launch: GuestSpec) -> bool:
+    """Whether `directory` may be shared again, cached, over its own path in a vng guest: not "/", not /usr or
+    below it (the cached /usr has it), not holding a directory the host writes while the guest runs (the shared
+    directories, the harness cache with the module builds, the working directory: the guest would see a stale
+    copy), and not inside a shared directory (the overlay would take the guest's writes there)."""
+    if directory == Path("/") or under_usr(directory):
+        return False
+    resolved = [Path(os.path.realpath(p)) for p in shared_guest_paths(launch)]
+    if any(other in directory.parents for other in resolved):
+        return False
+    written = [*resolved, Path(os.path.realpath(launch.cache)), Path(os.path.realpath(launch.cwd))]
+    return not any(other == directory or directory in other.parents for other in written)
+
+
 def under_usr(path: Path) -> bool:
     """Whether `path` is /usr or below it once resolved (/lib/modules is /usr/lib/modules on a merged-/usr host):
     the cached /usr (VngSpec.cached_usr) is mounted over /usr after virtme-ng's mounts and would hide such one."""
@@ -102,6 +122,9 @@ class VngEngine:
     vmlinux: VmlinuxFor = cached_vmlinux
     boot_path: Path | None = field(default=GUEST_SCRIPTS / "vng_boot")  # see VngSpec.boot_path
     cached_usr: bool = True  # see VngSpec.cached_usr; left out when a shared directory is under /usr
+    # VngSpec.cached_dirs: the harness's Python where it is not under /usr (programs a test starts in the guest
+    # with sys.executable: the example's pyroute2 sender), each one that `cacheable` lets through
+    cached_prefixes: Callable[[], tuple[Path, ...]] = python_prefixes
     kernel_config: KernelConfigOf = read_kernel_config
 
     def spec(self, launch: GuestSpec) -> VngSpec:
@@ -111,6 +134,7 @@ class VngEngine:
             name=launch.name, vng=self.executable(), channel=launch.channel, mapped_dirs=launch.mapped_dirs,
             boot_path=self.boot_path, memory_debug_args=debug_args(launch, self.kernel_config),
             cached_usr=self.cached_usr and not any(map(under_usr, shared_guest_paths(launch))),
+            cached_dirs=tuple(d for d in self.cached_prefixes() if cacheable(d, launch)),
         )  # fmt: skip
 
     def argv(self, launch: GuestSpec) -> list[str]:

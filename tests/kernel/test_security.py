@@ -11,16 +11,20 @@ host's, cached, and keeps the guest's writes to itself.
 
 from __future__ import annotations
 
+import os
 import secrets
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from knetlink_stats import STAT_NAMES, module_stats, param_path, read_param  # tests/kernel/knetlink_stats.py
 
 from harness.build.module_build import BuiltModule
-from harness.config import GUEST_SCRIPTS
+from harness.config import GUEST_SCRIPTS, default_cache_root
 from harness.errors import ModuleLoadError
-from harness.guest.cmdline import CACHED_USR_TAG
+from harness.guest.cmdline import CACHED_DIR_TAG, CACHED_USR_TAG
+from harness.guest.engines import GuestSpec, cacheable, python_prefixes
 from harness.guest.kernel_ops import GuestKernel
 from harness.guest.vm import Guest
 from harness.knetlink.fixtures import KnetlinkModule, LinkLogWindow
@@ -155,3 +159,31 @@ def test_vng_guest_sees_the_hosts_usr_cached_and_keeps_its_writes(guest: Guest, 
     guest.run(f"echo {token} > {name}", check=True)
     assert guest.run(["cat", name], check=True).output.strip() == token
     assert not Path(name).exists(), "a file written in the guest's /usr reached the host"
+
+
+def test_vng_guest_sees_the_harness_python_outside_usr_cached(guest: Guest, knh_kernel_session: KernelSession) -> None:
+    """On virtme-ng the harness's interpreter and environment, where they are not under /usr (a pyenv or uv
+    Python, the virtual environment), are cached 9p shares under tmpfs overlays at their own paths
+    (CACHED_DIR_TAG): the example's pyroute2 sender starts seconds sooner. The guest reads the host's files."""
+    if knh_kernel_session.engine_name != "vng":
+        pytest.skip("the cached shares are virtme-ng's (the qemu engine's whole root is cached)")
+    launch = GuestSpec(kernel=knh_kernel_session.kernel, name="x", accel="tcg", run_dir=Path("/nonexistent"),
+                       shell=GUEST_SCRIPTS / "guest-shell", cache=default_cache_root(),
+                       rw_dirs=(knh_kernel_session.results_dir,), cwd=Path(os.getcwd()))  # fmt: skip
+    wanted = [d for d in python_prefixes() if cacheable(d, launch)]
+    if not wanted:
+        pytest.skip(f"the harness's Python is under /usr or holds a shared directory: {python_prefixes()}")
+    deadline = time.monotonic() + 60  # guest-shell mounts them in the background while the shell starts
+    while True:
+        mounts = [m.split() for m in guest.run(["cat", "/proc/mounts"], check=True).output.splitlines()]
+        if all(m[1] != str(wanted[-1]) for m in mounts) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            continue
+        break
+    for i, directory in enumerate(wanted):
+        over = [m for m in mounts if m[1:2] == [str(directory)]]
+        assert over and over[-1][2] == "overlay" and f"lowerdir=/run/knh-cache/{i}/lower" in over[-1][3], over
+        lower = [m for m in mounts if m[1:2] == [f"/run/knh-cache/{i}/lower"]]
+        assert lower and lower[-1][:3] == [f"{CACHED_DIR_TAG}{i}", f"/run/knh-cache/{i}/lower", "9p"], lower
+    config = Path(sys.base_prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "os.py"
+    assert guest.run(["cat", str(config)], check=True).output == config.read_text()
