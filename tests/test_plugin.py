@@ -345,22 +345,16 @@ def test_one_kernel_cases_of_a_group_run_on_one_kernel(pytester: pytest.Pytester
     assert collected(quick) == ["test_g.py::test_a[ka]", "test_g.py::test_b[kb]", "test_g.py::test_c[ka]"]
 
 
-@pytest.mark.parametrize("group", ["3", "''"])
-def test_a_one_kernel_group_that_is_not_a_name_is_a_usage_error(pytester: pytest.Pytester, group: str) -> None:
-    pytester.makepyfile(test_bad=f"import pytest\n\n@pytest.mark.one_kernel(group={group})\n"
+@pytest.mark.parametrize(("argument", "said"), [
+    ("group=3", "is a name"), ("group=''", "is a name"), ("cost='six'", "positive number"),
+    ("cost=0", "positive number"), ("cost=-2", "positive number"), ("cost=True", "positive number"),
+])  # fmt: skip
+def test_a_bad_one_kernel_argument_is_a_usage_error(pytester: pytest.Pytester, argument: str, said: str) -> None:
+    pytester.makepyfile(test_bad=f"import pytest\n\n@pytest.mark.one_kernel({argument})\n"
                                  "def test_x(knh_kernel_session):\n    pass\n")  # fmt: skip
     result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kernel", "ka", "--kernel", "kb")
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
-    result.stderr.fnmatch_lines([f"*test_bad.py::test_x*one_kernel(group={group})*is a name*"])
-
-
-@pytest.mark.parametrize("cost", ["'six'", "0", "-2", "True"])
-def test_a_one_kernel_cost_that_is_not_a_positive_number_is_a_usage_error(pytester: pytest.Pytester, cost: str) -> None:
-    pytester.makepyfile(test_bad=f"import pytest\n\n@pytest.mark.one_kernel(cost={cost})\n"
-                                 "def test_x(knh_kernel_session):\n    pass\n")  # fmt: skip
-    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kernel", "ka", "--kernel", "kb")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
-    result.stderr.fnmatch_lines([f"*test_bad.py::test_x*one_kernel(cost={cost})*positive number*"])
+    result.stderr.fnmatch_lines([f"*test_bad.py::test_x*one_kernel({argument})*{said}*"])
 
 
 class _Item:
