@@ -106,6 +106,15 @@ def test_vng_engine_shares_the_harness_python_again_cached_at_its_own_paths(tmp_
     assert "local,id=knhcache1,path=/p/.venv,security_model=none,readonly=on,multidevs=remap" in opts
 
 
+def test_vng_engine_shares_no_python_directory_whose_path_the_guest_shell_would_split_or_expand(
+        tmp_path: Path) -> None:  # fmt: skip
+    prefixes = (Path("/opt/py,3"), Path("/opt/py[3]"), Path("/opt/py*"), Path("/opt/py 3"), Path("/opt/py3"))
+    argv = vng_engine(prefixes=prefixes).argv(launch(tmp_path))
+    assert "knh.cache=/opt/py3" in argv[argv.index("--append") + 1].split()
+    assert [a for a in argv if "id=knhcache" in a] == [
+        "--qemu-opts=local,id=knhcache0,path=/opt/py3,security_model=none,readonly=on,multidevs=remap"]
+
+
 @pytest.mark.parametrize(("prefix", "why"), [
     ("/", "the root"), ("/usr", "the cached /usr has it"), ("/usr/lib/python3", "the cached /usr has it"),
     ("/c", "the harness cache"), ("/w/..", "holds the working directory"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import GuestReadError
+from harness.guest.console import check_command
 from harness.guest.kernel_ops import GuestKernel
 from harness.guest.vm import CommandResult
 
@@ -41,6 +42,7 @@ class ShellGuest:
 
     def run(self, command: object, *, timeout: float | None = None, check: bool = False) -> CommandResult:
         text = " ".join(map(str, command)) if isinstance(command, list) else str(command)
+        check_command(text)  # what the console refuses (a command too long for the tty, a NUL)
         if "boot_id" in text:
             return CommandResult(text, 0, "11111111-2222-3333-4444-555555555555\n", 0.0)
         script = text.replace("/proc/modules", str(self.modules)).replace("/dev/kmsg", str(self.kmsg))
@@ -100,3 +102,14 @@ def test_a_listing_missing_from_the_output_is_a_read_error(shell_guest: ShellGue
     monkeypatch.setattr(guest, "run", lambda command, **kw: real_run(str(command).replace("knh-modules:", "x"), **kw))
     with pytest.raises(GuestReadError, match="no list of the modules to unload"):
         ops.restore_modules(("overlay",))
+
+
+def test_restore_with_a_list_too_long_for_the_console_picks_on_the_host(shell_guest: ShellGuest) -> None:
+    """250 modules before (the command would pass the console's MAX_COMMAND_CHARS): the host reads the module
+    list and unloads what is new with one rmmod, as before the combined command."""
+    guest = shell_guest
+    before = tuple(f"module_number_{i:04d}" for i in range(250))
+    guest.modules.write_text("".join(f"{n} 1 0 - Live 0x0\n" for n in ("knetlink", "crc7", *before)))
+    ops = GuestKernel(guest, guest.directory)  # type: ignore[arg-type]
+    ops.restore_modules(before)
+    assert guest.called() == ["rmmod knetlink crc7"] and ops.unloads == 1

@@ -345,16 +345,49 @@ def test_one_kernel_cases_of_a_group_run_on_one_kernel(pytester: pytest.Pytester
     assert collected(quick) == ["test_g.py::test_a[ka]", "test_g.py::test_b[kb]", "test_g.py::test_c[ka]"]
 
 
+DESELECT_FIRST = """
+import pytest
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):  # as debug_kernel does: some copies are gone before the spread
+    items[:] = [i for i in items if i.name not in {gone}]
+"""
+
+
+def test_a_group_goes_to_a_kernel_every_one_of_its_cases_has(pytester: pytest.Pytester) -> None:
+    """test_c has no copy on ka: the group (a and c, cost 4) goes to kb, where both have one, though ka is the
+    first kernel with the least cost; test_b (cost 3) to ka. Chosen among the kernels of any case, the group
+    would take ka and test_c would run nowhere."""
+    pytester.makeconftest(DESELECT_FIRST.format(gone={"test_c[ka]"}))
+    pytester.makepyfile(test_g=GROUPED_ONE_KERNEL_TESTS)
+    quick = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kernel", "ka", "--kernel", "kb")
+    assert collected(quick) == ["test_g.py::test_a[kb]", "test_g.py::test_b[ka]", "test_g.py::test_c[kb]"]
+
+
+def test_a_group_whose_cases_share_no_kernel_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(DESELECT_FIRST.format(gone={"test_a[kb]", "test_c[ka]"}))
+    pytester.makepyfile(test_g=GROUPED_ONE_KERNEL_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kernel", "ka", "--kernel", "kb")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines(["*one_kernel(group='inner-run'): its cases (test_a, test_c) have no kernel of the "
+                                 "matrix in common*"])  # fmt: skip
+
+
 @pytest.mark.parametrize(("argument", "said"), [
     ("group=3", "is a name"), ("group=''", "is a name"), ("cost='six'", "positive number"),
     ("cost=0", "positive number"), ("cost=-2", "positive number"), ("cost=True", "positive number"),
+    ("cost=float('nan')", "positive number"), ("cost=-float('inf')", "positive number"),
 ])  # fmt: skip
-def test_a_bad_one_kernel_argument_is_a_usage_error(pytester: pytest.Pytester, argument: str, said: str) -> None:
+@pytest.mark.parametrize("tier", [[], ["--full"]])
+def test_a_bad_one_kernel_argument_is_a_usage_error(pytester: pytest.Pytester, argument: str, said: str,
+                                                    tier: list[str]) -> None:  # fmt: skip
     pytester.makepyfile(test_bad=f"import pytest\n\n@pytest.mark.one_kernel({argument})\n"
                                  "def test_x(knh_kernel_session):\n    pass\n")  # fmt: skip
-    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kernel", "ka", "--kernel", "kb")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kernel", "ka", "--kernel", "kb",
+                                *tier)  # fmt: skip
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
-    result.stderr.fnmatch_lines([f"*test_bad.py::test_x*one_kernel({argument})*{said}*"])
+    shown = argument.replace("float('nan')", "nan").replace("-float('inf')", "-inf")
+    result.stderr.fnmatch_lines([f"*test_bad.py::test_x*one_kernel({shown})*{said}*"])
 
 
 class _Item:

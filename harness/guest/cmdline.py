@@ -111,7 +111,8 @@ def vng_argv(spec: VngSpec) -> list[str]:
         kernel_args.append(f"PATH={spec.boot_path}:{INIT_PATH_TAIL}")
     if spec.cached_usr:
         kernel_args.append(f"knh.usr={CACHED_USR_TAG}")
-    cached_dirs = [d for d in spec.cached_dirs if path_entry_on_cmdline(d) and "," not in str(d)]
+    # knh.cache= is a comma-separated list that guest-shell splits: no commas, nor pattern characters in a path
+    cached_dirs = [d for d in spec.cached_dirs if path_entry_on_cmdline(d) and not set(str(d)) & set(",*?[")]
     if cached_dirs:
         kernel_args.append("knh.cache=" + ",".join(map(str, cached_dirs)))
     argv = [

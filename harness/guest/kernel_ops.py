@@ -28,7 +28,7 @@ from harness.errors import (
     ModuleCrashError,
     ModuleLoadError,
 )
-from harness.guest.console import CommandResult
+from harness.guest.console import MAX_COMMAND_CHARS, CommandResult
 from harness.guest.log_stream import KernelLogStream, reader_command
 from harness.guest.vm import Guest
 from harness.kernel_log.dmesg import KernelLine, find_splats
@@ -296,32 +296,36 @@ class GuestKernel:
         rmmod for all of them, picked and unloaded by one guest command; one at a time when it fails (so
         the error names the module) or when kmemleak must learn where a module the harness loaded was
         (GuestKernel.rmmod)."""
-        if self.has_kmemleak():
-            extra = [n for n in self.module_list() if n not in before]
-            if not extra:
-                return
-            if any(n in self._loaded_from for n in extra):
-                for name in extra:
-                    self.rmmod(name)
-                return
-        # Without kmemleak: the guest's shell picks the modules that are not in `before` and unloads them with one
-        # rmmod, in one guest command (the list comes first, then the mark and the rmmod)
         mark = self._new_mark()
         keep = shlex.quote(" " + " ".join(before) + " ")
         rmmod = shlex.join(module_tool("rmmod", self.root))
-        result = self.guest.run(
+        # Without kmemleak, the guest's shell picks the modules that are not in `before` and unloads them with one
+        # rmmod, in one guest command (the list comes first, then the mark and the rmmod), when that command fits
+        # on the console; else the host picks them from the module list
+        command = (
             f'knh_x=; while read -r knh_n _; do case {keep} in *" $knh_n "*) ;; *) knh_x="$knh_x $knh_n" ;; esac; '
             f'done < /proc/modules; echo "{self._listing}$knh_x"; '
             f'[ -z "$knh_x" ] || {{ echo {mark.text} > /dev/kmsg && {rmmod} $knh_x; }}'
         )  # fmt: skip
-        listed = [ln for ln in result.output.splitlines() if ln.startswith(self._listing)]
-        if not listed:
-            raise GuestReadError(f"no list of the modules to unload ({self._listing}) in the output of the unload: "
-                                 f"{result.output[-500:]!r}; the guest's shell or console is not in step: rerun the "
-                                 "test")  # fmt: skip
-        extra = listed[0][len(self._listing) :].split()
-        if not extra:
-            return
+        if self.has_kmemleak() or len(command) > MAX_COMMAND_CHARS:
+            extra = [n for n in self.module_list() if n not in before]
+            if not extra:
+                return
+            if self.has_kmemleak() and any(n in self._loaded_from for n in extra):
+                for name in extra:
+                    self.rmmod(name)
+                return
+            mark, result = self._marked(shlex.join([*module_tool("rmmod", self.root), *extra]))
+        else:
+            result = self.guest.run(command)
+            listed = [ln for ln in result.output.splitlines() if ln.startswith(self._listing)]
+            if not listed:
+                raise GuestReadError(f"no list of the modules to unload ({self._listing}) in the output of the "
+                                     f"unload: {result.output[-500:]!r}; the guest's shell or console is not in step: "
+                                     "rerun the test")  # fmt: skip
+            extra = listed[0][len(self._listing) :].split()
+            if not extra:
+                return
         if result.status == 0:
             self.unloads += 1
             return

@@ -11,6 +11,7 @@ around every guest test), harness.pytest_plugin.report (artifacts, summaries), h
 from __future__ import annotations
 
 import importlib
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -147,6 +148,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     kept: list[pytest.Item] = []
     deselected: list[pytest.Item] = []  # the tiers, and says so
     for item in items:
+        if item.get_closest_marker("one_kernel") is not None:
+            one_kernel_args(item)  # a bad argument stops every tier, not only the quick one
         (kept if selected(item, full=full) else deselected).append(item)
     if not full and any(item.get_closest_marker("one_kernel") is not None for item in kept):
         deselected += spread_over_kernels(kept)
@@ -163,7 +166,7 @@ def one_kernel_args(item: pytest.Item) -> tuple[float, str | None]:
     marker = item.get_closest_marker("one_kernel")
     kwargs = marker.kwargs if marker is not None else {}
     cost, group = kwargs.get("cost", 1), kwargs.get("group")
-    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost <= 0:
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost <= 0:
         raise pytest.UsageError(f"{item.nodeid}: one_kernel(cost={cost!r}): the cost is a positive number (the "
                                 "case's seconds under TCG, roughly), e.g. @pytest.mark.one_kernel(cost=6)")  # fmt: skip
     if group is not None and (not isinstance(group, str) or not group):
@@ -180,7 +183,7 @@ def spread_over_kernels(items: list[pytest.Item]) -> list[pytest.Item]:
     kernel of the matrix on a tie), so that every kernel's quick tier takes about the same time. Ties between
     cases go by their node ids without the kernel: the same in every run and xdist worker, whatever order the
     items are in."""
-    copies: dict[tuple[str, str], list[tuple[int, bool, pytest.Item]]] = {}
+    copies: dict[tuple[str, str], list[tuple[tuple[str, str], int, bool, pytest.Item]]] = {}  # with each one's case
     costs: dict[tuple[str, str], dict[tuple[str, str], float]] = {}  # per case or group: its cases' costs
     params = kernel_params(items[0].config) if items else []
     for item in items:
@@ -193,16 +196,30 @@ def spread_over_kernels(items: list[pytest.Item]) -> list[pytest.Item]:
         case = (item.parent.nodeid if item.parent else "", item.name.replace(f"[{param.label}", "[", 1))
         cost, group = one_kernel_args(item)
         key = ("", group) if group is not None else case  # no node id is empty
-        copies.setdefault(key, []).append((params.index(param), param.error is None, item))
+        copies.setdefault(key, []).append((case, params.index(param), param.error is None, item))
         costs.setdefault(key, {})[case] = cost
+    total = {key: math.fsum(sorted(found.values())) for key, found in costs.items()}  # the same in any item order
     load = [0.0] * len(params)
     left_out = []
-    for key in sorted(copies, key=lambda k: (-sum(costs[k].values()), k)):
-        indices = sorted({i for i, ok, _ in copies[key] if ok} or {i for i, _, _ in copies[key]})
-        keep = min(indices, key=lambda i: (load[i], i))
-        load[keep] += sum(costs[key].values())
-        left_out += [item for index, _, item in copies[key] if index != keep]
+    for key in sorted(copies, key=lambda k: (-total[k], k)):
+        keep = min(common_kernels(key, copies[key]), key=lambda i: (load[i], i))
+        load[keep] += total[key]
+        left_out += [item for _, index, _, item in copies[key] if index != keep]
     return left_out
+
+
+def common_kernels(key: tuple[str, str], copies: list[tuple[tuple[str, str], int, bool, pytest.Item]]) -> list[int]:
+    """The kernels (indices in the matrix) on which every case of `key` (a case, or a group of cases) has a copy:
+    those that resolved, else all of them. A group whose cases share no kernel is a usage error."""
+    cases = {case for case, _, _, _ in copies}
+    for wanted in (True, None):
+        shared = set.intersection(*({i for c, i, ok, _ in copies if c == case and wanted in (None, ok)}
+                                    for case in cases))  # fmt: skip
+        if shared:
+            return sorted(shared)
+    names = ", ".join(sorted(name.removesuffix("[]") for _, name in cases))
+    raise pytest.UsageError(f"one_kernel(group={key[1]!r}): its cases ({names}) have no kernel of the matrix in "
+                            "common; give them a group each or none")  # fmt: skip
 
 
 def selected(item: pytest.Item, *, full: bool) -> bool:
