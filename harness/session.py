@@ -215,7 +215,7 @@ class KernelSession:
         if self._boot_error is not None:
             raise self._boot_error
         attempts = self.config.boot_retries + 1
-        last: BootError | None = None
+        failures: list[BootError] = []
         for attempt in range(1, attempts + 1):
             name = new_guest_name()
             run_dir = self.run_root / self.kernel.label / name
@@ -228,7 +228,7 @@ class KernelSession:
             try:
                 guest.start(self.config.boot_timeout)
             except BootError as e:
-                last = e
+                failures.append(e)
                 self.notify(f"boot attempt {attempt} failed: {e.args[0].splitlines()[0]} (logs in {run_dir})")
                 if attempt < attempts:
                     self.stats.retries += 1
@@ -243,9 +243,8 @@ class KernelSession:
             self._guest_kernel = GuestKernel(guest, self.scratch, kmemleak=kmemleak, decode_inputs=self.decode_inputs,
                                              root=guest.launch.root)  # fmt: skip
             return guest
-        assert last is not None
-        self._boot_error = last  # do not boot again for every remaining test
-        raise last
+        self._boot_error = every_attempt(failures)  # do not boot again for every remaining test
+        raise self._boot_error
 
     def load(self, params: Mapping[str, str] | None = None, source: ModuleSource | None = None) -> LoadedModule:
         """Build `source` (default: the configured module) if needed, boot if needed, load the kernel's
@@ -343,6 +342,23 @@ class KernelSession:
         if self._guest is not None:
             self._guest.close()
             self._guest, self._guest_kernel = None, None
+
+
+def every_attempt(failures: list[BootError]) -> BootError:
+    """The error of a boot whose attempts all failed: the last one's, followed by what each earlier attempt
+    ended with (its first line and the last lines of its console), since a retry can fail otherwise than the
+    first attempt (a guest shell that cannot start, then a kernel that died of something else)."""
+    if len(failures) == 1:
+        return failures[0]
+    earlier = []
+    for n, error in enumerate(failures[:-1], 1):
+        console = [line for line in error.console_tail.splitlines() if line.strip()][-3:]
+        earlier.append(f"attempt {n}: {error.args[0].splitlines()[0]}" + "".join(f"\n    {ln}" for ln in console))
+    last = failures[-1]
+    combined = BootError(f"{last.args[0]}\n--- earlier boot attempts ---\n" + "\n".join(earlier))
+    combined.console_tail, combined.kernel_log, combined.transcript = (last.console_tail, last.kernel_log,
+                                                                       last.transcript)  # fmt: skip
+    return combined
 
 
 def kernel_modules_dir(kernel: Kernel) -> Path:

@@ -30,7 +30,7 @@ from harness.errors import BootError, CommandTimeout, HostKernelRefused, LostGue
 from harness.guest.console import CommandResult
 from harness.guest.kernel_ops import GuestKernel, check_not_host, host_boot_id
 from harness.guest.vm import Guest
-from harness.session import KernelSession
+from harness.session import KernelSession, every_attempt
 
 REPO = GUEST_SCRIPTS.parent
 
@@ -290,3 +290,17 @@ def test_insmod_allowed_on_another_kernel(tmp_path: Path) -> None:
     ops = GuestKernel(fake, tmp_path)  # type: ignore[arg-type]
     ops.ensure_not_host()  # no exception
     assert fake.commands == ["cat /proc/sys/kernel/random/boot_id"]
+
+
+def test_a_boot_whose_attempts_all_failed_says_what_each_ended_with() -> None:
+    """The retry can fail otherwise than the first attempt (a guest shell that cannot start, then a kernel that
+    died of something else under TCG): the error keeps the last attempt's text and adds each earlier one's."""
+    first = BootError("guest a did not boot: QEMU exited",
+                      console_tail="booting\n\nknh-test: this guest shell refuses to start\n")  # fmt: skip
+    second = BootError("guest b did not boot: QEMU exited", console_tail="Oops: int3\n")
+    error = every_attempt([first, second])
+    assert isinstance(error, BootError) and str(error).startswith(str(second))
+    assert "--- earlier boot attempts ---\nattempt 1: guest a did not boot: QEMU exited\n    booting\n" \
+           "    knh-test: this guest shell refuses to start" in str(error)  # fmt: skip
+    assert error.console_tail == second.console_tail
+    assert every_attempt([first]) is first
